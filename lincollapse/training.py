@@ -1,0 +1,215 @@
+"""One training loop for every experiment in the book.
+
+:func:`maximise` takes a function returning the objective to *maximise* (an ELBO, in nats per
+image) and the parameters to optimise. The objective may be a scalar or a vector of shape
+(R,) holding R independent runs trained together (a batched model): their sum is
+differentiated, and each run's value is recorded. A non-finite objective stops training with
+:class:`TrainingDivergedError` naming the run. Progress bars are shown only on an
+interactive terminal or notebook and never under CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+OPTIMISERS = ("adam", "lbfgs")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The objective became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class History:
+    """What a training run recorded.
+
+    Attributes
+    ----------
+    steps : ndarray of shape (k,)
+        Optimiser steps at which the objective was recorded (0 = before training).
+    values : ndarray of shape (k,) or (k, R)
+        Objective (to maximise) at those steps; one column per run when batched.
+    seconds : float
+        Wall time of the loop.
+    evaluations : int
+        Objective evaluations (L-BFGS evaluates several times per step).
+    """
+
+    steps: np.ndarray
+    values: np.ndarray
+    seconds: float
+    evaluations: int
+
+    @property
+    def final(self) -> np.ndarray | float:
+        """Objective after the last step."""
+        last = self.values[-1]
+        return float(last) if np.ndim(last) == 0 else last
+
+
+def progress_enabled() -> bool:
+    """Progress bars only for a person watching: not under CI, not into a pipe or log file."""
+    if os.environ.get("CI") or os.environ.get("LINCOLLAPSE_QUIET"):
+        return False
+    if "ipykernel" in sys.modules:
+        return True
+    return sys.stderr.isatty()
+
+
+def maximise(
+    objective: Callable[[], torch.Tensor],
+    parameters: Iterable[torch.nn.Parameter],
+    *,
+    steps: int,
+    optimiser: str = "adam",
+    lr: float = 1e-3,
+    record_every: int = 1,
+    name: str = "run",
+    run_names: Sequence[str] | None = None,
+    tolerance: float | None = None,
+    progress: bool | None = None,
+) -> History:
+    """Maximise ``objective()`` over ``parameters`` for ``steps`` optimiser steps.
+
+    Parameters
+    ----------
+    objective : callable () -> Tensor of shape () or (R,)
+        Value to maximise, recomputed from the current parameters at each call.
+    parameters : iterable of Parameter
+        What the optimiser updates.
+    steps : int
+        Optimiser steps (for L-BFGS, iterations of ``torch.optim.LBFGS``).
+    optimiser : {"adam", "lbfgs"}
+        Adam (the paper's) or full-batch L-BFGS with strong-Wolfe line search (deterministic
+        objectives only).
+    lr : float
+        Adam's learning rate (ignored by L-BFGS, whose line search chooses steps).
+    record_every : int
+        Record the objective every this many steps (and always at the last one).
+    name, run_names : str, sequence of str
+        Used in progress bars and in the divergence error (``run_names[r]`` for run r).
+    tolerance : float, optional
+        Stop early when a full ``record_every`` window improves the summed objective by
+        less than this (L-BFGS also stops when its own tolerances are met).
+    progress : bool, optional
+        Force the progress bar on or off (default: :func:`progress_enabled`).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}")
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    parameters = [p for p in parameters if p.requires_grad]
+    evaluations = 0
+
+    def evaluate() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        value = objective()
+        _check_finite(value, name, run_names)
+        return value
+
+    if optimiser == "adam":
+        optim = torch.optim.Adam(parameters, lr=lr)
+    else:
+        optim = torch.optim.LBFGS(
+            parameters,
+            lr=1.0,
+            max_iter=1,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-15,
+        )
+
+    def closure() -> torch.Tensor:
+        optim.zero_grad(set_to_none=True)
+        value = evaluate()
+        loss = -value.sum()
+        loss.backward()
+        return loss
+
+    recorded_steps, recorded_values = [0], [_detach(evaluate())]
+    show = progress_enabled() if progress is None else progress
+    bar = _progress_bar(steps, name, show)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        if optimiser == "adam":
+            closure()
+            optim.step()
+        else:
+            optim.step(closure)
+        bar.update(1)
+        if step % record_every == 0 or step == steps:
+            with torch.no_grad():
+                value = _detach(evaluate())
+            previous = recorded_values[-1]
+            recorded_steps.append(step)
+            recorded_values.append(value)
+            bar.set_postfix_str(f"objective {np.sum(value):.4f}", refresh=False)
+            if tolerance is not None and abs(np.sum(value) - np.sum(previous)) < tolerance:
+                break
+    seconds = time.perf_counter() - start
+    bar.close()
+    return History(
+        steps=np.asarray(recorded_steps),
+        values=np.asarray(recorded_values),
+        seconds=seconds,
+        evaluations=evaluations,
+    )
+
+
+def _detach(value: torch.Tensor) -> np.ndarray | float:
+    array = value.detach().cpu().double().numpy()
+    return float(array) if array.ndim == 0 else array
+
+
+def _check_finite(value: torch.Tensor, name: str, run_names: Sequence[str] | None) -> None:
+    finite = torch.isfinite(value.detach())
+    if bool(finite.all()):
+        return
+    bad = [int(i) for i in torch.nonzero(~finite.reshape(-1)).flatten()]
+    if value.ndim == 0:
+        where = f"run {name!r}"
+    else:
+        labels = [run_names[i] if run_names else f"{name}[{i}]" for i in bad]
+        where = f"run(s) {', '.join(map(repr, labels))} of {name!r}"
+    raise TrainingDivergedError(
+        f"training diverged: the objective of {where} is {value.detach().reshape(-1)[bad[0]]}. "
+        "Fix: lower the learning rate, raise the observation noise, or check the data for "
+        "outliers"
+    )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, name: str, show: bool):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=name, leave=False, mininterval=0.5)
+
+
+def seconds_per_step(history: History) -> float:
+    """Mean wall time of one optimiser step."""
+    n = int(history.steps[-1]) if history.steps.size else 0
+    return history.seconds / n if n else math.nan
