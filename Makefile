@@ -27,14 +27,14 @@ book: $(STAMP)  ## build the executed HTML book in _build/html (LINCOLLAPSE_PRES
 test: $(STAMP)  ## lint, unit tests, and every chapter re-executed under nbval (fast preset)
 	$(BIN)/ruff check lincollapse tests
 	$(BIN)/ruff format --check lincollapse tests
-	LINCOLLAPSE_PRESET=fast MPLBACKEND=Agg $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
+	LINCOLLAPSE_PRESET=fast $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
 		--nbval-lax --nbval-current-env -p no:cacheprovider tests book
 
 unit: $(STAMP)  ## unit tests only
-	LINCOLLAPSE_PRESET=fast MPLBACKEND=Agg $(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider tests
+	LINCOLLAPSE_PRESET=fast $(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider tests
 
 chapters: $(STAMP)  ## chapters only, under nbval (fast preset)
-	LINCOLLAPSE_PRESET=fast MPLBACKEND=Agg $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
+	LINCOLLAPSE_PRESET=fast $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
 		--nbval-lax --nbval-current-env -p no:cacheprovider book
 
 format: $(STAMP)  ## apply ruff's formatting and safe fixes

@@ -49,11 +49,30 @@ def build(root: Path, builder: str = "html") -> int:
     preset = current_preset()
     config = write_build_config(root, preset)
     command = [
-        sys.executable, "-m", "jupyter_book.cli.main", "build", str(root),
-        "--config", str(config), "--builder", builder, "-W", "-n", "--keep-going",
-    ]  # fmt: skip
-    print(f"building the book with {ENV_VAR}={preset}: {' '.join(command[2:])}", flush=True)
-    return subprocess.call(command, env=os.environ | {ENV_VAR: preset, "MPLBACKEND": "Agg"})
+        sys.executable,
+        "-c",
+        "from jupyter_book.cli.main import main; main()",
+        "build",
+        str(root),
+        "--config",
+        str(config),
+        "--builder",
+        builder,
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
+    print(
+        f"building the book with {ENV_VAR}={preset}: jupyter-book {' '.join(command[3:])}",
+        flush=True,
+    )
+    return subprocess.call(command, env=_kernel_environment(preset))
+
+
+def _kernel_environment(preset: str) -> dict[str, str]:
+    """The build's environment: the preset set, and no MPLBACKEND so kernels plot inline."""
+    env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
+    return env | {ENV_VAR: preset}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,8 +277,12 @@ def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:
             "reshape images to (n, 784) first"
         )
     if array.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got {array.shape[0]}")
+        raise ValueError(
+            f"{name} needs at least 2 rows to estimate a covariance, got {array.shape[0]}"
+        )
     if not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite values; remove or impute them first")
+        raise ValueError(
+            f"{name} contains {bad} NaN or infinite values; remove or impute them first"
+        )
     return array

