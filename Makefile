@@ -10,7 +10,7 @@ JOBS ?= 2
 .PHONY: help venv book test unit chapters lint format bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -43,6 +43,14 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP)  ## print the benchmark tables
 	$(BIN)/python -m lincollapse bench
+
+.PHONY: browser-check pdf
+
+browser-check: $(STAMP)  ## check every page of _build/html in headless Chromium (after make book)
+	$(BIN)/python -m lincollapse.browser_check _build/html
+
+pdf: $(STAMP)  ## optional: the book as a PDF (needs pdflatex and latexmk; not part of CI)
+	LINCOLLAPSE_PRESET=$${LINCOLLAPSE_PRESET:-book} $(BIN)/python -m lincollapse.build_book --builder pdflatex
 
 clean:  ## remove build outputs (keeps .venv and the results cache)
 	rm -rf _build

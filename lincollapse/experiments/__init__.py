@@ -25,6 +25,14 @@ class FigureSpec:
     plot: str  # "module:function" in lincollapse.plotting, resolved lazily
     config: type[ExperimentConfig] | None
     summary: str
+    # Wall time of each preset on the book's reference machine, e.g. {"fast": "2 s"};
+    # a config class may instead carry a ``COSTS`` class attribute of the same form.
+    costs: dict[str, str] | None = None
+
+    def cost(self, preset: str) -> str | None:
+        """The recorded cost of ``preset`` (see :attr:`costs`), or ``None`` if unknown."""
+        costs = self.costs or getattr(self.config, "COSTS", None) or {}
+        return costs.get(preset)
 
     def plot_function(self) -> Callable[..., Any]:
         module, function = self.plot.split(":")
@@ -41,6 +49,7 @@ def figure(
     plot: str,
     config: type[ExperimentConfig] | None = None,
     paper_figure: str = "—",
+    costs: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an experiment function as the computation behind figure ``name``."""
 
@@ -48,7 +57,9 @@ def figure(
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is registered twice")
         summary = (compute.__doc__ or "").strip().splitlines()[0] if compute.__doc__ else ""
-        FIGURES[name] = FigureSpec(name, chapter, paper_figure, compute, plot, config, summary)
+        FIGURES[name] = FigureSpec(
+            name, chapter, paper_figure, compute, plot, config, summary, costs=costs
+        )
         return compute
 
     return register
@@ -62,4 +73,4 @@ def load_all() -> dict[str, FigureSpec]:
 
 
 # One module per chapter; add yours here.
-_MODULES = ("mnist",)
+_MODULES = ("mnist", "deep")
