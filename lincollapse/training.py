@@ -76,6 +76,8 @@ def maximise(
     run_names: Sequence[str] | None = None,
     tolerance: float | None = None,
     progress: bool | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
+    on_record: Callable[[int], None] | None = None,
 ) -> History:
     """Maximise ``objective()`` over ``parameters`` for ``steps`` optimiser steps.
 
@@ -101,6 +103,11 @@ def maximise(
         less than this (L-BFGS also stops when its own tolerances are met).
     progress : bool, optional
         Force the progress bar on or off (default: :func:`progress_enabled`).
+    lr_schedule : callable (step) -> float, optional
+        Adam only: the learning rate of step ``step`` (1-based) is ``lr * lr_schedule(step)``.
+    on_record : callable (step) -> None, optional
+        Called with the step number right after each recorded evaluation (step 0 included),
+        under ``torch.no_grad()``, so that callers can record more than the objective.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -118,6 +125,8 @@ def maximise(
         _check_finite(value, name, run_names)
         return value
 
+    if lr_schedule is not None and optimiser != "adam":
+        raise ValueError("lr_schedule applies to Adam only; L-BFGS chooses its own step sizes")
     if optimiser == "adam":
         optim = torch.optim.Adam(parameters, lr=lr)
     else:
@@ -138,12 +147,18 @@ def maximise(
         loss.backward()
         return loss
 
-    recorded_steps, recorded_values = [0], [_detach(evaluate())]
+    with torch.no_grad():
+        recorded_steps, recorded_values = [0], [_detach(evaluate())]
+        if on_record is not None:
+            on_record(0)
     show = progress_enabled() if progress is None else progress
     bar = _progress_bar(steps, name, show)
     start = time.perf_counter()
     for step in range(1, steps + 1):
         if optimiser == "adam":
+            if lr_schedule is not None:
+                for group in optim.param_groups:
+                    group["lr"] = lr * float(lr_schedule(step))
             closure()
             optim.step()
         else:
@@ -152,6 +167,8 @@ def maximise(
         if step % record_every == 0 or step == steps:
             with torch.no_grad():
                 value = _detach(evaluate())
+                if on_record is not None:
+                    on_record(step)
             previous = recorded_values[-1]
             recorded_steps.append(step)
             recorded_values.append(value)

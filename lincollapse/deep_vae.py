@@ -1,0 +1,560 @@
+r"""Deep Gaussian VAE with a scalar observation noise σ², fixed or learned.
+
+The model (the paper's §6 experiment) is
+
+.. math::
+
+    q_φ(z \mid x) = N\bigl(μ_φ(x), \operatorname{diag} s^2_φ(x)\bigr), \qquad
+    p(z) = N(0, I_q), \qquad p_θ(x \mid z) = N\bigl(f_θ(z), σ^2 I_d\bigr),
+
+with MLP encoder and decoder (ReLU hidden layers, linear outputs; the encoder has a mean head
+and a log-variance head). The objective is the ELBO, in **nats per image**,
+
+.. math::
+
+    \mathrm{ELBO}(x) = E_{q(z|x)}[\log N(x; f(z), σ^2 I)] − KL(q(z|x) \,\|\, N(0, I))
+    = −\frac{\|x − f(z)\|^2}{2σ^2} − \frac d2 \log(2πσ^2) − KL,
+
+with the expectation estimated by **one** reparameterised sample z = μ + s·ε per image and the
+KL in closed form, ½ Σ_i (μ_i² + s_i² − 1 − log s_i²). Loss convention: the reconstruction
+term is *summed* over the d pixels, the ELBO is *averaged* over the images of the (full) batch,
+and :func:`lincollapse.training.maximise` maximises it (the loss is its negative). For fixed σ²
+the ELBO equals, up to a constant, −(1/(2σ²))·(‖x − f‖² + 2σ²·KL): σ² is the weight of the KL
+against the squared reconstruction error, which is why it controls posterior collapse. With σ²
+learned (as log σ²) and f fixed, the optimum is σ²* = mean‖x − f‖²/d (:func:`optimal_sigma2`).
+
+:class:`GaussianVAE` is one run; :class:`BatchedGaussianVAE` trains R runs (one per σ²) at
+once with stacked weights and ``torch.baddbmm``. Given the same seeds they compute the same
+numbers (checked in the tests). Each run owns three ``torch.Generator`` streams derived from
+its seed: initialisation, training noise, and evaluation noise (used when gradients are off,
+so that recording progress does not change the training trajectory).
+
+Collapse is measured from the encoder's (mean, variance): see :func:`kl_per_dimension` and
+:func:`collapse_thresholds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lincollapse.training import History, maximise
+
+LOG_2PI = math.log(2.0 * math.pi)
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+class UnknownDeviceError(ValueError):
+    """A device name that is not one of :data:`DEVICE_CHOICES`, or is not available here."""
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` → ``cuda`` if available else ``cpu``; otherwise validate the name."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str):
+        raise UnknownDeviceError(f"device must be a string, got {device!r}")
+    name = device.strip().lower()
+    valid = ", ".join(DEVICE_CHOICES)
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UnknownDeviceError(
+                f"device {device!r} asked for, but CUDA is not available on this machine; "
+                f"use device='cpu' or 'auto' (valid devices: {valid})"
+            )
+        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+            raise UnknownDeviceError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UnknownDeviceError(f"device 'mps' is not available here (valid: {valid})")
+        return torch.device("mps")
+    raise UnknownDeviceError(f"unknown device {device!r}; valid devices are {valid}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """Layer widths: encoder d → hidden… → (mean, log-variance) of size q; decoder q → … → d."""
+
+    data_dim: int = 784
+    latent: int = 200
+    encoder_hidden: tuple[int, ...] = (1024, 512)
+    decoder_hidden: tuple[int, ...] = (512, 1024)
+
+    @property
+    def encoder_shapes(self) -> list[tuple[int, int]]:
+        """(fan_in, fan_out) of each encoder layer; the last is the joint (mean, logvar) head."""
+        widths = [self.data_dim, *self.encoder_hidden]
+        shapes = list(zip(widths[:-1], widths[1:], strict=True))
+        return shapes + [(widths[-1], 2 * self.latent)]
+
+    @property
+    def decoder_shapes(self) -> list[tuple[int, int]]:
+        widths = [self.latent, *self.decoder_hidden, self.data_dim]
+        return list(zip(widths[:-1], widths[1:], strict=True))
+
+    def forward_flops(self, n: int) -> int:
+        """Multiply-add flops (2 per MAC) of the GEMMs of one forward pass on ``n`` images."""
+        macs = sum(a * b for a, b in self.encoder_shapes + self.decoder_shapes)
+        return 2 * n * macs
+
+    def step_flops(self, n: int) -> int:
+        """Flops of one training step ≈ 3 × forward (forward, grad wrt inputs, grad wrt weights).
+
+        The first layer needs no gradient with respect to the data, so this overcounts by
+        2·n·d·h₁ (≈ 9 % at the paper's widths); elementwise work is ignored.
+        """
+        return 3 * self.forward_flops(n)
+
+
+def _uniform_init(
+    fan_in: int, fan_out: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's default ``nn.Linear`` initialisation, U(−1/√fan_in, 1/√fan_in), as (in, out)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    weight = (torch.rand(fan_in, fan_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    bias = (torch.rand(fan_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    return weight, bias
+
+
+def _initial_weights(arch: Architecture, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Initial (weight (in, out), bias (out,)) of every layer, encoder then decoder, float64."""
+    generator = torch.Generator().manual_seed(int(seed))
+    return [_uniform_init(a, b, generator) for a, b in arch.encoder_shapes + arch.decoder_shapes]
+
+
+def gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_sigma2: torch.Tensor
+) -> torch.Tensor:
+    """log N(x; mean, σ² I) summed over the last axis (pixels), in nats.
+
+    ``log_sigma2`` broadcasts against ``x.shape[:-1]`` (a scalar, or one value per run (R, 1)).
+    """
+    d = x.shape[-1]
+    squared = (x - mean).pow(2).sum(-1)
+    return -0.5 * (squared * torch.exp(-log_sigma2) + d * (LOG_2PI + log_sigma2))
+
+
+def kl_per_dimension(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ_i, s_i²) ‖ N(0, 1)) = ½(μ_i² + s_i² − 1 − log s_i²), elementwise."""
+    return 0.5 * (mean.pow(2) + variance - 1.0 - torch.log(variance))
+
+
+def _kl_from_logvar(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (mean.pow(2) + torch.exp(logvar) - 1.0 - logvar)
+
+
+def collapse_quantile_index(n: int, delta: float) -> int:
+    """The order statistic k (1-based) such that "≥ (1 − δ)·n of the n KLs are < ε" ⇔ KL_(k) < ε."""
+    if not 0 <= delta < 1:
+        raise ValueError(f"delta must be in [0, 1), got {delta}")
+    return max(1, math.ceil(round((1.0 - delta) * n, 9)))
+
+
+def collapse_thresholds(kl: torch.Tensor | np.ndarray, delta: float = 0.01) -> np.ndarray:
+    """Per latent, the smallest ε above which it is (ε, δ)-collapsed.
+
+    Latent i is (ε, δ)-collapsed when P_x[KL_i(x) < ε] ≥ 1 − δ, i.e. when at least
+    k = ⌈(1 − δ)·n⌉ of the n images have KL_i < ε, i.e. when the k-th smallest KL_i is < ε.
+    That order statistic is returned, so the collapsed fraction at any ε is
+    ``mean(thresholds < ε)`` (:func:`collapsed_fraction_from_thresholds`).
+
+    Parameters
+    ----------
+    kl : array of shape (..., n, q)
+        Per-image, per-latent KL to the prior.
+    delta : float
+        Fraction of images allowed to exceed ε.
+
+    Returns
+    -------
+    ndarray of shape (..., q), float64
+    """
+    kl = torch.as_tensor(kl)
+    k = collapse_quantile_index(kl.shape[-2], delta)
+    values = torch.kthvalue(kl.detach(), k, dim=-2).values
+    return values.double().cpu().numpy()
+
+
+def collapsed_fraction_from_thresholds(
+    thresholds: np.ndarray, epsilons: np.ndarray | Sequence[float] | float
+) -> np.ndarray:
+    """Fraction of latents with threshold < ε: shape ``thresholds.shape[:-1] + eps.shape``."""
+    eps = np.asarray(epsilons, dtype=np.float64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    return (t[..., None] < eps.reshape(-1)).mean(axis=-2).reshape(t.shape[:-1] + eps.shape)
+
+
+def optimal_sigma2(
+    x: torch.Tensor | np.ndarray, reconstruction: torch.Tensor | np.ndarray
+) -> float:
+    """The σ² maximising the Gaussian likelihood for a fixed decoder output: mean‖x − x̂‖²/d."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    reconstruction = torch.as_tensor(reconstruction, dtype=torch.float64)
+    return float((x - reconstruction).pow(2).sum(-1).mean() / x.shape[-1])
+
+
+class GaussianVAE(nn.Module):
+    """One deep Gaussian VAE (see the module docstring for the model and the loss convention).
+
+    Parameters
+    ----------
+    arch : Architecture
+        Widths.
+    sigma2 : float
+        Observation noise σ² (initial value when learned).
+    learn_sigma2 : bool
+        Learn log σ² with the network weights.
+    seed : int
+        Seeds the initialisation (``seed``), training noise (``seed + 1``) and evaluation noise
+        (``seed + 2``) generators, exactly as run r of :class:`BatchedGaussianVAE`.
+    dtype, device
+        Parameter dtype (float32 by default) and device (``"auto"``: cuda if available).
+    """
+
+    def __init__(
+        self,
+        arch: Architecture = Architecture(),
+        sigma2: float = 1.0,
+        learn_sigma2: bool = False,
+        seed: int = 0,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = "auto",
+    ) -> None:
+        super().__init__()
+        if not sigma2 > 0:
+            raise ValueError(f"sigma2 must be positive, got {sigma2}")
+        self.arch = arch
+        self.device_ = resolve_device(device)
+        init = _initial_weights(arch, seed)
+        n_enc = len(arch.encoder_shapes)
+        self.encoder = nn.ModuleList(self._linear(w, b, dtype) for w, b in init[:n_enc])
+        self.decoder = nn.ModuleList(self._linear(w, b, dtype) for w, b in init[n_enc:])
+        log_sigma2 = torch.tensor(math.log(sigma2), dtype=dtype, device=self.device_)
+        if learn_sigma2:
+            self.log_sigma2 = nn.Parameter(log_sigma2)
+        else:
+            self.register_buffer("log_sigma2", log_sigma2)
+        self.learn_sigma2 = learn_sigma2
+        self._noise = torch.Generator(self.device_).manual_seed(int(seed) + 1)
+        self._eval_noise = torch.Generator(self.device_).manual_seed(int(seed) + 2)
+
+    def _linear(self, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> nn.Linear:
+        layer = nn.Linear(weight.shape[0], weight.shape[1], device=self.device_, dtype=dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight.T)
+            layer.bias.copy_(bias)
+        return layer
+
+    @property
+    def sigma2(self) -> float:
+        return float(torch.exp(self.log_sigma2.detach()))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder mean and log-variance, each (n, q)."""
+        h = x
+        for layer in self.encoder[:-1]:
+            h = torch.relu(layer(h))
+        out = self.encoder[-1](h)
+        return out[..., : self.arch.latent], out[..., self.arch.latent :]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder mean f(z), (n, d)."""
+        h = z
+        for layer in self.decoder[:-1]:
+            h = torch.relu(layer(h))
+        return self.decoder[-1](h)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder (mean, variance) of q(z|x), each (n, q): what the collapse metric needs."""
+        mean, logvar = self.encode(x)
+        return mean, torch.exp(logvar)
+
+    def elbo(self, x: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
+        """Single-sample ELBO in nats per image, averaged over the n images of ``x`` (scalar).
+
+        ``sample=False`` decodes the mean (z = μ): a deterministic objective, used in tests.
+        """
+        mean, logvar = self.encode(x)
+        z = mean
+        if sample:
+            noise = self._noise if torch.is_grad_enabled() else self._eval_noise
+            eps = torch.randn(mean.shape, generator=noise, device=mean.device, dtype=mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * eps
+        log_lik = gaussian_log_likelihood(x, self.decode(z), self.log_sigma2)
+        kl = _kl_from_logvar(mean, logvar).sum(-1)
+        return (log_lik - kl).mean()
+
+
+class BatchedGaussianVAE(nn.Module):
+    """R deep Gaussian VAEs with stacked weights, trained together (one per σ²).
+
+    Run r is the :class:`GaussianVAE` with ``sigma2=sigma2s[r]``, ``learn_sigma2=learned[r]``
+    and ``seed=seeds[r]``: same initial weights, same noise, same ELBO (to float tolerance).
+    Layer l holds ``weight`` (R, in, out) and ``bias`` (R, 1, out); a forward pass is one
+    ``torch.baddbmm`` per layer. :meth:`elbo` returns the (R,) vector of per-run ELBOs, which
+    :func:`lincollapse.training.maximise` trains as R independent runs (their gradients do not
+    mix because the sum's gradient with respect to run r's weights is run r's gradient).
+
+    Fixed and learned σ² may be mixed: log σ² is a parameter of shape (R,) whose gradient is
+    masked to zero for the fixed runs, so Adam leaves them unchanged.
+    """
+
+    def __init__(
+        self,
+        arch: Architecture,
+        sigma2s: Sequence[float],
+        learned: Sequence[bool] | bool = False,
+        seeds: Sequence[int] | int = 0,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = "auto",
+    ) -> None:
+        super().__init__()
+        sigma2s = [float(s) for s in sigma2s]
+        runs = len(sigma2s)
+        if runs == 0 or any(not s > 0 for s in sigma2s):
+            raise ValueError(f"need at least one positive sigma2, got {sigma2s}")
+        learned = (
+            [bool(learned)] * runs if isinstance(learned, bool) else [bool(v) for v in learned]
+        )
+        seeds = [int(seeds)] * runs if isinstance(seeds, int) else [int(s) for s in seeds]
+        if len(learned) != runs or len(seeds) != runs:
+            raise ValueError("sigma2s, learned and seeds must have the same length")
+        self.arch, self.runs = arch, runs
+        self.sigma2_init, self.learned, self.seeds = sigma2s, learned, seeds
+        self.device_ = resolve_device(device)
+        per_run = [_initial_weights(arch, seed) for seed in seeds]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for layer in range(len(per_run[0])):
+            w = torch.stack([p[layer][0] for p in per_run]).to(self.device_, dtype)
+            b = torch.stack([p[layer][1] for p in per_run])[:, None, :].to(self.device_, dtype)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(b))
+        self.n_encoder = len(arch.encoder_shapes)
+        self.log_sigma2 = nn.Parameter(
+            torch.log(torch.tensor(sigma2s, dtype=torch.float64)).to(self.device_, dtype)
+        )
+        mask = torch.tensor(learned, dtype=dtype, device=self.device_)
+        self.register_buffer("learn_mask", mask)
+        if any(learned):
+            self.log_sigma2.register_hook(lambda grad: grad * self.learn_mask)
+        else:
+            self.log_sigma2.requires_grad_(False)
+        self._noise = [torch.Generator(self.device_).manual_seed(s + 1) for s in seeds]
+        self._eval_noise = [torch.Generator(self.device_).manual_seed(s + 2) for s in seeds]
+
+    @property
+    def sigma2(self) -> np.ndarray:
+        """Current σ² of each run, (R,)."""
+        return torch.exp(self.log_sigma2.detach()).double().cpu().numpy()
+
+    def _mlp(self, h: torch.Tensor, layers: range) -> torch.Tensor:
+        last = layers[-1]
+        for layer in layers:
+            h = torch.baddbmm(self.biases[layer], h, self.weights[layer])
+            if layer != last:
+                h = torch.relu(h)
+        return h
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance, each (R, n, q), of data ``x`` of shape (n, d) or (R, n, d)."""
+        if x.ndim == 2:
+            x = x.expand(self.runs, *x.shape)
+        out = self._mlp(x, range(self.n_encoder))
+        q = self.arch.latent
+        return out[..., :q], out[..., q:]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder means (R, n, d) of latents (R, n, q)."""
+        return self._mlp(z, range(self.n_encoder, len(self.weights)))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder (mean, variance), each (R, n, q)."""
+        mean, logvar = self.encode(x)
+        return mean, torch.exp(logvar)
+
+    def _draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        streams = self._noise if torch.is_grad_enabled() else self._eval_noise
+        return torch.stack(
+            [
+                torch.randn(shape[1:], generator=g, device=like.device, dtype=like.dtype)
+                for g in streams
+            ]
+        )
+
+    def elbo_terms(
+        self, x: torch.Tensor, *, sample: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-run ELBO (R,), and the encoder mean and log-variance (R, n, q) it used."""
+        mean, logvar = self.encode(x)
+        z = mean
+        if sample:
+            z = mean + torch.exp(0.5 * logvar) * self._draw_noise(mean.shape, mean)
+        log_lik = gaussian_log_likelihood(x, self.decode(z), self.log_sigma2[:, None])
+        kl = _kl_from_logvar(mean, logvar).sum(-1)
+        return (log_lik - kl).mean(-1), mean, logvar
+
+    def elbo(self, x: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
+        """Single-sample ELBO of each run in nats per image, averaged over the images: (R,)."""
+        return self.elbo_terms(x, sample=sample)[0]
+
+
+@dataclasses.dataclass
+class TrainedRuns:
+    """What training R runs together recorded.
+
+    Attributes
+    ----------
+    sigma2_init : ndarray (R,)
+        Initial (or fixed) σ² of each run.
+    learned : ndarray (R,) of bool
+        Whether σ² was learned.
+    steps : ndarray (k,)
+        Record steps (0 = initialisation).
+    elbo : ndarray (k, R)
+        Single-sample ELBO (nats per image, evaluation noise) at the record steps.
+    sigma2 : ndarray (k, R)
+        σ² at the record steps (constant for fixed runs).
+    thresholds : ndarray (k, R, q)
+        Per latent, the (1 − δ) order statistic of KL over the images
+        (:func:`collapse_thresholds`); collapsed fraction at ε = ``mean(thresholds < ε)``.
+    kl_mean : ndarray (k, R, q)
+        KL per latent averaged over the images, at the record steps.
+    seconds : float
+        Wall time of the training loop.
+    delta : float
+        δ of the collapse metric.
+    """
+
+    sigma2_init: np.ndarray
+    learned: np.ndarray
+    steps: np.ndarray
+    elbo: np.ndarray
+    sigma2: np.ndarray
+    thresholds: np.ndarray
+    kl_mean: np.ndarray
+    seconds: float
+    delta: float
+
+    def collapsed_fraction(self, epsilons, step_index: int = -1) -> np.ndarray:
+        """Collapsed fraction (R, len(eps)) at record ``step_index`` (default: the end)."""
+        return collapsed_fraction_from_thresholds(self.thresholds[step_index], epsilons)
+
+    def run(self, r: int) -> TrainedRuns:
+        """Run r alone, as a one-run :class:`TrainedRuns`."""
+        return TrainedRuns(
+            self.sigma2_init[r : r + 1], self.learned[r : r + 1], self.steps,
+            self.elbo[:, r : r + 1], self.sigma2[:, r : r + 1], self.thresholds[:, r : r + 1],
+            self.kl_mean[:, r : r + 1], self.seconds, self.delta,
+        )  # fmt: skip
+
+
+def train_batched(
+    x: np.ndarray | torch.Tensor,
+    arch: Architecture,
+    sigma2s: Sequence[float],
+    learned: Sequence[bool] | bool = False,
+    *,
+    steps: int,
+    lr: float = 5e-4,
+    seed: int = 0,
+    record_every: int = 100,
+    delta: float = 0.01,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = "auto",
+    progress: bool | None = None,
+) -> TrainedRuns:
+    """Train one run per σ² together with Adam on the full batch ``x`` (n, d) and record collapse.
+
+    Every run starts from the same initial weights and sees the same noise (seed ``seed``), so
+    runs differ only in σ² (and whether it is learned). At each record step (every
+    ``record_every`` steps, and step 0 and the last) the ELBO, σ² and the collapse thresholds
+    are recorded; the thresholds come from the encoder outputs of the evaluation that
+    :func:`maximise` makes there anyway (it evaluates the objective with gradients off at its
+    record steps; step 0's statistics are taken just before :func:`maximise` starts).
+    """
+    model = BatchedGaussianVAE(arch, sigma2s, learned, seed, dtype=dtype, device=device)
+    data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
+    records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    names = [
+        f"sigma2={s:g} ({'learned' if v else 'fixed'})"
+        for s, v in zip(model.sigma2_init, model.learned, strict=True)
+    ]
+
+    def objective() -> torch.Tensor:
+        value, mean, logvar = model.elbo_terms(data)
+        if not torch.is_grad_enabled():  # a record step of maximise
+            kl = _kl_from_logvar(mean, logvar)
+            kl_mean = kl.mean(-2).double().cpu().numpy()
+            records.append((collapse_thresholds(kl, delta), kl_mean, model.sigma2))
+        return value
+
+    with torch.no_grad():  # the statistics at step 0 (maximise evaluates step 0 with gradients)
+        objective()
+    history: History = maximise(
+        objective, model.parameters(), steps=steps, lr=lr, record_every=record_every,
+        name="deep VAE", run_names=names, progress=progress,
+    )  # fmt: skip
+    if len(records) != history.steps.size:  # pragma: no cover - guards the record protocol
+        raise RuntimeError("record steps and recorded encoder statistics are out of step")
+    values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
+    return TrainedRuns(
+        sigma2_init=np.asarray(model.sigma2_init),
+        learned=np.asarray(model.learned),
+        steps=history.steps,
+        elbo=values,
+        sigma2=np.stack([r[2] for r in records]),
+        thresholds=np.stack([r[0] for r in records]),
+        kl_mean=np.stack([r[1] for r in records]),
+        seconds=history.seconds,
+        delta=delta,
+    )
+
+
+def loop_vs_batched_seconds(
+    x: np.ndarray, arch: Architecture, sigma2s: Sequence[float], *, steps: int = 5, seed: int = 0
+) -> tuple[float, float]:
+    """Seconds per step (all runs) of a Python loop over :class:`GaussianVAE` runs vs batched.
+
+    Both use Adam with identical settings and the current torch thread count.
+    """
+    data = torch.tensor(np.asarray(x), dtype=torch.float32)
+    models = [GaussianVAE(arch, s, seed=seed, device="cpu") for s in sigma2s]
+    optimisers = [torch.optim.Adam(m.parameters(), lr=5e-4) for m in models]
+    batched = BatchedGaussianVAE(arch, sigma2s, seeds=seed, device="cpu")
+    batched_opt = torch.optim.Adam([p for p in batched.parameters() if p.requires_grad], lr=5e-4)
+
+    def loop_step() -> None:
+        for model, opt in zip(models, optimisers, strict=True):
+            opt.zero_grad()
+            (-model.elbo(data)).backward()
+            opt.step()
+
+    def batched_step() -> None:
+        batched_opt.zero_grad()
+        (-batched.elbo(data).sum()).backward()
+        batched_opt.step()
+
+    timings = []
+    for step in (loop_step, batched_step):
+        step()  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        timings.append((time.perf_counter() - start) / steps)
+    return timings[0], timings[1]

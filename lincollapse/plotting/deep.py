@@ -1,0 +1,96 @@
+"""Figures of the chapter *Deep Gaussian VAEs: collapse against σ²*."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lincollapse.experiments.deep import CollapseCurves, ConvergenceStudy, SigmaSummary
+from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
+
+
+def _smoke(preset: str) -> str:
+    return " — SMOKE TEST (fast preset)" if preset == "fast" else ""
+
+
+def plot_collapse_vs_eps(result: CollapseCurves, columns: int = 4) -> Figure:
+    """One panel per σ²: fraction of (ε, δ)-collapsed latents against ε ∈ [0, 2]."""
+    runs = result.sigma2_init.size
+    rows = int(np.ceil(runs / columns))
+    with house_style():
+        fig, axes = new_figure(
+            rows, columns, figsize=(2.4 * columns, 2.1 * rows + 0.5), sharex=True, sharey=True,
+            squeeze=False,
+        )  # fmt: skip
+        for r, ax in enumerate(axes.flat):
+            if r >= runs:
+                ax.set_axis_off()
+                continue
+            ax.plot(result.epsilons, result.fraction[r], color=COLLAPSED, lw=1.6)
+            ax.set_ylim(-0.03, 1.03)
+            title = f"σ² = {result.sigma2_init[r]:g}"
+            if result.learned:
+                title = f"σ² init {result.sigma2_init[r]:g} → {result.final_sigma2[r]:.3g}"
+            ax.set_title(title)
+            if r % columns == 0:
+                ax.set_ylabel("collapsed fraction")
+            if r >= runs - columns:
+                ax.set_xlabel("ε (nats)")
+        kind = "learned" if result.learned else "fixed"
+        fig.suptitle(
+            f"Deep Gaussian VAE, {kind} σ²: latents with KL < ε on ≥ {1 - result.delta:.0%} of "
+            f"images (q = {result.latent}, {result.steps} steps){_smoke(result.preset)}"
+        )
+    return fig
+
+
+def plot_sigma2_summary(result: SigmaSummary) -> Figure:
+    """Collapsed fraction at ε against σ²: deep fixed, deep learned (at final σ²), linear count."""
+    with house_style():
+        fig, ax = new_figure(figsize=(6.4, 4.0))
+        ax.semilogx(result.sigma2_line, result.linear_prediction, color=OPTIMUM, lw=1.2,
+                    label=r"linear theory $\max(0, q - \#\{\lambda_j > \sigma^2\})/q$")  # fmt: skip
+        ax.semilogx(result.sigma2_fixed, result.fraction_fixed, "o-", color=COLLAPSED,
+                    label="deep VAE, fixed σ²")  # fmt: skip
+        ax.semilogx(result.sigma2_learned_final, result.fraction_learned, "s", color=ACTIVE,
+                    mfc="none", mew=1.5, label="deep VAE, learned σ² (final σ²)")  # fmt: skip
+        for init, final, frac in zip(
+            result.sigma2_learned_init,
+            result.sigma2_learned_final,
+            result.fraction_learned,
+            strict=True,
+        ):
+            ax.annotate(f"init {init:g}", (final, frac), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=ACTIVE)  # fmt: skip
+        ax.set_xlabel("observation noise σ²")
+        ax.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(
+            f"collapse against σ² (q = {result.latent}, {result.steps} steps, "
+            f"preset {result.preset}){_smoke(result.preset)}"
+        )
+        ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def plot_convergence(result: ConvergenceStudy) -> Figure:
+    """Collapsed fraction against training step for several σ², with the preset's step count."""
+    with house_style():
+        fig, (ax_frac, ax_elbo) = new_figure(1, 2, figsize=(10, 3.6))
+        for c, sigma2 in enumerate(result.sigma2):
+            color = SERIES[c % len(SERIES)]
+            ax_frac.plot(result.steps, result.fraction[:, c], color=color, lw=1.5,
+                         label=f"σ² = {sigma2:g} (gap {result.gap[c]:.3f})")  # fmt: skip
+            ax_elbo.plot(result.steps[1:], result.elbo[1:, c], color=color, lw=1.2,
+                         label=f"σ² = {sigma2:g}")  # fmt: skip
+        for ax in (ax_frac, ax_elbo):
+            ax.axvline(result.preset_steps, color=OPTIMUM, ls=":", lw=1)
+            ax.set_xlabel("Adam step")
+        ax_frac.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
+        ax_frac.set_ylim(-0.03, 1.03)
+        ax_frac.set_title(f"collapse during training; dotted: the preset's {result.preset_steps}")
+        ax_frac.legend(fontsize=8)
+        ax_elbo.set_ylabel("training ELBO (nats per image)")
+        ax_elbo.set_yscale("symlog")
+        ax_elbo.set_title(f"ELBO (single sample){_smoke(result.preset)}")
+    return fig

@@ -1,0 +1,239 @@
+"""Deep Gaussian VAE: model, batching, learned σ², divergence, collapse metric, experiments."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from lincollapse.deep_vae import (
+    Architecture,
+    BatchedGaussianVAE,
+    GaussianVAE,
+    UnknownDeviceError,
+    collapse_thresholds,
+    collapsed_fraction_from_thresholds,
+    kl_per_dimension,
+    optimal_sigma2,
+    resolve_device,
+    train_batched,
+)
+from lincollapse.training import TrainingDivergedError, maximise
+
+matplotlib.use("Agg")
+TINY = Architecture(data_dim=20, latent=3, encoder_hidden=(16, 8), decoder_hidden=(8, 16))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data() -> torch.Tensor:
+    return torch.rand(40, 20, generator=torch.Generator().manual_seed(5))
+
+
+# ----------------------------------------------------------------------------- collapse metric
+
+
+def test_kl_per_dimension_known_values():
+    mean = torch.tensor([[0.0, 1.0, 0.0, 2.0]])
+    variance = torch.tensor([[1.0, 1.0, math.e, 0.5]])
+    expected = [0.0, 0.5, 0.5 * (math.e - 2.0), 0.5 * (4.0 + 0.5 - 1.0 - math.log(0.5))]
+    np.testing.assert_allclose(kl_per_dimension(mean, variance)[0].numpy(), expected, rtol=1e-6)
+
+
+def _constructed_encoder(n: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder outputs with known KLs (unit variance, KL = μ²/2) over 4 latents.
+
+    latent 0: KL 0 everywhere; latent 1: KL 1 everywhere; latent 2: KL 0 except 5 on one image
+    (1 % of 100, allowed by δ = 0.01); latent 3: KL 0 except 5 on two images (not allowed).
+    """
+    kl = torch.zeros(n, 4, dtype=torch.float64)
+    kl[:, 1] = 1.0
+    kl[0, 2] = 5.0
+    kl[:2, 3] = 5.0
+    return torch.sqrt(2 * kl), torch.ones_like(kl)
+
+
+def test_collapsed_fraction_on_constructed_encoder():
+    mean, variance = _constructed_encoder()
+    thresholds = collapse_thresholds(kl_per_dimension(mean, variance), delta=0.01)
+    np.testing.assert_allclose(thresholds, [0.0, 1.0, 0.0, 5.0], atol=1e-12)
+    fraction = collapsed_fraction_from_thresholds(thresholds, [0.0, 0.5, 2.0, 6.0])
+    # KL < ε is strict: nothing is collapsed at ε = 0.
+    np.testing.assert_allclose(fraction, [0.0, 0.5, 0.75, 1.0])
+    # with δ = 0 the one-image outlier of latent 2 counts
+    strict = collapse_thresholds(kl_per_dimension(mean, variance), delta=0.0)
+    np.testing.assert_allclose(strict, [0.0, 1.0, 5.0, 5.0], atol=1e-12)
+
+
+def test_thresholds_agree_with_the_collapse_module():
+    collapse = pytest.importorskip("lincollapse.collapse")
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(300, 12, generator=generator, dtype=torch.float64) * 0.3
+    variance = torch.rand(300, 12, generator=generator, dtype=torch.float64) * 0.5 + 0.6
+    eps = np.linspace(0, 0.5, 41)
+    ours = collapsed_fraction_from_thresholds(
+        collapse_thresholds(kl_per_dimension(mean, variance)), eps
+    )
+    kl = collapse.kl_per_dimension(mean.numpy(), variance.numpy())
+    np.testing.assert_allclose(kl, kl_per_dimension(mean, variance).numpy(), rtol=1e-12)
+    theirs = collapse.collapsed_fraction(kl, eps, delta=0.01)
+    np.testing.assert_allclose(ours, theirs)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_batched_model_equals_per_run_models(data):
+    sigma2s, learned, seeds = [3.0, 0.1, 0.01], [False, True, False], [0, 1, 2]
+    batched = BatchedGaussianVAE(TINY, sigma2s, learned, seeds, device="cpu")
+    history = maximise(lambda: batched.elbo(data), batched.parameters(), steps=6, lr=1e-2)
+    for r, (s, v, seed) in enumerate(zip(sigma2s, learned, seeds, strict=True)):
+        single = GaussianVAE(TINY, s, v, seed, device="cpu")
+        alone = maximise(lambda m=single: m.elbo(data), single.parameters(), steps=6, lr=1e-2)
+        np.testing.assert_allclose(history.values[:, r], alone.values, rtol=1e-5, atol=1e-4)
+        assert batched.sigma2[r] == pytest.approx(single.sigma2, rel=1e-6)
+    assert batched.sigma2[0] == pytest.approx(3.0) and batched.sigma2[2] == pytest.approx(0.01)
+    assert batched.sigma2[1] != pytest.approx(0.1)  # the learned one moved
+
+
+def test_posterior_outputs_mean_and_variance(data):
+    model = BatchedGaussianVAE(TINY, [1.0, 0.5], device="cpu")
+    mean, variance = model.posterior(data)
+    assert mean.shape == variance.shape == (2, 40, 3)
+    assert bool((variance > 0).all())
+
+
+def test_learned_sigma2_reaches_the_analytic_optimum(data):
+    model = GaussianVAE(TINY, sigma2=1.0, learn_sigma2=True, seed=3, dtype=torch.float64,
+                        device="cpu")  # fmt: skip
+    x = data.double()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name == "log_sigma2")
+    with torch.no_grad():
+        reconstruction = model.decode(model.encode(x)[0])
+    target = optimal_sigma2(x, reconstruction)
+    assert not math.isclose(target, 1.0, rel_tol=0.1)
+    maximise(lambda: model.elbo(x, sample=False), model.parameters(), steps=30, optimiser="lbfgs")
+    assert model.sigma2 == pytest.approx(target, rel=1e-6)
+
+
+def test_optimal_sigma2_formula():
+    x = np.zeros((2, 4))
+    x_hat = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]])
+    assert optimal_sigma2(x, x_hat) == pytest.approx((4.0 + 4.0) / 2 / 4)
+
+
+def test_injected_nan_stops_training_naming_the_run(data):
+    model = BatchedGaussianVAE(TINY, [1.0, 0.1], device="cpu")
+    with torch.no_grad():
+        model.weights[0][1, 0, 0] = float("nan")
+    names = ["sigma2=1 (fixed)", "sigma2=0.1 (fixed)"]
+    with pytest.raises(TrainingDivergedError, match=r"sigma2=0\.1 \(fixed\)") as error:
+        maximise(lambda: model.elbo(data), model.parameters(), steps=3, run_names=names)
+    assert "sigma2=1 (fixed)" not in str(error.value)
+
+
+def test_absurd_learning_rate_diverges_with_a_clear_error(data):
+    with pytest.raises(TrainingDivergedError, match=r"sigma2=.* \((fixed|learned)\)"):
+        train_batched(data.numpy(), TINY, [1.0, 1e-4], steps=200, lr=1e12, device="cpu",
+                      record_every=1, progress=False)  # fmt: skip
+
+
+def test_fast_training_improves_the_elbo(data):
+    runs = train_batched(data.numpy(), TINY, [1.0, 0.1], [False, True], steps=60, lr=5e-3,
+                         record_every=20, device="cpu", progress=False)  # fmt: skip
+    assert runs.elbo.shape == (4, 2) and runs.thresholds.shape == (4, 2, 3)
+    assert np.all(runs.elbo[-1] > runs.elbo[0] + 1.0)
+    assert runs.sigma2[-1, 0] == pytest.approx(1.0)
+
+
+def test_unknown_device_is_a_clear_error():
+    with pytest.raises(UnknownDeviceError, match="valid devices are auto, cpu, cuda"):
+        resolve_device("tpu")
+    with pytest.raises(UnknownDeviceError):
+        GaussianVAE(TINY, device="gpu0")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(UnknownDeviceError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_flop_count():
+    # one layer 20→16 etc.: MACs = 20·16 + 16·8 + 8·6 + 3·8 + 8·16 + 16·20
+    macs = 320 + 128 + 48 + 24 + 128 + 320
+    assert TINY.forward_flops(10) == 2 * 10 * macs
+    assert TINY.step_flops(10) == 3 * TINY.forward_flops(10)
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LINCOLLAPSE_QUIET", "1")
+    return tmp_path
+
+
+def test_linear_prediction_counts_eigenvalues():
+    from lincollapse.experiments.deep import linear_collapse_prediction
+
+    eigenvalues = np.array([5.0, 2.0, 0.5, 0.0])
+    fraction = linear_collapse_prediction(eigenvalues, np.array([10.0, 1.0, 0.1, 1e-9]), latent=3)
+    np.testing.assert_allclose(fraction, [1.0, 1 / 3, 0.0, 0.0])
+
+
+def test_runs_are_cached_and_short_runs_are_prefixes_of_long_ones(cache_dir):
+    from lincollapse.experiments.deep import DeepVAEConfig, load_or_train
+
+    config = DeepVAEConfig.for_preset(
+        "fast", n=60, latent=4, steps=40, convergence_steps=80, runs_per_batch=2
+    )
+    runs = [(s, False) for s in config.convergence_sigma2]
+    long, sources = load_or_train(config, runs, config.convergence_steps, device="cpu")
+    assert all(s.startswith("trained now") for s in sources)
+    again, sources = load_or_train(config, runs, config.convergence_steps, device="cpu")
+    assert all(s.startswith("cache") for s in sources)
+    np.testing.assert_array_equal(again.thresholds, long.thresholds)
+    short, sources = load_or_train(config, runs[:1], device="cpu")
+    assert sources[0].startswith("first 40 steps of the cached 80-step run")
+    direct = DeepVAEConfig.for_preset("fast", n=60, latent=4, steps=40, convergence_steps=40)
+    fresh, sources = load_or_train(direct, runs[:1], device="cpu")
+    assert sources[0].startswith("trained now")
+    np.testing.assert_allclose(short.elbo, fresh.elbo, rtol=1e-4)
+    np.testing.assert_allclose(short.thresholds, fresh.thresholds, rtol=1e-3, atol=1e-5)
+
+
+def test_fast_figures_compute_and_plot(cache_dir):
+    from matplotlib.figure import Figure
+
+    from lincollapse.experiments import load_all
+    from lincollapse.experiments.deep import DeepVAEConfig
+
+    figures = load_all()
+    config = DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
+    names = ["collapse-vs-eps-fixed", "collapse-vs-eps-learned", "collapse-vs-sigma2-summary",
+             "convergence-study"]  # fmt: skip
+    for name in names:
+        spec = figures[name]
+        result = spec.compute(config, device="cpu")
+        fig = spec.plot_function()(result)
+        assert isinstance(fig, Figure)
+        titles = fig.get_suptitle() + "".join(ax.get_title() for ax in fig.axes)
+        assert "SMOKE TEST" in titles
+        matplotlib.pyplot.close(fig)
+    curves = figures["collapse-vs-eps-learned"].compute(config, device="cpu")
+    assert curves.fraction.shape == (2, 201) and curves.learned
+    assert np.all(np.diff(curves.fraction, axis=1) >= 0)  # monotone in ε
+    assert curves.sources[0].startswith("cache")  # second time: read, not retrained
