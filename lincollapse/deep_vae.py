@@ -464,6 +464,29 @@ class TrainedRuns:
         )  # fmt: skip
 
 
+LR_DECAYS = ("none", "cosine")
+LR_FLOOR = 0.01
+
+
+def lr_multiplier(decay: str, steps: int, floor: float = LR_FLOOR):
+    """Adam learning-rate multiplier per 1-based step, or ``None`` for a constant rate.
+
+    ``"cosine"``: 1 at step 1 falling along a half cosine to ``floor`` at step ``steps``,
+    m(t) = floor + (1 − floor)·½(1 + cos(π (t − 1)/(steps − 1))). With a decay, a run of S steps
+    is *not* the first S steps of a longer run (its rate depends on S).
+    """
+    if decay not in LR_DECAYS:
+        raise ValueError(f"unknown lr_decay {decay!r}; choose one of {', '.join(LR_DECAYS)}")
+    if decay == "none":
+        return None
+    span = max(1, steps - 1)
+
+    def cosine(step: int) -> float:
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / span))
+
+    return cosine
+
+
 def train_batched(
     x: np.ndarray | torch.Tensor,
     arch: Architecture,
@@ -472,6 +495,7 @@ def train_batched(
     *,
     steps: int,
     lr: float = 5e-4,
+    lr_decay: str = "none",
     seed: int = 0,
     record_every: int = 100,
     delta: float = 0.01,
@@ -482,11 +506,11 @@ def train_batched(
     """Train one run per σ² together with Adam on the full batch ``x`` (n, d) and record collapse.
 
     Every run starts from the same initial weights and sees the same noise (seed ``seed``), so
-    runs differ only in σ² (and whether it is learned). At each record step (every
-    ``record_every`` steps, and step 0 and the last) the ELBO, σ² and the collapse thresholds
-    are recorded; the thresholds come from the encoder outputs of the evaluation that
-    :func:`maximise` makes there anyway (it evaluates the objective with gradients off at its
-    record steps; step 0's statistics are taken just before :func:`maximise` starts).
+    runs differ only in σ² (and whether it is learned). The learning rate is ``lr`` times
+    :func:`lr_multiplier` (``lr_decay``). At each record step (every ``record_every`` steps, and
+    step 0 and the last) the ELBO, σ² and the collapse thresholds are recorded; the thresholds
+    come from the encoder's outputs, computed in :func:`maximise`'s ``on_record`` callback
+    (gradients off; the encoder is deterministic, so recording never changes training).
     """
     model = BatchedGaussianVAE(arch, sigma2s, learned, seed, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
@@ -496,22 +520,17 @@ def train_batched(
         for s, v in zip(model.sigma2_init, model.learned, strict=True)
     ]
 
-    def objective() -> torch.Tensor:
-        value, mean, logvar = model.elbo_terms(data)
-        if not torch.is_grad_enabled():  # a record step of maximise
-            kl = _kl_from_logvar(mean, logvar)
-            kl_mean = kl.mean(-2).double().cpu().numpy()
-            records.append((collapse_thresholds(kl, delta), kl_mean, model.sigma2))
-        return value
+    def record(step: int) -> None:
+        mean, logvar = model.encode(data)
+        kl = _kl_from_logvar(mean, logvar)
+        kl_mean = kl.mean(-2).double().cpu().numpy()
+        records.append((collapse_thresholds(kl, delta), kl_mean, model.sigma2))
 
-    with torch.no_grad():  # the statistics at step 0 (maximise evaluates step 0 with gradients)
-        objective()
     history: History = maximise(
-        objective, model.parameters(), steps=steps, lr=lr, record_every=record_every,
-        name="deep VAE", run_names=names, progress=progress,
+        lambda: model.elbo(data), model.parameters(), steps=steps, lr=lr,
+        record_every=record_every, name="deep VAE", run_names=names, progress=progress,
+        lr_schedule=lr_multiplier(lr_decay, steps), on_record=record,
     )  # fmt: skip
-    if len(records) != history.steps.size:  # pragma: no cover - guards the record protocol
-        raise RuntimeError("record steps and recorded encoder statistics are out of step")
     values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
     return TrainedRuns(
         sigma2_init=np.asarray(model.sigma2_init),

@@ -281,3 +281,81 @@ def cached_paper_result(
     """
     config = config_class.for_preset("paper", **changes)
     return (cache or ResultsCache()).load(config.as_dict())
+
+
+# --------------------------------------------------------------------------- shipped references
+
+
+class ReferenceResultError(RuntimeError):
+    """A shipped reference result is missing, corrupt, stale or for another configuration."""
+
+
+def save_reference(
+    stem: str | os.PathLike,
+    config: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    fingerprint: str,
+    info: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write a reference result to be committed: ``<stem>.npz`` (arrays) + ``<stem>.json`` (meta).
+
+    The JSON holds the configuration, the source ``fingerprint`` of the computing modules, the
+    package and torch versions, the creation time, a SHA-256 per array and ``info`` (command,
+    machine, threads, wall time…). Both files are written atomically, the arrays first.
+    """
+    stem = Path(stem)
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    for name, array in arrays.items():
+        if array.dtype.hasobject:
+            raise ValueError(f"cannot store array {name!r} of dtype {array.dtype}")
+    cache = ResultsCache(stem.parent, fingerprint)
+    meta = cache._meta(config, arrays, info)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    _atomic_write(npz, buffer.getvalue())
+    _atomic_write(js, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    return npz, js
+
+
+def load_reference(
+    stem: str | os.PathLike, config: Mapping[str, Any] | None, fingerprint: str | None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The validated ``(arrays, meta)`` of a reference written by :func:`save_reference`.
+
+    Raises :class:`ReferenceResultError` saying what is wrong: missing files, unreadable files, a
+    checksum mismatch, a different configuration (``config``; ``None`` skips the check) or a
+    different fingerprint (``fingerprint``; ``None`` skips the check: the code has changed since
+    the reference was computed, so it must be regenerated).
+    """
+    stem = Path(stem)
+    npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    if not (npz.is_file() and js.is_file()):
+        raise ReferenceResultError(
+            f"reference result {npz.name} / {js.name} not found in {stem.parent}"
+        )
+    try:
+        meta = json.loads(js.read_text(encoding="utf-8"))
+        with np.load(npz, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:  # noqa: BLE001 - any failure to read means "corrupt"
+        raise ReferenceResultError(f"reference {stem.name} is unreadable: {error}") from error
+    checksums = meta.get("checksums", {})
+    if set(checksums) != set(arrays):
+        raise ReferenceResultError(f"reference {stem.name}: arrays do not match the manifest")
+    for name, array in arrays.items():
+        if _checksum(array) != checksums[name]:
+            raise ReferenceResultError(
+                f"reference {stem.name}: checksum mismatch in array {name!r}"
+            )
+    if config is not None and meta.get("config") != _canonical(config):
+        raise ReferenceResultError(
+            f"reference {stem.name} was computed for another configuration than the current one"
+        )
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise ReferenceResultError(
+            f"reference {stem.name} is stale: computed by code with fingerprint "
+            f"{meta.get('fingerprint')}, the code now has {fingerprint}; regenerate it"
+        )
+    return arrays, meta

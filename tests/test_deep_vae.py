@@ -76,6 +76,7 @@ def test_collapsed_fraction_on_constructed_encoder():
 
 
 def test_thresholds_agree_with_the_collapse_module():
+    """The batched torch metric used during training equals the book's reference metric."""
     collapse = pytest.importorskip("lincollapse.collapse")
     generator = torch.Generator().manual_seed(0)
     mean = torch.randn(300, 12, generator=generator, dtype=torch.float64) * 0.3
@@ -84,7 +85,7 @@ def test_thresholds_agree_with_the_collapse_module():
     ours = collapsed_fraction_from_thresholds(
         collapse_thresholds(kl_per_dimension(mean, variance)), eps
     )
-    kl = collapse.kl_per_dimension(mean.numpy(), variance.numpy())
+    kl = collapse.gaussian_kl_per_dimension(mean.numpy(), variance.numpy())
     np.testing.assert_allclose(kl, kl_per_dimension(mean, variance).numpy(), rtol=1e-12)
     theirs = collapse.collapsed_fraction(kl, eps, delta=0.01)
     np.testing.assert_allclose(ours, theirs)
@@ -194,25 +195,68 @@ def test_linear_prediction_counts_eigenvalues():
     np.testing.assert_allclose(fraction, [1.0, 1 / 3, 0.0, 0.0])
 
 
-def test_runs_are_cached_and_short_runs_are_prefixes_of_long_ones(cache_dir):
+def test_runs_are_cached_and_constant_lr_short_runs_are_prefixes_of_long_ones(cache_dir):
     from lincollapse.experiments.deep import DeepVAEConfig, load_or_train
 
     config = DeepVAEConfig.for_preset(
-        "fast", n=60, latent=4, steps=40, convergence_steps=80, runs_per_batch=2
-    )
+        "fast", n=60, latent=4, steps=40, lr_decay="none", convergence_steps=80,
+        convergence_lr=2e-3, runs_per_batch=2,
+    )  # fmt: skip
     runs = [(s, False) for s in config.convergence_sigma2]
-    long, sources = load_or_train(config, runs, config.convergence_steps, device="cpu")
+    long, sources = load_or_train(config, runs, config.long_schedule(), device="cpu")
     assert all(s.startswith("trained now") for s in sources)
-    again, sources = load_or_train(config, runs, config.convergence_steps, device="cpu")
+    again, sources = load_or_train(config, runs, config.long_schedule(), device="cpu")
     assert all(s.startswith("cache") for s in sources)
     np.testing.assert_array_equal(again.thresholds, long.thresholds)
     short, sources = load_or_train(config, runs[:1], device="cpu")
     assert sources[0].startswith("first 40 steps of the cached 80-step run")
-    direct = DeepVAEConfig.for_preset("fast", n=60, latent=4, steps=40, convergence_steps=40)
+    direct = DeepVAEConfig.for_preset(
+        "fast", n=60, latent=4, steps=40, lr_decay="none", convergence_steps=40
+    )
     fresh, sources = load_or_train(direct, runs[:1], device="cpu")
     assert sources[0].startswith("trained now")
     np.testing.assert_allclose(short.elbo, fresh.elbo, rtol=1e-4)
     np.testing.assert_allclose(short.thresholds, fresh.thresholds, rtol=1e-3, atol=1e-5)
+
+
+def test_decayed_runs_are_not_read_as_prefixes(cache_dir):
+    from lincollapse.experiments.deep import DeepVAEConfig, MissingRunsError, load_or_train
+
+    config = DeepVAEConfig.for_preset(
+        "fast", n=60, latent=4, steps=40, lr_decay="cosine", convergence_steps=80,
+        convergence_lr=2e-3, convergence_lr_decay="cosine",
+    )  # fmt: skip
+    runs = [(1.0, False)]
+    load_or_train(config, runs, config.long_schedule(), device="cpu")
+    with pytest.raises(MissingRunsError, match="not cached"):
+        load_or_train(config, runs, device="cpu", train_missing=False)
+    short, sources = load_or_train(config, runs, device="cpu")
+    assert sources[0].startswith("trained now")
+
+
+def test_cosine_schedule_and_its_effect():
+    from lincollapse.deep_vae import lr_multiplier
+
+    assert lr_multiplier("none", 100) is None
+    cosine = lr_multiplier("cosine", 101)
+    assert cosine(1) == pytest.approx(1.0) and cosine(101) == pytest.approx(0.01)
+    assert cosine(51) == pytest.approx(0.505)
+    assert all(cosine(t) >= cosine(t + 1) for t in range(1, 101))
+    with pytest.raises(ValueError, match="lr_decay"):
+        lr_multiplier("step", 10)
+
+
+def test_recording_does_not_change_training(data):
+    kwargs = dict(steps=40, lr=5e-3, lr_decay="cosine", device="cpu", progress=False)
+    every = train_batched(data.numpy(), TINY, [1.0, 0.1], record_every=1, **kwargs)
+    rarely = train_batched(data.numpy(), TINY, [1.0, 0.1], record_every=20, **kwargs)
+    np.testing.assert_array_equal(every.steps[::20], rarely.steps)
+    # the encoder statistics are deterministic (the recorded single-sample ELBOs are not: the
+    # evaluation noise stream advances at every record)
+    np.testing.assert_allclose(every.thresholds[::20], rarely.thresholds, rtol=1e-5, atol=1e-7)
+    constant = train_batched(data.numpy(), TINY, [1.0, 0.1], steps=40, lr=5e-3, device="cpu",
+                             record_every=20, progress=False)  # fmt: skip
+    assert not np.allclose(constant.elbo[-1], rarely.elbo[-1])  # the schedule is applied
 
 
 def test_fast_figures_compute_and_plot(cache_dir):
@@ -237,3 +281,39 @@ def test_fast_figures_compute_and_plot(cache_dir):
     assert curves.fraction.shape == (2, 201) and curves.learned
     assert np.all(np.diff(curves.fraction, axis=1) >= 0)  # monotone in ε
     assert curves.sources[0].startswith("cache")  # second time: read, not retrained
+    study = figures["convergence-study"].compute(config, device="cpu")
+    assert study.long_available and study.long_steps[-1] == 40
+    assert study.gap.shape == (3,) and np.all(np.isfinite(study.gap))
+    assert study.paper_fraction is None and "not cached" in study.paper_provenance
+
+
+def test_book_convergence_without_long_runs_says_so(cache_dir, monkeypatch):
+    from lincollapse.experiments import deep
+
+    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "no-results")
+    config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
+    arrays, reason = deep.long_runs(config, train_missing=False)
+    assert arrays is None and "not found" in reason and "not cached" in reason
+
+
+# ----------------------------------------------------------------------------- shipped reference
+
+
+def test_shipped_book_reference_is_current():
+    """The committed long runs match the book preset and the code now (else: regenerate them).
+
+    Regenerate with ``python -m lincollapse.experiments.deep --convergence --preset book
+    --write-reference --threads 1`` (≈ 40 min on one CPU core).
+    """
+    from lincollapse.experiments import deep
+    from lincollapse.results_cache import load_reference
+
+    config = deep.DeepVAEConfig.for_preset("book")
+    stem = deep.convergence_reference_path("book")
+    arrays, meta = load_reference(stem, deep.convergence_key(config), deep.computing_fingerprint())
+    assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
+    k, c = arrays["steps"].size, len(config.convergence_sigma2)
+    assert arrays["steps"][-1] == config.convergence_steps
+    assert arrays["fraction"].shape == (k, c, len(deep.REFERENCE_EPSILONS))
+    assert arrays["checkpoint_thresholds"].shape[1:] == (c, config.latent)
+    assert meta["info"]["command"].startswith("python -m lincollapse.experiments.deep")

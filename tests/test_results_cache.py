@@ -186,3 +186,32 @@ def test_cached_paper_result(tmp_path):
     arrays, meta = cached_paper_result(Toy, cache)
     assert meta["config"]["steps"] == 1000 and meta["config"]["preset"] == "paper"
     assert cached_paper_result(Toy, cache, steps=5) is None
+
+
+# ----------------------------------------------------------------------------- shipped references
+
+
+def test_reference_round_trip_and_validation(tmp_path):
+    from lincollapse.results_cache import ReferenceResultError, load_reference, save_reference
+
+    stem = tmp_path / "results" / "toy_reference"
+    with pytest.raises(ReferenceResultError, match="not found"):
+        load_reference(stem, CONFIG, "code-v1")
+    npz, js = save_reference(stem, CONFIG, _arrays(), "code-v1", {"command": "make toy"})
+    assert npz.suffix == ".npz" and js.suffix == ".json"
+    arrays, meta = load_reference(stem, CONFIG, "code-v1")
+    np.testing.assert_array_equal(arrays["values"], _arrays()["values"])
+    assert meta["info"]["command"] == "make toy" and meta["fingerprint"] == "code-v1"
+    with pytest.raises(ReferenceResultError, match="stale"):
+        load_reference(stem, CONFIG, "code-v2")
+    with pytest.raises(ReferenceResultError, match="another configuration"):
+        load_reference(stem, CONFIG | {"steps": 11}, "code-v1")
+    load_reference(stem, None, None)  # checks skipped
+    content = dict(arrays)
+    content["values"] = content["values"] + 1.0
+    np.savez(npz, **content)
+    with pytest.raises(ReferenceResultError, match="checksum"):
+        load_reference(stem, CONFIG, "code-v1")
+    npz.write_bytes(b"garbage")
+    with pytest.raises(ReferenceResultError, match="unreadable"):
+        load_reference(stem, CONFIG, "code-v1")

@@ -5,14 +5,20 @@ noises σ², fixed and learned (initialised at each grid value), and the (ε, δ
 of their latents is compared with the linear-theory count max(0, q − #{λ_j > σ²})/q.
 
 Training results go through :mod:`lincollapse.results_cache`, **one entry per run** (σ², fixed
-or learned), keyed by everything that determines the run (data, widths, learning rate, steps,
-seed, recording) and fingerprinted by the code of :mod:`lincollapse.deep_vae`,
-:mod:`lincollapse.training` and :mod:`lincollapse.data`. The learning rate is constant and each
-run's noise comes from its own seeded stream, so a run of S steps is exactly the first S steps
-of a longer run with the same settings: when the convergence study's long run (``steps =
-convergence_steps``) is cached, shorter runs at its σ² are read from its recorded trajectory
-instead of being retrained (:func:`load_or_train`). To fill the cache with the long runs, call
-:func:`run_convergence_study` (``python -m lincollapse.experiments.deep --preset book``).
+or learned), keyed by everything that determines the run (data content hash, widths, schedule,
+seed, recording) and fingerprinted by the code of :mod:`lincollapse.deep_vae` and
+:mod:`lincollapse.training`. Each run's noise comes from its own seeded stream, so with a
+*constant* learning rate a run of S steps is exactly the first S steps of a longer run with the
+same settings, and :func:`load_or_train` reads it from a cached long run's trajectory; with a
+decaying rate (the book preset) it is not, and runs are trained independently.
+
+The convergence study compares the preset's runs with long runs. Those of the book preset are
+computed once and shipped in ``results/deep_convergence_book.{npz,json}`` (small arrays, the
+configuration, the code fingerprint, the command, machine and date); a test fails when they are
+stale. Regenerate them, or compute the paper preset's long runs, with::
+
+    python -m lincollapse.experiments.deep --convergence --preset book --write-reference
+    python -m lincollapse.experiments.deep --convergence --preset paper [--grid] [--write-reference]
 
 Presets (:class:`DeepVAEConfig`): ``paper`` is the paper's experiment; ``book`` is sized for
 a 2-core CPU (see the class docstring); ``fast`` is a seconds-long smoke test.
@@ -24,8 +30,11 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import platform
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +42,7 @@ import torch
 
 from lincollapse.data import covariance_eigenvalues, load_mnist
 from lincollapse.deep_vae import (
+    LR_DECAYS,
     Architecture,
     TrainedRuns,
     collapsed_fraction_from_thresholds,
@@ -41,52 +51,85 @@ from lincollapse.deep_vae import (
 )
 from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig, preset_banner
-from lincollapse.results_cache import ResultsCache, source_fingerprint
+from lincollapse.results_cache import (
+    ReferenceResultError,
+    ResultsCache,
+    load_reference,
+    save_reference,
+    source_fingerprint,
+)
 
 CHAPTER = "deep_vae"
-COMPUTING_MODULES = ("lincollapse.deep_vae", "lincollapse.training", "lincollapse.data")
+# The code that computes a run; the data enter the keys by content hash instead of by code.
+COMPUTING_MODULES = ("lincollapse.deep_vae", "lincollapse.training")
 PAPER_GRID = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0001)
 EPSILONS = np.linspace(0.0, 2.0, 201)
+REFERENCE_EPSILONS = (0.01, 0.03, 0.1, 0.3, 1.0)
+TOLERANCE = 0.05
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 _RUN_ARRAYS = ("steps", "elbo", "sigma2", "thresholds", "kl_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How one run is trained: Adam steps, base learning rate, its decay, record interval."""
+
+    steps: int
+    lr: float
+    lr_decay: str
+    record_every: int
+
+    def __post_init__(self) -> None:
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
+        if self.steps % self.record_every:
+            raise ValueError(f"steps ({self.steps}) must be a multiple of record_every")
+
+    def describe(self) -> str:
+        decay = "constant" if self.lr_decay == "none" else f"{self.lr_decay}-decayed"
+        return f"{self.steps:,} Adam steps, {decay} learning rate {self.lr:g}"
 
 
 @dataclasses.dataclass(frozen=True)
 class DeepVAEConfig(ExperimentConfig):
     """Settings of the deep-VAE experiments; the defaults are the ``book`` preset.
 
-    ``paper``: 1000 images, encoder 784-1024-512, q = 200, decoder 200-512-1024-784, Adam
-    lr 5e-4, full batch, 20,000 steps, the 11-value σ² grid fixed and learned.
+    ``paper``: 1000 images in [0, 1], encoder 784-1024-512, q = 200, decoder 200-512-1024-784,
+    Adam lr 5e-4 (constant), full batch, 20,000 steps, the 11-value σ² grid fixed and learned;
+    its convergence runs are its grid runs at σ² ∈ {1, 0.1, 0.01}.
 
     ``book``: the same data and q = 200 (so the linear-theory count is the paper's), narrower
-    networks (784-256-128 / 128-256-784, ≈ 5.4× fewer flops), 5 fixed and 2 learned σ², a
-    larger constant learning rate (2e-3) and 2,000 steps; the convergence study (σ² ∈ 1, 0.1,
-    0.01) runs the same book model ``convergence_steps`` steps, so the book's numbers can be
-    checked against it (they are its prefix). ``fast``: tiny networks and few steps, for CI only.
+    networks (784-256-128 / 128-256-784, ≈ 5.4× fewer flops), 5 fixed and 2 learned σ², and a
+    short run with a larger, cosine-decayed learning rate. Its convergence study compares that
+    short run with an independent *long run* of the same networks at a constant learning rate
+    (1e-3 for 10,000 steps: half the paper's steps at twice its rate) at σ² ∈ {1, 0.1, 0.01};
+    the long run's results are shipped in ``results/`` (:func:`convergence_reference_path`).
+    ``fast``: tiny networks and few steps, for CI only.
 
     Attributes
     ----------
     n, data_seed : int
-        MNIST images and the seed of their subset (:func:`lincollapse.data.load_mnist`).
+        MNIST images (pixels in [0, 1]) and the seed of their subset.
     latent : int
         q.
     encoder_hidden, decoder_hidden : tuple of int
         Hidden widths.
     sigma2_fixed, sigma2_learned : tuple of float
         σ² of the fixed runs; initial σ² of the learned runs.
-    steps, lr : int, float
-        Adam steps (full batch) and constant learning rate.
+    steps, lr, lr_decay, record_every : int, float, str, int
+        Training of the grid runs: Adam steps (full batch), base learning rate, its decay
+        (``"none"`` or ``"cosine"`` to 1 % of ``lr``, :func:`lincollapse.deep_vae.lr_multiplier`)
+        and steps between records of ELBO, σ² and collapse statistics.
     seed : int
         Initial weights (shared by all runs) and noise streams.
-    record_every : int
-        Steps between records of ELBO, σ² and collapse statistics.
     delta : float
         δ of the (ε, δ)-collapse metric.
     summary_epsilon : float
         ε of the collapsed-fraction-vs-σ² summary and of the convergence study.
     convergence_sigma2 : tuple of float
-        Fixed σ² of the convergence study.
-    convergence_steps : int
-        Length of its runs (≥ ``steps``).
+        Fixed σ² of the convergence study (a subset of ``sigma2_fixed``).
+    convergence_steps, convergence_lr, convergence_lr_decay, convergence_record_every
+        Training of the convergence study's long runs.
     runs_per_batch : int or None
         Runs trained together in one batched model (``None``: all missing runs at once). Does
         not change the results (not part of the cache key), only the speed.
@@ -105,6 +148,8 @@ class DeepVAEConfig(ExperimentConfig):
             "lr": 2e-3,
             "record_every": 20,
             "convergence_steps": 120,
+            "convergence_lr": 2e-3,
+            "convergence_record_every": 20,
         },
         "paper": {
             "encoder_hidden": (1024, 512),
@@ -113,8 +158,12 @@ class DeepVAEConfig(ExperimentConfig):
             "sigma2_learned": PAPER_GRID,
             "steps": 20_000,
             "lr": 5e-4,
+            "lr_decay": "none",
             "record_every": 250,
             "convergence_steps": 20_000,
+            "convergence_lr": 5e-4,
+            "convergence_lr_decay": "none",
+            "convergence_record_every": 250,
         },
     }
     n: int = 1000
@@ -126,23 +175,38 @@ class DeepVAEConfig(ExperimentConfig):
     sigma2_learned: tuple[float, ...] = (1.0, 0.01)
     steps: int = 2000
     lr: float = 2e-3
-    seed: int = 0
+    lr_decay: str = "cosine"
     record_every: int = 50
+    seed: int = 0
     delta: float = 0.01
     summary_epsilon: float = 0.01
     convergence_sigma2: tuple[float, ...] = (1.0, 0.1, 0.01)
-    convergence_steps: int = 20_000
+    convergence_steps: int = 10_000
+    convergence_lr: float = 1e-3
+    convergence_lr_decay: str = "none"
+    convergence_record_every: int = 100
     runs_per_batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.convergence_steps < self.steps:
-            raise ValueError("convergence_steps must be >= steps")
-        if self.steps % self.record_every or self.convergence_steps % self.record_every:
-            raise ValueError("steps and convergence_steps must be multiples of record_every")
+        self.grid_schedule()
+        self.long_schedule()
 
     @property
     def arch(self) -> Architecture:
         return Architecture(784, self.latent, self.encoder_hidden, self.decoder_hidden)
+
+    def grid_schedule(self) -> Schedule:
+        """Training of the grid runs (the figures)."""
+        return Schedule(self.steps, self.lr, self.lr_decay, self.record_every)
+
+    def long_schedule(self) -> Schedule:
+        """Training of the convergence study's long runs."""
+        return Schedule(
+            self.convergence_steps,
+            self.convergence_lr,
+            self.convergence_lr_decay,
+            self.convergence_record_every,
+        )
 
     def runs(self) -> list[tuple[float, bool]]:
         """(σ², learned) of every run of the grid figures."""
@@ -167,32 +231,59 @@ def _data(n: int, seed: int) -> tuple[np.ndarray, str]:
     return images, f"{data.source}:{digest}"
 
 
-def run_key(
-    config: DeepVAEConfig, sigma2: float, learned: bool, steps: int, data_id: str
-) -> dict[str, Any]:
-    """Everything that determines one run: its results-cache key."""
+def _model_key(config: DeepVAEConfig, data_id: str) -> dict[str, Any]:
     return {
-        "experiment": "deep_vae_run",
         "data": data_id,
+        "pixels": "[0, 1]",
         "n": config.n,
         "data_seed": config.data_seed,
         "latent": config.latent,
         "encoder_hidden": list(config.encoder_hidden),
         "decoder_hidden": list(config.decoder_hidden),
-        "lr": config.lr,
         "seed": config.seed,
-        "record_every": config.record_every,
         "delta": config.delta,
-        "sigma2": float(sigma2),
-        "learned": bool(learned),
-        "steps": int(steps),
         "dtype": "float32",
     }
 
 
+def run_key(
+    config: DeepVAEConfig, sigma2: float, learned: bool, schedule: Schedule, data_id: str
+) -> dict[str, Any]:
+    """Everything that determines one run: its results-cache key."""
+    return {
+        "experiment": "deep_vae_run",
+        **_model_key(config, data_id),
+        **dataclasses.asdict(schedule),
+        "sigma2": float(sigma2),
+        "learned": bool(learned),
+    }
+
+
+def convergence_key(config: DeepVAEConfig, data_id: str | None = None) -> dict[str, Any]:
+    """The configuration of the convergence study's long runs (the shipped reference's key)."""
+    data_id = data_id or data_for(config)[1]
+    return {
+        "experiment": "deep_vae_convergence",
+        **_model_key(config, data_id),
+        **dataclasses.asdict(config.long_schedule()),
+        "sigma2": [float(s) for s in config.convergence_sigma2],
+        "learned": False,
+        "epsilons": [float(e) for e in REFERENCE_EPSILONS],
+    }
+
+
+def computing_fingerprint() -> str:
+    """Source fingerprint of the modules that compute the runs (the data enter by content hash)."""
+    return source_fingerprint(COMPUTING_MODULES)
+
+
 def default_cache() -> ResultsCache:
     """The results cache fingerprinted by the modules that compute the deep-VAE runs."""
-    return ResultsCache(fingerprint=source_fingerprint(COMPUTING_MODULES))
+    return ResultsCache(fingerprint=computing_fingerprint())
+
+
+class MissingRunsError(LookupError):
+    """Runs are neither cached nor shipped, and training them was not allowed."""
 
 
 def _truncate(arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray] | None:
@@ -202,49 +293,72 @@ def _truncate(arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray
     return {name: arrays[name][keep] for name in _RUN_ARRAYS}
 
 
+def _prefix_source(schedule: Schedule, long: Schedule) -> bool:
+    """True when a run with ``schedule`` is the first steps of a run with ``long``.
+
+    Only with a constant learning rate: with a decay the rate at step t depends on the length.
+    """
+    return (
+        schedule.lr_decay == long.lr_decay == "none"
+        and schedule.lr == long.lr
+        and schedule.record_every == long.record_every
+        and schedule.steps < long.steps
+    )
+
+
 def load_or_train(
     config: DeepVAEConfig,
     runs: Sequence[tuple[float, bool]],
-    steps: int | None = None,
+    schedule: Schedule | None = None,
     *,
     cache: ResultsCache | None = None,
     device: str | torch.device | None = "auto",
     progress: bool | None = None,
+    train_missing: bool = True,
 ) -> tuple[TrainedRuns, list[str]]:
-    """The runs ``(σ², learned)`` of ``config`` trained for ``steps``: from the cache, else trained.
+    """The runs ``(σ², learned)`` of ``config`` trained with ``schedule``: cached, else trained.
 
-    Cached runs are used as they are; a fixed run at a σ² of the convergence study is also read
-    from the convergence run's cached trajectory (its first ``steps`` steps are this run).
-    Missing runs are trained together (one batched model) and each is cached. Returns the runs
-    (in the order asked) and, per run, where it came from.
+    ``schedule`` defaults to the grid's. Cached runs are used as they are; with a constant
+    learning rate a fixed run at a σ² of the convergence study is also read from the cached
+    long run's trajectory when that is the same training, longer (its first steps are this
+    run). Missing runs are trained together (one batched model) and each is cached, or, with
+    ``train_missing=False``, :class:`MissingRunsError` is raised. Returns the runs (in the order
+    asked) and, per run, where it came from.
     """
-    steps = config.steps if steps is None else steps
+    schedule = schedule or config.grid_schedule()
     cache = cache or default_cache()
     x, data_id = data_for(config)
+    long = config.long_schedule()
     found: dict[int, dict[str, np.ndarray]] = {}
     sources: dict[int, str] = {}
     for index, (sigma2, learned) in enumerate(runs):
-        loaded = cache.load(run_key(config, sigma2, learned, steps, data_id))
+        loaded = cache.load(run_key(config, sigma2, learned, schedule, data_id))
         if loaded is not None:
             found[index], sources[index] = loaded[0], f"cache ({loaded[1].get('created')})"
             continue
-        if steps < config.convergence_steps and not learned and sigma2 in config.convergence_sigma2:
-            long = cache.load(run_key(config, sigma2, learned, config.convergence_steps, data_id))
-            prefix = _truncate(long[0], steps) if long is not None else None
+        if _prefix_source(schedule, long) and not learned and sigma2 in config.convergence_sigma2:
+            whole = cache.load(run_key(config, sigma2, learned, long, data_id))
+            prefix = _truncate(whole[0], schedule.steps) if whole is not None else None
             if prefix is not None:
                 found[index] = prefix
                 sources[index] = (
-                    f"first {steps} steps of the cached {config.convergence_steps}-step run "
-                    f"({long[1].get('created')})"
+                    f"first {schedule.steps} steps of the cached {long.steps}-step run "
+                    f"({whole[1].get('created')})"
                 )
     missing = [i for i in range(len(runs)) if i not in found]
+    if missing and not train_missing:
+        raise MissingRunsError(
+            f"{len(missing)} run(s) ({schedule.describe()}) are not cached: "
+            + ", ".join(f"σ²={runs[i][0]:g}" for i in missing)
+        )
     size = config.runs_per_batch or max(1, len(missing))
     for start in range(0, len(missing), size):
         group = missing[start : start + size]
         trained = train_batched(
             x, config.arch, [runs[i][0] for i in group], [runs[i][1] for i in group],
-            steps=steps, lr=config.lr, seed=config.seed, record_every=config.record_every,
-            delta=config.delta, device=device, progress=progress,
+            steps=schedule.steps, lr=schedule.lr, lr_decay=schedule.lr_decay, seed=config.seed,
+            record_every=schedule.record_every, delta=config.delta, device=device,
+            progress=progress,
         )  # fmt: skip
         where = f"trained now on {resolve_device(device)} in {trained.seconds:.0f} s"
         for column, index in enumerate(group):
@@ -254,8 +368,12 @@ def load_or_train(
                 "thresholds": one.thresholds[:, 0], "kl_mean": one.kl_mean[:, 0],
             }  # fmt: skip
             sigma2, learned = runs[index]
-            info = {"seconds": trained.seconds, "runs_trained_together": len(group)}
-            cache.save(run_key(config, sigma2, learned, steps, data_id), arrays, info)
+            info = {
+                "seconds": trained.seconds,
+                "runs_trained_together": len(group),
+                "threads": torch.get_num_threads(),
+            }
+            cache.save(run_key(config, sigma2, learned, schedule, data_id), arrays, info)
             found[index], sources[index] = arrays, where
     order = range(len(runs))
     return (
@@ -279,9 +397,10 @@ def paper_runs_cached(config_changes: dict[str, Any] | None = None) -> bool:
     config = DeepVAEConfig.for_preset("paper", **(config_changes or {}))
     cache = default_cache()
     _, data_id = data_for(config)
+    schedule = config.grid_schedule()
     return all(
-        cache.path(run_key(config, s, learned, config.steps, data_id)).is_file()
-        and cache.load(run_key(config, s, learned, config.steps, data_id)) is not None
+        cache.path(run_key(config, s, learned, schedule, data_id)).is_file()
+        and cache.load(run_key(config, s, learned, schedule, data_id)) is not None
         for s, learned in config.runs()
     )
 
@@ -334,10 +453,16 @@ class CollapseCurves:
     sources: tuple[str, ...]
 
 
+def _grid_runs(config: DeepVAEConfig, runs, device) -> tuple[TrainedRuns, list[str]]:
+    """``runs`` of the grid; all missing grid runs are trained together the first time."""
+    load_or_train(config, config.runs(), device=device)  # one batched model for the whole grid
+    return load_or_train(config, runs, device=device, train_missing=False)
+
+
 def _curves(config, learned: bool, use_paper_cache: bool, device) -> CollapseCurves:
     config, provenance = _resolve(config, use_paper_cache)
     grid = config.sigma2_learned if learned else config.sigma2_fixed
-    runs, sources = load_or_train(config, [(s, learned) for s in grid], device=device)
+    runs, sources = _grid_runs(config, [(s, learned) for s in grid], device)
     return CollapseCurves(
         sigma2_init=runs.sigma2_init, learned=learned, epsilons=EPSILONS.copy(),
         fraction=runs.collapsed_fraction(EPSILONS), final_sigma2=runs.sigma2[-1],
@@ -428,8 +553,8 @@ def collapse_vs_sigma2_summary(
 ) -> SigmaSummary:
     """Collapsed fraction at a fixed ε against σ²: deep fixed, deep learned, linear-theory count."""
     config, provenance = _resolve(config, use_paper_cache)
-    fixed, _ = load_or_train(config, [(s, False) for s in config.sigma2_fixed], device=device)
-    learned, _ = load_or_train(config, [(s, True) for s in config.sigma2_learned], device=device)
+    fixed, _ = _grid_runs(config, [(s, False) for s in config.sigma2_fixed], device)
+    learned, _ = _grid_runs(config, [(s, True) for s in config.sigma2_learned], device)
     eigenvalues = covariance_eigenvalues(data_for(config)[0])
     line = np.logspace(-5, 2, 300)
     eps = config.summary_epsilon
@@ -444,42 +569,144 @@ def collapse_vs_sigma2_summary(
     )  # fmt: skip
 
 
+def convergence_reference_path(preset: str) -> Path:
+    """Stem of the shipped long-run results of ``preset``: ``results/deep_convergence_<preset>``."""
+    return RESULTS_DIR / f"deep_convergence_{preset}"
+
+
+def long_run_arrays(runs: TrainedRuns) -> dict[str, np.ndarray]:
+    """The small arrays of the long runs kept in a shipped reference (well under 1 MB).
+
+    ``steps`` (k,), ``elbo`` (k, c), ``fraction`` (k, c, e) at :data:`REFERENCE_EPSILONS`,
+    ``checkpoint_steps`` (m,) every 10th record and the last, with the collapse thresholds
+    ``checkpoint_thresholds`` (m, c, q), ``kl_mean_final`` (c, q) and ``sigma2`` (c,).
+    """
+    k = runs.steps.size
+    checkpoints = sorted(set(range(0, k, 10)) | {k - 1})
+    return {
+        "steps": runs.steps.astype(np.int64),
+        "elbo": runs.elbo,
+        "fraction": collapsed_fraction_from_thresholds(runs.thresholds, REFERENCE_EPSILONS),
+        "checkpoint_steps": runs.steps[checkpoints].astype(np.int64),
+        "checkpoint_thresholds": runs.thresholds[checkpoints],
+        "kl_mean_final": runs.kl_mean[-1],
+        "sigma2": runs.sigma2_init,
+    }
+
+
+def _minutes(seconds: Any) -> str:
+    if isinstance(seconds, (int, float)) and np.isfinite(seconds):
+        return f"{seconds / 60:.0f} min"
+    return "wall time not recorded: read from the cache"
+
+
+def long_runs(
+    config: DeepVAEConfig,
+    *,
+    device: str | torch.device | None = "auto",
+    train_missing: bool = False,
+    progress: bool | None = None,
+) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The convergence study's long runs of ``config`` as :func:`long_run_arrays`, and where from.
+
+    In order: the shipped reference (``results/deep_convergence_<preset>``, validated: checksums,
+    configuration, source fingerprint), the results cache, training now (only when
+    ``train_missing``). Returns ``(None, reason)`` when none is available.
+    """
+    _, data_id = data_for(config)
+    stem = convergence_reference_path(config.preset)
+    problems = []
+    try:
+        arrays, meta = load_reference(
+            stem, convergence_key(config, data_id), computing_fingerprint()
+        )
+        info = meta.get("info", {})
+        return arrays, (
+            f"precomputed by `{info.get('command', '?')}` on {meta.get('created', '?')[:10]} "
+            f"({info.get('machine', '?')}, {info.get('threads', '?')} threads, "
+            f"{_minutes(info.get('seconds'))}), shipped as "
+            f"{stem.relative_to(RESULTS_DIR.parent)}.npz"
+        )
+    except ReferenceResultError as error:
+        problems.append(str(error))
+    runs = [(s, False) for s in config.convergence_sigma2]
+    try:
+        trained, sources = load_or_train(
+            config, runs, config.long_schedule(), device=device, progress=progress,
+            train_missing=train_missing,
+        )  # fmt: skip
+    except MissingRunsError as error:
+        problems.append(str(error))
+        return None, "; ".join(problems)
+    return long_run_arrays(trained), "; ".join(dict.fromkeys(sources))
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvergenceStudy:
-    """Collapsed fraction against the training step for a few fixed σ².
+    """The preset's short runs against independent long runs, for a few fixed σ².
 
     Attributes
     ----------
     sigma2 : ndarray (c,)
-    steps : ndarray (k,)
-        Record steps up to ``convergence_steps``.
-    fraction : ndarray (k, c)
-        Collapsed fraction at ``epsilon`` at each record step.
-    elbo : ndarray (k, c)
-        Training ELBO (single sample, nats per image).
-    thresholds : ndarray (k, c, q)
-        Collapse thresholds per latent (fraction at any ε: ``mean(thresholds < ε, axis=-1)``).
     epsilon : float
-    preset_steps : int
-        The steps the grid figures of the preset use (marked on the plot).
+        ε of the collapsed fractions below.
+    preset_steps, preset_fraction, preset_elbo : ndarray (k1,), (k1, c), (k1, c)
+        The preset's grid runs at these σ² (the runs of the figures) during training.
+    preset_schedule : str
+    long_steps, long_fraction, long_elbo : ndarray (k2,), (k2, c), (k2, c), or None
+        The long runs (``None`` when neither shipped, cached nor trained).
+    long_schedule, long_provenance : str
     gap : ndarray (c,)
-        |fraction at ``preset_steps`` − fraction at the end|: the book preset's error, to be
-        < 0.05 at each σ².
-    preset, provenance : str
-    sources : tuple of str
+        Preset minus long run, collapsed fraction at ``epsilon`` at the end of each (NaN
+        without long runs).
+    max_gap : ndarray (c,)
+        Largest |preset − long run| over ε ∈ [0, 2] at the end.
+    plateau_range : ndarray (c,)
+        max − min of the long run's fraction over its last quarter of steps (movement left).
+    tolerance : float
+        The agreement asked of the preset (0.05).
+    paper_steps, paper_fraction : ndarray or None
+        The paper preset's long runs at these σ², when cached or shipped (never trained here).
+    paper_provenance : str
+        Where they came from, or why they are absent.
+    preset : str
     """
 
     sigma2: np.ndarray
-    steps: np.ndarray
-    fraction: np.ndarray
-    elbo: np.ndarray
-    thresholds: np.ndarray
     epsilon: float
-    preset_steps: int
+    preset_steps: np.ndarray
+    preset_fraction: np.ndarray
+    preset_elbo: np.ndarray
+    preset_schedule: str
+    long_steps: np.ndarray | None
+    long_fraction: np.ndarray | None
+    long_elbo: np.ndarray | None
+    long_schedule: str
+    long_provenance: str
     gap: np.ndarray
+    max_gap: np.ndarray
+    plateau_range: np.ndarray
+    tolerance: float
+    paper_steps: np.ndarray | None
+    paper_fraction: np.ndarray | None
+    paper_provenance: str
     preset: str
-    provenance: str
-    sources: tuple[str, ...]
+
+    @property
+    def long_available(self) -> bool:
+        return self.long_fraction is not None
+
+    @property
+    def agrees(self) -> np.ndarray:
+        """Per σ²: |gap| ≤ tolerance (False without long runs)."""
+        return np.abs(np.nan_to_num(self.gap, nan=np.inf)) <= self.tolerance
+
+
+def _epsilon_index(epsilon: float) -> int:
+    matches = np.flatnonzero(np.isclose(REFERENCE_EPSILONS, epsilon))
+    if matches.size == 0:
+        raise ValueError(f"summary_epsilon {epsilon} must be one of {REFERENCE_EPSILONS}")
+    return int(matches[0])
 
 
 @figure(
@@ -489,27 +716,103 @@ class ConvergenceStudy:
     config=DeepVAEConfig,
 )
 def convergence_study(
-    config: DeepVAEConfig | None = None, *, use_paper_cache: bool = False, device="auto"
+    config: DeepVAEConfig | None = None,
+    *,
+    device="auto",
+    train_long: bool | None = None,
 ) -> ConvergenceStudy:
-    """Collapsed fraction against training step for fixed σ² (does the preset's run plateau?)."""
-    config, provenance = _resolve(config, use_paper_cache)
-    runs, sources = load_or_train(
-        config, [(s, False) for s in config.convergence_sigma2], config.convergence_steps,
-        device=device,
-    )  # fmt: skip
-    fraction = collapsed_fraction_from_thresholds(runs.thresholds, config.summary_epsilon)
-    at_preset = fraction[int(np.searchsorted(runs.steps, config.steps))]
+    """Collapsed fraction against training step: the preset's runs against long runs."""
+    config = config or DeepVAEConfig.for_preset()
+    eps, e = config.summary_epsilon, _epsilon_index(config.summary_epsilon)
+    short, _ = _grid_runs(config, [(s, False) for s in config.convergence_sigma2], device)
+    preset_fraction = collapsed_fraction_from_thresholds(short.thresholds, eps)
+    train_long = config.preset != "book" if train_long is None else train_long
+    long, provenance = long_runs(config, device=device, train_missing=train_long)
+    c = len(config.convergence_sigma2)
+    gap = max_gap = plateau = np.full(c, np.nan)
+    if long is not None:
+        final = collapsed_fraction_from_thresholds(short.thresholds[-1], EPSILONS)
+        long_final = collapsed_fraction_from_thresholds(long["checkpoint_thresholds"][-1], EPSILONS)
+        gap = preset_fraction[-1] - long["fraction"][-1, :, e]
+        max_gap = np.abs(final - long_final).max(axis=-1)
+        last = long["steps"] >= 0.75 * long["steps"][-1]
+        tail = long["fraction"][last, :, e]
+        plateau = tail.max(axis=0) - tail.min(axis=0)
+    paper_steps = paper_fraction = None
+    if config.preset == "paper":
+        paper_provenance = "this is the paper preset"
+    else:
+        paper = DeepVAEConfig.for_preset("paper", summary_epsilon=eps)
+        paper_long, paper_provenance = long_runs(paper, train_missing=False)
+        if paper_long is not None:
+            paper_steps, paper_fraction = paper_long["steps"], paper_long["fraction"][:, :, e]
     return ConvergenceStudy(
-        sigma2=runs.sigma2_init, steps=runs.steps, fraction=fraction, elbo=runs.elbo,
-        thresholds=runs.thresholds, epsilon=config.summary_epsilon, preset_steps=config.steps,
-        gap=np.abs(at_preset - fraction[-1]), preset=config.preset, provenance=provenance,
-        sources=tuple(sources),
+        sigma2=np.asarray(config.convergence_sigma2, dtype=np.float64), epsilon=eps,
+        preset_steps=short.steps, preset_fraction=preset_fraction, preset_elbo=short.elbo,
+        preset_schedule=config.grid_schedule().describe(),
+        long_steps=None if long is None else long["steps"],
+        long_fraction=None if long is None else long["fraction"][:, :, e],
+        long_elbo=None if long is None else long["elbo"],
+        long_schedule=config.long_schedule().describe(), long_provenance=provenance,
+        gap=gap, max_gap=max_gap, plateau_range=plateau, tolerance=TOLERANCE,
+        paper_steps=paper_steps, paper_fraction=paper_fraction,
+        paper_provenance=paper_provenance, preset=config.preset,
     )  # fmt: skip
 
 
-def run_convergence_study(preset: str = "book", device: str = "auto") -> ConvergenceStudy:
-    """Train (or read) the convergence study's long runs for ``preset`` and cache them."""
-    return convergence_study(DeepVAEConfig.for_preset(preset), device=device)
+def machine_description() -> str:
+    """CPU model (or GPU name) of this machine, for provenance records."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_convergence_study(
+    preset: str = "book",
+    device: str = "auto",
+    *,
+    write_reference: bool = False,
+    command: str | None = None,
+    progress: bool | None = None,
+) -> tuple[dict[str, np.ndarray], str]:
+    """Train (or read from the cache) the long runs of ``preset``; optionally ship them.
+
+    With ``write_reference`` the arrays of :func:`long_run_arrays` are written to
+    ``results/deep_convergence_<preset>.{npz,json}`` with the configuration, the source
+    fingerprint, ``command``, the machine, the thread count and the wall time.
+    """  # fmt: skip
+    config = DeepVAEConfig.for_preset(preset)
+    start = time.perf_counter()
+    runs = [(s, False) for s in config.convergence_sigma2]
+    trained, sources = load_or_train(
+        config, runs, config.long_schedule(), device=device, progress=progress
+    )
+    seconds = time.perf_counter() - start
+    arrays = long_run_arrays(trained)
+    if write_reference:
+        cached = [s for s in sources if not s.startswith("trained now")]
+        info = {
+            "command": command
+            or f"python -m lincollapse.experiments.deep --convergence "
+            f"--preset {preset} --write-reference",
+            "machine": machine_description(),
+            "device": str(resolve_device(device)),
+            "threads": torch.get_num_threads(),
+            "seconds": None if cached else seconds,
+            "sources": sources,
+            "torch": torch.__version__,
+        }
+        save_reference(
+            convergence_reference_path(preset), convergence_key(config), arrays,
+            computing_fingerprint(), info,
+        )  # fmt: skip
+    return arrays, "; ".join(dict.fromkeys(sources))
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -636,17 +939,46 @@ def deep_benchmark(steps: int = 20, presets: Sequence[str] = ("fast", "book", "p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fill the results cache with the long runs.")
+    parser = argparse.ArgumentParser(
+        description="Train the deep-VAE long runs (convergence study) and/or the grid runs, "
+        "filling the results cache; optionally write the shipped reference results."
+    )
     parser.add_argument("--preset", default="book", choices=("fast", "book", "paper"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--grid", action="store_true", help="also train the grid runs")
+    parser.add_argument("--convergence", action="store_true", help="train the long runs")
+    parser.add_argument("--grid", action="store_true", help="train the grid runs")
+    parser.add_argument(
+        "--write-reference", action="store_true",
+        help="write results/deep_convergence_<preset>.{npz,json} from the long runs",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--progress", action="store_true", help="progress bar even into a file")
     args = parser.parse_args(argv)
-    study = run_convergence_study(args.preset, args.device)
-    for s, gap, source in zip(study.sigma2, study.gap, study.sources, strict=True):
-        print(f"sigma2={s:g}: |preset - long run| = {gap:.3f} ({source})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (args.convergence or args.grid):
+        args.convergence = True
+    if args.convergence:
+        command = "python -m lincollapse.experiments.deep " + " ".join(
+            a for a in (argv if argv is not None else sys.argv[1:])
+        )
+        arrays, sources = run_convergence_study(
+            args.preset, args.device, write_reference=args.write_reference, command=command,
+            progress=args.progress or None,
+        )  # fmt: skip
+        e = _epsilon_index(DeepVAEConfig.for_preset(args.preset).summary_epsilon)
+        for c, s in enumerate(arrays["sigma2"]):
+            tail = ", ".join(
+                f"{step}: {f:.3f}"
+                for step, f in zip(arrays["steps"][-5:], arrays["fraction"][-5:, c, e], strict=True)
+            )
+            print(f"sigma2={s:g}: collapsed fraction at the last records {tail}")
+        print(sources)
     if args.grid:
         config = DeepVAEConfig.for_preset(args.preset)
-        _, sources = load_or_train(config, config.runs(), device=args.device)
+        _, sources = load_or_train(
+            config, config.runs(), device=args.device, progress=args.progress or None
+        )
         print("\n".join(sources))
     return 0
 

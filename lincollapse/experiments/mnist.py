@@ -65,6 +65,7 @@ def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
     chapter="mnist_data",
     plot="lincollapse.plotting.mnist:plot_spectrum_with_digits",
     config=MNISTConfig,
+    costs={"fast": "≈ 3 s", "book": "≈ 3 s", "paper": "≈ 3 s"},
 )
 def mnist_spectrum(config: MNISTConfig | None = None) -> SpectrumResult:
     """Sample digits and the eigen-spectrum of the sample covariance of the MNIST images."""

@@ -74,23 +74,44 @@ def plot_sigma2_summary(result: SigmaSummary) -> Figure:
 
 
 def plot_convergence(result: ConvergenceStudy) -> Figure:
-    """Collapsed fraction against training step for several σ², with the preset's step count."""
+    """Collapsed fraction against step (preset's runs dashed, long runs solid) and the end gaps."""
     with house_style():
-        fig, (ax_frac, ax_elbo) = new_figure(1, 2, figsize=(10, 3.6))
+        fig, (ax_frac, ax_gap) = new_figure(
+            1, 2, figsize=(10.5, 3.8), gridspec_kw={"width_ratios": [2.2, 1]}
+        )
         for c, sigma2 in enumerate(result.sigma2):
             color = SERIES[c % len(SERIES)]
-            ax_frac.plot(result.steps, result.fraction[:, c], color=color, lw=1.5,
-                         label=f"σ² = {sigma2:g} (gap {result.gap[c]:.3f})")  # fmt: skip
-            ax_elbo.plot(result.steps[1:], result.elbo[1:, c], color=color, lw=1.2,
-                         label=f"σ² = {sigma2:g}")  # fmt: skip
-        for ax in (ax_frac, ax_elbo):
-            ax.axvline(result.preset_steps, color=OPTIMUM, ls=":", lw=1)
-            ax.set_xlabel("Adam step")
+            label = f"σ² = {sigma2:g}, {result.preset} preset"
+            ax_frac.plot(result.preset_steps[1:], result.preset_fraction[1:, c], color=color,
+                         ls="--", lw=1.3, label=label)  # fmt: skip
+            if result.long_available:
+                ax_frac.plot(result.long_steps[1:], result.long_fraction[1:, c], color=color,
+                             lw=1.6, label=f"σ² = {sigma2:g}, long run")  # fmt: skip
+            if result.paper_fraction is not None:
+                ax_frac.plot(result.paper_steps[1:], result.paper_fraction[1:, c], color=color,
+                             ls=":", lw=1.6, label=f"σ² = {sigma2:g}, paper preset")  # fmt: skip
+        ax_frac.set_xscale("log")
+        ax_frac.set_xlabel("Adam step")
         ax_frac.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
         ax_frac.set_ylim(-0.03, 1.03)
-        ax_frac.set_title(f"collapse during training; dotted: the preset's {result.preset_steps}")
-        ax_frac.legend(fontsize=8)
-        ax_elbo.set_ylabel("training ELBO (nats per image)")
-        ax_elbo.set_yscale("symlog")
-        ax_elbo.set_title(f"ELBO (single sample){_smoke(result.preset)}")
+        ax_frac.set_title(f"dashed: {result.preset_schedule}; solid: {result.long_schedule}",
+                          fontsize=8)  # fmt: skip
+        ax_frac.legend(fontsize=7, ncol=2 if result.long_available else 1, loc="upper left")
+        positions = np.arange(result.sigma2.size)
+        if result.long_available:
+            long_final = result.preset_fraction[-1] - result.gap
+            ax_gap.bar(positions, 2 * result.tolerance, bottom=long_final - result.tolerance,
+                       width=0.5, color=OPTIMUM, alpha=0.25,
+                       label=f"long run ± {result.tolerance:g}")  # fmt: skip
+            ax_gap.plot(positions, long_final, "_", color=OPTIMUM, ms=22, mew=2)
+        else:
+            ax_gap.text(0.5, 0.5, "long runs absent", transform=ax_gap.transAxes, ha="center")
+        ax_gap.plot(positions, result.preset_fraction[-1], "o", color=COLLAPSED,
+                    label=f"{result.preset} preset, end")  # fmt: skip
+        ax_gap.set_xticks(positions, [f"σ² = {s:g}" for s in result.sigma2])
+        ax_gap.set_xlim(-0.6, result.sigma2.size - 0.4)
+        ax_gap.set_ylim(-0.03, 1.03)
+        ax_gap.set_ylabel(f"final collapsed fraction (ε = {result.epsilon:g})")
+        ax_gap.set_title(f"agreement{_smoke(result.preset)}")
+        ax_gap.legend(fontsize=7)
     return fig

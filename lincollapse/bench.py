@@ -1,0 +1,125 @@
+"""Benchmarks: ``python -m lincollapse.bench <subcommand> [--preset book]``.
+
+Subcommands
+-----------
+``linear``
+    Trains the linear VAE for every latent size of the figure *likelihood vs latent size*
+    (:class:`lincollapse.experiments.linear.LikelihoodVsLatentSizeConfig` for the preset) and
+    prints, per q: optimiser, steps, ELBO evaluations, seconds, achieved GFLOP/s (from an
+    analytic count of one ELBO-and-gradient evaluation), final ELBO, ℓ*(q) and the gap; then the
+    total time, and the GFLOP/s of a raw float64 matmul of similar size on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lincollapse.presets import PRESETS, current_preset
+
+
+def linear_flops_per_evaluation(d: int, q: int, optimiser: str, encoder: str) -> float:
+    """Estimated floating-point operations of one ELBO-and-gradient evaluation.
+
+    ``encoder="optimal"`` (eigenbasis, ELBO* via Cholesky): forward WᵀW and WᵀΛW (2 d q² each),
+    Cholesky (q³/3) and a Cholesky solve (2 q³); the backward pass roughly doubles the matrix
+    products: ≈ 8 d q² + 6 q³. ``encoder="learned"``: forward V S (2 q d² in the pixel basis,
+    d q in the eigenbasis), V S Vᵀ and WᵀW (2 d q² each), backward about twice the forward.
+    """
+    if encoder == "optimal":
+        return 8.0 * d * q * q + 6.0 * q**3
+    products = 4.0 * d * q * q + (2.0 * q * d * d if optimiser == "adam" else 2.0 * d * q)
+    return 3.0 * products
+
+
+def reference_gflops(d: int, q: int, repeats: int = 20) -> float:
+    """GFLOP/s of a float64 (q × d) @ (d × q) matmul, the dominant product of the ELBO."""
+    q = max(q, 1)
+    a = torch.randn(q, d, dtype=torch.float64)
+    b = torch.randn(d, q, dtype=torch.float64)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    seconds = (time.perf_counter() - start) / repeats
+    return 2.0 * d * q * q / seconds / 1e9
+
+
+def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
+    """Run the linear-VAE benchmark for ``preset``; print the table; return the total seconds."""
+    from lincollapse import linear_vae, ppca
+    from lincollapse.data import load_mnist
+    from lincollapse.experiments.linear import LikelihoodVsLatentSizeConfig
+
+    config = LikelihoodVsLatentSizeConfig.for_preset(preset)
+    data = load_mnist(config.n, seed=config.seed)
+    spectrum = ppca.data_spectrum(data.images)
+    out(f"linear VAE benchmark, preset {preset}: {data.description}")
+    out(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    header = (
+        f"{'q':>4} {'optimiser':>14} {'steps':>6} {'evals':>6} {'seconds':>8} {'GFLOP/s':>8} "
+        f"{'ELBO':>12} {'l*(q)':>12} {'gap':>10}"
+    )
+    out(header)
+    total = 0.0
+    worst = 0.0
+    for q in config.latent_sizes:
+        trained = linear_vae.train_linear_vae(
+            spectrum, q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
+            seed=config.train_seed, progress=False,
+        )  # fmt: skip
+        flops = linear_flops_per_evaluation(spectrum.d, q, trained.optimiser, trained.encoder)
+        rate = flops * trained.evaluations / trained.history.seconds / 1e9
+        total += trained.seconds
+        worst = max(worst, trained.gap)
+        name = f"{trained.optimiser}/{trained.encoder}"
+        out(
+            f"{q:>4d} {name:>14} {trained.steps:>6d} {trained.evaluations:>6d} "
+            f"{trained.seconds:>8.2f} {rate:>8.2f} {trained.elbo:>12.5f} {trained.optimum:>12.5f} "
+            f"{trained.gap:>10.2e}"
+        )
+    q_ref = max(config.latent_sizes)
+    out(f"total training time: {total:.1f} s; largest gap {worst:.2e} nats/image")
+    out(
+        f"reference: float64 matmul ({q_ref}×{spectrum.d}) @ ({spectrum.d}×{q_ref}) on this "
+        f"machine: {reference_gflops(spectrum.d, q_ref):.2f} GFLOP/s"
+    )
+    return total
+
+
+SUBCOMMANDS: dict[str, Callable[[str], float]] = {"linear": bench_linear}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lincollapse.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("subcommand", choices=sorted(SUBCOMMANDS))
+    parser.add_argument(
+        "--preset", choices=PRESETS, default=None, help="default: $LINCOLLAPSE_PRESET or book"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    SUBCOMMANDS[args.subcommand](args.preset or current_preset())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Measuring posterior collapse: per-dimension KLs and the (ε, δ)-collapse metric.
+
+Chapter *Posterior collapse*, equations (collapse-kl-dim) and (collapse-metric). Works for any
+encoder with Gaussian marginals N(μ_i(x), s_i²(x)) per latent dimension.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["collapsed_fraction", "collapsed_mask", "gaussian_kl_per_dimension"]
+
+
+def gaussian_kl_per_dimension(means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """KL(N(μ_i, s_i²) ‖ N(0, 1)) for every data point and latent dimension.
+
+    Chapter *Posterior collapse*, equation (collapse-kl-dim):
+    KL_i(x) = ½ (μ_i(x)² + s_i(x)² − 1 − log s_i(x)²).
+
+    Parameters
+    ----------
+    means : array-like of shape (n, q)
+        Encoder means μ_i(x).
+    variances : array-like of shape (n, q) or (q,)
+        Encoder variances s_i(x)² > 0; shape (q,) for an encoder whose variances are shared by
+        all data points (the linear VAE's D).
+
+    Returns
+    -------
+    ndarray of shape (n, q)
+        Nats.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    variances = np.asarray(variances, dtype=np.float64)
+    if means.ndim != 2:
+        raise ValueError(f"means must have shape (n, q), got {means.shape}")
+    if variances.shape not in (means.shape, means.shape[1:]):
+        raise ValueError(
+            f"variances must have shape {means.shape} or ({means.shape[1]},), got {variances.shape}"
+        )
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(variances))):
+        raise ValueError("means and variances must be finite (no NaN or inf)")
+    if np.any(variances <= 0):
+        raise ValueError("variances must be > 0; pass variances, not log-variances")
+    variances = np.broadcast_to(variances, means.shape)
+    return 0.5 * (np.square(means) + variances - 1.0 - np.log(variances))  # (collapse-kl-dim)
+
+
+def collapsed_mask(kl: np.ndarray, epsilons: float | np.ndarray, delta: float = 0.01) -> np.ndarray:
+    """Which latent dimensions are (ε, δ)-collapsed, for each ε.
+
+    Chapter *Posterior collapse*, equation (collapse-metric): dimension i is collapsed when
+    the fraction of data points with KL_i(x) < ε is at least 1 − δ.
+
+    Parameters
+    ----------
+    kl : array-like of shape (n, q)
+        Per-point, per-dimension KLs (:func:`gaussian_kl_per_dimension`), ≥ 0.
+    epsilons : float or array-like of shape (m,)
+        Thresholds ε ≥ 0.
+    delta : float, default 0.01
+        Allowed fraction of data points above ε, 0 ≤ δ < 1.
+
+    Returns
+    -------
+    ndarray of bool, shape (m, q) (or (q,) for a scalar ε)
+    """
+    kl = np.asarray(kl, dtype=np.float64)
+    if kl.ndim != 2 or kl.shape[0] == 0:
+        raise ValueError(f"kl must have shape (n, q) with n >= 1, got {kl.shape}")
+    if not np.all(np.isfinite(kl)):
+        raise ValueError("kl contains NaN or infinite values")
+    if np.any(kl < -1e-12):
+        raise ValueError("kl must be >= 0; it is a KL divergence")
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"delta must be in [0, 1), got {delta}")
+    scalar = np.ndim(epsilons) == 0
+    epsilons = np.atleast_1d(np.asarray(epsilons, dtype=np.float64))
+    if epsilons.ndim != 1 or not np.all(np.isfinite(epsilons)) or np.any(epsilons < 0):
+        raise ValueError("epsilons must be a finite non-negative scalar or 1-D array")
+    # fraction of points below each ε, for each dimension: (m, q), vectorised over ε
+    below = (kl[None, :, :] < epsilons[:, None, None]).mean(axis=1)
+    mask = below >= 1.0 - delta  # (collapse-metric)
+    return mask[0] if scalar else mask
+
+
+def collapsed_fraction(
+    kl: np.ndarray, epsilons: float | np.ndarray, delta: float = 0.01
+) -> np.ndarray:
+    """Fraction of the q latent dimensions that are (ε, δ)-collapsed, for each ε.
+
+    Chapter *Posterior collapse*, equation (collapse-metric).
+
+    Parameters
+    ----------
+    kl : array-like of shape (n, q)
+    epsilons : float or array-like of shape (m,)
+    delta : float, default 0.01
+
+    Returns
+    -------
+    ndarray of shape (m,) (a 0-d array for a scalar ε)
+    """
+    mask = collapsed_mask(kl, epsilons, delta)
+    return mask.mean(axis=-1) if mask.shape[-1] else np.zeros(mask.shape[:-1])

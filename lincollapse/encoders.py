@@ -1,0 +1,757 @@
+"""A linear Gaussian decoder with linear, deep-linear or nonlinear encoders, and their ELBO.
+
+The generative model is pPCA's, as in :mod:`lincollapse.linear_vae`: p(z) = N(0, I_q),
+p(x | z) = N(W z + μ, σ² I_d). Only the encoder changes. Every encoder maps a batch of images
+x (n, d) to the means μ(x) (n, q) and variances s²(x) (n, q) of a diagonal Gaussian
+q(z | x) = N(μ(x), diag s²(x)):
+
+``"linear"`` (:class:`LinearEncoder`)
+    The linear VAE's encoder, equation (lvae-encoder): μ(x) = V(x − μ), s²(x) = D shared.
+``"deep-linear"`` (:class:`DeepLinearEncoder`)
+    Linear layers without activations (so μ(x) is still affine in x) and an input-dependent
+    log-variance head: log s²(x) affine in x.
+``"mlp"`` (:class:`MLPEncoder`)
+    ReLU hidden layers, then linear heads for μ(x) and log s²(x).
+
+The ELBO is **encoder-agnostic** (chapter *Training the linear VAE: linear, deep-linear and
+nonlinear encoders*, which derives it): per image, with x̃ = x − μ and w_i the columns of W,
+
+    E_q log p(x | z) = −(1/(2σ²)) [‖x̃ − W μ(x)‖² + Σ_i s_i²(x) ‖w_i‖²] − (d/2) log 2πσ²
+    KL(q(z | x) ‖ p(z)) = ½ Σ_i [μ_i(x)² + s_i²(x) − 1 − log s_i²(x)],
+
+equations (lvae-recon) and (lvae-kl) of the chapter *The linear VAE* with Vx̃ → μ(x) and
+D → diag s²(x). :func:`reconstruction_sample` is the single-sample reparameterised estimate
+of the first term (z = μ(x) + s(x) ⊙ ξ, ξ ~ N(0, I)), unbiased for it. Everything is float64
+and averaged over images (nats per image) unless a function says per image.
+
+:func:`train_vae` is the one training function of the chapters *Stochastic vs analytic ELBO*
+and *Linear decoder, varying encoders*; it runs :func:`lincollapse.training.maximise`
+(Adam, full batch) and records the analytic ELBO of the current parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lincollapse import ppca
+from lincollapse.training import History, maximise
+
+__all__ = [
+    "ENCODER_KINDS",
+    "ESTIMATORS",
+    "DeepLinearEncoder",
+    "EncoderTraining",
+    "LinearDecoder",
+    "LinearDecoderVAE",
+    "LinearEncoder",
+    "MLPEncoder",
+    "covariance_eigenvalues",
+    "elbo",
+    "first_step_within",
+    "kl_to_prior",
+    "make_encoder",
+    "make_vae",
+    "reconstruction_analytic",
+    "reconstruction_sample",
+    "train_vae",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+ENCODER_KINDS = ("linear", "deep-linear", "mlp")
+ESTIMATORS = ("analytic", "sample")
+DTYPE = torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _as_points(x: torch.Tensor | np.ndarray, d: int | None = None) -> torch.Tensor:
+    """x as a float64 tensor of shape (n, d), finite; errors name the fix."""
+    x = torch.as_tensor(x, dtype=DTYPE)
+    if x.ndim != 2 or (d is not None and x.shape[1] != d):
+        want = f"(n, {d})" if d is not None else "(n, d)"
+        raise ValueError(
+            f"x must have shape {want}, got {tuple(x.shape)}; pass a batch of flattened "
+            "images (use x[None, :] for a single image)"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values; remove or impute them first")
+    return x
+
+
+def _check_posterior(means: torch.Tensor, variances: torch.Tensor, q: int | None = None) -> None:
+    if means.ndim != 2 or means.shape != variances.shape:
+        raise ValueError(
+            f"encoder means and variances must both have shape (n, q), got "
+            f"{tuple(means.shape)} and {tuple(variances.shape)}"
+        )
+    if q is not None and means.shape[1] != q:
+        raise ValueError(
+            f"the encoder gives q={means.shape[1]} latents but the decoder has q={q}; "
+            "build both with the same latent dimension"
+        )
+    if not bool((variances.detach() > 0).all()):
+        raise ValueError("encoder variances must be > 0; parameterise them by their logarithm")
+
+
+def _check_sigma2(sigma2: float) -> float:
+    value = float(sigma2)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(
+            f"σ² must be a finite positive noise variance, got sigma2={sigma2!r}; pass a value > 0"
+        )
+    return value
+
+
+def _check_dims(d: int, q: int) -> None:
+    if isinstance(d, bool) or isinstance(q, bool) or int(d) != d or int(q) != q:
+        raise ValueError(f"d and q must be integers, got d={d!r}, q={q!r}")
+    if d < 1 or q < 1 or q >= d:
+        raise ValueError(f"need d >= 1 and 1 <= q < d, got d={d}, q={q}")
+
+
+def _centre_buffer(centre: np.ndarray | torch.Tensor | None, d: int) -> torch.Tensor:
+    centre = torch.zeros(d, dtype=DTYPE) if centre is None else torch.as_tensor(centre, dtype=DTYPE)
+    if centre.shape != (d,):
+        raise ValueError(f"centre (the data mean μ) must have shape ({d},), got {tuple(centre.shape)}")
+    if not bool(torch.isfinite(centre).all()):
+        raise ValueError("centre contains NaN or infinite values")
+    return centre
+
+
+def _gaussian(generator: torch.Generator, *shape: int, scale: float) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, dtype=DTYPE) * scale
+
+
+# --------------------------------------------------------------------------------------------
+# Decoder and encoders
+# --------------------------------------------------------------------------------------------
+
+
+class LinearDecoder(nn.Module):
+    """p(x | z) = N(W z + μ, σ² I_d): pPCA's decoder (chapter *The linear VAE*).
+
+    Parameters
+    ----------
+    d, q : int
+        Data and latent dimensions, 1 ≤ q < d.
+    W : Tensor of shape (d, q)
+        Initial decoder weights (copied).
+    centre : array of shape (d,), optional
+        μ, a buffer (not trained): the sample mean maximises the ELBO over μ for any other
+        parameters (:mod:`lincollapse.linear_vae`). Default zeros.
+    sigma2 : float, default 1.0
+        Initial (or fixed) σ² > 0.
+    learn_sigma2 : bool, default True
+    """
+
+    def __init__(
+        self,
+        W: torch.Tensor,
+        *,
+        centre: np.ndarray | torch.Tensor | None = None,
+        sigma2: float = 1.0,
+        learn_sigma2: bool = True,
+    ) -> None:
+        super().__init__()
+        W = torch.as_tensor(W, dtype=DTYPE)
+        if W.ndim != 2:
+            raise ValueError(f"W must have shape (d, q), got {tuple(W.shape)}")
+        _check_dims(W.shape[0], W.shape[1])
+        sigma2 = _check_sigma2(sigma2)
+        self.W = nn.Parameter(W.clone())
+        self.log_sigma2 = nn.Parameter(
+            torch.tensor(math.log(sigma2), dtype=DTYPE), requires_grad=learn_sigma2
+        )
+        self.register_buffer("centre", _centre_buffer(centre, W.shape[0]))
+
+    @property
+    def d(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def q(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def sigma2(self) -> torch.Tensor:
+        """σ², shape ()."""
+        return torch.exp(self.log_sigma2)
+
+
+class LinearEncoder(nn.Module):
+    """Encoder (a), the linear VAE's: q(z | x) = N(V(x − μ), D), D diagonal and shared.
+
+    Equation (lvae-encoder) of the chapter *The linear VAE*.
+
+    Parameters
+    ----------
+    d, q : int
+    centre : array of shape (d,), optional
+        μ, subtracted from x (a buffer).
+    init_scale : float, default 0.01
+        Standard deviation of the Gaussian initialisation of V; log D starts at 0 (D = I).
+    generator : torch.Generator, optional
+        Source of the initialisation.
+
+    Attributes
+    ----------
+    V : Parameter of shape (q, d)
+    log_D : Parameter of shape (q,)
+    """
+
+    kind = "linear"
+
+    def __init__(
+        self,
+        d: int,
+        q: int,
+        *,
+        centre: np.ndarray | torch.Tensor | None = None,
+        init_scale: float = 1e-2,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dims(d, q)
+        generator = generator or torch.Generator().manual_seed(0)
+        self.V = nn.Parameter(_gaussian(generator, q, d, scale=init_scale))
+        self.log_D = nn.Parameter(torch.zeros(q, dtype=DTYPE))
+        self.register_buffer("centre", _centre_buffer(centre, d))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means V(x − μ) (n, q) and variances D repeated for each row (n, q)."""
+        return self.encode(_as_points(x, self.V.shape[1]))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
+        means = (x - self.centre) @ self.V.T
+        return means, torch.exp(self.log_D).expand_as(means)
+
+
+class DeepLinearEncoder(nn.Module):
+    """Encoder (b): amortised, deep and linear, with an input-dependent diagonal variance.
+
+    h = A_L(⋯(A_1 (x − μ) + b_1)⋯) + b_L (no activations), μ(x) = B h + b,
+    log s²(x) = C h + c. The mean is affine in x, so this family contains encoder (a)
+    (C = 0, c = log D) as soon as every width is ≥ q; the variance may depend on x.
+
+    Parameters
+    ----------
+    d, q : int
+    hidden : sequence of int, default (64,)
+        Widths of the linear hidden layers (at least one).
+    centre : array of shape (d,), optional
+    init_scale : float, default 0.01
+        Standard deviation of the mean head B; hidden layers start N(0, 1/fan_in), the
+        log-variance head at zero (s² = 1, the prior's), biases at zero.
+    generator : torch.Generator, optional
+    """
+
+    kind = "deep-linear"
+
+    def __init__(
+        self,
+        d: int,
+        q: int,
+        *,
+        hidden: Sequence[int] = (64,),
+        centre: np.ndarray | torch.Tensor | None = None,
+        init_scale: float = 1e-2,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dims(d, q)
+        self.body = _layers(d, hidden, generator, gain=1.0)
+        self.mean_head, self.log_variance_head = _heads(_width(d, hidden), q, generator, init_scale)
+        self.register_buffer("centre", _centre_buffer(centre, d))
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (n, q) and variances (n, q)."""
+        return self.encode(_as_points(x, self.d))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
+        h = x - self.centre
+        for layer in self.body:
+            h = layer(h)
+        return self.mean_head(h), torch.exp(self.log_variance_head(h))
+
+
+class MLPEncoder(nn.Module):
+    """Encoder (c): a ReLU network, μ(x) and log s²(x) linear in its last hidden layer.
+
+    h_0 = x − μ, h_k = ReLU(A_k h_{k−1} + b_k), μ(x) = B h_L + b, log s²(x) = C h_L + c.
+    With every width ≥ 2q it can represent encoder (a) exactly, since ReLU(u) − ReLU(−u) = u.
+
+    Parameters
+    ----------
+    d, q : int
+    hidden : sequence of int, default (128, 64)
+        ReLU layer widths (reproductions of the paper use (1024, 512)).
+    centre : array of shape (d,), optional
+    init_scale : float, default 0.01
+        Standard deviation of the mean head; hidden layers start N(0, 2/fan_in) (He), the
+        log-variance head at zero, biases at zero.
+    generator : torch.Generator, optional
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self,
+        d: int,
+        q: int,
+        *,
+        hidden: Sequence[int] = (128, 64),
+        centre: np.ndarray | torch.Tensor | None = None,
+        init_scale: float = 1e-2,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dims(d, q)
+        self.body = _layers(d, hidden, generator, gain=2.0)
+        self.mean_head, self.log_variance_head = _heads(_width(d, hidden), q, generator, init_scale)
+        self.register_buffer("centre", _centre_buffer(centre, d))
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (n, q) and variances (n, q)."""
+        return self.encode(_as_points(x, self.d))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
+        h = x - self.centre
+        for layer in self.body:
+            h = torch.relu(layer(h))
+        return self.mean_head(h), torch.exp(self.log_variance_head(h))
+
+
+def _width(d: int, hidden: Sequence[int]) -> int:
+    return int(hidden[-1]) if len(hidden) else d
+
+
+def _layers(d: int, hidden: Sequence[int], generator, gain: float) -> nn.ModuleList:
+    hidden = [int(h) for h in hidden]
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden}")
+    generator = generator or torch.Generator().manual_seed(0)
+    layers, fan_in = nn.ModuleList(), d
+    for width in hidden:
+        layer = nn.Linear(fan_in, width, dtype=DTYPE)
+        with torch.no_grad():
+            layer.weight.copy_(_gaussian(generator, width, fan_in, scale=math.sqrt(gain / fan_in)))
+            layer.bias.zero_()
+        layers.append(layer)
+        fan_in = width
+    return layers
+
+
+def _heads(width: int, q: int, generator, init_scale: float) -> tuple[nn.Linear, nn.Linear]:
+    generator = generator or torch.Generator().manual_seed(0)
+    mean_head, log_variance_head = nn.Linear(width, q, dtype=DTYPE), nn.Linear(width, q, dtype=DTYPE)
+    with torch.no_grad():
+        mean_head.weight.copy_(_gaussian(generator, q, width, scale=init_scale))
+        for parameter in (mean_head.bias, log_variance_head.weight, log_variance_head.bias):
+            parameter.zero_()
+    return mean_head, log_variance_head
+
+
+def make_encoder(
+    kind: str,
+    d: int,
+    q: int,
+    *,
+    hidden: Sequence[int] | None = None,
+    centre: np.ndarray | torch.Tensor | None = None,
+    init_scale: float = 1e-2,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """An encoder of ``kind`` in :data:`ENCODER_KINDS` (``hidden`` ignored by ``"linear"``)."""
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"unknown encoder kind {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
+    options = dict(centre=centre, init_scale=init_scale, generator=generator)
+    if kind == "linear":
+        return LinearEncoder(d, q, **options)
+    cls = DeepLinearEncoder if kind == "deep-linear" else MLPEncoder
+    return cls(d, q, **options) if hidden is None else cls(d, q, hidden=hidden, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# The encoder-agnostic ELBO
+# --------------------------------------------------------------------------------------------
+
+
+def reconstruction_analytic(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    variances: torch.Tensor,
+    decoder: LinearDecoder,
+) -> torch.Tensor:
+    """E_q log p(x | z) for each image, in closed form (differentiable).
+
+    Equation (lvae-recon) with V x̃ → μ(x) and D → diag s²(x):
+
+        −(1/(2σ²)) [‖x̃ − W μ(x)‖² + Σ_i s_i²(x) ‖w_i‖²] − (d/2) log 2πσ²,
+
+    since z = μ + s ⊙ ξ gives E‖x̃ − Wz‖² = ‖x̃ − Wμ‖² + E‖W(s ⊙ ξ)‖² and the last term is
+    Σ_i s_i² ‖w_i‖² (the ξ_i are independent with unit variance).
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, d)
+    means, variances : Tensor of shape (n, q)
+        The encoder's output for ``x``.
+    decoder : LinearDecoder
+
+    Returns
+    -------
+    Tensor of shape (n,)
+    """
+    x = _as_points(x, decoder.d)
+    _check_posterior(means, variances, decoder.q)
+    return _reconstruction_analytic(x, means, variances, decoder)
+
+
+def _reconstruction_analytic(x, means, variances, decoder: LinearDecoder) -> torch.Tensor:
+    residual = x - decoder.centre - means @ decoder.W.T
+    spread = variances @ decoder.W.square().sum(dim=0)  # Σ_i s_i² ‖w_i‖²
+    return _log_gaussian(residual.square().sum(dim=1) + spread, decoder)  # (lvae-recon)
+
+
+def reconstruction_sample(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    variances: torch.Tensor,
+    decoder: LinearDecoder,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Single-sample reparameterised estimate of E_q log p(x | z), for each image.
+
+    z = μ(x) + s(x) ⊙ ξ with one ξ ~ N(0, I_q) per image (drawn from ``generator``), and
+    log p(x | z) = −‖x̃ − W z‖² / (2σ²) − (d/2) log 2πσ². Its expectation over ξ is
+    :func:`reconstruction_analytic`; it is differentiable in every parameter.
+
+    Returns
+    -------
+    Tensor of shape (n,)
+    """
+    x = _as_points(x, decoder.d)
+    _check_posterior(means, variances, decoder.q)
+    return _reconstruction_sample(x, means, variances, decoder, generator)
+
+
+def _reconstruction_sample(x, means, variances, decoder: LinearDecoder, generator) -> torch.Tensor:
+    noise = torch.randn(means.shape, generator=generator, dtype=means.dtype)
+    z = means + torch.sqrt(variances) * noise
+    residual = x - decoder.centre - z @ decoder.W.T
+    return _log_gaussian(residual.square().sum(dim=1), decoder)
+
+
+def _log_gaussian(squared_error: torch.Tensor, decoder: LinearDecoder) -> torch.Tensor:
+    return -0.5 * squared_error / decoder.sigma2 - 0.5 * decoder.d * (
+        LOG_2PI + decoder.log_sigma2
+    )
+
+
+def kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag s²) ‖ N(0, I)) for each row, equation (lvae-kl) with a per-image variance.
+
+    ½ Σ_i [μ_i² + s_i² − 1 − log s_i²].
+
+    Returns
+    -------
+    Tensor of shape (n,)
+    """
+    _check_posterior(means, variances)
+    return _kl_to_prior(means, variances)
+
+
+def _kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (means.square() + variances - 1.0 - torch.log(variances)).sum(dim=1)
+
+
+def elbo(
+    x: torch.Tensor,
+    encoder: nn.Module,
+    decoder: LinearDecoder,
+    *,
+    estimator: str = "analytic",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The ELBO averaged over the rows of ``x`` (nats per image), KL analytic.
+
+    ``estimator="analytic"``: :func:`reconstruction_analytic`; ``"sample"``:
+    :func:`reconstruction_sample` (one ξ per image). With the linear encoder and
+    ``"analytic"`` this is the linear VAE's closed form (lvae-elbo) on the data.
+    """
+    _check_estimator(estimator)
+    x = _as_points(x, decoder.d)
+    means, variances = encoder.encode(x)
+    _check_posterior(means, variances, decoder.q)
+    return _elbo_from(x, means, variances, decoder, estimator, generator)
+
+
+def _elbo(x, encoder, decoder, estimator, generator) -> torch.Tensor:
+    """:func:`elbo` without checks (the training loop's objective)."""
+    means, variances = encoder.encode(x)
+    return _elbo_from(x, means, variances, decoder, estimator, generator)
+
+
+def _elbo_from(x, means, variances, decoder, estimator, generator) -> torch.Tensor:
+    if estimator == "analytic":
+        reconstruction = _reconstruction_analytic(x, means, variances, decoder)
+    else:
+        reconstruction = _reconstruction_sample(x, means, variances, decoder, generator)
+    return (reconstruction - _kl_to_prior(means, variances)).mean()
+
+
+def _check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
+class LinearDecoderVAE(nn.Module):
+    """A linear Gaussian decoder with any encoder of :data:`ENCODER_KINDS`.
+
+    Attributes
+    ----------
+    encoder : nn.Module
+        Maps x (n, d) to (means (n, q), variances (n, q)).
+    decoder : LinearDecoder
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: LinearDecoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def elbo(
+        self,
+        x: torch.Tensor,
+        estimator: str = "analytic",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:func:`elbo` of this model on ``x``."""
+        return elbo(x, self.encoder, self.decoder, estimator=estimator, generator=generator)
+
+    def gram(self) -> np.ndarray:
+        """WᵀW (q, q) as a float64 array: diagonal at the ELBO's global maximum."""
+        W = self.decoder.W.detach()
+        return (W.T @ W).numpy().copy()
+
+
+def make_vae(
+    kind: str,
+    x: np.ndarray | torch.Tensor,
+    q: int,
+    *,
+    seed: int = 0,
+    hidden: Sequence[int] | None = None,
+    sigma2: float = 1.0,
+    learn_sigma2: bool = True,
+    init_scale: float = 1e-2,
+) -> LinearDecoderVAE:
+    """A seeded linear-decoder VAE for data ``x`` (μ = its sample mean).
+
+    W ~ N(0, init_scale²) is drawn first from ``torch.Generator().manual_seed(seed)`` and the
+    encoder's parameters next, so every encoder kind gets the **same decoder initialisation**
+    for a given seed; for ``"linear"`` the draw order is that of
+    :class:`lincollapse.linear_vae.LinearVAE` (W, then V), so both start identical.
+    """
+    x = _as_points(x)
+    d = x.shape[1]
+    _check_dims(d, q)
+    generator = torch.Generator().manual_seed(int(seed))
+    centre = x.mean(dim=0)
+    W = _gaussian(generator, d, q, scale=init_scale)
+    encoder = make_encoder(
+        kind, d, q, hidden=hidden, centre=centre, init_scale=init_scale, generator=generator
+    )
+    decoder = LinearDecoder(W, centre=centre, sigma2=sigma2, learn_sigma2=learn_sigma2)
+    return LinearDecoderVAE(encoder, decoder)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EncoderTraining:
+    """One training run of :func:`train_vae`.
+
+    Attributes
+    ----------
+    model : LinearDecoderVAE
+        The trained model.
+    steps : ndarray of shape (k,)
+        Adam steps at which the ELBO was recorded (0 = initialisation).
+    elbo : ndarray of shape (k,)
+        **Analytic** ELBO (nats per image) of the parameters at those steps, on all images,
+        whatever estimator trained them.
+    objective : ndarray of shape (k,)
+        What the optimiser's estimator gave at those steps (equal to ``elbo`` for
+        ``"analytic"``; a fresh single-sample estimate for ``"sample"``).
+    optimum : float
+        ℓ*(q), pPCA's maximum average log-likelihood (ppca-max-loglik): the ELBO's global
+        maximum for every encoder kind (σ² learned).
+    kind, estimator : str
+    seconds : float
+        Wall time of training.
+    """
+
+    model: LinearDecoderVAE
+    steps: np.ndarray
+    elbo: np.ndarray
+    objective: np.ndarray
+    optimum: float
+    kind: str
+    estimator: str
+    seconds: float
+
+    @property
+    def gap(self) -> np.ndarray:
+        """optimum − ELBO along training (nats per image)."""
+        return self.optimum - self.elbo
+
+    @property
+    def final_gap(self) -> float:
+        return float(self.gap[-1])
+
+    def steps_to(self, tolerance: float) -> int | None:
+        """First recorded step with a gap ≤ ``tolerance`` nats, or None if never reached."""
+        return first_step_within(self.steps, self.gap, tolerance)
+
+
+def covariance_eigenvalues(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Eigenvalues λ_1 ≥ … ≥ λ_d ≥ 0 of the 1/n sample covariance of x (n, d), float64.
+
+    Computed from the smaller of the d × d covariance and the n × n Gram matrix of the centred
+    data (same non-zero eigenvalues), padded with zeros to length d.
+    """
+    x = _as_points(x)
+    centred = x - x.mean(dim=0)
+    n, d = centred.shape
+    small = centred @ centred.T if n < d else centred.T @ centred
+    eigenvalues = torch.linalg.eigvalsh(small / n).flip(0).clamp_min(0.0).numpy()
+    return np.concatenate([eigenvalues, np.zeros(d - eigenvalues.size)])
+
+
+def first_step_within(steps: np.ndarray, gap: np.ndarray, tolerance: float) -> int | None:
+    """First entry of ``steps`` where ``gap ≤ tolerance``, or None."""
+    hits = np.flatnonzero(np.asarray(gap) <= tolerance)
+    return int(np.asarray(steps)[hits[0]]) if hits.size else None
+
+
+def train_vae(
+    x: np.ndarray | torch.Tensor,
+    q: int,
+    *,
+    kind: str = "linear",
+    estimator: str = "analytic",
+    steps: int = 1000,
+    lr: float = 1e-3,
+    seed: int = 0,
+    hidden: Sequence[int] | None = None,
+    sigma2_init: float = 1.0,
+    record_every: int = 25,
+    noise_seed: int | None = None,
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Callable[[int, LinearDecoderVAE], None] | None = None,
+    dtype: torch.dtype = torch.float64,
+    progress: bool | None = None,
+) -> EncoderTraining:
+    """Train a linear-decoder VAE with Adam on the full batch (σ² learned).
+
+    The objective is :func:`elbo` with ``estimator`` (a fresh ξ per image and step for
+    ``"sample"``, drawn from a generator seeded by ``noise_seed``, default ``seed + 10_000``);
+    the **analytic** ELBO of the current parameters is recorded every ``record_every`` steps,
+    so curves of both estimators are comparable. Runs with the same ``seed`` start from the
+    same parameters whatever the estimator.
+
+    Parameters
+    ----------
+    x : array of shape (n, d)
+    q : int
+        Latent dimension, 1 ≤ q < numerical rank of the sample covariance.
+    kind : {"linear", "deep-linear", "mlp"}
+    estimator : {"analytic", "sample"}
+    steps : int
+    lr : float
+        Adam's learning rate (constant).
+    seed : int
+        Initialisation (:func:`make_vae`).
+    hidden : sequence of int, optional
+        Hidden widths of the amortised encoders.
+    sigma2_init : float, default 1.0
+    record_every : int, default 25
+    checkpoints : sequence of int
+        Steps (multiples of ``record_every``, or 0) at which ``on_checkpoint(step, model)`` is
+        called with the float64 model, under ``torch.no_grad()``.
+    dtype : torch.dtype, default float64
+        Arithmetic of the optimisation. ``torch.float32`` is about four times faster on a CPU;
+        whatever it is, the model is initialised in float64 and every recorded ELBO, the
+        returned model and the optimum are float64 (the trained parameters are copied into a
+        float64 model to be evaluated).
+    progress : bool, optional
+        Progress bar (default: only for a person watching; never under CI).
+
+    Returns
+    -------
+    EncoderTraining
+    """
+    _check_estimator(estimator)
+    x = _as_points(x)
+    optimum = ppca.max_log_likelihood(covariance_eigenvalues(x), q)  # checks q < rank
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    reference = make_vae(kind, x, q, seed=seed, hidden=hidden, sigma2=sigma2_init)
+    model = reference if dtype == DTYPE else copy.deepcopy(reference).to(dtype)
+    x_train = x.to(dtype)
+    generator = torch.Generator().manual_seed(seed + 10_000 if noise_seed is None else noise_seed)
+    recorded: list[float] = []
+    wanted = set(int(c) for c in checkpoints)
+
+    def objective() -> torch.Tensor:
+        return _elbo(x_train, model.encoder, model.decoder, estimator, generator)
+
+    def on_record(step: int) -> None:
+        if model is not reference and step > 0:
+            reference.load_state_dict(model.state_dict())  # copies into float64
+        recorded.append(float(_elbo(x, reference.encoder, reference.decoder, "analytic", None)))
+        if step in wanted and on_checkpoint is not None:
+            on_checkpoint(step, reference)
+
+    start = time.perf_counter()
+    history: History = maximise(
+        objective,
+        model.parameters(),
+        steps=steps,
+        optimiser="adam",
+        lr=lr,
+        record_every=record_every,
+        name=f"{kind} encoder, {estimator} ELBO, seed {seed}",
+        progress=progress,
+        on_record=on_record,
+    )
+    return EncoderTraining(
+        model=reference,
+        steps=history.steps,
+        elbo=np.asarray(recorded),
+        objective=np.asarray(history.values, dtype=np.float64),
+        optimum=float(optimum),
+        kind=kind,
+        estimator=estimator,
+        seconds=time.perf_counter() - start,
+    )

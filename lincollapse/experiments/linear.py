@@ -1,0 +1,649 @@
+"""Experiments of the linear chapters: *Posterior collapse*, *Probabilistic PCA*, *The linear VAE*.
+
+One function per figure, each returning a dataclass of data (plotting lives in
+:mod:`lincollapse.plotting.linear`). Every configuration is a frozen dataclass whose defaults are
+the ``book`` preset; ``fast`` shrinks data and training to seconds for CI; ``paper`` uses the
+paper's optimiser (Adam, lr 1e-3, full batch) where training is involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from lincollapse import collapse, linear_vae, ppca
+from lincollapse.data import load_mnist
+from lincollapse.experiments import figure
+from lincollapse.presets import ExperimentConfig
+from lincollapse.training import maximise
+
+_FAST_DATA = {"n": 300}
+
+
+def _mnist_spectrum(n: int, seed: int) -> tuple[np.ndarray, ppca.DataSpectrum]:
+    images = load_mnist(n, seed=seed).images
+    return images, ppca.data_spectrum(images)
+
+
+# --------------------------------------------------------------------------------------------
+# pPCA: the landscape around a collapsed stationary point
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PPCALandscapeConfig(ExperimentConfig):
+    """Synthetic data with a known spectrum: a covariance with these eigenvalues.
+
+    The stationary point has q = 2 columns: u_1 √(λ_1 − σ²) and a zero column. The zero column
+    is moved to ε u_2 + η u_3 (both eigenvectors unused), for each σ² in ``sigma2_values``.
+    """
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {"fast": {"grid_size": 21}}
+    eigenvalues: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+    sigma2_values: tuple[float, ...] = (1.5, 2.5)
+    extent: float = 1.0
+    grid_size: int = 61
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LandscapeResult:
+    """Average log-likelihood around a collapsed stationary point, exact and to second order.
+
+    Attributes
+    ----------
+    epsilon : ndarray of shape (g,)
+        Coefficient of u_2 in the zero column (first axis of the grids).
+    eta : ndarray of shape (g,)
+        Coefficient of u_3 in the zero column (second axis).
+    sigma2_values : ndarray of shape (k,)
+    eigenvalues : ndarray of shape (d,)
+        Spectrum of the synthetic covariance (λ_2 and λ_3 are the ones probed).
+    exact : ndarray of shape (k, g, g)
+        Change of the average log-likelihood (ppca-loglik) from the stationary point.
+    predicted : ndarray of shape (k, g, g)
+        Second-order prediction (ppca-perturbation) divided by n:
+        ½ [ε² (λ_2 − σ²) + η² (λ_3 − σ²)] / σ⁴.
+    kind : tuple of str, length k
+        ``"saddle"`` if some probed λ exceeds σ², else ``"local maximum"``.
+    """
+
+    epsilon: np.ndarray
+    eta: np.ndarray
+    sigma2_values: np.ndarray
+    eigenvalues: np.ndarray
+    exact: np.ndarray
+    predicted: np.ndarray
+    kind: tuple[str, ...]
+
+
+@figure(
+    "ppca-landscape",
+    chapter="ppca",
+    plot="lincollapse.plotting.linear:plot_ppca_landscape",
+    config=PPCALandscapeConfig,
+)
+def ppca_landscape(config: PPCALandscapeConfig | None = None) -> LandscapeResult:
+    """pPCA log-likelihood around a zero column: a saddle when σ² < λ_i, a maximum when σ² > λ_i."""
+    config = config or PPCALandscapeConfig.for_preset()
+    eigenvalues = np.asarray(config.eigenvalues, dtype=np.float64)
+    d = eigenvalues.size
+    basis, _ = np.linalg.qr(np.random.default_rng(config.seed).normal(size=(d, d)))
+    spectrum = ppca.spectrum_from_covariance((basis * eigenvalues) @ basis.T, n=1)
+    epsilon = np.linspace(-config.extent, config.extent, config.grid_size)
+    eta = epsilon.copy()
+    exact, predicted, kinds = [], [], []
+    for sigma2 in config.sigma2_values:
+        W = ppca.stationary_point(spectrum, [0, None], sigma2)
+        base = ppca.average_log_likelihood(spectrum, W, sigma2)
+        grid = np.empty((epsilon.size, eta.size))
+        for a, e in enumerate(epsilon):
+            for b, h in enumerate(eta):
+                moved = W.copy()
+                moved[:, 1] = e * spectrum.eigenvectors[:, 1] + h * spectrum.eigenvectors[:, 2]
+                grid[a, b] = ppca.average_log_likelihood(spectrum, moved, sigma2) - base
+        exact.append(grid)
+        predicted.append(
+            ppca.perturbation_change(spectrum.eigenvalues[1], sigma2, epsilon)[:, None]
+            + ppca.perturbation_change(spectrum.eigenvalues[2], sigma2, eta)[None, :]
+        )
+        kinds.append("saddle" if spectrum.eigenvalues[1] > sigma2 else "local maximum")
+    return LandscapeResult(
+        epsilon=epsilon,
+        eta=eta,
+        sigma2_values=np.asarray(config.sigma2_values, dtype=np.float64),
+        eigenvalues=spectrum.eigenvalues,
+        exact=np.asarray(exact),
+        predicted=np.asarray(predicted),
+        kind=tuple(kinds),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# pPCA: collapsed columns against σ² on MNIST
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapsedColumnsConfig(ExperimentConfig):
+    """Count #{j ≤ q : λ_j ≤ σ²} on a σ² grid; check a few σ² by maximising over W."""
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "fast": {**_FAST_DATA, "q": 40, "grid_size": 25, "check_steps": 60},
+        "paper": {"check_steps": 1000},
+    }
+    n: int = 1000
+    seed: int = 0
+    q: int = 200
+    sigma2_min: float = 1e-4
+    sigma2_max: float = 10.0
+    grid_size: int = 61
+    check_sigma2: tuple[float, ...] = (1.0, 0.1, 0.01)
+    check_steps: int = 300
+    column_tolerance: float = 1e-3
+    train_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapsedColumnsResult:
+    """Collapsed columns of the fixed-σ² pPCA maximiser.
+
+    Attributes
+    ----------
+    sigma2 : ndarray of shape (m,)
+        Log-spaced grid.
+    collapsed : ndarray of shape (m,), int
+        #{j ≤ q : λ_j ≤ σ²} from the eigenvalues.
+    q : int
+    check_sigma2 : ndarray of shape (k,)
+    check_predicted : ndarray of shape (k,), int
+        The count at those σ².
+    check_trained : ndarray of shape (k,), int
+        Singular values of W below ``column_tolerance`` after maximising the log-likelihood over
+        W from a random start with σ² fixed (singular values, because the likelihood cannot tell
+        W from WR).
+    check_singular_values : ndarray of shape (k, q)
+        Those singular values, descending.
+    check_gap : ndarray of shape (k,)
+        Maximum minus reached average log-likelihood (nats per image).
+    eigenvalues : ndarray of shape (d,)
+    """
+
+    sigma2: np.ndarray
+    collapsed: np.ndarray
+    q: int
+    check_sigma2: np.ndarray
+    check_predicted: np.ndarray
+    check_trained: np.ndarray
+    check_singular_values: np.ndarray
+    check_gap: np.ndarray
+    eigenvalues: np.ndarray
+
+
+def maximise_fixed_sigma2(
+    spectrum: ppca.DataSpectrum, q: int, sigma2: float, *, steps: int, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """Maximise the pPCA log-likelihood over W (σ² fixed) with L-BFGS from a random start.
+
+    Works in the eigenbasis of S (an orthogonal change of coordinates) so that each step costs
+    O(d q²). Returns W in pixel coordinates, shape (d, q), and its average log-likelihood.
+    """
+    eigenvalues = torch.as_tensor(spectrum.eigenvalues)
+    d = spectrum.d
+    generator = torch.Generator().manual_seed(seed)
+    W = torch.nn.Parameter(torch.randn(d, q, generator=generator, dtype=torch.float64) * 0.01)
+    identity = torch.eye(q, dtype=torch.float64)
+    log_sigma2 = float(np.log(sigma2))
+
+    def log_likelihood() -> torch.Tensor:  # (ppca-loglik), S = diag(λ)
+        M = W.T @ W + sigma2 * identity
+        chol = torch.linalg.cholesky(M)
+        log_det_M = 2.0 * torch.log(chol.diagonal()).sum()
+        projected = torch.cholesky_solve((W.T * eigenvalues) @ W, chol).diagonal().sum()
+        return -0.5 * (
+            d * ppca.LOG_2PI + (d - q) * log_sigma2 + log_det_M
+            + (eigenvalues.sum() - projected) / sigma2
+        )  # fmt: skip
+
+    if q and steps:
+        maximise(log_likelihood, [W], steps=steps, optimiser="lbfgs", record_every=steps,
+                 name=f"pPCA σ²={sigma2:g}")  # fmt: skip
+    W_pixels = spectrum.eigenvectors @ W.detach().numpy()
+    return W_pixels, ppca.average_log_likelihood(spectrum, W_pixels, sigma2)
+
+
+@figure(
+    "ppca-collapsed-vs-sigma2",
+    chapter="ppca",
+    plot="lincollapse.plotting.linear:plot_collapsed_columns",
+    config=CollapsedColumnsConfig,
+)
+def ppca_collapsed_columns(config: CollapsedColumnsConfig | None = None) -> CollapsedColumnsResult:
+    """Collapsed columns of fixed-σ² pPCA on MNIST against σ², with numerical checks."""
+    config = config or CollapsedColumnsConfig.for_preset()
+    _, spectrum = _mnist_spectrum(config.n, config.seed)
+    grid = np.geomspace(config.sigma2_min, config.sigma2_max, config.grid_size)
+    counts = np.array([ppca.collapsed_column_count(spectrum, config.q, s) for s in grid])
+    predicted, trained, singular, gaps = [], [], [], []
+    for sigma2 in config.check_sigma2:
+        W, reached = maximise_fixed_sigma2(
+            spectrum, config.q, sigma2, steps=config.check_steps, seed=config.train_seed
+        )
+        best = ppca.average_log_likelihood(
+            spectrum, ppca.fixed_sigma2_maximiser(spectrum, config.q, sigma2), sigma2
+        )
+        values = np.linalg.svd(W, compute_uv=False)
+        predicted.append(ppca.collapsed_column_count(spectrum, config.q, sigma2))
+        trained.append(int(np.count_nonzero(values < config.column_tolerance)))
+        singular.append(values)
+        gaps.append(best - reached)
+    return CollapsedColumnsResult(
+        sigma2=grid,
+        collapsed=counts,
+        q=config.q,
+        check_sigma2=np.asarray(config.check_sigma2, dtype=np.float64),
+        check_predicted=np.asarray(predicted),
+        check_trained=np.asarray(trained),
+        check_singular_values=np.asarray(singular).reshape(len(config.check_sigma2), config.q),
+        check_gap=np.asarray(gaps),
+        eigenvalues=spectrum.eigenvalues,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Linear VAE: likelihood against latent size
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodVsLatentSizeConfig(ExperimentConfig):
+    """Train one linear VAE per latent size; compare with exact and fixed-σ² pPCA.
+
+    ``book``: L-BFGS (encoder kept optimal, see :func:`lincollapse.linear_vae.train_linear_vae`)
+    for q ∈ {0, 50, …, 300} on 1000 images. ``paper``: Adam, lr 1e-3, 12,000 full-batch steps
+    per q with a learned encoder (the official notebook's settings). ``fast``: 300 images,
+    q ∈ {0, 20, 40}, few steps.
+    """
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "fast": {**_FAST_DATA, "latent_sizes": (0, 20, 40), "steps": 100, "reference_q": 20},
+        "paper": {"optimiser": "adam", "steps": 12_000, "lr": 1e-3},
+    }
+    n: int = 1000
+    seed: int = 0
+    latent_sizes: tuple[int, ...] = (0, 50, 100, 150, 200, 250, 300)
+    optimiser: str = "lbfgs"
+    steps: int = 600
+    lr: float = 1e-3
+    reference_q: int = 50
+    train_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodCurve:
+    """Exact pPCA optimum, trained linear-VAE ELBO and fixed-σ² pPCA, per latent size.
+
+    Attributes
+    ----------
+    latent_sizes : ndarray of shape (k,)
+    ppca_optimum : ndarray of shape (k,)
+        ℓ*(q), equation (ppca-max-loglik), nats per image.
+    elbo : ndarray of shape (k,)
+        Final analytic ELBO of the trained linear VAE.
+    fixed_sigma2_loglik : ndarray of shape (k,)
+        Average log-likelihood of pPCA with σ² = σ²_MLE(reference_q) and the fixed-σ²
+        maximiser as W (columns with λ_j ≤ σ² zero).
+    fixed_sigma2 : float
+    reference_q : int
+    active_columns : ndarray of shape (k,)
+        #{j ≤ q : λ_j > fixed σ²}.
+    seconds, steps, evaluations : ndarray of shape (k,)
+        Training cost per latent size.
+    optimiser : str
+    """
+
+    latent_sizes: np.ndarray
+    ppca_optimum: np.ndarray
+    elbo: np.ndarray
+    fixed_sigma2_loglik: np.ndarray
+    fixed_sigma2: float
+    reference_q: int
+    active_columns: np.ndarray
+    seconds: np.ndarray
+    steps: np.ndarray
+    evaluations: np.ndarray
+    optimiser: str
+
+    @property
+    def gap(self) -> np.ndarray:
+        """ℓ*(q) − ELBO, nats per image."""
+        return self.ppca_optimum - self.elbo
+
+    def table(self) -> str:
+        """Plain-text table of the curve and the training cost."""
+        lines = [
+            f"{'q':>4} {'l*(q)':>11} {'ELBO':>11} {'gap':>10} {'fixed-σ² pPCA':>14} "
+            f"{'steps':>6} {'evals':>6} {'seconds':>8}"
+        ]
+        for row in zip(
+            self.latent_sizes, self.ppca_optimum, self.elbo, self.gap, self.fixed_sigma2_loglik,
+            self.steps, self.evaluations, self.seconds, strict=True,
+        ):  # fmt: skip
+            q, best, elbo, gap, fixed, steps, evals, seconds = row
+            lines.append(
+                f"{q:>4d} {best:>11.4f} {elbo:>11.4f} {gap:>10.2e} {fixed:>14.4f} "
+                f"{steps:>6d} {evals:>6d} {seconds:>8.2f}"
+            )
+        lines.append(f"total training time {self.seconds.sum():.1f} s ({self.optimiser})")
+        return "\n".join(lines)
+
+
+@figure(
+    "likelihood-vs-latent-size",
+    chapter="linear_vae",
+    plot="lincollapse.plotting.linear:plot_likelihood_vs_latent_size",
+    config=LikelihoodVsLatentSizeConfig,
+    paper_figure="log-likelihood vs latent size (as in the public course-report reproduction)",
+)
+def likelihood_vs_latent_size(
+    config: LikelihoodVsLatentSizeConfig | None = None,
+) -> LikelihoodCurve:
+    """Trained linear-VAE ELBO against the exact pPCA optimum and fixed-σ² pPCA, per latent size."""
+    config = config or LikelihoodVsLatentSizeConfig.for_preset()
+    _, spectrum = _mnist_spectrum(config.n, config.seed)
+    fixed_sigma2 = ppca.sigma2_mle(spectrum, config.reference_q)
+    optimum, elbo, fixed, active, seconds, steps, evaluations = ([] for _ in range(7))
+    for q in config.latent_sizes:
+        trained = linear_vae.train_linear_vae(
+            spectrum, q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
+            seed=config.train_seed,
+        )  # fmt: skip
+        optimum.append(trained.optimum)
+        elbo.append(trained.elbo)
+        seconds.append(trained.seconds)
+        steps.append(trained.steps)
+        evaluations.append(trained.evaluations)
+        W = ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2)
+        fixed.append(ppca.average_log_likelihood(spectrum, W, fixed_sigma2))
+        active.append(q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2))
+    return LikelihoodCurve(
+        latent_sizes=np.asarray(config.latent_sizes),
+        ppca_optimum=np.asarray(optimum),
+        elbo=np.asarray(elbo),
+        fixed_sigma2_loglik=np.asarray(fixed),
+        fixed_sigma2=fixed_sigma2,
+        reference_q=config.reference_q,
+        active_columns=np.asarray(active),
+        seconds=np.asarray(seconds),
+        steps=np.asarray(steps),
+        evaluations=np.asarray(evaluations),
+        optimiser=config.optimiser,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Linear VAE: Gram matrices
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GramMatricesConfig(ExperimentConfig):
+    """Gram matrix WᵀW of a trained linear VAE vs pPCA maximisers (top-left ``block``)."""
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "fast": {**_FAST_DATA, "q": 20, "block": 10, "steps": 100},
+        "paper": {"optimiser": "adam", "steps": 12_000},
+    }
+    n: int = 1000
+    seed: int = 0
+    q: int = 200
+    block: int = 30
+    optimiser: str = "lbfgs"
+    steps: int = 600
+    lr: float = 1e-3
+    train_seed: int = 0
+    rotation_seed: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class GramResult:
+    """Gram matrices and their off-diagonal mass ‖offdiag(G)‖_F / ‖G‖_F.
+
+    Attributes
+    ----------
+    vae : ndarray of shape (block, block)
+        WᵀW of the trained linear VAE (latents ordered by decreasing ‖w_j‖).
+    ppca_rotated : ndarray of shape (block, block)
+        (W_MLE R)ᵀ(W_MLE R) for a random orthogonal R: as likely under pPCA as W_MLE.
+    ppca_mle : ndarray of shape (block, block)
+        W_MLEᵀ W_MLE (R = I): diagonal by construction.
+    off_diagonal_ratio : dict of str to float
+        The ratio for each of ``"vae"``, ``"ppca_rotated"``, ``"ppca_mle"``, over all q × q.
+    elbo_gap : float
+        ℓ*(q) − trained ELBO.
+    q : int
+    """
+
+    vae: np.ndarray
+    ppca_rotated: np.ndarray
+    ppca_mle: np.ndarray
+    off_diagonal_ratio: dict[str, float]
+    elbo_gap: float
+    q: int
+
+
+def off_diagonal_ratio(gram: np.ndarray) -> float:
+    """‖offdiag(G)‖_F / ‖G‖_F (0 for a diagonal G)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    total = np.linalg.norm(gram)
+    return float(np.linalg.norm(gram - np.diag(np.diag(gram))) / total) if total else 0.0
+
+
+@figure(
+    "gram-matrices",
+    chapter="linear_vae",
+    plot="lincollapse.plotting.linear:plot_gram_matrices",
+    config=GramMatricesConfig,
+)
+def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
+    """WᵀW of the trained linear VAE (diagonal) beside pPCA maximisers (any rotation)."""
+    config = config or GramMatricesConfig.for_preset()
+    _, spectrum = _mnist_spectrum(config.n, config.seed)
+    trained = linear_vae.train_linear_vae(
+        spectrum, config.q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
+        seed=config.train_seed,
+    )  # fmt: skip
+    W_vae = trained.model.numpy_parameters()["W"]
+    W_vae = W_vae[:, np.argsort(-np.linalg.norm(W_vae, axis=0), kind="stable")]
+    fit = ppca.fit(spectrum, config.q)
+    rng = np.random.default_rng(config.rotation_seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(config.q, config.q)))
+    grams = {
+        "vae": W_vae.T @ W_vae,
+        "ppca_rotated": (fit.W @ rotation).T @ (fit.W @ rotation),
+        "ppca_mle": fit.W.T @ fit.W,
+    }
+    b = config.block
+    return GramResult(
+        vae=grams["vae"][:b, :b],
+        ppca_rotated=grams["ppca_rotated"][:b, :b],
+        ppca_mle=grams["ppca_mle"][:b, :b],
+        off_diagonal_ratio={name: off_diagonal_ratio(g) for name, g in grams.items()},
+        elbo_gap=trained.gap,
+        q=config.q,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Linear VAE: the ELBO gap along a rotation of the maximiser
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ElboGapConfig(ExperimentConfig):
+    """Rotate latents 1 and 2 of W_MLE (q latents) by θ ∈ [0, π]."""
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {"fast": {**_FAST_DATA, "n_angles": 25}}
+    n: int = 1000
+    seed: int = 0
+    q: int = 10
+    n_angles: int = 181
+
+
+@dataclasses.dataclass(frozen=True)
+class ElboGapResult:
+    """log p, ELBO* and their gap along W_MLE R(θ).
+
+    Attributes
+    ----------
+    theta : ndarray of shape (m,)
+        Rotation angle of latents 1 and 2, radians.
+    log_likelihood : ndarray of shape (m,)
+        Average log-likelihood (ppca-loglik): constant, = ℓ*(q).
+    elbo : ndarray of shape (m,)
+        Analytic ELBO (lvae-elbo) with the optimal encoder (lvae-optimal-encoder).
+    gap_formula : ndarray of shape (m,)
+        ½ (Σ log M_ii − log det M), equation (lvae-elbo-gap).
+    optimum : float
+        ℓ*(q).
+    q : int
+    """
+
+    theta: np.ndarray
+    log_likelihood: np.ndarray
+    elbo: np.ndarray
+    gap_formula: np.ndarray
+    optimum: float
+    q: int
+
+    @property
+    def gap(self) -> np.ndarray:
+        """log p − ELBO along the path (equals ``gap_formula``)."""
+        return self.log_likelihood - self.elbo
+
+
+@figure(
+    "elbo-gap",
+    chapter="linear_vae",
+    plot="lincollapse.plotting.linear:plot_elbo_gap",
+    config=ElboGapConfig,
+)
+def elbo_gap_along_rotation(config: ElboGapConfig | None = None) -> ElboGapResult:
+    """ELBO with the optimal encoder vs log-likelihood along rotations of the pPCA maximiser."""
+    config = config or ElboGapConfig.for_preset()
+    _, spectrum = _mnist_spectrum(config.n, config.seed)
+    fit = ppca.fit(spectrum, config.q)
+    theta = np.linspace(0.0, np.pi, config.n_angles)
+    loglik, elbo, formula = [], [], []
+    for angle in theta:
+        rotation = np.eye(config.q)
+        c, s = np.cos(angle), np.sin(angle)
+        rotation[:2, :2] = [[c, -s], [s, c]]
+        W = fit.W @ rotation
+        V, D = linear_vae.optimal_encoder(W, fit.sigma2)
+        loglik.append(ppca.average_log_likelihood(spectrum, W, fit.sigma2))
+        elbo.append(linear_vae.elbo_terms(spectrum, W, V, D, fit.sigma2).elbo)
+        formula.append(linear_vae.elbo_gap(W, fit.sigma2))
+    return ElboGapResult(
+        theta=theta,
+        log_likelihood=np.asarray(loglik),
+        elbo=np.asarray(elbo),
+        gap_formula=np.asarray(formula),
+        optimum=fit.log_likelihood,
+        q=config.q,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Collapse metric of trained linear VAEs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapseMetricConfig(ExperimentConfig):
+    """Linear VAEs trained with σ² fixed at each value; collapsed fraction over ε ∈ [0, 2]."""
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "fast": {**_FAST_DATA, "q": 40, "steps": 100, "n_epsilons": 41},
+        "paper": {"optimiser": "adam", "steps": 12_000},
+    }
+    n: int = 1000
+    seed: int = 0
+    q: int = 200
+    sigma2_values: tuple[float, ...] = (0.1, 0.03)
+    optimiser: str = "lbfgs"
+    steps: int = 400
+    lr: float = 1e-3
+    delta: float = 0.01
+    epsilon_max: float = 2.0
+    n_epsilons: int = 201
+    train_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapseMetricResult:
+    """(ε, δ)-collapsed fraction of trained linear VAEs and the linear prediction.
+
+    Attributes
+    ----------
+    epsilons : ndarray of shape (m,)
+    sigma2_values : ndarray of shape (k,)
+    fractions : ndarray of shape (k, m)
+        Collapsed fraction (collapse-metric) of the q latents at each ε.
+    predicted : ndarray of shape (k,)
+        #{j ≤ q : λ_j ≤ σ²} / q.
+    mean_kl : ndarray of shape (k, q)
+        Average KL_i(x) over the images per latent, sorted ascending.
+    elbo_gap : ndarray of shape (k,)
+        Best fixed-σ² log-likelihood minus the trained ELBO, nats per image.
+    q : int
+    delta : float
+    """
+
+    epsilons: np.ndarray
+    sigma2_values: np.ndarray
+    fractions: np.ndarray
+    predicted: np.ndarray
+    mean_kl: np.ndarray
+    elbo_gap: np.ndarray
+    q: int
+    delta: float
+
+
+@figure(
+    "collapse-metric",
+    chapter="posterior_collapse",
+    plot="lincollapse.plotting.linear:plot_collapse_metric",
+    config=CollapseMetricConfig,
+)
+def collapse_metric(config: CollapseMetricConfig | None = None) -> CollapseMetricResult:
+    """Collapsed fraction of trained linear VAEs (fixed σ²) vs ε, against #{λ_j ≤ σ²}/q."""
+    config = config or CollapseMetricConfig.for_preset()
+    images, spectrum = _mnist_spectrum(config.n, config.seed)
+    epsilons = np.linspace(0.0, config.epsilon_max, config.n_epsilons)
+    fractions, predicted, mean_kl, gaps = [], [], [], []
+    for sigma2 in config.sigma2_values:
+        trained = linear_vae.train_linear_vae(
+            spectrum, config.q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
+            seed=config.train_seed, learn_sigma2=False, sigma2_init=sigma2,
+        )  # fmt: skip
+        with torch.no_grad():
+            means, variances = trained.model.encode(images)
+        kl = collapse.gaussian_kl_per_dimension(means.numpy(), variances.numpy())
+        fractions.append(collapse.collapsed_fraction(kl, epsilons, delta=config.delta))
+        predicted.append(ppca.collapsed_column_count(spectrum, config.q, sigma2) / config.q)
+        mean_kl.append(np.sort(kl.mean(axis=0)))
+        gaps.append(trained.gap)
+    return CollapseMetricResult(
+        epsilons=epsilons,
+        sigma2_values=np.asarray(config.sigma2_values, dtype=np.float64),
+        fractions=np.asarray(fractions),
+        predicted=np.asarray(predicted),
+        mean_kl=np.asarray(mean_kl),
+        elbo_gap=np.asarray(gaps),
+        q=config.q,
+        delta=config.delta,
+    )

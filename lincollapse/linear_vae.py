@@ -1,0 +1,776 @@
+"""The linear VAE of Lucas et al. (2019): a pPCA decoder with a linear Gaussian encoder.
+
+Decoder p(x | z) = N(W z + μ, σ² I_d), prior p(z) = N(0, I_q), encoder q(z | x) = N(V(x − μ), D)
+with D diagonal and **shared by all data points**. Its ELBO has a closed form that depends on the
+data only through the sample covariance S, derived in the chapter *The linear VAE*; each function
+names the equation it implements. Conventions: the ELBO is **averaged over data points** (nats per
+image) and summed over pixels and latents; everything is float64.
+
+μ is fixed at the sample mean μ̂. That is no restriction: the ELBO depends on μ only through the
+average of two quadratic forms in x − μ, ‖(I − WV)(x − μ)‖² and ‖V(x − μ)‖², both minimised at
+μ = μ̂ whatever the other parameters are.
+
+References
+----------
+J. Lucas, G. Tucker, R. Grosse and M. Norouzi, "Don't Blame the ELBO! A Linear VAE Perspective on
+Posterior Collapse", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from lincollapse import ppca
+from lincollapse.ppca import DataSpectrum
+from lincollapse.training import History, maximise
+
+__all__ = [
+    "ELBOTerms",
+    "LinearVAE",
+    "LinearVAETraining",
+    "analytic_elbo_terms",
+    "elbo_gap",
+    "elbo_terms",
+    "optimal_encoder",
+    "optimal_encoder_elbo",
+    "train_linear_vae",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+OPTIMISERS = ("lbfgs", "adam")
+ENCODERS = ("optimal", "learned")
+
+
+# --------------------------------------------------------------------------------------------
+# The ELBO in closed form
+# --------------------------------------------------------------------------------------------
+
+
+def analytic_elbo_terms(
+    covariance: torch.Tensor,
+    W: torch.Tensor,
+    V: torch.Tensor,
+    D: torch.Tensor,
+    sigma2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction term and KL term of the ELBO, averaged over data (differentiable).
+
+    Chapter *The linear VAE*, equations (lvae-recon) and (lvae-kl). With S the covariance of
+    the data about μ:
+
+        E_q log p(x | z) = −(1/(2σ²)) [tr(W D Wᵀ) + tr S − 2 tr(W V S) + tr(Wᵀ W V S Vᵀ)]
+                           − (d/2) log(2πσ²)
+        KL(q(z | x) ‖ p(z)) = ½ [tr D − log det D + tr(V S Vᵀ) − q]
+
+    and the ELBO (lvae-elbo) is their difference.
+
+    Parameters
+    ----------
+    covariance : Tensor of shape (d, d) or (d,)
+        S, or its diagonal when S is diagonal (in the eigenbasis of S). The diagonal form costs
+        O(d q²) per evaluation instead of O(q d²).
+    W : Tensor of shape (d, q)
+    V : Tensor of shape (q, d)
+    D : Tensor of shape (q,)
+        Diagonal of the encoder covariance, > 0.
+    sigma2 : Tensor of shape ()
+        Decoder noise variance, > 0.
+
+    Returns
+    -------
+    reconstruction, kl : Tensor of shape ()
+        Nats per data point.
+    """
+    d, q = W.shape
+    if covariance.ndim == 1:
+        VS = V * covariance  # V S for diagonal S
+        trace_S = covariance.sum()
+    else:
+        VS = V @ covariance
+        trace_S = covariance.diagonal().sum()
+    VSVt = VS @ V.T
+    gram = W.T @ W
+    kl = 0.5 * (D.sum() - torch.log(D).sum() + VSVt.diagonal().sum() - q)  # (lvae-kl)
+    squared_error = (
+        (gram.diagonal() * D).sum()  # tr(W D Wᵀ)
+        + trace_S
+        - 2.0 * (W * VS.T).sum()  # tr(W V S)
+        + (gram * VSVt).sum()  # tr(WᵀW V S Vᵀ), both factors symmetric
+    )
+    reconstruction = -0.5 * squared_error / sigma2 - 0.5 * d * (LOG_2PI + torch.log(sigma2))
+    return reconstruction, kl  # (lvae-recon), (lvae-kl)
+
+
+@dataclasses.dataclass(frozen=True)
+class ELBOTerms:
+    """The analytic ELBO and its two terms, in nats per data point.
+
+    Attributes
+    ----------
+    elbo : float
+        reconstruction − kl, equation (lvae-elbo).
+    reconstruction : float
+        E_q log p(x | z), equation (lvae-recon).
+    kl : float
+        KL(q(z | x) ‖ p(z)) averaged over data, equation (lvae-kl).
+    """
+
+    elbo: float
+    reconstruction: float
+    kl: float
+
+
+def elbo_terms(
+    data: np.ndarray | DataSpectrum,
+    W: np.ndarray,
+    V: np.ndarray,
+    D: np.ndarray,
+    sigma2: float,
+) -> ELBOTerms:
+    """The analytic ELBO of a linear VAE on a data set (μ = sample mean), in float64.
+
+    Chapter *The linear VAE*, equations (lvae-elbo), (lvae-recon), (lvae-kl).
+
+    Parameters
+    ----------
+    data : ndarray of shape (n, d) or DataSpectrum
+    W : ndarray of shape (d, q)
+    V : ndarray of shape (q, d)
+    D : ndarray of shape (q,)
+        Encoder variances, > 0.
+    sigma2 : float
+        > 0.
+
+    Returns
+    -------
+    ELBOTerms
+    """
+    _, covariance = ppca._moments(data)
+    d = covariance.shape[0]
+    W = ppca._check_loadings(W, d)
+    q = W.shape[1]
+    V = np.asarray(V, dtype=np.float64)
+    if V.shape != (q, d):
+        raise ValueError(f"V must have shape (q, d) = ({q}, {d}), got {V.shape}")
+    D = _check_variances(D, q)
+    sigma2 = ppca._check_sigma2(sigma2)
+    tensors = [torch.as_tensor(a, dtype=torch.float64) for a in (covariance, W, V, D, sigma2)]
+    reconstruction, kl = (float(t) for t in analytic_elbo_terms(*tensors))
+    return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
+
+
+def optimal_encoder(W: np.ndarray, sigma2: float) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder that maximises the ELBO for a given decoder (W, σ²).
+
+    Chapter *The linear VAE*, equation (lvae-optimal-encoder): V* = M⁻¹ Wᵀ, D* = σ² diag(M)⁻¹,
+    with M = Wᵀ W + σ² I. V* is the exact posterior mean map; D* is the mean-field variance,
+    never larger than the exact posterior variance σ² (M⁻¹)_ii.
+
+    Parameters
+    ----------
+    W : ndarray of shape (d, q)
+    sigma2 : float
+
+    Returns
+    -------
+    V : ndarray of shape (q, d)
+    D : ndarray of shape (q,)
+    """
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W must have shape (d, q), got {W.shape}")
+    sigma2 = ppca._check_sigma2(sigma2)
+    M = W.T @ W + sigma2 * np.eye(W.shape[1])
+    return np.linalg.solve(M, W.T), sigma2 / np.diag(M)  # (lvae-optimal-encoder)
+
+
+def elbo_gap(W: np.ndarray, sigma2: float) -> float:
+    """log p − ELBO* for a decoder (W, σ²): ½ (Σ_i log M_ii − log det M) ≥ 0.
+
+    Chapter *The linear VAE*, equation (lvae-elbo-gap). Zero exactly when M = WᵀW + σ²I is
+    diagonal, i.e. when the columns of W are orthogonal (Hadamard's inequality). It does not
+    depend on the data.
+
+    Parameters
+    ----------
+    W : ndarray of shape (d, q)
+    sigma2 : float
+
+    Returns
+    -------
+    float
+        Nats per data point.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W must have shape (d, q), got {W.shape}")
+    sigma2 = ppca._check_sigma2(sigma2)
+    M = W.T @ W + sigma2 * np.eye(W.shape[1])
+    _, log_det = np.linalg.slogdet(M)
+    return 0.5 * (float(np.sum(np.log(np.diag(M)))) - float(log_det))  # (lvae-elbo-gap)
+
+
+def optimal_encoder_elbo(data: np.ndarray | DataSpectrum, W: np.ndarray, sigma2: float) -> float:
+    """ELBO*(W, σ²): the ELBO maximised over the encoder, = log p − gap.
+
+    Chapter *The linear VAE*, equation (lvae-elbo-gap):
+    ELBO*(W, σ²) = (1/n) log p(X | W, σ²) − ½ (Σ_i log M_ii − log det M). It equals the pPCA
+    log-likelihood iff WᵀW is diagonal.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n, d) or DataSpectrum
+    W : ndarray of shape (d, q)
+    sigma2 : float
+
+    Returns
+    -------
+    float
+        Nats per data point.
+    """
+    return ppca.average_log_likelihood(data, W, sigma2) - elbo_gap(W, sigma2)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+class LinearVAE(nn.Module):
+    """Linear VAE with a shared diagonal encoder covariance.
+
+    Chapter *The linear VAE*, equations (lvae-encoder)–(lvae-elbo).
+
+    Parameters
+    ----------
+    d, q : int
+        Data and latent dimensions (q = 0 allowed).
+    mean : array-like of shape (d,), optional
+        μ, a buffer (not trained; see the module docstring). Defaults to zeros.
+    sigma2 : float, default 1.0
+        Initial (or fixed) decoder noise variance.
+    learn_sigma2 : bool, default True
+        Whether σ² is trained (``log_sigma2.requires_grad``).
+    init_scale : float, default 0.01
+        Standard deviation of the seeded Gaussian initialisation of W and V.
+    seed : int, default 0
+    dtype, device
+        float64 by default; any torch device.
+
+    Attributes
+    ----------
+    W : Parameter of shape (d, q)
+        Decoder weights.
+    V : Parameter of shape (q, d)
+        Encoder weights: the encoder mean is V (x − μ).
+    log_D : Parameter of shape (q,)
+        Log of the diagonal encoder covariance (initialised at 0: D = I, the prior's).
+    log_sigma2 : Parameter of shape ()
+        Log of the decoder noise variance.
+    mean : buffer of shape (d,)
+    """
+
+    def __init__(
+        self,
+        d: int,
+        q: int,
+        *,
+        mean: np.ndarray | torch.Tensor | None = None,
+        sigma2: float = 1.0,
+        learn_sigma2: bool = True,
+        init_scale: float = 1e-2,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if d < 1 or q < 0 or q >= d:
+            raise ValueError(f"need d >= 1 and 0 <= q < d, got d={d}, q={q}")
+        sigma2 = ppca._check_sigma2(sigma2)
+        generator = torch.Generator().manual_seed(seed)
+        W = torch.randn(d, q, generator=generator, dtype=dtype) * init_scale
+        V = torch.randn(q, d, generator=generator, dtype=dtype) * init_scale
+        self.W = nn.Parameter(W.to(device))
+        self.V = nn.Parameter(V.to(device))
+        self.log_D = nn.Parameter(torch.zeros(q, dtype=dtype, device=device))
+        self.log_sigma2 = nn.Parameter(
+            torch.tensor(math.log(sigma2), dtype=dtype, device=device), requires_grad=learn_sigma2
+        )
+        mean = torch.zeros(d, dtype=dtype) if mean is None else torch.as_tensor(mean, dtype=dtype)
+        if mean.shape != (d,):
+            raise ValueError(f"mean must have shape ({d},), got {tuple(mean.shape)}")
+        self.register_buffer("mean", mean.to(device))
+
+    @property
+    def d(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def q(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def D(self) -> torch.Tensor:
+        """Encoder variances, shape (q,)."""
+        return torch.exp(self.log_D)
+
+    @property
+    def sigma2(self) -> torch.Tensor:
+        """Decoder noise variance, shape ()."""
+        return torch.exp(self.log_sigma2)
+
+    def elbo_terms(
+        self, covariance: torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, kl) averaged over data, from the covariance S about :attr:`mean`.
+
+        See :func:`analytic_elbo_terms`; ``covariance`` may be (d, d) or its diagonal (d,).
+        """
+        covariance = self._as_tensor(covariance)
+        if covariance.shape not in ((self.d, self.d), (self.d,)):
+            raise ValueError(
+                f"covariance must have shape ({self.d}, {self.d}) or ({self.d},), "
+                f"got {tuple(covariance.shape)}"
+            )
+        return analytic_elbo_terms(covariance, self.W, self.V, self.D, self.sigma2)
+
+    def elbo(self, covariance: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Analytic ELBO, equation (lvae-elbo), nats per data point (differentiable)."""
+        reconstruction, kl = self.elbo_terms(covariance)
+        return reconstruction - kl
+
+    def encode(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder means V(x − μ) and variances D for each row of ``x``.
+
+        Parameters
+        ----------
+        x : Tensor or ndarray of shape (n, d)
+
+        Returns
+        -------
+        means : Tensor of shape (n, q)
+        variances : Tensor of shape (n, q)
+            D repeated for every row (the encoder covariance is shared).
+        """
+        x = self._check_points(x)
+        means = (x - self.mean) @ self.V.T
+        return means, self.D.expand(x.shape[0], self.q)
+
+    def reconstruction_sample(
+        self, x: torch.Tensor | np.ndarray, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Single-sample reparameterised estimate of E_q log p(x | z), averaged over rows.
+
+        z = V(x − μ) + D^{1/2} ξ with ξ ~ N(0, I), one ξ per data point; unbiased for
+        (lvae-recon) and differentiable in every parameter (the "stochastic" ELBO's
+        reconstruction term; its KL stays analytic).
+
+        Parameters
+        ----------
+        x : Tensor or ndarray of shape (n, d)
+        generator : torch.Generator, optional
+
+        Returns
+        -------
+        Tensor of shape ()
+        """
+        x = self._check_points(x)
+        centred = x - self.mean
+        noise = torch.randn(
+            x.shape[0], self.q, generator=generator, dtype=x.dtype, device="cpu"
+        ).to(x.device)
+        z = centred @ self.V.T + noise * torch.sqrt(self.D)
+        residual = centred - z @ self.W.T
+        log_p = -0.5 * residual.square().sum(dim=1) / self.sigma2 - 0.5 * self.d * (
+            LOG_2PI + self.log_sigma2
+        )
+        return log_p.mean()
+
+    @torch.no_grad()
+    def set_optimal_encoder(self) -> None:
+        """Set (V, D) to their optimum for the current (W, σ²), equation (lvae-optimal-encoder)."""
+        M = self.W.T @ self.W + self.sigma2 * torch.eye(
+            self.q, dtype=self.W.dtype, device=self.W.device
+        )
+        self.V.copy_(torch.linalg.solve(M, self.W.T))
+        self.log_D.copy_(self.log_sigma2 - torch.log(M.diagonal()))
+
+    def decoder_column_norms(self) -> np.ndarray:
+        """‖W_{:, j}‖ for each latent j, shape (q,): zero columns are collapsed latents."""
+        return self.W.detach().norm(dim=0).cpu().numpy()
+
+    def numpy_parameters(self) -> dict[str, np.ndarray | float]:
+        """W (d, q), V (q, d), D (q,), sigma2 and mean (d,) as float64 numpy values."""
+        return {
+            "W": self.W.detach().cpu().double().numpy().copy(),
+            "V": self.V.detach().cpu().double().numpy().copy(),
+            "D": self.D.detach().cpu().double().numpy().copy(),
+            "sigma2": float(self.sigma2.detach()),
+            "mean": self.mean.detach().cpu().double().numpy().copy(),
+        }
+
+    def _as_tensor(self, array: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=self.W.dtype, device=self.W.device)
+
+    def _check_points(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = self._as_tensor(x)
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(f"x must have shape (n, {self.d}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite values; remove or impute them first")
+        return x
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LinearVAETraining:
+    """A trained linear VAE and how it compares with the exact optimum.
+
+    Attributes
+    ----------
+    model : LinearVAE
+        In the pixel basis, with ``mean`` the sample mean.
+    history : History
+        ELBO (nats per image) recorded during training; ``history.evaluations`` counts ELBO
+        evaluations (each with its gradient).
+    elbo : float
+        Final analytic ELBO of ``model``, re-evaluated in float64 from the full covariance S.
+    optimum : float
+        The best achievable value: ℓ*(q) (ppca-max-loglik) when σ² is learned; the maximum
+        log-likelihood over W at the fixed σ² otherwise.
+    gap : float
+        ``optimum − elbo`` (≥ 0 up to round-off), nats per image.
+    q : int
+    optimiser : str
+        ``"lbfgs"`` or ``"adam"``.
+    encoder : str
+        ``"optimal"`` or ``"learned"`` (see :func:`train_linear_vae`).
+    steps : int
+        Optimiser steps taken (all phases).
+    seconds : float
+        Wall time of the whole training, set-up included.
+    """
+
+    model: LinearVAE
+    history: History
+    elbo: float
+    optimum: float
+    gap: float
+    q: int
+    optimiser: str
+    encoder: str
+    steps: int
+    seconds: float
+
+    @property
+    def evaluations(self) -> int:
+        """ELBO-and-gradient evaluations."""
+        return self.history.evaluations
+
+
+def train_linear_vae(
+    data: np.ndarray | DataSpectrum,
+    q: int,
+    *,
+    optimiser: str = "lbfgs",
+    encoder: str | None = None,
+    steps: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+    learn_sigma2: bool = True,
+    sigma2_init: float = 1.0,
+    init_scale: float = 1e-2,
+    rotate_every: int = 20,
+    polish_steps: int = 10,
+    tolerance: float | None = 1e-6,
+    record_every: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> LinearVAETraining:
+    """Train a linear VAE by maximising its analytic ELBO (lvae-elbo) on the full batch.
+
+    Two ways of treating the encoder:
+
+    ``encoder="learned"`` (the paper's)
+        W, V, log D and log σ² are all trained jointly by ``optimiser``. With Adam this runs in
+        the pixel basis (what the paper did; each step costs O(q d²)); with L-BFGS it runs in
+        the eigenbasis of S (L-BFGS is invariant to that orthogonal change of coordinates, and
+        each step costs O(d q²)).
+    ``encoder="optimal"`` (default for L-BFGS)
+        Coordinate ascent on the same ELBO: the encoder is kept at its exact optimum for the
+        current decoder (lvae-optimal-encoder), and the optimiser maximises the resulting ELBO*
+        (lvae-elbo-gap) over (W, σ²). W is trained in the eigenbasis of S, rescaled row by row by
+        (λ_k + c)^{1/2} with c = 1 % of the mean eigenvalue (a fixed linear change of variables:
+        a preconditioner, not a constraint). Every ``rotate_every`` steps the latent space is
+        rotated so that WᵀW is diagonal — an exact maximisation of the ELBO over the rotation
+        W → WR (log p does not change, the gap (lvae-elbo-gap) drops to 0). The ELBO's weak
+        preference among rotations is what makes plain gradient ascent slow. Finally
+        ``polish_steps`` joint L-BFGS steps over all four parameters continue from there.
+
+    Nothing is copied from the closed form: W starts at a seeded random matrix and every step
+    increases the ELBO; the reported ELBO is re-evaluated from the final parameters.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n, d) or DataSpectrum
+    q : int
+        Latent dimension, 0 ≤ q < d (and q < rank S when σ² is learned).
+    optimiser : {"lbfgs", "adam"}
+    encoder : {"optimal", "learned"}, optional
+        Default ``"optimal"`` for L-BFGS, ``"learned"`` for Adam.
+    steps : int, optional
+        Optimiser steps (default 400 for L-BFGS, 12,000 for Adam, the official notebook's).
+    lr : float, default 1e-3
+        Adam's learning rate.
+    seed : int, default 0
+        Seed of the random initialisation of W and V.
+    learn_sigma2 : bool, default True
+    sigma2_init : float, default 1.0
+        Initial σ², or the fixed σ² when ``learn_sigma2=False``.
+    init_scale : float, default 0.01
+        Standard deviation of the initial entries of W and V.
+    rotate_every : int, default 20
+        Steps between rotations (``encoder="optimal"``).
+    polish_steps : int, default 10
+        Joint L-BFGS steps after the ``"optimal"`` phase (0 to skip).
+    tolerance : float or None, default 1e-6
+        Stop when a recording window improves the ELBO by less than this (nats per image).
+    record_every : int, optional
+        Steps between records of the ELBO (default: ``rotate_every`` for ``"optimal"``,
+        ``max(1, steps // 200)`` otherwise).
+    device : torch device, optional
+    progress : bool, optional
+        Progress bars (default: only on an interactive terminal).
+
+    Returns
+    -------
+    LinearVAETraining
+
+    Raises
+    ------
+    ppca.RankDeficientError
+        σ² learned and q at or above the numerical rank of S (the optimum is +∞).
+    """
+    start = time.perf_counter()
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}")
+    encoder = encoder or ("optimal" if optimiser == "lbfgs" else "learned")
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    spectrum = data if isinstance(data, DataSpectrum) else ppca.data_spectrum(data)
+    d = spectrum.d
+    q = ppca._check_q(q, spectrum.eigenvalues, require_rank=False)
+    sigma2_init = ppca._check_sigma2(sigma2_init)
+    if learn_sigma2:
+        optimum = ppca.max_log_likelihood(spectrum, q)  # raises RankDeficientError for q >= r
+    else:
+        best_W = ppca.fixed_sigma2_maximiser(spectrum, q, sigma2_init)
+        optimum = ppca.average_log_likelihood(spectrum, best_W, sigma2_init)
+    steps = (400 if optimiser == "lbfgs" else 12_000) if steps is None else int(steps)
+    if steps < 0 or rotate_every < 1 or polish_steps < 0:
+        raise ValueError("steps and polish_steps must be >= 0 and rotate_every >= 1")
+    options = dict(optimiser=optimiser, lr=lr, tolerance=tolerance, progress=progress)
+
+    model = LinearVAE(
+        d, q, sigma2=sigma2_init, learn_sigma2=learn_sigma2, init_scale=init_scale, seed=seed,
+        device=device,
+    )  # fmt: skip
+    eigenvalues = torch.as_tensor(spectrum.eigenvalues, dtype=torch.float64, device=device)
+    eigenvectors = torch.as_tensor(spectrum.eigenvectors, dtype=torch.float64, device=device)
+    histories: list[History] = []
+    trainable = _trainable(model.parameters())
+    if encoder == "learned" and optimiser == "adam":
+        # The paper's set-up: pixel basis, full covariance.
+        covariance = torch.as_tensor(spectrum.covariance, dtype=torch.float64, device=device)
+        histories.append(
+            _run(
+                lambda: model.elbo(covariance),
+                trainable,
+                steps=steps,
+                record_every=record_every or max(1, steps // 200),
+                name=f"linear VAE q={q}",
+                **options,
+            )  # fmt: skip
+        )
+        model.mean.copy_(torch.as_tensor(spectrum.mean, dtype=torch.float64))
+    else:
+        _rotate_model(model, eigenvectors.T)  # into the eigenbasis: S = diag(λ)
+        if encoder == "learned":
+            histories.append(
+                _run(
+                    lambda: model.elbo(eigenvalues),
+                    trainable,
+                    steps=steps,
+                    record_every=record_every or max(1, steps // 200),
+                    name=f"linear VAE q={q}",
+                    **options,
+                )  # fmt: skip
+            )
+        else:
+            histories.extend(
+                _train_optimal_encoder(
+                    model,
+                    eigenvalues,
+                    steps,
+                    rotate_every,
+                    record_every or rotate_every,
+                    options,
+                )  # fmt: skip
+            )
+            if polish_steps and optimiser == "lbfgs" and trainable:
+                histories.append(
+                    _run(
+                        lambda: model.elbo(eigenvalues),
+                        trainable,
+                        steps=polish_steps,
+                        record_every=polish_steps,
+                        name=f"linear VAE q={q} (joint)",
+                        **options,
+                    )  # fmt: skip
+                )
+        _rotate_model(model, eigenvectors)  # back to pixels
+        model.mean.copy_(torch.as_tensor(spectrum.mean, dtype=torch.float64))
+
+    history = _concatenate(histories)
+    covariance = torch.as_tensor(spectrum.covariance, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        elbo = float(model.elbo(covariance))
+    return LinearVAETraining(
+        model=model,
+        history=history,
+        elbo=elbo,
+        optimum=float(optimum),
+        gap=float(optimum) - elbo,
+        q=q,
+        optimiser=optimiser,
+        encoder=encoder,
+        steps=int(sum(h.steps[-1] for h in histories)),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _train_optimal_encoder(
+    model: LinearVAE,
+    eigenvalues: torch.Tensor,
+    steps: int,
+    rotate_every: int,
+    record_every: int,
+    options: dict,
+) -> list[History]:
+    """Maximise ELBO*(W, σ²) in whitened eigen-coordinates, rotating the latents between rounds.
+
+    ``model`` is in the eigenbasis of S; on return its encoder is the optimal one.
+    """
+    q, d = model.q, model.d
+    # Rows of W along null directions of S (λ_k = 0: constant pixels, or d > n) only add
+    # non-negative penalties to the ELBO — tr(W D Wᵀ) and tr(WᵀW V S Vᵀ) — so setting them to
+    # zero is an exact ascent step, and they stay zero: optimise the other rows only.
+    tolerance = d * torch.finfo(torch.float64).eps * float(eigenvalues.max().clamp(min=0.0))
+    support = eigenvalues > tolerance
+    active = eigenvalues[support]
+    floor = 0.01 * float(eigenvalues.mean())
+    row_scale = torch.sqrt(active + floor)[:, None]  # W = row_scale * W_hat
+    # The seeded Gaussian W of ``model`` (still iid Gaussian in the eigenbasis) is taken as the
+    # initial W_hat: the decoder starts at (S + cI)^{1/2} G in pixel coordinates, G random.
+    W_hat = nn.Parameter(model.W.detach()[support].clone().contiguous())
+    log_sigma2 = model.log_sigma2
+    trace_S = active.sum()
+    identity = torch.eye(q, dtype=W_hat.dtype, device=W_hat.device)
+
+    def profiled_elbo() -> torch.Tensor:
+        # ELBO*(W, σ²) = log p − ½(Σ log M_ii − log det M), equation (lvae-elbo-gap), with log p
+        # from (ppca-loglik) via the determinant lemma and Woodbury; S = diag(λ).
+        W = row_scale * W_hat
+        sigma2 = torch.exp(log_sigma2)
+        M = W.T @ W + sigma2 * identity
+        chol = torch.linalg.cholesky(M)
+        log_det_M = 2.0 * torch.log(chol.diagonal()).sum()
+        projected = torch.cholesky_solve((W.T * active) @ W, chol).diagonal().sum()
+        log_p = -0.5 * (
+            d * LOG_2PI + (d - q) * log_sigma2 + log_det_M + (trace_S - projected) / sigma2
+        )
+        return log_p - 0.5 * (torch.log(M.diagonal()).sum() - log_det_M)
+
+    histories = []
+    parameters = _trainable([W_hat, log_sigma2])
+    done, previous = 0, None
+    while done < steps and parameters:
+        chunk = min(rotate_every, steps - done)
+        history = _run(
+            profiled_elbo, parameters, steps=chunk, record_every=min(record_every, chunk),
+            name=f"linear VAE q={q}", **options,
+        )  # fmt: skip
+        done += int(history.steps[-1])
+        with torch.no_grad():
+            if q >= 2:  # exact ascent over rotations W → WR: make WᵀW diagonal
+                W = row_scale * W_hat
+                _, rotation = torch.linalg.eigh(W.T @ W)
+                W_hat.copy_(W_hat @ rotation.flip(1))  # latents by decreasing ‖w_j‖
+            value = float(profiled_elbo())
+        history.values[-1] = value
+        histories.append(history)
+        stop = options.get("tolerance")
+        if previous is not None and stop is not None and value - previous < stop:
+            break
+        previous = value
+    with torch.no_grad():
+        model.W.zero_()
+        model.W[support] = row_scale * W_hat
+    model.set_optimal_encoder()
+    return histories
+
+
+@torch.no_grad()
+def _rotate_model(model: LinearVAE, basis: torch.Tensor) -> None:
+    """Change data coordinates x → Bᵀx... as W → B W, V → V Bᵀ (B orthogonal, (d, d))."""
+    model.W.copy_(basis @ model.W)
+    model.V.copy_(model.V @ basis.T)
+
+
+def _run(objective, parameters: list[nn.Parameter], *, steps: int, **options) -> History:
+    """:func:`training.maximise`, or a single evaluation when there is nothing to train."""
+    if parameters and steps > 0:
+        return maximise(objective, parameters, steps=steps, **options)
+    with torch.no_grad():
+        value = float(objective())
+    return History(np.zeros(1, dtype=int), np.array([value]), 0.0, 1)
+
+
+def _trainable(parameters) -> list[nn.Parameter]:
+    """Parameters an optimiser can move (L-BFGS cannot handle an empty or all-empty list)."""
+    return [p for p in parameters if p.requires_grad and p.numel() > 0]
+
+
+def _concatenate(histories: list[History]) -> History:
+    if not histories:
+        return History(np.zeros(1, dtype=int), np.full(1, np.nan), 0.0, 0)
+    steps, values, offset = [histories[0].steps[:1]], [histories[0].values[:1]], 0
+    for history in histories:
+        steps.append(history.steps[1:] + offset)
+        values.append(history.values[1:])
+        offset += int(history.steps[-1])
+    return History(
+        steps=np.concatenate(steps),
+        values=np.concatenate(values),
+        seconds=sum(h.seconds for h in histories),
+        evaluations=sum(h.evaluations for h in histories),
+    )
+
+
+def _check_variances(D: np.ndarray, q: int) -> np.ndarray:
+    D = np.asarray(D, dtype=np.float64)
+    if D.shape != (q,):
+        raise ValueError(f"D must have shape (q,) = ({q},), got {D.shape}")
+    if not np.all(np.isfinite(D)) or np.any(D <= 0):
+        raise ValueError("encoder variances D must be finite and > 0")
+    return D

@@ -1,0 +1,221 @@
+"""The linear VAE: closed-form ELBO identities, Monte Carlo, and training to the pPCA optimum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lincollapse import linear_vae, ppca
+
+Normal = torch.distributions.Normal
+Independent = torch.distributions.Independent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems: threads only add overhead (and CI runs two workers on two cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)) * np.linspace(2.0, 0.3, d) + rng.normal(size=d)
+
+
+def _spectrum(eigenvalues, seed: int = 0) -> ppca.DataSpectrum:
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+    basis, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(eigenvalues.size,) * 2))
+    return ppca.spectrum_from_covariance((basis * eigenvalues) @ basis.T, n=1)
+
+
+def _elbo_from_points(x, W, V, D, sigma2) -> tuple[float, float]:
+    """Reconstruction and KL computed point by point, the KL by torch.distributions."""
+    x, W, V, D = (torch.as_tensor(a, dtype=torch.float64) for a in (x, W, V, D))
+    centred = x - x.mean(dim=0)
+    d = x.shape[1]
+    residual = centred - centred @ V.T @ W.T
+    reconstruction = -0.5 / sigma2 * (torch.trace(W @ torch.diag(D) @ W.T) + (residual**2).sum(1))
+    reconstruction = reconstruction - 0.5 * d * np.log(2 * np.pi * sigma2)
+    encoder = Independent(Normal(centred @ V.T, D.sqrt().expand(len(x), -1)), 1)
+    prior = Independent(Normal(torch.zeros_like(D), torch.ones_like(D)), 1)
+    kl = torch.distributions.kl_divergence(encoder, prior)
+    return float(reconstruction.mean()), float(kl.mean())
+
+
+def _random_parameters(d: int, q: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(d, q)),
+        0.3 * rng.normal(size=(q, d)),
+        rng.uniform(0.2, 1.5, size=q),
+        float(rng.uniform(0.2, 2.0)),
+    )
+
+
+def test_analytic_elbo_matches_the_pointwise_definition():
+    x = _data(200, 7)
+    W, V, D, sigma2 = _random_parameters(7, 3, seed=1)
+    terms = linear_vae.elbo_terms(x, W, V, D, sigma2)
+    reconstruction, kl = _elbo_from_points(x, W, V, D, sigma2)
+    assert terms.reconstruction == pytest.approx(reconstruction, rel=1e-12)
+    assert terms.kl == pytest.approx(kl, rel=1e-12)
+    assert terms.elbo == pytest.approx(reconstruction - kl, rel=1e-12)
+
+
+def test_diagonal_covariance_form_agrees_with_the_full_one():
+    spectrum = ppca.data_spectrum(_data(100, 6, seed=4))
+    W, V, D, sigma2 = (torch.as_tensor(a) for a in _random_parameters(6, 2, seed=4))
+    U = torch.as_tensor(spectrum.eigenvectors)
+    full = linear_vae.analytic_elbo_terms(torch.as_tensor(spectrum.covariance), W, V, D, sigma2)
+    eigen = linear_vae.analytic_elbo_terms(
+        torch.as_tensor(spectrum.eigenvalues), U.T @ W, V @ U, D, sigma2
+    )
+    for a, b in zip(full, eigen, strict=True):
+        assert float(a) == pytest.approx(float(b), rel=1e-12)
+
+
+def test_elbo_star_equals_log_likelihood_iff_columns_are_orthogonal():
+    x = _data(300, 8, seed=2)
+    spectrum = ppca.data_spectrum(x)
+    orthogonal = spectrum.eigenvectors[:, [1, 4, 6]] * np.array([0.5, 2.0, 0.1])
+    assert linear_vae.optimal_encoder_elbo(x, orthogonal, 0.3) == pytest.approx(
+        ppca.average_log_likelihood(x, orthogonal, 0.3), rel=1e-12
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        W = rng.normal(size=(8, 3))
+        gap = ppca.average_log_likelihood(x, W, 0.3) - linear_vae.optimal_encoder_elbo(x, W, 0.3)
+        assert gap > 1e-6
+
+
+def test_optimal_encoder_gives_elbo_star_and_zero_encoder_gradient():
+    x = _data(250, 6, seed=3)
+    W, _, _, sigma2 = _random_parameters(6, 3, seed=3)
+    V, D = linear_vae.optimal_encoder(W, sigma2)
+    terms = linear_vae.elbo_terms(x, W, V, D, sigma2)
+    assert terms.elbo == pytest.approx(linear_vae.optimal_encoder_elbo(x, W, sigma2), rel=1e-12)
+    # stationarity in V and log D, by autograd on the pointwise definition
+    model = linear_vae.LinearVAE(6, 3, sigma2=sigma2)
+    with torch.no_grad():
+        model.W.copy_(torch.as_tensor(W))
+    model.set_optimal_encoder()
+    np.testing.assert_allclose(model.V.detach().numpy(), V, rtol=1e-12)
+    covariance = torch.as_tensor(ppca.data_spectrum(x).covariance)
+    model.elbo(covariance).backward()
+    assert float(model.V.grad.abs().max()) < 1e-10
+    assert float(model.log_D.grad.abs().max()) < 1e-10
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    d=st.integers(2, 10),
+    q_fraction=st.floats(0.0, 0.99),
+    n=st.integers(3, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_elbo_identities_property(d, q_fraction, n, seed):
+    q = int(q_fraction * d)
+    x = np.random.default_rng(seed).normal(size=(n, d)) * 1.5
+    W, V, D, sigma2 = _random_parameters(d, q, seed)
+    loglik = ppca.average_log_likelihood(x, W, sigma2)
+    elbo = linear_vae.elbo_terms(x, W, V, D, sigma2).elbo
+    V_star, D_star = linear_vae.optimal_encoder(W, sigma2)
+    best = linear_vae.elbo_terms(x, W, V_star, D_star, sigma2).elbo
+    gap = linear_vae.elbo_gap(W, sigma2)
+    assert elbo <= best + 1e-9 * (1 + abs(best))  # the optimal encoder is optimal
+    assert best == pytest.approx(loglik - gap, rel=1e-9, abs=1e-9)  # (lvae-elbo-gap)
+    assert gap >= -1e-12
+
+
+def test_monte_carlo_reconstruction_converges_to_the_analytic_term():
+    x = _data(100, 5, seed=7)
+    model = linear_vae.LinearVAE(5, 2, mean=x.mean(axis=0), sigma2=0.5, init_scale=0.5, seed=3)
+    with torch.no_grad():
+        model.log_D.copy_(torch.tensor([-0.5, 0.3]))
+    covariance = torch.as_tensor(ppca.data_spectrum(x).covariance)
+    reconstruction, _ = model.elbo_terms(covariance)
+    generator = torch.Generator().manual_seed(0)
+    repeated = np.tile(x, (40, 1))  # 40 independent samples per image in one call
+    with torch.no_grad():
+        samples = torch.stack([model.reconstruction_sample(repeated, generator) for _ in range(50)])
+        analytic = float(reconstruction)
+    error = float(samples.std()) / np.sqrt(samples.numel())
+    assert abs(float(samples.mean()) - analytic) < 4 * error
+    assert error < 1e-2 * abs(analytic)  # the test has power
+
+
+def test_encode_shapes_and_shared_variances():
+    x = _data(30, 6)
+    model = linear_vae.LinearVAE(6, 2, mean=x.mean(axis=0))
+    means, variances = model.encode(x)
+    assert means.shape == variances.shape == (30, 2)
+    assert torch.equal(variances[0], variances[-1])
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 6\)"):
+        model.encode(x[:, :5])
+
+
+def test_training_reaches_the_ppca_optimum_on_a_known_spectrum():
+    spectrum = _spectrum(np.geomspace(4.0, 0.05, 12), seed=1)
+    for q in (0, 1, 4, 8):
+        trained = linear_vae.train_linear_vae(spectrum, q, steps=200, seed=q)
+        assert trained.optimum == pytest.approx(ppca.max_log_likelihood(spectrum, q))
+        assert -1e-9 < trained.gap < 1e-6, (q, trained.gap)
+        W = trained.model.W.detach().numpy()
+        gram = W.T @ W
+        off_diagonal = gram - np.diag(np.diag(gram))
+        assert np.all(np.abs(off_diagonal) < 1e-3 * max(1.0, np.abs(gram).max(initial=0.0)))
+    # the same through joint L-BFGS on every parameter (no coordinate ascent)
+    joint = linear_vae.train_linear_vae(spectrum, 3, encoder="learned", steps=600, seed=0)
+    assert joint.encoder == "learned"
+    assert -1e-9 < joint.gap < 1e-3
+
+
+def test_adam_improves_the_elbo():
+    spectrum = _spectrum(np.geomspace(4.0, 0.05, 6), seed=2)
+    trained = linear_vae.train_linear_vae(spectrum, 2, optimiser="adam", steps=300, lr=1e-2)
+    assert trained.encoder == "learned"
+    assert trained.history.values[-1] > trained.history.values[0] + 1.0
+    assert trained.elbo == pytest.approx(trained.history.values[-1], rel=1e-9)
+    assert trained.gap > 0
+
+
+def test_fixed_sigma2_training_collapses_the_predicted_columns():
+    spectrum = _spectrum([5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.1], seed=4)
+    for sigma2 in (0.4, 1.0, 2.5):
+        trained = linear_vae.train_linear_vae(
+            spectrum, 5, learn_sigma2=False, sigma2_init=sigma2, steps=200
+        )
+        assert float(trained.model.sigma2) == pytest.approx(sigma2)
+        assert trained.gap < 1e-6
+        norms = trained.model.decoder_column_norms()
+        collapsed = int(np.count_nonzero(norms < 1e-3))
+        assert collapsed == ppca.collapsed_column_count(spectrum, 5, sigma2)
+
+
+def test_training_input_errors():
+    rng = np.random.default_rng(0)
+    x = np.zeros((20, 30))
+    x[:, :25] = rng.normal(size=(20, 25))
+    with pytest.raises(ppca.RankDeficientError, match="numerical rank r=19"):
+        linear_vae.train_linear_vae(x, 19)
+    with pytest.raises(ValueError, match="unknown optimiser"):
+        linear_vae.train_linear_vae(x, 2, optimiser="sgd")
+    with pytest.raises(ValueError, match="unknown encoder"):
+        linear_vae.train_linear_vae(x, 2, encoder="amortised")
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        linear_vae.train_linear_vae(x, 2)
+    with pytest.raises(ValueError, match="σ² must be a finite positive"):
+        linear_vae.optimal_encoder(np.ones((3, 1)), 0.0)
+    with pytest.raises(ValueError, match=r"V must have shape \(q, d\)"):
+        linear_vae.elbo_terms(np.ones((4, 3)) * np.arange(4)[:, None], np.ones((3, 1)),
+                              np.ones((3, 1)), np.ones(1), 1.0)  # fmt: skip
+    with pytest.raises(ValueError, match="D must be finite and > 0"):
+        linear_vae.elbo_terms(np.arange(12.0).reshape(4, 3), np.ones((3, 1)), np.ones((1, 3)),
+                              np.zeros(1), 1.0)  # fmt: skip

@@ -1,0 +1,176 @@
+"""Tests of the training experiments (stochastic vs analytic ELBO; linear decoder, varied encoders)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from lincollapse import encoders, ppca
+from lincollapse.experiments import load_all
+from lincollapse.experiments import training_linear as tl
+from lincollapse.plotting import training_linear as plots
+
+TINY = dict(n=100, q=3, steps=40, record_every=10, seeds=(0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def stochastic() -> tl.StochasticELBOResult:
+    config = tl.StochasticELBOConfig.for_preset(
+        "fast", gradient_checkpoints=(0, 20, 40), gradient_samples=40, **TINY
+    )
+    return tl.stochastic_vs_analytic(config)
+
+
+@pytest.fixture(scope="module")
+def comparison() -> tl.EncoderComparisonResult:
+    config = tl.EncoderComparisonConfig.for_preset(
+        "fast", deep_linear_hidden=(8,), mlp_hidden=(8, 8), **TINY
+    )
+    return tl.encoder_comparison(config)
+
+
+def _images(n: int) -> np.ndarray:
+    from lincollapse.data import load_mnist
+
+    return load_mnist(n, seed=0).images
+
+
+# --- training improves the ELBO ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", encoders.ENCODER_KINDS)
+@pytest.mark.parametrize("estimator", encoders.ESTIMATORS)
+def test_fast_training_improves_the_elbo(kind, estimator):
+    x = _images(100)
+    run = encoders.train_vae(
+        x, 3, kind=kind, estimator=estimator, steps=30, lr=5e-3, record_every=10, hidden=(8,)
+    )
+    assert run.elbo.shape == run.steps.shape == (4,)
+    assert run.elbo[-1] > run.elbo[0] + 1.0
+    assert np.all(run.gap > -1e-6)  # never above the pPCA optimum
+    assert run.optimum == pytest.approx(ppca.fit(x, 3).log_likelihood, abs=1e-8)
+    # The recorded ELBO is the analytic one of the returned (float64) model.
+    assert float(run.model.elbo(torch.as_tensor(x))) == pytest.approx(run.elbo[-1], abs=1e-9)
+
+
+def test_float32_training_records_float64_elbo():
+    x = _images(100)
+    run32 = encoders.train_vae(x, 3, steps=20, record_every=10, dtype=torch.float32)
+    run64 = encoders.train_vae(x, 3, steps=20, record_every=10)
+    assert run32.model.decoder.W.dtype == torch.float64
+    assert run32.elbo[0] == run64.elbo[0]  # same initialisation, both evaluated in float64
+    np.testing.assert_allclose(run32.elbo, run64.elbo, rtol=1e-3)
+
+
+def test_checkpoints_are_called_at_recorded_steps():
+    seen = []
+    encoders.train_vae(
+        _images(50), 2, steps=20, record_every=5, checkpoints=(0, 10, 20),
+        on_checkpoint=lambda step, model: seen.append((step, type(model).__name__)),
+    )  # fmt: skip
+    assert seen == [(0, "LinearDecoderVAE"), (10, "LinearDecoderVAE"), (20, "LinearDecoderVAE")]
+
+
+# --- stochastic vs analytic -------------------------------------------------------------------
+
+
+def test_stochastic_result_shapes_and_improvement(stochastic):
+    for estimator in ("analytic", "sample"):
+        curves = stochastic.elbo[estimator]
+        assert curves.shape == (3, stochastic.steps.size)
+        assert np.all(curves[:, -1] > curves[:, 0])
+        assert len(stochastic.steps_to(estimator, 1.0)) == 3
+    # Same initialisation for both estimators: identical first records.
+    np.testing.assert_array_equal(stochastic.elbo["analytic"][:, 0], stochastic.elbo["sample"][:, 0])
+
+
+def test_gradient_variance_is_consistent_with_an_unbiased_estimator(stochastic):
+    g = stochastic.gradient
+    assert list(g.steps) == [0, 20, 40]
+    assert np.all(g.noise_norm > 0) and np.all(g.analytic_norm > 0)
+    # ‖mean of K draws − analytic‖ should be about √(tr Cov / K); allow 3× for chance.
+    assert np.all(g.bias_norm < 3 * g.bias_expected)
+    assert "noise/|grad|" in g.table()
+
+
+def test_bad_gradient_checkpoint_is_rejected():
+    config = tl.StochasticELBOConfig.for_preset("fast", gradient_checkpoints=(7,), **TINY)
+    with pytest.raises(ValueError, match="multiples of record_every"):
+        tl.stochastic_vs_analytic(config)
+    with pytest.raises(ValueError, match="samples must be >= 2"):
+        tl.gradient_variance(torch.zeros(3, 4), None, {}, 0.0, 1)
+
+
+def test_covariance_eigenvalues_match_numpy():
+    x = np.random.default_rng(1).normal(size=(7, 10))
+    expected = np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1]
+    np.testing.assert_allclose(encoders.covariance_eigenvalues(x), np.clip(expected, 0, None), atol=1e-12)
+    y = np.random.default_rng(2).normal(size=(30, 6))
+    np.testing.assert_allclose(
+        encoders.covariance_eigenvalues(y), np.linalg.eigvalsh(np.cov(y.T, bias=True))[::-1], atol=1e-12
+    )
+
+
+def test_first_step_within():
+    steps = np.array([0, 10, 20, 30])
+    assert encoders.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1) == 20
+    assert encoders.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1) is None
+
+
+def test_tables_say_not_reached(stochastic):
+    table = stochastic.table()
+    assert "single-sample estimate" in table and "analytic reconstruction" in table
+    if any(s is None for s in stochastic.steps_to("sample", 0.1)):
+        assert "not reached" in table
+
+
+# --- encoders ---------------------------------------------------------------------------------
+
+
+def test_encoder_comparison_shapes(comparison):
+    assert comparison.kinds == encoders.ENCODER_KINDS
+    for kind in comparison.kinds:
+        assert comparison.elbo[kind].shape == (3, comparison.steps.size)
+        assert np.all(comparison.elbo[kind][:, -1] > comparison.elbo[kind][:, 0])
+        gram = comparison.grams[kind]
+        assert gram.shape == (3, 3)
+        np.testing.assert_allclose(gram, gram.T)
+        assert np.linalg.eigvalsh(gram).min() > -1e-12
+        assert 0 <= comparison.off_diagonal(kind)
+        assert comparison.sigma2[kind].shape == (3,)
+    assert comparison.eigenvalues.shape == (3,)
+    assert comparison.sigma2_mle > 0
+
+
+# --- figures and registry ---------------------------------------------------------------------
+
+
+def test_plots_return_labelled_figures(stochastic, comparison):
+    import matplotlib.pyplot as plt
+
+    for fig in (plots.plot_stochastic_vs_analytic(stochastic), plots.plot_encoder_comparison(comparison)):
+        assert isinstance(fig, Figure)
+        assert "SMOKE-TEST" in fig._suptitle.get_text()
+        plt.close(fig)
+
+
+def test_figures_are_registered_with_costs():
+    figures = load_all()
+    for name, chapter in (
+        ("stochastic-vs-analytic-elbo", "stochastic_elbo"),
+        ("linear-decoder-encoders", "linear_decoder_encoders"),
+    ):
+        spec = figures[name]
+        assert spec.chapter == chapter
+        assert spec.plot_function() is not None
+        assert all(spec.cost(p) for p in ("fast", "book", "paper"))
+
+
+def test_presets_differ_as_documented():
+    book, fast, paper = (tl.EncoderComparisonConfig.for_preset(p) for p in ("book", "fast", "paper"))
+    assert (book.n, book.q, len(book.seeds)) == (1000, 20, 3)
+    assert fast.steps < book.steps < paper.steps and paper.q == 200
+    assert min(book.mlp_hidden) >= 2 * book.q  # can represent the optimal linear encoder
+    assert min(paper.mlp_hidden) >= 2 * paper.q
