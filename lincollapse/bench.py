@@ -76,7 +76,7 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
     for q in config.latent_sizes:
         trained = linear_vae.train_linear_vae(
             spectrum, q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
-            seed=config.train_seed, progress=False,
+            seed=config.train_seed, tolerance=config.tolerance, progress=False,
         )  # fmt: skip
         flops = linear_flops_per_evaluation(spectrum.d, q, trained.optimiser, trained.encoder)
         rate = flops * trained.evaluations / trained.history.seconds / 1e9
@@ -119,6 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     SUBCOMMANDS[args.subcommand](args.preset or current_preset())
     return 0
+
+
+def bench_training(preset: str, out: Callable[[str], None] = print) -> float:
+    """Time both experiments of the part *Training the linear VAE*; return the total seconds."""
+    from lincollapse.experiments.training_linear import benchmark
+
+    start = time.perf_counter()
+    out(benchmark(preset))
+    return time.perf_counter() - start
+
+
+SUBCOMMANDS["training"] = bench_training
 
 
 if __name__ == "__main__":

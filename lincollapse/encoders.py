@@ -13,16 +13,18 @@ q(z | x) = N(μ(x), diag s²(x)):
 ``"mlp"`` (:class:`MLPEncoder`)
     ReLU hidden layers, then linear heads for μ(x) and log s²(x).
 
-The ELBO is **encoder-agnostic** (chapter *Training the linear VAE: linear, deep-linear and
-nonlinear encoders*, which derives it): per image, with x̃ = x − μ and w_i the columns of W,
+The ELBO is **encoder-agnostic** (chapter *Linear decoder, varying encoders*, equations
+(lde-recon) and (lde-kl), which derives it): per image, with x̃ = x − μ and w_i the columns of W,
 
     E_q log p(x | z) = −(1/(2σ²)) [‖x̃ − W μ(x)‖² + Σ_i s_i²(x) ‖w_i‖²] − (d/2) log 2πσ²
     KL(q(z | x) ‖ p(z)) = ½ Σ_i [μ_i(x)² + s_i²(x) − 1 − log s_i²(x)],
 
 equations (lvae-recon) and (lvae-kl) of the chapter *The linear VAE* with Vx̃ → μ(x) and
 D → diag s²(x). :func:`reconstruction_sample` is the single-sample reparameterised estimate
-of the first term (z = μ(x) + s(x) ⊙ ξ, ξ ~ N(0, I)), unbiased for it. Everything is float64
-and averaged over images (nats per image) unless a function says per image.
+of the first term (z = μ(x) + s(x) ⊙ ξ, ξ ~ N(0, I)), unbiased for it (chapter *Stochastic vs
+analytic ELBO*, equations (selbo-analytic), (selbo-sample)). Everything is float64 (only
+:func:`train_vae` may optimise in float32, and it reports in float64) and averaged over images
+(nats per image) unless a function says per image.
 
 :func:`train_vae` is the one training function of the chapters *Stochastic vs analytic ELBO*
 and *Linear decoder, varying encoders*; it runs :func:`lincollapse.training.maximise`
@@ -123,7 +125,9 @@ def _check_dims(d: int, q: int) -> None:
 def _centre_buffer(centre: np.ndarray | torch.Tensor | None, d: int) -> torch.Tensor:
     centre = torch.zeros(d, dtype=DTYPE) if centre is None else torch.as_tensor(centre, dtype=DTYPE)
     if centre.shape != (d,):
-        raise ValueError(f"centre (the data mean μ) must have shape ({d},), got {tuple(centre.shape)}")
+        raise ValueError(
+            f"centre (the data mean μ) must have shape ({d},), got {tuple(centre.shape)}"
+        )
     if not bool(torch.isfinite(centre).all()):
         raise ValueError("centre contains NaN or infinite values")
     return centre
@@ -143,10 +147,8 @@ class LinearDecoder(nn.Module):
 
     Parameters
     ----------
-    d, q : int
-        Data and latent dimensions, 1 ≤ q < d.
     W : Tensor of shape (d, q)
-        Initial decoder weights (copied).
+        Initial decoder weights (copied); 1 ≤ q < d.
     centre : array of shape (d,), optional
         μ, a buffer (not trained): the sample mean maximises the ELBO over μ for any other
         parameters (:mod:`lincollapse.linear_vae`). Default zeros.
@@ -359,7 +361,10 @@ def _layers(d: int, hidden: Sequence[int], generator, gain: float) -> nn.ModuleL
 
 def _heads(width: int, q: int, generator, init_scale: float) -> tuple[nn.Linear, nn.Linear]:
     generator = generator or torch.Generator().manual_seed(0)
-    mean_head, log_variance_head = nn.Linear(width, q, dtype=DTYPE), nn.Linear(width, q, dtype=DTYPE)
+    mean_head, log_variance_head = (
+        nn.Linear(width, q, dtype=DTYPE),
+        nn.Linear(width, q, dtype=DTYPE),
+    )
     with torch.no_grad():
         mean_head.weight.copy_(_gaussian(generator, q, width, scale=init_scale))
         for parameter in (mean_head.bias, log_variance_head.weight, log_variance_head.bias):
@@ -459,9 +464,7 @@ def _reconstruction_sample(x, means, variances, decoder: LinearDecoder, generato
 
 
 def _log_gaussian(squared_error: torch.Tensor, decoder: LinearDecoder) -> torch.Tensor:
-    return -0.5 * squared_error / decoder.sigma2 - 0.5 * decoder.d * (
-        LOG_2PI + decoder.log_sigma2
-    )
+    return -0.5 * squared_error / decoder.sigma2 - 0.5 * decoder.d * (LOG_2PI + decoder.log_sigma2)
 
 
 def kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
@@ -670,6 +673,7 @@ def train_vae(
     checkpoints: Sequence[int] = (),
     on_checkpoint: Callable[[int, LinearDecoderVAE], None] | None = None,
     dtype: torch.dtype = torch.float64,
+    lr_schedule: Callable[[int], float] | None = None,
     progress: bool | None = None,
 ) -> EncoderTraining:
     """Train a linear-decoder VAE with Adam on the full batch (σ² learned).
@@ -704,6 +708,9 @@ def train_vae(
         whatever it is, the model is initialised in float64 and every recorded ELBO, the
         returned model and the optimum are float64 (the trained parameters are copied into a
         float64 model to be evaluated).
+    lr_schedule : callable (step) -> float, optional
+        Multiplies ``lr`` at each step (1-based), as in :func:`lincollapse.training.maximise`;
+        default constant.
     progress : bool, optional
         Progress bar (default: only for a person watching; never under CI).
 
@@ -743,6 +750,7 @@ def train_vae(
         record_every=record_every,
         name=f"{kind} encoder, {estimator} ELBO, seed {seed}",
         progress=progress,
+        lr_schedule=lr_schedule,
         on_record=on_record,
     )
     return EncoderTraining(

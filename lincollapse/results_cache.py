@@ -316,6 +316,8 @@ def save_reference(
     npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
     _atomic_write(npz, buffer.getvalue())
     _atomic_write(js, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    for path in (npz, js):  # committed files: readable by everyone (mkstemp makes them 0600)
+        path.chmod(0o644)
     return npz, js
 
 

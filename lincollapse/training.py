@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 OPTIMISERS = ("adam", "lbfgs")
+_LINE_SEARCH_EVALUATIONS = 25  # torch's strong-Wolfe max_ls, per L-BFGS iteration
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -88,7 +89,8 @@ def maximise(
     parameters : iterable of Parameter
         What the optimiser updates.
     steps : int
-        Optimiser steps (for L-BFGS, iterations of ``torch.optim.LBFGS``).
+        Optimiser steps (for L-BFGS, iterations of ``torch.optim.LBFGS``; it may stop earlier
+        when its own gradient or change tolerances are met).
     optimiser : {"adam", "lbfgs"}
         Adam (the paper's) or full-batch L-BFGS with strong-Wolfe line search (deterministic
         objectives only).
@@ -130,11 +132,16 @@ def maximise(
     if optimiser == "adam":
         optim = torch.optim.Adam(parameters, lr=lr)
     else:
+        # One optimiser.step() runs a whole recording window of iterations: each call
+        # re-evaluates its starting point, so one iteration per call would cost an extra
+        # evaluation per step. max_eval must leave room for the strong-Wolfe line search
+        # (torch's default, max_iter * 5 // 4, starves it and freezes training).
         optim = torch.optim.LBFGS(
             parameters,
             lr=1.0,
-            max_iter=1,
-            history_size=50,
+            max_iter=record_every,
+            max_eval=record_every * _LINE_SEARCH_EVALUATIONS,
+            history_size=20,
             line_search_fn="strong_wolfe",
             tolerance_grad=1e-12,
             tolerance_change=1e-15,
@@ -154,17 +161,28 @@ def maximise(
     show = progress_enabled() if progress is None else progress
     bar = _progress_bar(steps, name, show)
     start = time.perf_counter()
-    for step in range(1, steps + 1):
+    step = 0
+    while step < steps:
         if optimiser == "adam":
+            step += 1
             if lr_schedule is not None:
                 for group in optim.param_groups:
                     group["lr"] = lr * float(lr_schedule(step))
             closure()
             optim.step()
+            taken = 1
         else:
+            window = min(record_every - step % record_every, steps - step)
+            for group in optim.param_groups:
+                group["max_iter"] = window
+                group["max_eval"] = window * _LINE_SEARCH_EVALUATIONS
+            before = _lbfgs_iterations(optim)
             optim.step(closure)
-        bar.update(1)
-        if step % record_every == 0 or step == steps:
+            taken = _lbfgs_iterations(optim) - before
+            step += taken
+        bar.update(taken)
+        converged = optimiser == "lbfgs" and taken < window
+        if step % record_every == 0 or step == steps or converged:
             with torch.no_grad():
                 value = _detach(evaluate())
                 if on_record is not None:
@@ -175,6 +193,8 @@ def maximise(
             bar.set_postfix_str(f"objective {np.sum(value):.4f}", refresh=False)
             if tolerance is not None and abs(np.sum(value) - np.sum(previous)) < tolerance:
                 break
+        if converged:  # L-BFGS met its own tolerances before the window ended
+            break
     seconds = time.perf_counter() - start
     bar.close()
     return History(
@@ -183,6 +203,11 @@ def maximise(
         seconds=seconds,
         evaluations=evaluations,
     )
+
+
+def _lbfgs_iterations(optim: torch.optim.LBFGS) -> int:
+    state = optim.state[optim.param_groups[0]["params"][0]]
+    return int(state.get("n_iter", 0))
 
 
 def _detach(value: torch.Tensor) -> np.ndarray | float:

@@ -1,4 +1,4 @@
-"""Tests of the training experiments (stochastic vs analytic ELBO; linear decoder, varied encoders)."""
+"""Tests of the training experiments: stochastic vs analytic ELBO; linear decoder, encoders."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ def _images(n: int) -> np.ndarray:
     return load_mnist(n, seed=0).images
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP oversubscription on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- training improves the ELBO ---------------------------------------------------------------
 
 
@@ -52,7 +61,7 @@ def test_fast_training_improves_the_elbo(kind, estimator):
     assert np.all(run.gap > -1e-6)  # never above the pPCA optimum
     assert run.optimum == pytest.approx(ppca.fit(x, 3).log_likelihood, abs=1e-8)
     # The recorded ELBO is the analytic one of the returned (float64) model.
-    assert float(run.model.elbo(torch.as_tensor(x))) == pytest.approx(run.elbo[-1], abs=1e-9)
+    assert run.model.elbo(torch.as_tensor(x)).item() == pytest.approx(run.elbo[-1], abs=1e-9)
 
 
 def test_float32_training_records_float64_elbo():
@@ -83,7 +92,9 @@ def test_stochastic_result_shapes_and_improvement(stochastic):
         assert np.all(curves[:, -1] > curves[:, 0])
         assert len(stochastic.steps_to(estimator, 1.0)) == 3
     # Same initialisation for both estimators: identical first records.
-    np.testing.assert_array_equal(stochastic.elbo["analytic"][:, 0], stochastic.elbo["sample"][:, 0])
+    np.testing.assert_array_equal(
+        stochastic.elbo["analytic"][:, 0], stochastic.elbo["sample"][:, 0]
+    )
 
 
 def test_gradient_variance_is_consistent_with_an_unbiased_estimator(stochastic):
@@ -106,10 +117,14 @@ def test_bad_gradient_checkpoint_is_rejected():
 def test_covariance_eigenvalues_match_numpy():
     x = np.random.default_rng(1).normal(size=(7, 10))
     expected = np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1]
-    np.testing.assert_allclose(encoders.covariance_eigenvalues(x), np.clip(expected, 0, None), atol=1e-12)
+    np.testing.assert_allclose(
+        encoders.covariance_eigenvalues(x), np.clip(expected, 0, None), atol=1e-12
+    )
     y = np.random.default_rng(2).normal(size=(30, 6))
     np.testing.assert_allclose(
-        encoders.covariance_eigenvalues(y), np.linalg.eigvalsh(np.cov(y.T, bias=True))[::-1], atol=1e-12
+        encoders.covariance_eigenvalues(y),
+        np.linalg.eigvalsh(np.cov(y.T, bias=True))[::-1],
+        atol=1e-12,
     )
 
 
@@ -150,7 +165,10 @@ def test_encoder_comparison_shapes(comparison):
 def test_plots_return_labelled_figures(stochastic, comparison):
     import matplotlib.pyplot as plt
 
-    for fig in (plots.plot_stochastic_vs_analytic(stochastic), plots.plot_encoder_comparison(comparison)):
+    for fig in (
+        plots.plot_stochastic_vs_analytic(stochastic),
+        plots.plot_encoder_comparison(comparison),
+    ):
         assert isinstance(fig, Figure)
         assert "SMOKE-TEST" in fig._suptitle.get_text()
         plt.close(fig)
@@ -169,7 +187,9 @@ def test_figures_are_registered_with_costs():
 
 
 def test_presets_differ_as_documented():
-    book, fast, paper = (tl.EncoderComparisonConfig.for_preset(p) for p in ("book", "fast", "paper"))
+    book, fast, paper = (
+        tl.EncoderComparisonConfig.for_preset(p) for p in ("book", "fast", "paper")
+    )
     assert (book.n, book.q, len(book.seeds)) == (1000, 20, 3)
     assert fast.steps < book.steps < paper.steps and paper.q == 200
     assert min(book.mlp_hidden) >= 2 * book.q  # can represent the optimal linear encoder

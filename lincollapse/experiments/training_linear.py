@@ -1,4 +1,6 @@
-"""Experiments of the part *Training the linear VAE* (``stochastic_elbo``, ``linear_decoder_encoders``).
+"""Experiments of the part *Training the linear VAE*.
+
+Chapters ``stochastic_elbo`` and ``linear_decoder_encoders``.
 
 Two questions about *how* a linear-decoder VAE is trained, both answered against the exact
 optimum ℓ*(q) of pPCA (``ppca.max_log_likelihood``), which is the global maximum of the ELBO
@@ -17,8 +19,8 @@ Presets: ``book`` (the defaults) uses q = 20 on 1000 images so that both chapter
 minutes on a 2-core CPU; ``paper`` uses q = 200, Adam lr 1e-3 and 12,000 steps (the official
 notebook's) and the reproductions' 1024-512 encoders; ``fast`` is a seconds-long smoke test.
 
-Run ``python -m lincollapse.experiments.training_linear --bench`` for the timing table of the
-current preset.
+Timing and fidelity table of a preset: ``python -m lincollapse.bench training --preset book``
+(or ``python -m lincollapse.experiments.training_linear --bench``).
 """
 
 from __future__ import annotations
@@ -112,7 +114,11 @@ class StochasticELBOConfig(ExperimentConfig):
             gradient_checkpoints=(0, 1000, 4000, 12_000), dtype="float64",
         ),
     }  # fmt: skip
-    COSTS: ClassVar[dict[str, str]] = {"fast": "≈ 5 s", "book": "≈ 2 min", "paper": "hours (CPU)"}
+    COSTS: ClassVar[dict[str, str]] = {
+        "fast": "≈ 5 s",
+        "book": "≈ 5.3 min at load 3.5 on 2 cores, 1 thread",
+        "paper": "hours (CPU)",
+    }
 
     n: int = 1000
     data_seed: int = 0
@@ -171,7 +177,7 @@ class GradientVariance:
         ]
         for row in zip(
             self.steps, self.gap, self.analytic_norm, self.noise_norm, self.noise_to_signal,
-            self.bias_norm, self.bias_expected,
+            self.bias_norm, self.bias_expected, strict=True,
         ):  # fmt: skip
             step, gap, g, noise, ratio, bias, expected = row
             lines.append(
@@ -230,12 +236,13 @@ def _curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:
     lines = [head]
     for name in names:
         gaps = result.final_gaps(name)
+        spread = gaps.std(ddof=1) if gaps.size > 1 else 0.0
         cells = [
             ", ".join(_format_step(s) for s in result.steps_to(name, tolerance))
             for tolerance in TOLERANCES
         ]
         lines.append(
-            f"{labels[name]:<26} {gaps.mean():>11.4f} ± {gaps.std(ddof=1) if gaps.size > 1 else 0:<6.4f} "
+            f"{labels[name]:<26} {gaps.mean():>11.4f} ± {spread:<6.4f} "
             + " ".join(f"{c:>24}" for c in cells)
         )
     return "\n".join(lines)
@@ -321,12 +328,10 @@ def gradient_variance(
     rows = []
     for step in sorted(snapshots):
         model.load_state_dict(snapshots[step])
-        W = model.decoder.W
 
         def grad(estimator: str) -> torch.Tensor:
-            model.zero_grad(set_to_none=True)
             value = model.elbo(x, estimator, generator)
-            (g,) = torch.autograd.grad(value, W)
+            (g,) = torch.autograd.grad(value, model.decoder.W)
             return g.detach()
 
         analytic = grad("analytic")
@@ -345,7 +350,7 @@ def gradient_variance(
                 gap,
             )
         )
-    columns = [np.asarray(c) for c in zip(*rows)] if rows else [np.zeros(0)] * 6
+    columns = [np.asarray(c) for c in zip(*rows, strict=True)] if rows else [np.zeros(0)] * 6
     return GradientVariance(
         steps=columns[0].astype(int),
         analytic_norm=columns[1],
@@ -384,7 +389,11 @@ class EncoderComparisonConfig(ExperimentConfig):
             mlp_hidden=(1024, 512), dtype="float64",
         ),
     }  # fmt: skip
-    COSTS: ClassVar[dict[str, str]] = {"fast": "≈ 5 s", "book": "≈ 3 min", "paper": "hours (CPU)"}
+    COSTS: ClassVar[dict[str, str]] = {
+        "fast": "≈ 5 s",
+        "book": "≈ 5.7 min at load 3.5 on 2 cores, 1 thread",
+        "paper": "hours (CPU)",
+    }
 
     n: int = 1000
     data_seed: int = 0
@@ -416,6 +425,8 @@ class EncoderComparisonResult:
         ℓ*(q): the ELBO's global maximum for every encoder.
     grams : dict kind -> ndarray of shape (q, q)
         WᵀW of the decoder at the end of the first seed's run.
+    decoders : dict kind -> ndarray of shape (d, q)
+        W at the end of the first seed's run (its σ² is ``sigma2[kind][0]``).
     sigma2 : dict kind -> ndarray of shape (R,)
         Final σ² of each run.
     sigma2_mle : float
@@ -430,6 +441,7 @@ class EncoderComparisonResult:
     elbo: dict[str, np.ndarray]
     optimum: float
     grams: dict[str, np.ndarray]
+    decoders: dict[str, np.ndarray]
     sigma2: dict[str, np.ndarray]
     sigma2_mle: float
     eigenvalues: np.ndarray
@@ -474,7 +486,7 @@ def encoder_comparison(config: EncoderComparisonConfig | None = None) -> Encoder
     x = _images(config.n, config.data_seed)
     dtype = _dtype(config.dtype)
     curves: dict[str, list[np.ndarray]] = {}
-    grams, sigma2, seconds = {}, {}, {}
+    grams, decoders, sigma2, seconds = {}, {}, {}, {}
     steps = optimum = None
     for kind in config.kinds:
         curves[kind], sigma2[kind], seconds[kind] = [], [], 0.0
@@ -485,11 +497,12 @@ def encoder_comparison(config: EncoderComparisonConfig | None = None) -> Encoder
                 record_every=config.record_every, dtype=dtype,
             )  # fmt: skip
             curves[kind].append(run.elbo)
-            sigma2[kind].append(float(run.model.decoder.sigma2))
+            sigma2[kind].append(run.model.decoder.sigma2.item())
             seconds[kind] += run.seconds
             steps, optimum = run.steps, run.optimum
             if index == 0:
                 grams[kind] = run.model.gram()
+                decoders[kind] = run.model.decoder.W.detach().numpy().copy()
     eigenvalues = covariance_eigenvalues(x)
     d = eigenvalues.size
     return EncoderComparisonResult(
@@ -497,6 +510,7 @@ def encoder_comparison(config: EncoderComparisonConfig | None = None) -> Encoder
         elbo={k: np.stack(v) for k, v in curves.items()},
         optimum=float(optimum),
         grams=grams,
+        decoders=decoders,
         sigma2={k: np.asarray(v) for k, v in sigma2.items()},
         sigma2_mle=float(np.clip(eigenvalues[config.q :], 0, None).sum() / (d - config.q)),
         eigenvalues=eigenvalues[: config.q].copy(),
@@ -525,8 +539,8 @@ def benchmark(preset: str | None = None) -> str:
         f"(training {sum(stochastic.seconds.values()):.1f} s), optimum {stochastic.optimum:.4f}",
         stochastic.table(),
         stochastic.gradient.table(),
-        f"encoder_comparison: {end - middle:.1f} s (training {sum(encoders.seconds.values()):.1f} s)"
-        f", optimum {encoders.optimum:.4f}",
+        f"encoder_comparison: {end - middle:.1f} s "
+        f"(training {sum(encoders.seconds.values()):.1f} s), optimum {encoders.optimum:.4f}",
         encoders.table(),
         f"total {end - start:.1f} s, load average {os.getloadavg()[0]:.2f} at end",
     ]

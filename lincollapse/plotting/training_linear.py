@@ -1,4 +1,4 @@
-"""Figures of the part *Training the linear VAE* (stochastic ELBO; linear decoder, varied encoders)."""
+"""Figures of the part *Training the linear VAE*: stochastic ELBO; linear decoder, encoders."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ ENCODER_COLOURS = {"linear": SERIES[0], "deep-linear": SERIES[1], "mlp": SERIES[
 
 def _smoke_label(fig: Figure, preset: str) -> None:
     if preset == "fast":
-        fig.suptitle("SMOKE-TEST output (fast preset): numbers are not meant to be read", color="0.4")
+        fig.suptitle(
+            "SMOKE-TEST output (fast preset): numbers are not meant to be read", color="0.4"
+        )
 
 
 def _band(ax, steps: np.ndarray, values: np.ndarray, colour: str, label: str) -> None:
@@ -65,7 +67,9 @@ def plot_stochastic_vs_analytic(result: StochasticELBOResult) -> Figure:
             ESTIMATOR_LABELS, result.config.q,
         )  # fmt: skip
         g = result.gradient
-        ax_grad.semilogy(g.steps, g.analytic_norm, "o-", color=ACTIVE, label=r"$\|\nabla_W\|$, analytic")
+        ax_grad.semilogy(
+            g.steps, g.analytic_norm, "o-", color=ACTIVE, label=r"$\|\nabla_W\|$, analytic"
+        )
         ax_grad.semilogy(
             g.steps, g.noise_norm, "s-", color=COLLAPSED,
             label=r"$\sqrt{\mathrm{tr\,Cov}}$, single sample",
@@ -97,7 +101,7 @@ def plot_encoder_comparison(result: EncoderComparisonResult) -> Figure:
         axes = np.atleast_1d(bottom.subplots(1, len(kinds)))
         vmax = max(float(np.abs(result.grams[k]).max()) for k in kinds)
         image = None
-        for ax, kind in zip(axes, kinds):
+        for ax, kind in zip(axes, kinds, strict=True):
             image = ax.imshow(result.grams[kind], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
             ax.set_title(f"{ENCODER_LABELS[kind]}\noff-diagonal {result.off_diagonal(kind):.1e}")
             ax.set_xticks([])
