@@ -289,9 +289,28 @@ def sample_covariance(images: np.ndarray) -> np.ndarray:
 
 
 def covariance_eigenvalues(images: np.ndarray) -> np.ndarray:
-    """Eigenvalues λ_1 ≥ … ≥ λ_d of the sample covariance, shape (d,), clipped at 0."""
-    eigenvalues = np.linalg.eigvalsh(sample_covariance(images))[::-1]
-    return np.clip(eigenvalues, 0.0, None)
+    """Eigenvalues λ_1 ≥ … ≥ λ_d ≥ 0 of the 1/N sample covariance, shape (d,).
+
+    Computed from the smaller of the d × d covariance and the N × N Gram matrix of the centred
+    data (they share their non-zero eigenvalues), padded with zeros to length d and clipped at 0.
+    """
+    x = check_data(images)
+    centred = x - x.mean(axis=0)
+    n, d = centred.shape
+    small = centred @ centred.T if n < d else centred.T @ centred
+    eigenvalues = np.clip(np.linalg.eigvalsh(small / n)[::-1], 0.0, None)
+    return np.concatenate([eigenvalues, np.zeros(d - eigenvalues.size)])
+
+
+def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
+    """Number of eigenvalues above d · ε_machine · λ_max, and that tolerance.
+
+    The tolerance is the one ``numpy.linalg.matrix_rank`` uses for a symmetric matrix; pPCA's
+    rank checks and the data chapter's count of zero eigenvalues both use it.
+    """
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+    tolerance = eigenvalues.size * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0)
+    return int(np.count_nonzero(eigenvalues > tolerance)), tolerance
 
 
 def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from lincollapse import ppca
+from lincollapse.data import covariance_eigenvalues
 from lincollapse.training import History, maximise
 
 __all__ = [
@@ -635,20 +636,6 @@ class EncoderTraining:
     def steps_to(self, tolerance: float) -> int | None:
         """First recorded step with a gap ≤ ``tolerance`` nats, or None if never reached."""
         return first_step_within(self.steps, self.gap, tolerance)
-
-
-def covariance_eigenvalues(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Eigenvalues λ_1 ≥ … ≥ λ_d ≥ 0 of the 1/n sample covariance of x (n, d), float64.
-
-    Computed from the smaller of the d × d covariance and the n × n Gram matrix of the centred
-    data (same non-zero eigenvalues), padded with zeros to length d.
-    """
-    x = _as_points(x)
-    centred = x - x.mean(dim=0)
-    n, d = centred.shape
-    small = centred @ centred.T if n < d else centred.T @ centred
-    eigenvalues = torch.linalg.eigvalsh(small / n).flip(0).clamp_min(0.0).numpy()
-    return np.concatenate([eigenvalues, np.zeros(d - eigenvalues.size)])
 
 
 def first_step_within(steps: np.ndarray, gap: np.ndarray, tolerance: float) -> int | None:

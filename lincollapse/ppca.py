@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lincollapse.data import check_data
+from lincollapse.data import check_data, numerical_rank
 
 __all__ = [
     "DataSpectrum",
@@ -99,12 +99,12 @@ class DataSpectrum:
     @property
     def rank_tolerance(self) -> float:
         """Eigenvalues at or below d · ε_machine · λ_1 count as zero (numpy's ``matrix_rank``)."""
-        return self.d * np.finfo(np.float64).eps * float(max(self.eigenvalues[0], 0.0))
+        return numerical_rank(self.eigenvalues)[1]
 
     @property
     def numerical_rank(self) -> int:
         """Number of eigenvalues above :attr:`rank_tolerance` (≈ 585 for 1000 MNIST images)."""
-        return int(np.count_nonzero(self.eigenvalues > self.rank_tolerance))
+        return numerical_rank(self.eigenvalues)[0]
 
 
 def data_spectrum(x: np.ndarray) -> DataSpectrum:
@@ -613,8 +613,7 @@ def _eigenvalues(eigenvalues: np.ndarray | DataSpectrum) -> np.ndarray:
 
 
 def _numerical_rank(eigenvalues: np.ndarray) -> int:
-    tolerance = eigenvalues.size * np.finfo(np.float64).eps * float(max(eigenvalues[0], 0.0))
-    return int(np.count_nonzero(eigenvalues > tolerance))
+    return numerical_rank(eigenvalues)[0]
 
 
 def _check_q(q: int, eigenvalues: np.ndarray, *, require_rank: bool = True) -> int:

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from lincollapse.data import MNISTData, covariance_eigenvalues, load_mnist
+from lincollapse.data import MNISTData, covariance_eigenvalues, load_mnist, numerical_rank
 from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig
 
@@ -48,16 +48,6 @@ class SpectrumResult:
     def n_constant_pixels(self) -> int:
         """Pixels with the same value in every image (each forces a zero eigenvalue)."""
         return int(np.count_nonzero(np.ptp(self.data.images, axis=0) == 0))
-
-
-def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
-    """Number of eigenvalues above d · ε_machine · λ_max, and that tolerance.
-
-    The tolerance is the one ``numpy.linalg.matrix_rank`` uses for a symmetric matrix.
-    """
-    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
-    tolerance = eigenvalues.size * np.finfo(np.float64).eps * float(eigenvalues.max())
-    return int(np.count_nonzero(eigenvalues > tolerance)), tolerance
 
 
 @figure(
