@@ -267,9 +267,11 @@ def build(root: Path, builder: str = "html", mathjax: str = "local") -> int:
 
 
 def _kernel_environment(preset: str) -> dict[str, str]:
-    """The build's environment: the preset set, and no MPLBACKEND so kernels plot inline."""
+    """The build's environment: the preset set, no MPLBACKEND (kernels plot inline), and no
+    progress bars: a tqdm widget in a cell's output would make the page load widget scripts
+    from a CDN, and the book must work offline."""
     env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
-    return env | {ENV_VAR: preset}
+    return env | {ENV_VAR: preset, "LINCOLLAPSE_QUIET": "1"}
 
 
 def main(argv: list[str] | None = None) -> int:
