@@ -241,7 +241,49 @@ class LinearEncoder(nn.Module):
         return means, torch.exp(self.log_D).expand_as(means)
 
 
-class DeepLinearEncoder(nn.Module):
+class _LayeredEncoder(nn.Module):
+    """Hidden layers, then a mean head and a log-variance head; subclasses set the init gain
+    of the hidden layers and their activation."""
+
+    kind: str
+    gain: float
+    default_hidden: tuple[int, ...]
+
+    def __init__(
+        self,
+        d: int,
+        q: int,
+        *,
+        hidden: Sequence[int] | None = None,
+        centre: np.ndarray | torch.Tensor | None = None,
+        init_scale: float = 1e-2,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dims(d, q)
+        hidden = self.default_hidden if hidden is None else hidden
+        self.body = _layers(d, hidden, generator, gain=self.gain)
+        self.mean_head, self.log_variance_head = _heads(_width(d, hidden), q, generator, init_scale)
+        self.register_buffer("centre", _centre_buffer(centre, d))
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (n, q) and variances (n, q)."""
+        return self.encode(_as_points(x, self.d))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
+        h = x - self.centre
+        for layer in self.body:
+            h = self.activation(layer(h))
+        return self.mean_head(h), torch.exp(self.log_variance_head(h))
+
+    @staticmethod
+    def activation(h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+class DeepLinearEncoder(_LayeredEncoder):
     """Encoder (b): amortised, deep and linear, with an input-dependent diagonal variance.
 
     h = A_L(⋯(A_1 (x − μ) + b_1)⋯) + b_L (no activations), μ(x) = B h + b,
@@ -261,37 +303,11 @@ class DeepLinearEncoder(nn.Module):
     """
 
     kind = "deep-linear"
-
-    def __init__(
-        self,
-        d: int,
-        q: int,
-        *,
-        hidden: Sequence[int] = (64,),
-        centre: np.ndarray | torch.Tensor | None = None,
-        init_scale: float = 1e-2,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        _check_dims(d, q)
-        self.body = _layers(d, hidden, generator, gain=1.0)
-        self.mean_head, self.log_variance_head = _heads(_width(d, hidden), q, generator, init_scale)
-        self.register_buffer("centre", _centre_buffer(centre, d))
-        self.d = d
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means (n, q) and variances (n, q)."""
-        return self.encode(_as_points(x, self.d))
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
-        h = x - self.centre
-        for layer in self.body:
-            h = layer(h)
-        return self.mean_head(h), torch.exp(self.log_variance_head(h))
+    gain = 1.0
+    default_hidden = (64,)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(_LayeredEncoder):
     """Encoder (c): a ReLU network, μ(x) and log s²(x) linear in its last hidden layer.
 
     h_0 = x − μ, h_k = ReLU(A_k h_{k−1} + b_k), μ(x) = B h_L + b, log s²(x) = C h_L + c.
@@ -310,34 +326,12 @@ class MLPEncoder(nn.Module):
     """
 
     kind = "mlp"
+    gain = 2.0
+    default_hidden = (128, 64)
 
-    def __init__(
-        self,
-        d: int,
-        q: int,
-        *,
-        hidden: Sequence[int] = (128, 64),
-        centre: np.ndarray | torch.Tensor | None = None,
-        init_scale: float = 1e-2,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        _check_dims(d, q)
-        self.body = _layers(d, hidden, generator, gain=2.0)
-        self.mean_head, self.log_variance_head = _heads(_width(d, hidden), q, generator, init_scale)
-        self.register_buffer("centre", _centre_buffer(centre, d))
-        self.d = d
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means (n, q) and variances (n, q)."""
-        return self.encode(_as_points(x, self.d))
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
-        h = x - self.centre
-        for layer in self.body:
-            h = torch.relu(layer(h))
-        return self.mean_head(h), torch.exp(self.log_variance_head(h))
+    @staticmethod
+    def activation(h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h)
 
 
 def _width(d: int, hidden: Sequence[int]) -> int:
