@@ -219,3 +219,38 @@ def test_training_input_errors():
     with pytest.raises(ValueError, match="D must be finite and > 0"):
         linear_vae.elbo_terms(np.arange(12.0).reshape(4, 3), np.ones((3, 1)), np.ones((1, 3)),
                               np.zeros(1), 1.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("q", [1, 3, 6])
+def test_hand_written_profiled_elbo_gradient_matches_finite_differences(q):
+    """The trainer's ELBO*(W, σ²) and its hand-written gradient, against the numpy closed form.
+
+    Value: :func:`linear_vae.optimal_encoder_elbo` (log p − gap, computed independently in
+    numpy). Gradient: central finite differences of that function along random directions.
+    """
+    eigenvalues = np.array([5.0, 3.0, 2.0, 1.2, 0.7, 0.4, 0.2, 0.1])
+    d = eigenvalues.size
+    spectrum = ppca.spectrum_from_covariance(np.diag(eigenvalues), n=1)
+    rng = np.random.default_rng(q)
+    row_scale = np.sqrt(eigenvalues + 0.05)[:, None]
+    W_hat = torch.tensor(rng.normal(size=(d, q)), requires_grad=True)
+    log_sigma2 = torch.tensor(np.log(0.6), requires_grad=True)
+    value = linear_vae._ProfiledELBO.apply(
+        W_hat, log_sigma2, torch.tensor(row_scale), torch.tensor(eigenvalues), d
+    )
+    value.backward()
+
+    def closed_form(W_hat_np: np.ndarray, log_s: float) -> float:
+        return linear_vae.optimal_encoder_elbo(spectrum, row_scale * W_hat_np, np.exp(log_s))
+
+    W0, s0 = W_hat.detach().numpy(), float(log_sigma2.detach())
+    assert value.item() == pytest.approx(closed_form(W0, s0), abs=1e-10)
+    h = 1e-5
+    for _ in range(3):
+        direction = rng.normal(size=W0.shape)
+        numeric = (closed_form(W0 + h * direction, s0) - closed_form(W0 - h * direction, s0)) / (
+            2 * h
+        )
+        assert float((W_hat.grad.numpy() * direction).sum()) == pytest.approx(numeric, rel=1e-6)
+    numeric = (closed_form(W0, s0 + h) - closed_form(W0, s0 - h)) / (2 * h)
+    assert float(log_sigma2.grad) == pytest.approx(numeric, rel=1e-6)
