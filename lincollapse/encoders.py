@@ -655,6 +655,7 @@ def train_vae(
     on_checkpoint: Callable[[int, LinearDecoderVAE], None] | None = None,
     dtype: torch.dtype = torch.float64,
     lr_schedule: Callable[[int], float] | None = None,
+    eigenvalues: np.ndarray | None = None,
     progress: bool | None = None,
 ) -> EncoderTraining:
     """Train a linear-decoder VAE with Adam on the full batch (σ² learned).
@@ -692,6 +693,9 @@ def train_vae(
     lr_schedule : callable (step) -> float, optional
         Multiplies ``lr`` at each step (1-based), as in :func:`lincollapse.training.maximise`;
         default constant.
+    eigenvalues : ndarray of shape (d,), optional
+        Eigenvalues of the sample covariance of ``x`` (for the optimum line); computed when
+        omitted. Experiments training many runs on the same images pass them once.
     progress : bool, optional
         Progress bar (default: only for a person watching; never under CI).
 
@@ -701,7 +705,9 @@ def train_vae(
     """
     _check_estimator(estimator)
     x = _as_points(x)
-    optimum = ppca.max_log_likelihood(covariance_eigenvalues(x), q)  # checks q < rank
+    if eigenvalues is None:
+        eigenvalues = covariance_eigenvalues(x)
+    optimum = ppca.max_log_likelihood(eigenvalues, q)  # checks q < rank
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     reference = make_vae(kind, x, q, seed=seed, hidden=hidden, sigma2=sigma2_init)

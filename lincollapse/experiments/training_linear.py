@@ -260,6 +260,7 @@ def stochastic_vs_analytic(config: StochasticELBOConfig | None = None) -> Stocha
     """Linear VAE trained with the analytic and the single-sample ELBO; gradient variance."""
     config = config or StochasticELBOConfig.for_preset()
     x = _images(config.n, config.data_seed)
+    eigenvalues = covariance_eigenvalues(x)
     dtype = _dtype(config.dtype)
     checkpoints = sorted(set(int(c) for c in config.gradient_checkpoints))
     for step in checkpoints:
@@ -284,6 +285,7 @@ def stochastic_vs_analytic(config: StochasticELBOConfig | None = None) -> Stocha
                 lr=config.lr, seed=seed, sigma2_init=config.sigma2_init,
                 record_every=config.record_every, dtype=dtype,
                 checkpoints=checkpoints if first else (), on_checkpoint=keep if first else None,
+                eigenvalues=eigenvalues,
             )  # fmt: skip
             curves[estimator].append(run.elbo)
             seconds[estimator] += run.seconds
@@ -484,6 +486,7 @@ def encoder_comparison(config: EncoderComparisonConfig | None = None) -> Encoder
     """A linear decoder trained with linear, deep-linear and ReLU-MLP encoders."""
     config = config or EncoderComparisonConfig.for_preset()
     x = _images(config.n, config.data_seed)
+    eigenvalues = covariance_eigenvalues(x)
     dtype = _dtype(config.dtype)
     curves: dict[str, list[np.ndarray]] = {}
     grams, decoders, sigma2, seconds = {}, {}, {}, {}
@@ -494,7 +497,7 @@ def encoder_comparison(config: EncoderComparisonConfig | None = None) -> Encoder
             run = train_vae(
                 x, config.q, kind=kind, steps=config.steps, lr=config.lr, seed=seed,
                 hidden=config.hidden(kind), sigma2_init=config.sigma2_init,
-                record_every=config.record_every, dtype=dtype,
+                record_every=config.record_every, dtype=dtype, eigenvalues=eigenvalues,
             )  # fmt: skip
             curves[kind].append(run.elbo)
             sigma2[kind].append(run.model.decoder.sigma2.item())
@@ -503,7 +506,6 @@ def encoder_comparison(config: EncoderComparisonConfig | None = None) -> Encoder
             if index == 0:
                 grams[kind] = run.model.gram()
                 decoders[kind] = run.model.decoder.W.detach().numpy().copy()
-    eigenvalues = covariance_eigenvalues(x)
     d = eigenvalues.size
     return EncoderComparisonResult(
         steps=steps,
