@@ -8,6 +8,13 @@ Subcommands
     prints, per q: optimiser, steps, ELBO evaluations, seconds, achieved GFLOP/s (from an
     analytic count of one ELBO-and-gradient evaluation), final ELBO, ℓ*(q) and the gap; then the
     total time, and the GFLOP/s of a raw float64 matmul of similar size on this machine.
+``training``
+    Times both experiments of the part *Training the linear VAE* at the preset and prints
+    seconds, steps and the final gap to ℓ*(q) of every curve.
+``deep``
+    Times batched Adam steps of the deep VAE's σ² grid for every preset (``--preset`` is
+    ignored: the table compares them): seconds per step, achieved GFLOP/s against a raw
+    ``torch.bmm`` of the first layer's shape, projected grid and long-run times.
 """
 
 from __future__ import annotations
@@ -131,6 +138,23 @@ def bench_training(preset: str, out: Callable[[str], None] = print) -> float:
 
 
 SUBCOMMANDS["training"] = bench_training
+
+
+def bench_deep(preset: str, out: Callable[[str], None] = print) -> float:
+    """Time the deep VAE's batched step for every preset (``preset`` unused); return seconds."""
+    from lincollapse.experiments.deep import deep_benchmark
+
+    start = time.perf_counter()
+    out(f"deep VAE benchmark (batched σ² grid, full batch, CPU), load average {_load()}")
+    out(deep_benchmark())
+    return time.perf_counter() - start
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+SUBCOMMANDS["deep"] = bench_deep
 
 
 if __name__ == "__main__":

@@ -73,4 +73,4 @@ def load_all() -> dict[str, FigureSpec]:
 
 
 # One module per chapter; add yours here.
-_MODULES = ("mnist", "deep", "linear", "training_linear")
+_MODULES = ("mnist", "deep", "linear", "training_linear", "beta", "beyond")

@@ -35,9 +35,18 @@ _RC = {
 
 @contextlib.contextmanager
 def house_style() -> Iterator[None]:
-    """Context manager applying the book's rc settings to the figures created inside it."""
+    """Context manager applying the book's rc settings to the figures created inside it.
+
+    Interactive mode is kept as it is at the exit: a notebook's inline backend switches it on
+    when the first figure loads it, inside this context, and restoring the rc settings would
+    switch it off again, so that no later figure of the notebook would be displayed.
+    """
     with mpl.rc_context(_RC):
-        yield
+        try:
+            yield
+        finally:
+            interactive = mpl.is_interactive()
+    mpl.interactive(interactive)
 
 
 def new_figure(*args, **kwargs) -> tuple[Figure, object]:
