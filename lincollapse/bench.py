@@ -34,9 +34,10 @@ from lincollapse.presets import PRESETS, current_preset
 def linear_flops_per_evaluation(d: int, q: int, optimiser: str, encoder: str) -> float:
     """Estimated floating-point operations of one ELBO-and-gradient evaluation.
 
-    ``encoder="optimal"`` (eigenbasis, ELBO* via Cholesky): forward WᵀW and WᵀΛW (2 d q² each),
-    Cholesky (q³/3) and a Cholesky solve (2 q³); the backward pass roughly doubles the matrix
-    products: ≈ 8 d q² + 6 q³. ``encoder="learned"``: forward V S (2 q d² in the pixel basis,
+    ``encoder="optimal"`` (eigenbasis, ELBO* and its hand-written gradient): one
+    (q × d)·(d × 2q) product forward and one (d × 2q)·(2q × q) product for the gradient
+    (4 d q² each), a Cholesky factor and inverse and two q × q products (≈ 6 q³ together):
+    ≈ 8 d q² + 6 q³. ``encoder="learned"``: forward V S (2 q d² in the pixel basis,
     d q in the eigenbasis), V S Vᵀ and WᵀW (2 d q² each), backward about twice the forward.
     """
     if encoder == "optimal":
