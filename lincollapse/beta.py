@@ -19,8 +19,8 @@ ELBO with observation noise βσ² (:func:`beta_elbo_constant`, :func:`effective
 Consequences implemented here:
 
 - a squared-error loss with a KL term fixes σ² implicitly (:func:`loss_effective_sigma2`);
-- the linear β-VAE collapses direction j exactly when λ_j ≤ βσ² (:func:`linear_beta_optimum`,
-  checked by training the β-objective itself with :func:`train_linear_beta_vae`);
+- the linear β-VAE collapses direction j exactly when λ_j ≤ βσ² (equation (beta-linear); the
+  closed form and the trainer that checks it are in :mod:`lincollapse.linear_beta`);
 - KL annealing (β rising from 0 to 1) raises the effective noise from 0 to σ²
   (:func:`linear_warmup`, :func:`train_annealed`, which also trains deep VAEs whose σ² is profiled
   out at its optimum, the mean squared error per pixel).
@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from lincollapse.deep_vae import (
     Architecture,
@@ -48,32 +46,25 @@ from lincollapse.deep_vae import (
     gaussian_log_likelihood,
     kl_per_dimension,
 )
-from lincollapse.linear_vae import analytic_elbo_terms
-from lincollapse.ppca import DataSpectrum, data_spectrum
-from lincollapse.training import History, maximise
+from lincollapse.linear_beta import LOG_2PI, check_beta, check_sigma2, effective_sigma2
+from lincollapse.training import maximise
 
+# check_beta, check_sigma2 and effective_sigma2 are lincollapse.linear_beta's, re-exported.
 __all__ = [
     "AnnealedRuns",
     "EquivalenceCheck",
-    "LinearBetaFit",
-    "LinearBetaOptimum",
     "RunSpec",
     "beta_elbo_constant",
-    "beta_optimal_encoder",
     "check_beta",
     "check_equivalence",
     "check_sigma2",
     "effective_sigma2",
     "gaussian_beta_elbo",
-    "linear_beta_objective",
-    "linear_beta_optimum",
     "linear_warmup",
     "loss_effective_sigma2",
     "train_annealed",
-    "train_linear_beta_vae",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
 MSE_REDUCTIONS = ("mean", "sum")
 KL_REDUCTIONS = ("batchmean", "sum", "mean")
 NOISE_MODES = ("fixed", "optimal")
@@ -82,36 +73,6 @@ NOISE_MODES = ("fixed", "optimal")
 # --------------------------------------------------------------------------------------------
 # The equivalence
 # --------------------------------------------------------------------------------------------
-
-
-def check_beta(beta: float) -> float:
-    """Return β as a float if it is finite and > 0, else raise a ValueError saying why."""
-    try:
-        value = float(beta)
-    except (TypeError, ValueError):
-        raise ValueError(f"beta must be a positive number, got {beta!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"beta must be finite and > 0, got {beta!r}: β = 0 drops the KL term (the model is "
-            "then an autoencoder with no prior), and β < 0 rewards a large KL"
-        )
-    return value
-
-
-def check_sigma2(sigma2: float) -> float:
-    """Return σ² as a float if it is finite and > 0, else raise a ValueError saying why."""
-    try:
-        value = float(sigma2)
-    except (TypeError, ValueError):
-        raise ValueError(f"sigma2 must be a positive number, got {sigma2!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"sigma2 (a variance) must be finite and > 0, got {sigma2!r}")
-    return value
-
-
-def effective_sigma2(sigma2: float, beta: float) -> float:
-    """βσ²: the observation noise of the plain ELBO with the maximisers of ELBO_β(σ²)."""
-    return check_beta(beta) * check_sigma2(sigma2)
 
 
 def beta_elbo_constant(d: int, sigma2: float, beta: float) -> float:
@@ -288,186 +249,6 @@ def check_equivalence(
         sigma2, beta, max(errors), min(wrong), np.array(constants),
         beta_elbo_constant(arch.data_dim, sigma2, beta),
     )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# The linear β-VAE
-# --------------------------------------------------------------------------------------------
-
-
-def linear_beta_objective(
-    covariance: torch.Tensor,
-    W: torch.Tensor,
-    V: torch.Tensor,
-    D: torch.Tensor,
-    sigma2: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """Analytic ELBO_β of the linear VAE: reconstruction − β·KL, nats per image (differentiable).
-
-    The two terms are :func:`lincollapse.linear_vae.analytic_elbo_terms` (equations (lvae-recon)
-    and (lvae-kl) of chapter *The linear VAE*); ``covariance`` may be (d, d) or its diagonal.
-    """
-    reconstruction, kl = analytic_elbo_terms(covariance, W, V, D, sigma2)
-    return reconstruction - check_beta(beta) * kl
-
-
-def beta_optimal_encoder(
-    W: np.ndarray, sigma2: float, beta: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The encoder (V, D) maximising the linear ELBO_β(σ²) for a fixed decoder W.
-
-    Setting the derivatives of reconstruction − β·KL with respect to V and D to zero gives
-    (equation (beta-encoder)) V = M_β⁻¹ Wᵀ and D_i = βσ² / (M_β)_ii with M_β = WᵀW + βσ² I: the
-    ELBO-optimal encoder at noise βσ², as the equivalence says it must be.
-
-    Returns
-    -------
-    V : ndarray of shape (q, d)
-    D : ndarray of shape (q,)
-    """
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (d, q), got {W.shape}")
-    noise = effective_sigma2(sigma2, beta)
-    M = W.T @ W + noise * np.eye(W.shape[1])
-    return np.linalg.solve(M, W.T), noise / np.diag(M)
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearBetaOptimum:
-    """The global maximum of the linear ELBO_β(σ²) on a data set, from the closed form.
-
-    Attributes
-    ----------
-    squared_singular_values : ndarray (q,)
-        max(0, λ_j − βσ²), j = 1..q: the squared singular values of the optimal decoder W.
-    kl_per_latent : ndarray (q,)
-        ½ max(0, log(λ_j / βσ²)): the KL of each latent at the optimum (latents aligned with W's
-        singular vectors), nats per image.
-    collapsed : int
-        #{j ≤ q : λ_j ≤ βσ²}.
-    effective_sigma2 : float
-        βσ².
-    """
-
-    squared_singular_values: np.ndarray
-    kl_per_latent: np.ndarray
-    collapsed: int
-    effective_sigma2: float
-
-
-def linear_beta_optimum(
-    eigenvalues: np.ndarray | DataSpectrum, q: int, sigma2: float, beta: float
-) -> LinearBetaOptimum:
-    """Closed-form maximiser of the linear ELBO_β(σ²): pPCA with fixed noise βσ² (beta-linear)."""
-    eigenvalues = np.asarray(
-        eigenvalues.eigenvalues if isinstance(eigenvalues, DataSpectrum) else eigenvalues,
-        dtype=np.float64,
-    )
-    if eigenvalues.ndim != 1 or not 0 <= q <= eigenvalues.size:
-        raise ValueError(f"need 1-D eigenvalues and 0 <= q <= d, got q={q}")
-    top = np.sort(eigenvalues)[::-1][:q]
-    noise = effective_sigma2(sigma2, beta)
-    excess = np.clip(top - noise, 0.0, None)
-    kl = 0.5 * np.log(np.maximum(top, noise) / noise)
-    return LinearBetaOptimum(excess, kl, int(np.count_nonzero(top <= noise)), noise)
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearBetaFit:
-    """A linear β-VAE trained on its own objective (:func:`train_linear_beta_vae`).
-
-    Attributes
-    ----------
-    squared_singular_values : ndarray (q,)
-        Of the trained decoder W, decreasing.
-    kl_per_latent : ndarray (q,)
-        Average KL of each latent (½[D_i − log D_i − 1 + (V S Vᵀ)_ii]), after rotating the latents
-        so that WᵀW is diagonal; decreasing.
-    objective : float
-        Final ELBO_β(σ²), nats per image.
-    history : History
-    seconds : float
-    """
-
-    squared_singular_values: np.ndarray
-    kl_per_latent: np.ndarray
-    objective: float
-    history: History
-    seconds: float
-
-
-def train_linear_beta_vae(
-    data: np.ndarray | DataSpectrum,
-    q: int,
-    sigma2: float,
-    beta: float,
-    *,
-    rounds: int = 15,
-    steps_per_round: int = 20,
-    seed: int = 0,
-    init_scale: float = 1e-2,
-) -> LinearBetaFit:
-    """Maximise the linear ELBO_β(σ²) from a random decoder, with no use of the equivalence.
-
-    The objective is :func:`linear_beta_objective` with the encoder at its exact maximiser for the
-    current decoder (:func:`beta_optimal_encoder`, derived from ELBO_β itself), so L-BFGS
-    (:func:`lincollapse.training.maximise`) optimises the decoder W alone, in the eigenbasis of
-    S. After each round of ``steps_per_round`` steps the latents are rotated so that WᵀW is
-    diagonal (the β-objective with the optimal diagonal encoder prefers that rotation; without
-    it gradient ascent crawls, see chapter *The linear VAE*). float64 throughout.
-    """
-    start = time.perf_counter()
-    spectrum = data if isinstance(data, DataSpectrum) else data_spectrum(data)
-    sigma2, beta = check_sigma2(sigma2), check_beta(beta)
-    if not 1 <= q < spectrum.d:
-        raise ValueError(f"need 1 <= q < d = {spectrum.d}, got q={q}")
-    if rounds < 1 or steps_per_round < 1:
-        raise ValueError("rounds and steps_per_round must be >= 1")
-    eigenvalues = torch.as_tensor(spectrum.eigenvalues, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(int(seed))
-    W = nn.Parameter(torch.randn(spectrum.d, q, generator=generator, dtype=torch.float64))
-    with torch.no_grad():
-        W.mul_(init_scale)
-    noise = torch.tensor(beta * sigma2, dtype=torch.float64)
-    identity = torch.eye(q, dtype=torch.float64)
-    sigma2_t = torch.tensor(sigma2, dtype=torch.float64)
-
-    def encoder() -> tuple[torch.Tensor, torch.Tensor]:
-        M = W.T @ W + noise * identity  # (beta-encoder)
-        return torch.linalg.solve(M, W.T), noise / M.diagonal()
-
-    def objective() -> torch.Tensor:
-        V, D = encoder()
-        return linear_beta_objective(eigenvalues, W, V, D, sigma2_t, beta)
-
-    histories = []
-    for _ in range(rounds):
-        histories.append(
-            maximise(objective, [W], steps=steps_per_round, optimiser="lbfgs",
-                     record_every=steps_per_round, name=f"linear β-VAE β={beta:g}",
-                     progress=False)
-        )  # fmt: skip
-        with torch.no_grad():
-            _, rotation = torch.linalg.eigh(W.T @ W)
-            W.copy_(W @ rotation.flip(1))
-    with torch.no_grad():
-        V, D = encoder()
-        kl = 0.5 * (D - torch.log(D) - 1.0 + ((V * eigenvalues) @ V.T).diagonal())
-        value = float(objective())
-        singular = torch.linalg.svdvals(W) ** 2
-    steps = np.concatenate([[0], np.cumsum([int(h.steps[-1]) for h in histories])])
-    values = np.array([histories[0].values[0]] + [float(h.values[-1]) for h in histories])
-    history = History(steps, values, sum(h.seconds for h in histories),
-                      sum(h.evaluations for h in histories))  # fmt: skip
-    return LinearBetaFit(
-        squared_singular_values=np.sort(singular.numpy())[::-1],
-        kl_per_latent=np.sort(kl.numpy())[::-1],
-        objective=value,
-        history=history,
-        seconds=time.perf_counter() - start,
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -138,7 +138,10 @@ def _list() -> int:
     print()
     for spec in sorted(figures.values(), key=lambda s: (s.chapter, s.name)):
         print(f"{spec.name}: {spec.summary}")
-    print("\ncost: wall time on the book's 2-core CPU (paper: on a GPU); ? = not measured yet")
+    print(
+        "\ncost: wall time measured on the book's 2-core CPU unless a GPU is named; "
+        "? = not measured yet"
+    )
     return 0
 
 

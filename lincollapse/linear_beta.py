@@ -1,6 +1,7 @@
-"""The global optimum of a linear β-VAE in closed form, and a trainer to check it against.
+"""The linear β-VAE: its global optimum in closed form, and one trainer to check it against.
 
-Chapter *Beyond the paper*, theorem ``thm-beyond-beta-optimum``. The model is the linear VAE of
+Chapters *β, σ² and KL annealing* (equations (beta-linear), (beta-encoder)) and *Beyond the
+paper* (theorem ``thm-beyond-beta-optimum``). The model is the linear VAE of
 :mod:`lincollapse.linear_vae` (decoder N(Wz + μ, σ² I), encoder N(V(x − μ), D) with D diagonal
 and shared) trained on the **β-weighted** ELBO
 
@@ -16,7 +17,17 @@ the fixed-noise pPCA maximisers with orthogonal columns. Singular values of the 
     s_j = √(max(0, λ_j − βσ²)),  j = 1..q,
 
 so latent j collapses iff λ_j ≤ βσ² — the statement of Wang & Ziyin (2022) for the linear VAE,
-with their decoder variance η_dec = σ². Everything is float64.
+with their decoder variance η_dec = σ². Contents:
+
+- closed form: :func:`optimal_singular_values`, :func:`collapsed_latents`, :func:`optimal_rates`,
+  :func:`optimal_beta_elbo`;
+- the β-objective :func:`linear_beta_objective` and its optimal encoder
+  :func:`beta_optimal_encoder`;
+- :func:`synthetic_data` with a prescribed covariance spectrum;
+- :func:`train_linear_beta_vae`, which trains the β-objective itself (encoder learned jointly, or
+  kept at :func:`beta_optimal_encoder`) and returns a :class:`LinearBetaFit`.
+
+The general equivalence for any decoder lives in :mod:`lincollapse.beta`. Everything is float64.
 
 References
 ----------
@@ -34,15 +45,26 @@ import numpy as np
 import torch
 
 from lincollapse import ppca
-from lincollapse.linear_vae import LinearVAE
+from lincollapse.linear_vae import (
+    ENCODERS,
+    LinearVAE,
+    _concatenate,
+    _rotate_model,
+    analytic_elbo_terms,
+    optimal_encoder,
+)
 from lincollapse.ppca import DataSpectrum
 from lincollapse.training import History, maximise
 
 __all__ = [
-    "BetaVAETraining",
+    "ENCODERS",
+    "LinearBetaFit",
+    "beta_optimal_encoder",
     "check_beta",
+    "check_sigma2",
     "collapsed_latents",
-    "effective_noise",
+    "effective_sigma2",
+    "linear_beta_objective",
     "optimal_beta_elbo",
     "optimal_rates",
     "optimal_singular_values",
@@ -53,20 +75,44 @@ __all__ = [
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+# --------------------------------------------------------------------------------------------
+# β, σ² and the effective noise βσ²
+# --------------------------------------------------------------------------------------------
+
+
+def _positive(value: object, message: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0.0:
+        raise ValueError(message)
+    return number
+
+
 def check_beta(beta: float) -> float:
-    """Return β as a float if it is finite and > 0, else raise with the reason."""
-    value = float(beta)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(
-            f"β must be a finite positive KL weight, got beta={beta!r} (β = 1 is the plain ELBO; "
-            "β = 0 would drop the KL and leave the encoder variance unbounded)"
-        )
-    return value
+    """Return β as a float if it is finite and > 0, else raise a ValueError saying why."""
+    return _positive(
+        beta,
+        f"β must be a finite positive KL weight, got beta={beta!r}: β = 1 is the plain ELBO, "
+        "β = 0 drops the KL term (an autoencoder with no prior and an unbounded encoder "
+        "variance) and β < 0 rewards a large KL",
+    )
 
 
-def effective_noise(sigma2: float, beta: float = 1.0) -> float:
-    """βσ², the observation noise of the plain ELBO with the β-VAE's maximisers."""
-    return check_beta(beta) * ppca._check_sigma2(sigma2)
+def check_sigma2(sigma2: float) -> float:
+    """Return σ² as a float if it is finite and > 0, else raise a ValueError saying why."""
+    return _positive(sigma2, f"σ² must be a finite positive noise variance, got sigma2={sigma2!r}")
+
+
+def effective_sigma2(sigma2: float, beta: float) -> float:
+    """βσ²: the observation noise of the plain ELBO with the maximisers of ELBO_β(σ²)."""
+    return check_beta(beta) * check_sigma2(sigma2)
+
+
+# --------------------------------------------------------------------------------------------
+# The closed-form optimum
+# --------------------------------------------------------------------------------------------
 
 
 def _top_q(eigenvalues: np.ndarray | DataSpectrum, q: int) -> np.ndarray:
@@ -80,7 +126,8 @@ def optimal_singular_values(
 ) -> np.ndarray:
     """Singular values of the optimal decoder W of a linear β-VAE: √(max(0, λ_j − βσ²)), j ≤ q.
 
-    Chapter *Beyond the paper*, equation (beyond-beta-optimum).
+    Chapter *Beyond the paper*, equation (beyond-beta-optimum); chapter *β, σ² and KL
+    annealing*, equation (beta-linear).
 
     Parameters
     ----------
@@ -98,14 +145,18 @@ def optimal_singular_values(
     ndarray of shape (q,), descending
     """
     top = _top_q(eigenvalues, q)
-    return np.sqrt(np.clip(top - effective_noise(sigma2, beta), 0.0, None))
+    return np.sqrt(np.clip(top - effective_sigma2(sigma2, beta), 0.0, None))
 
 
 def collapsed_latents(
     eigenvalues: np.ndarray | DataSpectrum, q: int, sigma2: float, beta: float = 1.0
 ) -> np.ndarray:
-    """Which of the q latents collapse at the optimum: λ_j ≤ βσ² (bool array of shape (q,))."""
-    return _top_q(eigenvalues, q) <= effective_noise(sigma2, beta)
+    """Which of the q latents collapse at the optimum: λ_j ≤ βσ².
+
+    Parameters as :func:`optimal_singular_values`. Returns a bool ndarray of shape (q,); its sum
+    is the collapsed count #{j ≤ q : λ_j ≤ βσ²}.
+    """
+    return _top_q(eigenvalues, q) <= effective_sigma2(sigma2, beta)
 
 
 def optimal_rates(
@@ -113,10 +164,11 @@ def optimal_rates(
 ) -> np.ndarray:
     """KL of each latent at the optimum, averaged over data: ½ log(λ_j / βσ²) if λ_j > βσ², else 0.
 
-    Chapter *Beyond the paper*, equation (beyond-beta-rate). Nats, shape (q,).
+    Chapter *Beyond the paper*, equation (beyond-beta-rate). Parameters as
+    :func:`optimal_singular_values`; returns nats, shape (q,), descending.
     """
     top = _top_q(eigenvalues, q)
-    noise = effective_noise(sigma2, beta)
+    noise = effective_sigma2(sigma2, beta)
     return 0.5 * np.log(np.maximum(top, noise) / noise)
 
 
@@ -133,8 +185,7 @@ def optimal_beta_elbo(
     """
     eigenvalues = ppca._eigenvalues(eigenvalues)
     q = ppca._check_q(q, eigenvalues, require_rank=False)
-    beta = check_beta(beta)
-    sigma2 = ppca._check_sigma2(sigma2)
+    beta, sigma2 = check_beta(beta), check_sigma2(sigma2)
     d = eigenvalues.size
     s = beta * sigma2
     used = np.zeros(d, dtype=bool)
@@ -146,6 +197,66 @@ def optimal_beta_elbo(
     )  # fixed-noise pPCA maximum at s
     return float(beta * ell + 0.5 * beta * d * (LOG_2PI + math.log(s)) - 0.5 * d * (
         LOG_2PI + math.log(sigma2)))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The β-objective and its optimal encoder
+# --------------------------------------------------------------------------------------------
+
+
+def linear_beta_objective(
+    covariance: torch.Tensor,
+    W: torch.Tensor,
+    V: torch.Tensor,
+    D: torch.Tensor,
+    sigma2: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Analytic ELBO_β of the linear VAE: reconstruction − β·KL, nats per image (differentiable).
+
+    The two terms are :func:`lincollapse.linear_vae.analytic_elbo_terms` (equations (lvae-recon)
+    and (lvae-kl) of chapter *The linear VAE*); chapter *Beyond the paper*, equation
+    (beyond-beta-objective).
+
+    Parameters
+    ----------
+    covariance : Tensor of shape (d, d) or (d,)
+        Sample covariance S about μ, or its diagonal (S in its eigenbasis).
+    W : Tensor of shape (d, q)
+    V : Tensor of shape (q, d)
+    D : Tensor of shape (q,)
+        Encoder variances.
+    sigma2 : Tensor of shape ()
+    beta : float
+
+    Returns
+    -------
+    Tensor of shape ()
+    """
+    reconstruction, kl = analytic_elbo_terms(covariance, W, V, D, sigma2)
+    return reconstruction - check_beta(beta) * kl
+
+
+def _beta_encoder(W: torch.Tensor, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta-encoder) with M_β = WᵀW + noise·I, noise = βσ²; differentiable in W."""
+    # noise as a tensor: float / Tensor would multiply by the reciprocal (another rounding)
+    noise = torch.as_tensor(noise, dtype=W.dtype, device=W.device)
+    M = W.T @ W + noise * torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
+    return torch.linalg.solve(M, W.T), noise / M.diagonal()
+
+
+def beta_optimal_encoder(
+    W: np.ndarray, sigma2: float, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder (V, D) maximising the linear ELBO_β(σ²) for a fixed decoder W of shape (d, q).
+
+    Setting the derivatives of reconstruction − β·KL with respect to V and D to zero gives
+    (equation (beta-encoder)) V = M_β⁻¹ Wᵀ, shape (q, d), and D_i = βσ² / (M_β)_ii, shape (q,),
+    with M_β = WᵀW + βσ² I: the ELBO-optimal encoder (lvae-optimal-encoder) at noise βσ², as
+    the equivalence says it must be, so this is :func:`lincollapse.linear_vae.optimal_encoder`
+    evaluated at βσ².
+    """
+    return optimal_encoder(W, effective_sigma2(sigma2, beta))
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,27 +307,33 @@ def synthetic_data(
 
 
 @dataclasses.dataclass
-class BetaVAETraining:
-    """A linear β-VAE trained by maximising ELBO_β with σ² fixed.
+class LinearBetaFit:
+    """A linear β-VAE trained by maximising ELBO_β with σ² fixed (:func:`train_linear_beta_vae`).
 
     Attributes
     ----------
     model : LinearVAE
+        The trained parameters in data coordinates: ``W`` (d, q), ``V`` (q, d), ``D`` (q,);
         ``mean`` is the sample mean; σ² is not trained.
+    encoder : {"learned", "optimal"}
+        How the encoder was treated.
     beta, sigma2 : float
     singular_values : ndarray of shape (q,)
         Of the trained W, descending.
     rates : ndarray of shape (q,)
-        Average KL of each latent (nats), in the order of the SVD of W.
+        Average KL of each latent, ½[D_i − log D_i + (V S Vᵀ)_ii − 1] (nats), latents in order of
+        decreasing column norm ‖w_i‖; equation (beyond-beta-rate) at the optimum.
     objective : float
-        Final ELBO_β, nats per data point (re-evaluated in float64).
+        Final ELBO_β(σ²), nats per data point (float64).
     optimum : float
-        :func:`optimal_beta_elbo`.
+        :func:`optimal_beta_elbo`, the largest value ELBO_β(σ²) can take.
     history : History
+        ELBO_β recorded during training.
     seconds : float
     """
 
     model: LinearVAE
+    encoder: str
     beta: float
     sigma2: float
     singular_values: np.ndarray
@@ -225,6 +342,11 @@ class BetaVAETraining:
     optimum: float
     history: History
     seconds: float
+
+    @property
+    def squared_singular_values(self) -> np.ndarray:
+        """Squared singular values of the trained W, shape (q,), descending: (beta-linear)."""
+        return self.singular_values**2
 
     @property
     def gap(self) -> float:
@@ -238,20 +360,33 @@ def train_linear_beta_vae(
     sigma2: float,
     beta: float = 1.0,
     *,
+    encoder: str = "learned",
     optimiser: str = "lbfgs",
-    steps: int = 500,
+    steps: int | None = None,
     lr: float = 1e-2,
     seed: int = 0,
-    init_scale: float = 0.1,
+    init_scale: float | None = None,
     tolerance: float | None = 1e-13,
     record_every: int = 50,
-) -> BetaVAETraining:
-    """Maximise ELBO_β = recon − β KL of a linear VAE over (W, V, D) with σ² fixed.
+    rotate_every: int = 20,
+) -> LinearBetaFit:
+    """Maximise ELBO_β = reconstruction − β·KL of a linear VAE with σ² fixed, from a random start.
 
-    The analytic ELBO terms (lvae-recon), (lvae-kl) of :mod:`lincollapse.linear_vae` are
-    evaluated from the full sample covariance in data coordinates (no eigenbasis, no optimal
-    encoder, nothing copied from the closed form) and all three of W, V, log D are trained by
-    :func:`lincollapse.training.maximise` from a seeded random start, in float64.
+    The objective is :func:`linear_beta_objective`, the analytic terms (lvae-recon) and (lvae-kl);
+    nothing is copied from the closed form or from the equivalence with noise βσ². W and V start
+    at the seeded Gaussian initialisation of :class:`lincollapse.linear_vae.LinearVAE`, and
+    :func:`lincollapse.training.maximise` takes the steps, in float64. Two treatments of the
+    encoder:
+
+    ``encoder="learned"`` (chapter *Beyond the paper*)
+        W, V and log D are trained jointly, in data coordinates with the full sample covariance.
+    ``encoder="optimal"`` (chapter *β, σ² and KL annealing*)
+        The encoder is kept at its exact maximiser for the current decoder,
+        :func:`beta_optimal_encoder` (equation (beta-encoder), derived from ELBO_β itself), and
+        the optimiser trains W alone, in the eigenbasis of S. Every ``rotate_every`` steps the
+        latents are rotated so that WᵀW is diagonal (the β-objective with the optimal diagonal
+        encoder prefers that rotation; without it gradient ascent crawls, see chapter *The linear
+        VAE*), and the optimiser restarts. The result is returned in data coordinates.
 
     Parameters
     ----------
@@ -261,60 +396,103 @@ def train_linear_beta_vae(
     sigma2 : float
         Fixed decoder variance σ² > 0.
     beta : float, default 1
-    optimiser : {"lbfgs", "adam"}
-    steps : int, default 500
+        KL weight β > 0.
+    encoder : {"learned", "optimal"}, default "learned"
+    optimiser : {"lbfgs", "adam"}, default "lbfgs"
+    steps : int, optional
+        Optimiser steps in all (default 500 for ``"learned"``, 300 = 15 rotations for
+        ``"optimal"``).
     lr : float, default 0.01
         Adam's learning rate.
     seed : int, default 0
-    init_scale : float, default 0.1
-        Standard deviation of the initial entries of W and V.
-    tolerance : float or None
+    init_scale : float, optional
+        Standard deviation of the initial entries of W and V (default 0.1 for ``"learned"``,
+        0.01 for ``"optimal"``).
+    tolerance : float or None, default 1e-13
         Stop when a recording window improves ELBO_β by less than this.
     record_every : int, default 50
+        Steps between records (``"learned"``; ``"optimal"`` records once per rotation).
+    rotate_every : int, default 20
+        Steps between rotations of the latents (``"optimal"``).
 
     Returns
     -------
-    BetaVAETraining
+    LinearBetaFit
     """
     start = time.perf_counter()
-    beta = check_beta(beta)
-    sigma2 = ppca._check_sigma2(sigma2)
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    beta, sigma2 = check_beta(beta), check_sigma2(sigma2)
     spectrum = data if isinstance(data, DataSpectrum) else ppca.data_spectrum(data)
     q = ppca._check_q(q, spectrum.eigenvalues, require_rank=False)
     if q == 0:
         raise ValueError("q must be >= 1: a linear β-VAE with no latents has nothing to train")
+    learned = encoder == "learned"
+    steps = (500 if learned else 300) if steps is None else int(steps)
+    if steps < 1 or rotate_every < 1:
+        raise ValueError(f"steps and rotate_every must be >= 1, got {steps} and {rotate_every}")
     model = LinearVAE(
         spectrum.d, q, mean=spectrum.mean, sigma2=sigma2, learn_sigma2=False,
-        init_scale=init_scale, seed=seed,
+        init_scale=(0.1 if learned else 1e-2) if init_scale is None else init_scale, seed=seed,
     )  # fmt: skip
-    covariance = torch.as_tensor(spectrum.covariance, dtype=torch.float64)
+    noise = effective_sigma2(sigma2, beta)
+    # learned: data coordinates, full S; optimal: eigenbasis of S, S = diag(λ)
+    covariance = torch.as_tensor(
+        spectrum.covariance if learned else spectrum.eigenvalues, dtype=torch.float64
+    )
+
+    def encoder_parameters() -> tuple[torch.Tensor, torch.Tensor]:
+        return (model.V, model.D) if learned else _beta_encoder(model.W, noise)
 
     def objective() -> torch.Tensor:
-        reconstruction, kl = model.elbo_terms(covariance)
-        return reconstruction - beta * kl
+        return linear_beta_objective(covariance, model.W, *encoder_parameters(), model.sigma2, beta)
 
-    history = maximise(
-        objective, [model.W, model.V, model.log_D], steps=steps, optimiser=optimiser, lr=lr,
-        record_every=record_every, tolerance=tolerance, name=f"linear β-VAE β={beta:g}",
-    )  # fmt: skip
+    options = dict(optimiser=optimiser, lr=lr, tolerance=tolerance, progress=False,
+                   name=f"linear β-VAE β={beta:g}")  # fmt: skip
+    if learned:
+        history = maximise(objective, [model.W, model.V, model.log_D], steps=steps,
+                           record_every=record_every, **options)  # fmt: skip
+    else:
+        histories = []
+        for done in range(0, steps, rotate_every):
+            chunk = min(rotate_every, steps - done)
+            histories.append(maximise(objective, [model.W], steps=chunk, record_every=chunk,
+                                      **options))  # fmt: skip
+            with torch.no_grad():  # latents by decreasing ‖w_j‖, WᵀW diagonal
+                _, rotation = torch.linalg.eigh(model.W.T @ model.W)
+                model.W.copy_(model.W @ rotation.flip(1))
+        history = _concatenate(histories)
     with torch.no_grad():
         value = float(objective())
+        V, D = encoder_parameters()
+        rates = _latent_rates(V.numpy(), D.numpy(), covariance.numpy())
+        if not learned:  # store the optimal encoder, and go back to data coordinates
+            model.V.copy_(V)
+            model.log_D.copy_(torch.log(D))
+            _rotate_model(model, torch.as_tensor(spectrum.eigenvectors, dtype=torch.float64))
         W = model.W.numpy()
-        V = model.V.numpy()
-        D = model.D.numpy()
-    left, values, right = np.linalg.svd(W, full_matrices=False)
-    del left, right
-    # Average KL per latent (lvae-kl), latent by latent: ½ [D_i − log D_i + (V S Vᵀ)_ii − 1]
-    rates = 0.5 * (D - np.log(D) + np.einsum("id,de,ie->i", V, spectrum.covariance, V) - 1.0)
-    order = np.argsort(-np.linalg.norm(W, axis=0))
-    return BetaVAETraining(
+    order = np.argsort(-np.linalg.norm(W, axis=0), kind="stable")
+    return LinearBetaFit(
         model=model,
+        encoder=encoder,
         beta=beta,
         sigma2=sigma2,
-        singular_values=values,
+        singular_values=np.linalg.svd(W, compute_uv=False),
         rates=rates[order],
         objective=value,
         optimum=optimal_beta_elbo(spectrum, q, sigma2, beta),
         history=history,
         seconds=time.perf_counter() - start,
     )
+
+
+def _latent_rates(V: np.ndarray, D: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    """Average KL of each latent, ½[D_i − log D_i + (V S Vᵀ)_ii − 1], shape (q,): (lvae-kl).
+
+    ``covariance`` is S, shape (d, d), or its diagonal, shape (d,).
+    """
+    if covariance.ndim == 1:
+        quadratic = np.einsum("id,d,id->i", V, covariance, V)
+    else:
+        quadratic = np.einsum("id,de,ie->i", V, covariance, V)
+    return 0.5 * (D - np.log(D) + quadratic - 1.0)

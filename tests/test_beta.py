@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from lincollapse import beta as B
-from lincollapse import ppca
+from lincollapse import linear_beta as L
+from lincollapse import linear_vae, ppca
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE, GaussianVAE, train_batched
 from lincollapse.results_cache import ResultsCache
 
@@ -183,39 +184,46 @@ EIGENVALUES = np.array([6.0, 4.0, 2.5, 1.6, 1.1, 0.7, 0.4, 0.25, 0.15, 0.1])
 @pytest.mark.parametrize("beta", [0.2, 1.0, 2.6, 20.0])
 def test_trained_linear_beta_vae_reaches_the_closed_form(beta):
     spectrum, q, sigma2 = _synthetic(EIGENVALUES), 6, 0.5
-    fit = B.train_linear_beta_vae(spectrum, q, sigma2, beta, rounds=10, seed=1)
+    fit = L.train_linear_beta_vae(spectrum, q, sigma2, beta, encoder="optimal", steps=200, seed=1)
     expected = np.clip(EIGENVALUES[:q] - beta * sigma2, 0.0, None)  # written out, not imported
     np.testing.assert_allclose(fit.squared_singular_values, expected, atol=1e-6)
     collapsed = int(np.sum(EIGENVALUES[:q] <= beta * sigma2))
-    assert int(np.sum(fit.kl_per_latent < 1e-6)) == collapsed
+    assert int(np.sum(fit.rates < 1e-6)) == collapsed
     noise = beta * sigma2
     expected_kl = 0.5 * np.log(np.maximum(EIGENVALUES[:q], noise) / noise)
-    np.testing.assert_allclose(fit.kl_per_latent, expected_kl, atol=1e-6)
-    optimum = B.linear_beta_optimum(spectrum, q, sigma2, beta)
-    assert optimum.collapsed == collapsed
-    np.testing.assert_allclose(optimum.squared_singular_values, expected, atol=1e-12)
+    np.testing.assert_allclose(fit.rates, expected_kl, atol=1e-6)
+    assert int(L.collapsed_latents(spectrum, q, sigma2, beta).sum()) == collapsed
+    np.testing.assert_allclose(L.optimal_singular_values(spectrum, q, sigma2, beta) ** 2, expected,
+                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(L.optimal_rates(spectrum, q, sigma2, beta), expected_kl, atol=1e-12)
     # its value: β × (pPCA log-likelihood at noise βσ², fixed-noise maximiser) + the constant
     W = ppca.fixed_sigma2_maximiser(spectrum, q, beta * sigma2)
     loglik = ppca.average_log_likelihood(spectrum, W, beta * sigma2)
     value = beta * loglik + B.beta_elbo_constant(spectrum.d, sigma2, beta)
     assert fit.objective == pytest.approx(value, abs=1e-7)
+    assert fit.optimum == pytest.approx(value, abs=1e-10)
+    # the returned model is in data coordinates: its ELBO_β, evaluated by linear_vae's numpy code
+    with torch.no_grad():
+        W, V, D = fit.model.W.numpy(), fit.model.V.numpy(), fit.model.D.numpy()
+    terms = linear_vae.elbo_terms(spectrum, W, V, D, sigma2)
+    assert terms.reconstruction - beta * terms.kl == pytest.approx(fit.objective, abs=1e-9)
 
 
 def test_beta_optimal_encoder_is_a_stationary_point_of_the_beta_objective():
     spectrum, q, sigma2, beta = _synthetic(EIGENVALUES), 4, 0.3, 2.0
     rng = np.random.default_rng(3)
     W = rng.standard_normal((spectrum.d, q))
-    V, D = B.beta_optimal_encoder(W, sigma2, beta)
+    V, D = L.beta_optimal_encoder(W, sigma2, beta)
     V = torch.tensor(V, requires_grad=True)
     logD = torch.tensor(np.log(D), requires_grad=True)
     S = torch.tensor(spectrum.covariance)
-    value = B.linear_beta_objective(
+    value = L.linear_beta_objective(
         S, torch.tensor(W), V, torch.exp(logD), torch.tensor(sigma2, dtype=torch.float64), beta
     )
     grad_V, grad_logD = torch.autograd.grad(value, [V, logD])
     # and moving the encoder away lowers the objective and gives a gradient of order one
     V_away = (V.detach() * 1.1).requires_grad_(True)
-    away = B.linear_beta_objective(
+    away = L.linear_beta_objective(
         S,
         torch.tensor(W),
         V_away,
@@ -235,12 +243,10 @@ def test_linear_count_on_mnist_is_the_eigenvalue_count():
 
     eigenvalues = covariance_eigenvalues(load_mnist(1000, seed=0).images)
     for sigma2, beta in [(0.5, 1.0), (0.5, 0.1), (1.0, 3.0)]:
-        optimum = B.linear_beta_optimum(eigenvalues, 200, sigma2, beta)
-        assert optimum.collapsed == sum(1 for lam in eigenvalues[:200] if lam <= beta * sigma2)
+        collapsed = int(L.collapsed_latents(eigenvalues, 200, sigma2, beta).sum())
+        assert collapsed == sum(1 for lam in eigenvalues[:200] if lam <= beta * sigma2)
     # the F.mse_loss(mean) + KL convention: σ²_eff = 392 ≫ λ_1, every latent collapses
-    assert (
-        B.linear_beta_optimum(eigenvalues, 200, B.loss_effective_sigma2(784), 1.0).collapsed == 200
-    )
+    assert L.collapsed_latents(eigenvalues, 200, B.loss_effective_sigma2(784), 1.0).all()
 
 
 # ----------------------------------------------------------------------------- KL annealing
@@ -333,7 +339,9 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="noise"):
         B.RunSpec(1.0, noise="learned")
     with pytest.raises(ValueError, match="q"):
-        B.train_linear_beta_vae(_synthetic(EIGENVALUES), 0, 1.0, 1.0)
+        L.train_linear_beta_vae(_synthetic(EIGENVALUES), 0, 1.0, 1.0, encoder="optimal")
+    with pytest.raises(ValueError, match="encoder"):
+        L.train_linear_beta_vae(_synthetic(EIGENVALUES), 2, 1.0, 1.0, encoder="exact")
     with pytest.raises(ValueError, match="run"):
         B.train_annealed(np.zeros((3, 12)), TINY, [], steps=2)
 
@@ -342,6 +350,7 @@ def test_other_bad_inputs():
 
 
 def test_fast_figures_compute_and_plot(tmp_path):
+    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
     from lincollapse.experiments import beta as experiments
@@ -352,13 +361,15 @@ def test_fast_figures_compute_and_plot(tmp_path):
     for name in ("linear-beta-collapse", "kl-annealing"):
         assert figures[name].chapter == "beta_annealing"
         assert callable(figures[name].plot_function())
-    linear = experiments.linear_beta_collapse(experiments.LinearBetaConfig.for_preset("fast"))
-    config = experiments.LinearBetaConfig.for_preset("fast")
+    config = experiments.MnistLinearBetaConfig.for_preset("fast")
+    linear = experiments.linear_beta_collapse(config)
     shape = (len(config.betas), config.latent)
     assert linear.trained_squared_singular_values.shape == shape
     assert linear.optimum_squared_singular_values.shape == shape
     np.testing.assert_array_equal(linear.predicted_collapsed, linear.trained_collapsed)
-    assert isinstance(plotting.plot_linear_beta(linear), Figure)
+    fig = plotting.plot_linear_beta(linear)
+    assert isinstance(fig, Figure)
+    plt.close(fig)  # leave no figure open for later tests
 
     cache = ResultsCache(tmp_path)
     annealing_config = experiments.AnnealingConfig.for_preset("fast")
@@ -374,7 +385,9 @@ def test_fast_figures_compute_and_plot(tmp_path):
     again = experiments.kl_annealing(annealing_config, cache=cache, device="cpu")
     assert "results cache" in again.provenance
     np.testing.assert_array_equal(again.fraction, result.fraction)
-    assert isinstance(plotting.plot_annealing(result), Figure)
+    fig = plotting.plot_annealing(result)
+    assert isinstance(fig, Figure)
+    plt.close(fig)  # leave no figure open for later tests
 
 
 def test_house_style_keeps_interactive_mode_switched_on_inside_it():

@@ -53,7 +53,9 @@ def test_closed_form_matches_a_trained_linear_beta_vae(data, beta):
     checked against pPCA separately).
     """
     q, sigma2 = 6, 1.0
-    run = linear_beta.train_linear_beta_vae(data, q, sigma2, beta, steps=1500, seed=1)
+    run = linear_beta.train_linear_beta_vae(
+        data, q, sigma2, beta, encoder="learned", steps=1500, seed=1
+    )
     spectrum = ppca.data_spectrum(data)
     closed = linear_beta.optimal_singular_values(spectrum, q, sigma2, beta)
     assert run.objective <= run.optimum + 1e-9
@@ -69,7 +71,16 @@ def test_closed_form_matches_a_trained_linear_beta_vae(data, beta):
 
 def test_adam_reaches_the_same_optimum(data):
     run = linear_beta.train_linear_beta_vae(
-        data, 4, 1.0, 2.5, optimiser="adam", steps=3000, lr=1e-2, seed=2, tolerance=None
+        data,
+        4,
+        1.0,
+        2.5,
+        encoder="learned",
+        optimiser="adam",
+        steps=3000,
+        lr=1e-2,
+        seed=2,
+        tolerance=None,
     )
     closed = linear_beta.optimal_singular_values(ppca.data_spectrum(data), 4, 1.0, 2.5)
     np.testing.assert_allclose(run.singular_values, closed, atol=1e-2)
@@ -159,7 +170,7 @@ def test_exact_inference_collapse_figure():
 
 
 def test_linear_beta_figure_fast_preset():
-    result = beyond.linear_beta_optimum(beyond.LinearBetaConfig.for_preset("fast"))
+    result = beyond.linear_beta_optimum(beyond.SyntheticLinearBetaConfig.for_preset("fast"))
     np.testing.assert_array_equal(result.collapsed_trained, result.collapsed_predicted)
     assert result.max_singular_value_error < 5e-3
     assert np.all(result.objective_gap < 1e-5)

@@ -4,9 +4,8 @@ Two figures:
 
 ``linear-beta-collapse``
     The linear β-VAE on MNIST, trained on its own β-weighted objective for a grid of β at a fixed
-    σ², against the closed form at noise βσ² (:func:`lincollapse.beta.linear_beta_optimum`):
-    collapsed latents against β, and the trained decoder's squared singular values against
-    max(0, λ_j − βσ²).
+    σ², against the closed form at noise βσ² (:mod:`lincollapse.linear_beta`): collapsed latents
+    against β, and the trained decoder's squared singular values against max(0, λ_j − βσ²).
 ``kl-annealing``
     Deep Gaussian VAEs at a collapsing σ², trained with and without a linear KL warm-up (same
     seeds, so each pair starts from the same weights and sees the same noise), beside runs whose
@@ -26,17 +25,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse.beta import (
-    AnnealedRuns,
-    RunSpec,
-    linear_beta_optimum,
-    train_annealed,
-    train_linear_beta_vae,
-)
+from lincollapse.beta import AnnealedRuns, RunSpec, train_annealed
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_vae import Architecture, resolve_device
 from lincollapse.experiments import figure
 from lincollapse.experiments.deep import data_for, linear_collapse_prediction
+from lincollapse.linear_beta import (
+    collapsed_latents,
+    optimal_rates,
+    optimal_singular_values,
+    train_linear_beta_vae,
+)
 from lincollapse.ppca import data_spectrum
 from lincollapse.presets import ExperimentConfig
 from lincollapse.results_cache import ResultsCache, source_fingerprint
@@ -51,14 +50,14 @@ COMPUTING_MODULES = ("lincollapse.beta", "lincollapse.deep_vae", "lincollapse.tr
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearBetaConfig(ExperimentConfig):
+class MnistLinearBetaConfig(ExperimentConfig):
     """The linear β-VAE on MNIST; defaults are the ``book`` preset.
 
     ``book``: the book's 1000 images in [0, 1], q = 50 latents, σ² = 1/2 (the noise of a loss
     "sum of squared errors + β·KL", see :func:`lincollapse.beta.loss_effective_sigma2`), 14 values
     of β from 0.05 to 20 (so βσ² runs from 0.025 to 10, across λ_1 ≈ 5.3 down to λ_50),
-    each trained for 15 rounds of 20 L-BFGS steps. ``paper``: q = 200 and 25 values of β.
-    ``fast``: 200 images, q = 5, four β.
+    each trained for 300 L-BFGS steps with the β-optimal encoder, the latents rotated every 20.
+    ``paper``: q = 200 and 25 values of β. ``fast``: 200 images, q = 5, four β.
 
     Attributes
     ----------
@@ -66,8 +65,9 @@ class LinearBetaConfig(ExperimentConfig):
     sigma2 : float
         The fixed observation noise of the β-objective.
     betas : tuple of float
-    rounds, steps_per_round : int
-        Training of each model (:func:`lincollapse.beta.train_linear_beta_vae`).
+    steps, rotate_every : int
+        Training of each model (:func:`lincollapse.linear_beta.train_linear_beta_vae` with
+        ``encoder="optimal"``): L-BFGS steps, and steps between rotations of the latents.
     seed : int
         Seed of the random initial decoder.
     epsilon : float
@@ -80,7 +80,7 @@ class LinearBetaConfig(ExperimentConfig):
         "paper": "≈ 5 min (estimated)",
     }
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {"n": 200, "latent": 5, "betas": (0.1, 1.0, 4.0, 16.0), "rounds": 3},
+        "fast": {"n": 200, "latent": 5, "betas": (0.1, 1.0, 4.0, 16.0), "steps": 60},
         "paper": {"latent": 200, "betas": tuple(float(b) for b in np.logspace(-2, 1.3, 25))},
     }
     n: int = 1000
@@ -88,14 +88,14 @@ class LinearBetaConfig(ExperimentConfig):
     latent: int = 50
     sigma2: float = 0.5
     betas: tuple[float, ...] = tuple(float(b) for b in np.logspace(np.log10(0.05), 1.3, 14))
-    rounds: int = 15
-    steps_per_round: int = 20
+    steps: int = 300
+    rotate_every: int = 20
     seed: int = 0
     epsilon: float = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearBetaResult:
+class MnistLinearBetaResult:
     """Trained linear β-VAEs against the closed form at noise βσ².
 
     Attributes
@@ -142,29 +142,29 @@ class LinearBetaResult:
     "linear-beta-collapse",
     chapter=CHAPTER,
     plot="lincollapse.plotting.beta:plot_linear_beta",
-    config=LinearBetaConfig,
+    config=MnistLinearBetaConfig,
 )
-def linear_beta_collapse(config: LinearBetaConfig | None = None) -> LinearBetaResult:
+def linear_beta_collapse(config: MnistLinearBetaConfig | None = None) -> MnistLinearBetaResult:
     """Linear β-VAE on MNIST: collapsed latents against β, trained vs #{λ_j ≤ βσ²}."""
-    config = config or LinearBetaConfig.for_preset()
+    config = config or MnistLinearBetaConfig.for_preset()
     start = time.perf_counter()
     images = data_for(config)[0]  # the deep-VAE chapter's subset
     spectrum = data_spectrum(images)
     trained_sv, optimum_sv, trained_kl, optimum_kl, theory = [], [], [], [], []
     for beta in config.betas:
+        problem = (spectrum, config.latent, config.sigma2, beta)
         fit = train_linear_beta_vae(
-            spectrum, config.latent, config.sigma2, beta, rounds=config.rounds,
-            steps_per_round=config.steps_per_round, seed=config.seed,
+            *problem, encoder="optimal", steps=config.steps,
+            rotate_every=config.rotate_every, seed=config.seed,
         )  # fmt: skip
-        optimum = linear_beta_optimum(spectrum, config.latent, config.sigma2, beta)
         trained_sv.append(fit.squared_singular_values)
-        trained_kl.append(fit.kl_per_latent)
-        optimum_sv.append(optimum.squared_singular_values)
-        optimum_kl.append(optimum.kl_per_latent)
-        theory.append(optimum.collapsed)
+        trained_kl.append(fit.rates)
+        optimum_sv.append(optimal_singular_values(*problem) ** 2)
+        optimum_kl.append(optimal_rates(*problem))
+        theory.append(int(collapsed_latents(*problem).sum()))
     trained_sv, optimum_sv = np.array(trained_sv), np.array(optimum_sv)
     trained_kl, optimum_kl = np.array(trained_kl), np.array(optimum_kl)
-    return LinearBetaResult(
+    return MnistLinearBetaResult(
         betas=np.asarray(config.betas, dtype=np.float64),
         sigma2=config.sigma2,
         latent=config.latent,

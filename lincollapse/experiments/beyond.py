@@ -24,7 +24,7 @@ _SPECTRUM = (8.0, 5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearBetaConfig(ExperimentConfig):
+class SyntheticLinearBetaConfig(ExperimentConfig):
     """Train a linear β-VAE (σ² fixed) per β on synthetic data with the spectrum ``eigenvalues``.
 
     The data are ``n`` points whose sample covariance has exactly that spectrum
@@ -51,7 +51,7 @@ class LinearBetaConfig(ExperimentConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearBetaResult:
+class SyntheticLinearBetaResult:
     """Trained and closed-form decoder singular values of linear β-VAEs.
 
     Attributes
@@ -115,12 +115,14 @@ class LinearBetaResult:
     "linear-beta-optimum",
     chapter="beyond_the_paper",
     plot="lincollapse.plotting.beyond:plot_linear_beta_optimum",
-    config=LinearBetaConfig,
+    config=SyntheticLinearBetaConfig,
     paper_figure="— (Wang & Ziyin 2022: closed-form optimum of linear β-VAEs)",
 )
-def linear_beta_optimum(config: LinearBetaConfig | None = None) -> LinearBetaResult:
+def linear_beta_optimum(
+    config: SyntheticLinearBetaConfig | None = None,
+) -> SyntheticLinearBetaResult:
     """Trained linear β-VAE decoders against the closed form √(max(0, λ_j − βσ²)), per β."""
-    config = config or LinearBetaConfig.for_preset()
+    config = config or SyntheticLinearBetaConfig.for_preset()
     x, _ = linear_beta.synthetic_data(
         np.asarray(config.eigenvalues), config.n, seed=config.data_seed
     )
@@ -128,8 +130,8 @@ def linear_beta_optimum(config: LinearBetaConfig | None = None) -> LinearBetaRes
     trained, closed, rates, closed_rates, gaps, counts, predicted, seconds = ([] for _ in range(8))
     for beta in config.betas:
         run = linear_beta.train_linear_beta_vae(
-            spectrum, config.q, config.sigma2, beta, optimiser=config.optimiser,
-            steps=config.steps, seed=config.train_seed,
+            spectrum, config.q, config.sigma2, beta, encoder="learned",
+            optimiser=config.optimiser, steps=config.steps, seed=config.train_seed,
         )  # fmt: skip
         trained.append(run.singular_values)
         closed.append(linear_beta.optimal_singular_values(spectrum, config.q, config.sigma2, beta))
@@ -142,7 +144,7 @@ def linear_beta_optimum(config: LinearBetaConfig | None = None) -> LinearBetaRes
         )
         seconds.append(run.seconds)
     grid = np.geomspace(min(config.betas) / 2, max(config.betas) * 1.5, 400)
-    return LinearBetaResult(
+    return SyntheticLinearBetaResult(
         eigenvalues=spectrum.eigenvalues,
         sigma2=config.sigma2,
         betas=np.asarray(config.betas, dtype=np.float64),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.beta import AnnealingResult, LinearBetaResult
+from lincollapse.experiments.beta import AnnealingResult, MnistLinearBetaResult
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 KIND_STYLE = {
@@ -19,7 +19,7 @@ def _smoke(preset: str) -> str:
     return " — SMOKE TEST (fast preset)" if preset == "fast" else ""
 
 
-def plot_linear_beta(result: LinearBetaResult) -> Figure:
+def plot_linear_beta(result: MnistLinearBetaResult) -> Figure:
     """Collapsed latents against β (trained vs closed form) and trained vs closed-form spectra."""
     with house_style():
         fig, (ax_count, ax_sv) = new_figure(1, 2, figsize=(10.5, 3.9))

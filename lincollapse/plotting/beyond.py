@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.beyond import ExactCollapseResult, LinearBetaResult
+from lincollapse.experiments.beyond import ExactCollapseResult, SyntheticLinearBetaResult
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 
-def plot_linear_beta_optimum(result: LinearBetaResult) -> Figure:
+def plot_linear_beta_optimum(result: SyntheticLinearBetaResult) -> Figure:
     """Decoder singular values against βσ² (left) and collapsed latents against β (right)."""
     q = result.trained.shape[1]
     with house_style():
