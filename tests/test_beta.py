@@ -26,14 +26,6 @@ matplotlib.use("Agg")
 TINY = Architecture(data_dim=12, latent=3, encoder_hidden=(10,), decoder_hidden=(9,))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model_and_data(seed: int = 0) -> tuple[GaussianVAE, torch.Tensor, torch.Tensor]:
     model = GaussianVAE(TINY, seed=seed, dtype=torch.float64, device="cpu")
     generator = torch.Generator().manual_seed(100 + seed)

@@ -7,7 +7,6 @@ import math
 import matplotlib
 import numpy as np
 import pytest
-import torch
 
 matplotlib.use("Agg")
 
@@ -18,14 +17,6 @@ from lincollapse.experiments import beyond, load_all  # noqa: E402
 from lincollapse.plotting import beyond as plotting  # noqa: E402
 
 SPECTRUM = np.array([8.0, 5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,6 @@ matplotlib.use("Agg")
 TINY = Architecture(data_dim=20, latent=3, encoder_hidden=(16, 8), decoder_hidden=(8, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def data() -> torch.Tensor:
     return torch.rand(40, 20, generator=torch.Generator().manual_seed(5))

@@ -48,15 +48,6 @@ def _random_amortised(kind: str, x: np.ndarray, seed: int = 2) -> encoders.Linea
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the encoder-agnostic ELBO against the linear VAE's closed form -----------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 import pytest
-import torch
 from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
@@ -22,14 +21,6 @@ LINEAR_FIGURES = {
     "elbo-gap": "linear_vae",
     "collapse-metric": "posterior_collapse",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _close(fig: Figure) -> None:

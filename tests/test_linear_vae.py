@@ -14,15 +14,6 @@ Normal = torch.distributions.Normal
 Independent = torch.distributions.Independent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: threads only add overhead (and CI runs two workers on two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n: int, d: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, d)) * np.linspace(2.0, 0.3, d) + rng.normal(size=d)

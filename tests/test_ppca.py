@@ -12,15 +12,6 @@ from lincollapse import ppca
 from lincollapse.experiments.linear import maximise_fixed_sigma2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: threads only add overhead (and CI runs two workers on two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n: int, d: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     scales = np.linspace(2.0, 0.2, d)

@@ -37,15 +37,6 @@ def _images(n: int) -> np.ndarray:
     return load_mnist(n, seed=0).images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- training improves the ELBO ---------------------------------------------------------------
 
 
