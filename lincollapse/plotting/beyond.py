@@ -30,8 +30,8 @@ def plot_linear_beta_optimum(result: SyntheticLinearBetaResult) -> Figure:
         left.set_xscale("log")
         left.set_xlabel(r"effective noise $\beta\sigma^2$ (dotted: $\lambda_j$)")
         left.set_ylabel("singular values of W")
-        left.set_ylim(-0.15, 1.45 * float(result.closed_form_grid.max()))
-        left.legend(loc="upper right", fontsize=8)
+        left.set_ylim(-0.15, 1.8 * float(result.closed_form_grid.max()))
+        left.legend(loc="upper center", ncol=2, fontsize=8)  # above the curves
 
         counts = [int(np.count_nonzero(result.eigenvalues[:q] <= b * result.sigma2))
                   for b in result.beta_grid]  # fmt: skip
