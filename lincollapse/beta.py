@@ -426,12 +426,13 @@ def train_annealed(
             state["step"] += 1
         mean, logvar = model.encode(data)
         z = mean + torch.exp(0.5 * logvar) * model._draw_noise(mean.shape, mean)
-        squared = (data - model.decode(z)).pow(2).sum(-1).mean(-1)  # (R,) mean over images
+        reconstruction = model.decode(z)
+        squared = (data - reconstruction).pow(2).sum(-1).mean(-1)  # (R,) mean over images
         kl = kl_per_dimension(mean, torch.exp(logvar))  # (R, n, q)
         kl_total = kl.sum(-1).mean(-1)
-        fixed = -0.5 * (squared * torch.exp(-log_sigma2) + d * (LOG_2PI + log_sigma2))
-        profiled = -0.5 * d * (1.0 + LOG_2PI + torch.log(squared / d))
-        log_lik = torch.where(optimal, profiled, fixed)
+        # Optimal runs plug in σ² = squared / d; its gradient term vanishes at the optimum.
+        log_noise = torch.where(optimal, torch.log(squared / d), log_sigma2)
+        log_lik = gaussian_log_likelihood(data, reconstruction, log_noise[:, None]).mean(-1)
         if training:
             return log_lik - betas(state["step"]) * kl_total
         stash.update(kl=kl, squared=squared)

@@ -397,3 +397,18 @@ def test_house_style_keeps_interactive_mode_switched_on_inside_it():
         assert mpl.is_interactive()
     finally:
         mpl.interactive(before)
+
+
+def test_half_collapsed_step_counts_from_after_the_initial_drop():
+    """Step 0 starts collapsed (tiny encoder outputs); the step wanted is the return above ½."""
+    from types import SimpleNamespace
+
+    from lincollapse.experiments.beta import AnnealingResult
+
+    fraction = np.array(
+        [[0.9, 0.9, 0.9], [0.1, 0.6, 0.0], [0.4, 0.7, 0.0], [0.5, 0.2, 0.0], [0.8, 0.6, 0.0]]
+    )
+    fake = SimpleNamespace(fraction=fraction, runs=SimpleNamespace(steps=np.arange(5) * 100))
+    steps = AnnealingResult.half_collapsed_steps(fake)
+    np.testing.assert_array_equal(steps[:2], [300.0, 400.0])
+    assert math.isnan(steps[2])

@@ -62,6 +62,8 @@ from lincollapse.results_cache import (
 CHAPTER = "deep_vae"
 # The code that computes a run; the data enter the keys by content hash instead of by code.
 COMPUTING_MODULES = ("lincollapse.deep_vae", "lincollapse.training")
+# The smoke-test model of every deep-VAE experiment's ``fast`` preset.
+FAST_ARCHITECTURE = {"n": 200, "latent": 8, "encoder_hidden": (32, 16), "decoder_hidden": (16, 32)}
 PAPER_GRID = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0001)
 EPSILONS = np.linspace(0.0, 2.0, 201)
 REFERENCE_EPSILONS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -144,10 +146,7 @@ class DeepVAEConfig(ExperimentConfig):
     }
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {
-            "n": 200,
-            "latent": 8,
-            "encoder_hidden": (32, 16),
-            "decoder_hidden": (16, 32),
+            **FAST_ARCHITECTURE,
             "sigma2_fixed": (1.0, 0.1, 0.01),
             "sigma2_learned": (1.0, 0.01),
             "steps": 60,
