@@ -412,3 +412,70 @@ def test_half_collapsed_step_counts_from_after_the_initial_drop():
     steps = AnnealingResult.half_collapsed_steps(fake)
     np.testing.assert_array_equal(steps[:2], [300.0, 400.0])
     assert math.isnan(steps[2])
+
+
+def test_long_annealing_runs_continue_the_book_runs(tmp_path, monkeypatch):
+    """The fast preset's long runs are trained; the preset's runs are their first steps."""
+    import matplotlib.pyplot as plt
+
+    from lincollapse.experiments import beta as experiments
+    from lincollapse.plotting import beta as plotting
+
+    monkeypatch.setattr(experiments, "RESULTS_DIR", tmp_path / "no-results")
+    cache = ResultsCache(tmp_path / "cache")
+    config = experiments.AnnealingConfig.for_preset("fast")
+    absent = experiments.kl_annealing_convergence(config, cache=cache, device="cpu",
+                                                  train_long=False)  # fmt: skip
+    assert not absent.long_available and "not found" in absent.provenance
+    assert "not in the results cache" in absent.provenance and math.isnan(absent.gap["constant"])
+    plt.close(plotting.plot_annealing_convergence(absent))
+
+    study = experiments.kl_annealing_convergence(config, cache=cache, device="cpu")
+    long = config.long_config()
+    assert study.long.steps[-1] == long.steps == config.long_steps
+    assert len(study.long.specs) == 3 * len(config.long_seeds)
+    # Same weights, noise and constant learning rate: the book runs are the long runs' start.
+    book, rows = study.book.runs, np.flatnonzero(np.isin(study.long.steps, study.book.runs.steps))
+    for r, spec in enumerate(book.specs):
+        s = study.long.specs.index(spec)
+        np.testing.assert_allclose(study.long.elbo[rows, s], book.elbo[:, r], rtol=1e-5)
+    assert study.prefix_difference <= 1 / config.latent
+    for kind in experiments.KINDS:
+        end = study.long_fraction[-1, study.long_kind == kind].mean()
+        assert study.long_end[kind] == pytest.approx(end)
+        assert study.gap[kind] == pytest.approx(study.book_end[kind] - end)
+        assert study.agrees(kind) == (abs(study.gap[kind]) <= study.tolerance)
+    assert study.elbo_advantage.shape == (long.steps // long.record_every + 1, 2)
+    constant = study.long_kind == "constant"
+    annealed = study.long_kind == "annealed"
+    np.testing.assert_allclose(
+        study.elbo_advantage[-1], study.long.elbo[-1, annealed] - study.long.elbo[-1, constant]
+    )
+    end = study.long_end["constant"]
+    assert study.long_fraction_at("constant", long.steps) == pytest.approx(end)
+    with pytest.raises(ValueError, match="no record at step"):
+        study.long_fraction_at("constant", 7)
+    again = experiments.kl_annealing_convergence(
+        config, cache=cache, device="cpu", train_long=False
+    )
+    assert "results cache" in again.provenance  # cached, not retrained
+    plt.close(plotting.plot_annealing_convergence(study))
+
+
+def test_shipped_annealing_long_runs_are_current():
+    """The committed long runs match the book preset and the code now (else: regenerate them
+    with ``python -m lincollapse.experiments.beta --long --preset book --write-reference``)."""
+    from lincollapse.experiments import beta as experiments
+    from lincollapse.results_cache import load_reference
+
+    config = experiments.AnnealingConfig.for_preset("book")
+    long = config.long_config()
+    stem = experiments.annealing_reference_path("book")
+    arrays, meta = load_reference(
+        stem, experiments.annealing_key(long, experiments.data_for(long)[1]),
+        experiments.source_fingerprint(experiments.COMPUTING_MODULES),
+    )  # fmt: skip
+    assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
+    assert arrays["steps"][-1] == config.long_steps
+    assert arrays["thresholds"].shape[1:] == (3 * len(config.long_seeds), config.latent)
+    assert meta["info"]["command"].startswith("python -m lincollapse.experiments.beta")

@@ -251,11 +251,13 @@ def test_recording_does_not_change_training(data):
     assert not np.allclose(constant.elbo[-1], rarely.elbo[-1])  # the schedule is applied
 
 
-def test_fast_figures_compute_and_plot(cache_dir):
+def test_fast_figures_compute_and_plot(cache_dir, monkeypatch):
     from matplotlib.figure import Figure
 
-    from lincollapse.experiments import load_all
+    from lincollapse.experiments import deep, load_all
     from lincollapse.experiments.deep import DeepVAEConfig
+
+    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "no-results")  # no shipped runs
 
     figures = load_all()
     config = DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
@@ -277,6 +279,76 @@ def test_fast_figures_compute_and_plot(cache_dir):
     assert study.long_available and study.long_steps[-1] == 40
     assert study.gap.shape == (3,) and np.all(np.isfinite(study.gap))
     assert study.paper_fraction is None and "not cached" in study.paper_provenance
+    assert np.all(np.isnan(study.paper_gap)) and not study.paper_agrees.any()
+
+
+def _fake_long_runs(steps: np.ndarray, fraction_at_end: float) -> dict[str, np.ndarray]:
+    """Arrays shaped like :func:`long_run_arrays` for σ² = (1, 0.1, 0.01), q = 200."""
+    from lincollapse.experiments import deep
+
+    k, c, e = steps.size, 3, len(deep.REFERENCE_EPSILONS)
+    fraction = np.zeros((k, c, e))
+    fraction[-1] = fraction_at_end
+    return {
+        "steps": steps.astype(np.int64),
+        "elbo": np.zeros((k, c)),
+        "fraction": fraction,
+        "checkpoint_steps": steps[-1:].astype(np.int64),
+        "checkpoint_thresholds": np.zeros((1, c, 200)),
+        "kl_mean_final": np.zeros((c, 200)),
+        "sigma2": np.array([1.0, 0.1, 0.01]),
+    }
+
+
+def test_paper_width_runs_full_first_then_shipped_prefix(cache_dir, monkeypatch):
+    """The 20,000-step paper runs win; their shipped first 10,000 steps are used and labelled."""
+    from lincollapse.experiments import deep
+    from lincollapse.results_cache import save_reference
+
+    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "results")
+    arrays, reason = deep.paper_long_runs()
+    assert arrays is None and "20,000 steps" in reason and "10,000 steps" in reason
+
+    stem = deep.convergence_reference_path("paper")
+    prefix = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
+    save_reference(stem, deep.convergence_key(prefix), _fake_long_runs(np.arange(0, 10_001, 250),
+                   0.5), deep.computing_fingerprint(), {"command": "test"})  # fmt: skip
+    arrays, reason = deep.paper_long_runs()
+    assert arrays["steps"][-1] == 10_000
+    assert reason.startswith("the first 10,000 of the paper preset's 20,000 steps")
+
+    full = deep.DeepVAEConfig.for_preset("paper")
+    save_reference(stem, deep.convergence_key(full), _fake_long_runs(np.arange(0, 20_001, 250),
+                   0.7), deep.computing_fingerprint(), {"command": "test"})  # fmt: skip
+    arrays, reason = deep.paper_long_runs()
+    assert arrays["steps"][-1] == 20_000 and "first" not in reason
+
+    # A stale reference (other code) is not used.
+    save_reference(stem, deep.convergence_key(full), _fake_long_runs(np.arange(0, 20_001, 250),
+                   0.7), "other code", {"command": "test"})  # fmt: skip
+    arrays, reason = deep.paper_long_runs()
+    assert arrays is None and "stale" in reason
+
+
+def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
+    """Preset minus paper-width end, and long minus paper-width at the same step."""
+    from lincollapse.experiments import deep
+    from lincollapse.results_cache import save_reference
+
+    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "results")
+    config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
+    paper = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
+    fake = _fake_long_runs(np.array([0, 20, 40]), 0.25)  # ends at the fast long run's last step
+    save_reference(deep.convergence_reference_path("paper"), deep.convergence_key(paper), fake,
+                   deep.computing_fingerprint(), {"command": "test"})  # fmt: skip
+    study = deep.convergence_study(config, device="cpu")
+    assert study.paper_available and "first 10,000" in study.paper_provenance
+    np.testing.assert_allclose(study.paper_gap, study.preset_fraction[-1] - 0.25)
+    np.testing.assert_allclose(study.width_gap, study.long_fraction[-1] - 0.25)
+    np.testing.assert_array_equal(study.paper_agrees, np.abs(study.paper_gap) <= 0.05)
+    fig = __import__("lincollapse.plotting.deep", fromlist=["x"]).plot_convergence(study)
+    assert "paper widths" in fig.axes[0].get_title()
+    matplotlib.pyplot.close(fig)
 
 
 def test_book_convergence_without_long_runs_says_so(cache_dir, monkeypatch):
@@ -291,17 +363,20 @@ def test_book_convergence_without_long_runs_says_so(cache_dir, monkeypatch):
 # ----------------------------------------------------------------------------- shipped reference
 
 
-def test_shipped_book_reference_is_current():
-    """The committed long runs match the book preset and the code now (else: regenerate them).
+@pytest.mark.parametrize("preset", ["book", "paper"])
+def test_shipped_reference_is_current(preset):
+    """The committed long runs match their preset and the code now (else: regenerate them).
 
     Regenerate with ``python -m lincollapse.experiments.deep --convergence --preset book
-    --write-reference --threads 1`` (≈ 40 min on one CPU core).
+    --write-reference --threads 1`` (≈ 40 min on one CPU core) and ``... --preset paper --steps
+    10000 --write-reference`` (≈ 50 min on 2 cores; the paper-width runs, first half).
     """
     from lincollapse.experiments import deep
     from lincollapse.results_cache import load_reference
 
-    config = deep.DeepVAEConfig.for_preset("book")
-    stem = deep.convergence_reference_path("book")
+    changes = {"convergence_steps": deep.PAPER_WIDTH_CHECK_STEPS} if preset == "paper" else {}
+    config = deep.DeepVAEConfig.for_preset(preset, **changes)
+    stem = deep.convergence_reference_path(preset)
     arrays, meta = load_reference(stem, deep.convergence_key(config), deep.computing_fingerprint())
     assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
     k, c = arrays["steps"].size, len(config.convergence_sigma2)

@@ -11,6 +11,14 @@ Two figures:
     seeds, so each pair starts from the same weights and sees the same noise), beside runs whose
     σ² is set at every step to its optimum, the mean squared error per pixel.
 
+``kl-annealing-convergence``
+    Is the book preset long enough? Its annealing runs against long runs of the same models
+    (more steps, two seeds), shipped in ``results/kl_annealing_long_book.{npz,json}`` with the
+    command, machine, date and code fingerprint (a test fails when they are stale).
+    Regenerate them with::
+
+        python -m lincollapse.experiments.beta --long --preset book --write-reference
+
 The deep runs go through :mod:`lincollapse.results_cache` (one entry per configuration,
 fingerprinted by the code of :mod:`lincollapse.beta`, :mod:`lincollapse.deep_vae` and
 :mod:`lincollapse.training`), so a rebuild of the book reads them instead of retraining.
@@ -18,8 +26,11 @@ fingerprinted by the code of :mod:`lincollapse.beta`, :mod:`lincollapse.deep_vae
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,7 +40,16 @@ from lincollapse.beta import AnnealedRuns, RunSpec, train_annealed
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_vae import Architecture, resolve_device
 from lincollapse.experiments import figure
-from lincollapse.experiments.deep import FAST_ARCHITECTURE, data_for, linear_collapse_prediction
+from lincollapse.experiments.deep import (
+    FAST_ARCHITECTURE,
+    RESULTS_DIR,
+    TOLERANCE,
+    data_for,
+    linear_collapse_prediction,
+    machine_description,
+    plateau_range,
+    shipped_provenance,
+)
 from lincollapse.linear_beta import (
     collapsed_latents,
     optimal_rates,
@@ -38,7 +58,13 @@ from lincollapse.linear_beta import (
 )
 from lincollapse.ppca import data_spectrum
 from lincollapse.presets import ExperimentConfig
-from lincollapse.results_cache import ResultsCache, source_fingerprint
+from lincollapse.results_cache import (
+    ReferenceResultError,
+    ResultsCache,
+    load_reference,
+    save_reference,
+    source_fingerprint,
+)
 
 CHAPTER = "beta_annealing"
 COMPUTING_MODULES = ("lincollapse.beta", "lincollapse.deep_vae", "lincollapse.training")
@@ -196,11 +222,9 @@ class AnnealingConfig(ExperimentConfig):
     decoder 128-256-784, Adam at a constant 1e-3, full batch) at σ² = 0.1, where its long run
     collapses 95 % of the latents (linear count 66 %); seed 0 with β = 1 throughout and with a
     linear warm-up of β over the first 500 steps, and one run with σ² at its optimum, 2,200 steps
-    each. Measured (2026-11-25, one busy CPU core, 22 min) by continuing these runs and a second
-    seed to 3,000 steps: the constant runs reach their plateau (0.95) by step 1,800 and the
-    annealed ones end 0.005 below it (both seeds); at 1,500 steps the annealed runs were still
-    0.015-0.045 below, so a shorter book preset would overstate the effect of annealing. The
-    optimal-σ² run is still collapsing at 3,000 steps (0.80 at 2,200, 0.86 at 3,000).
+    each. Its *long runs* (:meth:`long_config`: the same models for 6,000 steps, seeds 0 and 1,
+    so seed 0's book runs are their first 2,200 steps) are shipped in ``results/`` and compared
+    with the book runs by :func:`kl_annealing_convergence`.
     ``paper``: the paper's widths, Adam 5e-4, 20,000 steps, warm-up 5,000, three seeds.
     ``fast``: a smoke test.
 
@@ -219,6 +243,8 @@ class AnnealingConfig(ExperimentConfig):
         One run with σ² at its optimum (β = 1) per seed.
     delta, epsilon : float
         The (ε, δ)-collapse metric.
+    long_steps, long_seeds, long_record_every : int, tuple of int, int
+        The long runs of the convergence check (:meth:`long_config`).
     """
 
     COSTS: ClassVar[dict[str, str]] = {
@@ -234,6 +260,8 @@ class AnnealingConfig(ExperimentConfig):
             "lr": 2e-3,
             "record_every": 20,
             "seeds": (0, 1),
+            "long_steps": 120,
+            "long_record_every": 20,
         },
         "paper": {
             "encoder_hidden": (1024, 512),
@@ -244,6 +272,9 @@ class AnnealingConfig(ExperimentConfig):
             "record_every": 250,
             "seeds": (0, 1, 2),
             "optimal_seeds": (0, 1, 2),
+            "long_steps": 40_000,
+            "long_seeds": (0, 1, 2),
+            "long_record_every": 500,
         },
     }
     n: int = 1000
@@ -260,10 +291,21 @@ class AnnealingConfig(ExperimentConfig):
     optimal_seeds: tuple[int, ...] = (0,)
     delta: float = 0.01
     epsilon: float = 0.01
+    long_steps: int = 6000
+    long_seeds: tuple[int, ...] = (0, 1)
+    long_record_every: int = 100
 
     @property
     def arch(self) -> Architecture:
         return Architecture(784, self.latent, self.encoder_hidden, self.decoder_hidden)
+
+    def long_config(self) -> AnnealingConfig:
+        """The same runs trained ``long_steps`` steps for ``long_seeds`` (constant learning rate:
+        each run of this config with a seed in ``long_seeds`` is their first ``steps`` steps)."""
+        return dataclasses.replace(
+            self, steps=self.long_steps, seeds=self.long_seeds, optimal_seeds=self.long_seeds,
+            record_every=self.long_record_every,
+        )  # fmt: skip
 
     def specs(self) -> list[RunSpec]:
         """Constant-β runs, annealed runs (same seeds), then optimal-σ² runs."""
@@ -335,11 +377,19 @@ class AnnealingResult:
         return steps
 
 
+def run_kinds(runs: AnnealedRuns) -> np.ndarray:
+    """``"constant"``, ``"annealed"`` or ``"optimal"`` per run, (R,)."""
+    return np.array(
+        ["optimal" if s.noise == "optimal" else "annealed" if s.warmup else "constant"
+         for s in runs.specs]
+    )  # fmt: skip
+
+
 def annealing_key(config: AnnealingConfig, data_id: str) -> dict[str, Any]:
     """Everything that determines the deep runs: their results-cache key."""
     fields = config.as_dict()
-    fields.pop("preset")
-    fields.pop("epsilon")  # only used to read the results
+    for name in ("preset", "epsilon", "long_steps", "long_seeds", "long_record_every"):
+        fields.pop(name)  # reading the results, or other runs
     return {"experiment": "kl_annealing", "data": data_id, "dtype": "float32", **fields}
 
 
@@ -394,10 +444,7 @@ def kl_annealing(
     config = config or AnnealingConfig.for_preset()
     runs, provenance = annealing_runs(config, cache=cache, device=device)
     fraction = runs.collapsed_fraction(config.epsilon)
-    kind = np.array(
-        ["optimal" if s.noise == "optimal" else "annealed" if s.warmup else "constant"
-         for s in runs.specs]
-    )  # fmt: skip
+    kind = run_kinds(runs)
     constant = {s.seed: r for r, s in enumerate(runs.specs) if kind[r] == "constant"}
     annealed = {s.seed: r for r, s in enumerate(runs.specs) if kind[r] == "annealed"}
     effect = np.array([fraction[-1, annealed[s]] - fraction[-1, constant[s]] for s in config.seeds])
@@ -424,3 +471,239 @@ def kl_annealing(
         preset=config.preset,
         provenance=provenance,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Is the book preset long enough?
+# --------------------------------------------------------------------------------------------
+
+KINDS = ("constant", "annealed", "optimal")
+
+
+def annealing_reference_path(preset: str) -> Path:
+    """Stem of the shipped long runs of ``preset``: ``results/kl_annealing_long_<preset>``."""
+    return RESULTS_DIR / f"kl_annealing_long_{preset}"
+
+
+def long_annealing_runs(
+    config: AnnealingConfig,
+    *,
+    cache: ResultsCache | None = None,
+    device: str | torch.device | None = "auto",
+    train_missing: bool = False,
+    progress: bool | None = None,
+) -> tuple[AnnealedRuns | None, str]:
+    """The long runs of ``config`` (:meth:`AnnealingConfig.long_config`) and where they came from.
+
+    In order: the shipped reference (validated: checksums, configuration, code fingerprint), the
+    results cache, training now (only when ``train_missing``). ``(None, reason)`` otherwise.
+    """
+    cache = cache or default_cache()
+    long = config.long_config()
+    key = annealing_key(long, data_for(long)[1])
+    stem = annealing_reference_path(config.preset)
+    try:
+        arrays, meta = load_reference(stem, key, source_fingerprint(COMPUTING_MODULES))
+        return AnnealedRuns.from_arrays(arrays), shipped_provenance(stem, meta)
+    except ReferenceResultError as error:
+        problem = str(error)
+    if not train_missing and cache.load(key) is None:
+        return None, f"{problem}; not in the results cache either"
+    return annealing_runs(long, cache=cache, device=device, progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnealingConvergence:
+    """The book preset's annealing runs against long runs of the same models.
+
+    Attributes
+    ----------
+    book : AnnealingResult
+        The preset's runs (what the chapter's figure shows).
+    long : AnnealedRuns or None
+        The long runs (``None`` when neither shipped, cached nor trained).
+    long_kind : ndarray (R2,) of str
+    long_fraction : ndarray (k2, R2) or None
+        Collapsed fraction at ε of the long runs per record.
+    provenance : str
+        Where the long runs came from, or why they are absent.
+    book_end, long_end : dict of str to float
+        Per kind: mean over seeds of the final collapsed fraction (NaN when absent).
+    gap : dict of str to float
+        Per kind: ``book_end − long_end``.
+    plateau_range : dict of str to float
+        Per kind: largest (over seeds) max − min of the long runs' fraction over their last
+        quarter of steps: how much they still move.
+    prefix_difference : float
+        Largest |book − long| collapsed fraction at the steps both recorded, over the runs both
+        have (same kind and seed): 0 up to float round-off, since the book runs are the long
+        runs' first steps (NaN without long runs).
+    elbo_advantage : ndarray (k2, S)
+        Per long-run seed and record: ELBO (β = 1) annealed − constant, nats per image.
+    annealing_effect : ndarray (S,)
+        Per long-run seed: final collapsed fraction annealed − constant.
+    tolerance : float
+    """
+
+    book: AnnealingResult
+    long: AnnealedRuns | None
+    long_kind: np.ndarray
+    long_fraction: np.ndarray | None
+    provenance: str
+    book_end: dict[str, float]
+    long_end: dict[str, float]
+    gap: dict[str, float]
+    plateau_range: dict[str, float]
+    prefix_difference: float
+    elbo_advantage: np.ndarray
+    annealing_effect: np.ndarray
+    tolerance: float
+
+    @property
+    def long_available(self) -> bool:
+        return self.long is not None
+
+    def agrees(self, kind: str) -> bool:
+        """|gap| ≤ tolerance for ``kind`` (False without long runs)."""
+        return bool(abs(self.gap[kind]) <= self.tolerance)
+
+    def long_fraction_at(self, kind: str, step: int) -> float:
+        """Mean over seeds of the long runs' collapsed fraction of ``kind`` at record ``step``."""
+        if self.long is None:
+            return float("nan")
+        row = np.flatnonzero(self.long.steps == step)
+        if row.size == 0:
+            raise ValueError(f"the long runs have no record at step {step}")
+        return float(self.long_fraction[row[0], self.long_kind == kind].mean())
+
+
+@figure(
+    "kl-annealing-convergence",
+    chapter=CHAPTER,
+    plot="lincollapse.plotting.beta:plot_annealing_convergence",
+    config=AnnealingConfig,
+    costs={
+        "fast": "≈ 5 s (the long runs are trained)",
+        "book": "< 1 s beyond kl-annealing (the long runs are shipped; ≈ 25 min to regenerate)",
+        "paper": "days on a CPU; the long runs are not shipped",
+    },
+)
+def kl_annealing_convergence(
+    config: AnnealingConfig | None = None,
+    *,
+    cache: ResultsCache | None = None,
+    device: str | torch.device | None = "auto",
+    train_long: bool | None = None,
+) -> AnnealingConvergence:
+    """Is the book preset long enough? Its annealing runs against long runs (two seeds)."""
+    config = config or AnnealingConfig.for_preset()
+    book = kl_annealing(config, cache=cache, device=device)
+    train_long = config.preset == "fast" if train_long is None else train_long
+    long, provenance = long_annealing_runs(
+        config, cache=cache, device=device, train_missing=train_long
+    )
+    nan = {kind: float("nan") for kind in KINDS}
+    book_end = {k: float(book.final_fraction[book.kind == k].mean()) for k in KINDS}
+    if long is None:
+        return AnnealingConvergence(
+            book, None, np.array([], dtype=str), None, provenance, book_end, dict(nan),
+            dict(nan), dict(nan), float("nan"), np.empty((0, 0)), np.empty(0), TOLERANCE,
+        )  # fmt: skip
+    kind = run_kinds(long)
+    fraction = long.collapsed_fraction(config.epsilon)
+    long_end = {k: float(fraction[-1, kind == k].mean()) for k in KINDS}
+    spread = plateau_range(long.steps, fraction)
+    plateau = {k: float(spread[kind == k].max()) for k in KINDS}
+    common, book_rows, long_rows = np.intersect1d(book.runs.steps, long.steps, return_indices=True)
+    differences = [
+        np.abs(book.fraction[book_rows, r] - fraction[long_rows, s]).max()
+        for r, spec in enumerate(book.runs.specs)
+        for s, other in enumerate(long.specs)
+        if spec == other and common.size
+    ]
+    seeds = sorted({s.seed for s in long.specs})
+    column = {(kind[r], spec.seed): r for r, spec in enumerate(long.specs)}
+    advantage = np.stack(
+        [long.elbo[:, column["annealed", s]] - long.elbo[:, column["constant", s]] for s in seeds],
+        axis=1,
+    )
+    effect = np.array(
+        [fraction[-1, column["annealed", s]] - fraction[-1, column["constant", s]] for s in seeds]
+    )
+    return AnnealingConvergence(
+        book=book, long=long, long_kind=kind, long_fraction=fraction, provenance=provenance,
+        book_end=book_end, long_end=long_end,
+        gap={k: book_end[k] - long_end[k] for k in KINDS}, plateau_range=plateau,
+        prefix_difference=float(max(differences)) if differences else float("nan"),
+        elbo_advantage=advantage, annealing_effect=effect, tolerance=TOLERANCE,
+    )  # fmt: skip
+
+
+def run_long_annealing(
+    preset: str = "book",
+    device: str = "auto",
+    *,
+    write_reference: bool = False,
+    command: str | None = None,
+    progress: bool | None = None,
+) -> tuple[AnnealedRuns, str]:
+    """Train (or read from the cache) the long runs of ``preset``; optionally ship them.
+
+    With ``write_reference`` the runs are written to ``results/kl_annealing_long_<preset>``
+    with the configuration, the code fingerprint, ``command``, the machine and the wall time.
+    """
+    config = AnnealingConfig.for_preset(preset)
+    long = config.long_config()
+    runs, provenance = annealing_runs(long, device=device, progress=progress)
+    if write_reference:
+        info = {
+            "command": command
+            or f"python -m lincollapse.experiments.beta --long --preset {preset} --write-reference",
+            "machine": machine_description(),
+            "device": str(resolve_device(device)),
+            "threads": torch.get_num_threads(),
+            "seconds": runs.seconds,
+            "source": provenance,
+            "torch": torch.__version__,
+        }
+        save_reference(
+            annealing_reference_path(preset), annealing_key(long, data_for(long)[1]),
+            runs.arrays(), source_fingerprint(COMPUTING_MODULES), info,
+        )  # fmt: skip
+    return runs, provenance
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train the KL-annealing long runs (filling the results cache); optionally "
+        "write the shipped reference results/kl_annealing_long_<preset>.{npz,json}."
+    )
+    parser.add_argument("--long", action="store_true", help="train the long runs (the default)")
+    parser.add_argument("--preset", default="book", choices=("fast", "book", "paper"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--write-reference", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--progress", action="store_true", help="progress bar even into a file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python -m lincollapse.experiments.beta " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    runs, provenance = run_long_annealing(
+        args.preset, args.device, write_reference=args.write_reference, command=command,
+        progress=args.progress or None,
+    )  # fmt: skip
+    config = AnnealingConfig.for_preset(args.preset)
+    fraction = runs.collapsed_fraction(config.epsilon)
+    for r, spec in enumerate(runs.specs):
+        tail = ", ".join(
+            f"{step}: {f:.3f}" for step, f in zip(runs.steps[-4:], fraction[-4:, r], strict=True)
+        )
+        print(f"{spec.label}: collapsed fraction at the last records {tail}")
+    print(provenance)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -69,6 +69,9 @@ EPSILONS = np.linspace(0.0, 2.0, 201)
 REFERENCE_EPSILONS = (0.01, 0.03, 0.1, 0.3, 1.0)
 TOLERANCE = 0.05
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+# Length of the shipped paper-width long runs: 20,000 steps take ≈ 100 min on 2 CPU cores, so the
+# first half was run; at the paper's constant learning rate it is exactly the first half of them.
+PAPER_WIDTH_CHECK_STEPS = 10_000
 _RUN_ARRAYS = ("steps", "elbo", "sigma2", "thresholds", "kl_mean")
 
 
@@ -606,6 +609,16 @@ def _minutes(seconds: Any) -> str:
     return "wall time not recorded: read from the cache"
 
 
+def shipped_provenance(stem: Path, meta: dict) -> str:
+    """How a shipped reference (``results/<stem>``) was computed: command, date, machine, time."""
+    info = meta.get("info", {})
+    return (
+        f"precomputed by `{info.get('command', '?')}` on {meta.get('created', '?')[:10]} "
+        f"({info.get('machine', '?')}, {info.get('threads', '?')} thread(s), "
+        f"{_minutes(info.get('seconds'))}), shipped as {stem.parent.name}/{stem.name}.npz"
+    )
+
+
 def long_runs(
     config: DeepVAEConfig,
     *,
@@ -626,13 +639,7 @@ def long_runs(
         arrays, meta = load_reference(
             stem, convergence_key(config, data_id), computing_fingerprint()
         )
-        info = meta.get("info", {})
-        return arrays, (
-            f"precomputed by `{info.get('command', '?')}` on {meta.get('created', '?')[:10]} "
-            f"({info.get('machine', '?')}, {info.get('threads', '?')} thread(s), "
-            f"{_minutes(info.get('seconds'))}), shipped as "
-            f"{stem.relative_to(RESULTS_DIR.parent)}.npz"
-        )
+        return arrays, shipped_provenance(stem, meta)
     except ReferenceResultError as error:
         problems.append(str(error))
     runs = [(s, False) for s in config.convergence_sigma2]
@@ -645,6 +652,29 @@ def long_runs(
         problems.append(str(error))
         return None, "; ".join(problems)
     return long_run_arrays(trained), "; ".join(dict.fromkeys(sources))
+
+
+def paper_long_runs(epsilon: float = 0.01) -> tuple[dict[str, np.ndarray] | None, str]:
+    """Long runs at the paper's widths and learning rate, if shipped or cached; never trained.
+
+    The paper preset's convergence runs (20,000 steps) when available, else their first
+    :data:`PAPER_WIDTH_CHECK_STEPS` steps (same constant learning rate and seeds, so exactly the
+    same trajectory, shorter). Returns :func:`long_run_arrays` and where they came from, or
+    ``(None, reason)``.
+    """
+    problems = []
+    full = DeepVAEConfig.for_preset("paper", summary_epsilon=epsilon).convergence_steps
+    for steps in dict.fromkeys((full, PAPER_WIDTH_CHECK_STEPS)):
+        config = DeepVAEConfig.for_preset("paper", summary_epsilon=epsilon, convergence_steps=steps)
+        arrays, provenance = long_runs(config, train_missing=False)
+        if arrays is not None:
+            if steps < full:
+                provenance = (
+                    f"the first {steps:,} of the paper preset's {full:,} steps, {provenance}"
+                )
+            return arrays, provenance
+        problems.append(f"{steps:,} steps: {provenance}")
+    return None, "; ".join(problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -671,10 +701,19 @@ class ConvergenceStudy:
         max − min of the long run's fraction over its last quarter of steps (movement left).
     tolerance : float
         The agreement asked of the preset (0.05).
-    paper_steps, paper_fraction : ndarray or None
-        The paper preset's long runs at these σ², when cached or shipped (never trained here).
+    paper_steps, paper_fraction : ndarray (k3,), (k3, c), or None
+        Long runs at the paper's widths and learning rate at these σ² (:func:`paper_long_runs`:
+        the paper preset's 20,000 steps or their shipped first 10,000), never trained here.
     paper_provenance : str
         Where they came from, or why they are absent.
+    paper_gap : ndarray (c,)
+        Preset minus paper-width long run, collapsed fraction at ``epsilon`` at the end of each
+        (NaN without them): the preset's error including its narrower networks.
+    width_gap : ndarray (c,)
+        Long run minus paper-width long run at the paper-width run's last step (NaN when either
+        is absent or the long run has no record there): the effect of the width alone.
+    paper_plateau_range : ndarray (c,)
+        As ``plateau_range``, for the paper-width long runs (NaN without them).
     preset : str
     """
 
@@ -696,6 +735,9 @@ class ConvergenceStudy:
     paper_steps: np.ndarray | None
     paper_fraction: np.ndarray | None
     paper_provenance: str
+    paper_gap: np.ndarray
+    width_gap: np.ndarray
+    paper_plateau_range: np.ndarray
     preset: str
 
     @property
@@ -703,9 +745,24 @@ class ConvergenceStudy:
         return self.long_fraction is not None
 
     @property
+    def paper_available(self) -> bool:
+        return self.paper_fraction is not None
+
+    @property
+    def paper_agrees(self) -> np.ndarray:
+        """Per σ²: |preset − paper-width long run| ≤ tolerance (False without them)."""
+        return np.abs(np.nan_to_num(self.paper_gap, nan=np.inf)) <= self.tolerance
+
+    @property
     def agrees(self) -> np.ndarray:
         """Per σ²: |gap| ≤ tolerance (False without long runs)."""
         return np.abs(np.nan_to_num(self.gap, nan=np.inf)) <= self.tolerance
+
+
+def plateau_range(steps: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """max − min of ``fraction`` (k, c) over the last quarter of ``steps`` (k,): shape (c,)."""
+    tail = fraction[steps >= 0.75 * steps[-1]]
+    return tail.max(axis=0) - tail.min(axis=0)
 
 
 def _epsilon_index(epsilon: float) -> int:
@@ -735,23 +792,28 @@ def convergence_study(
     train_long = config.preset != "book" if train_long is None else train_long
     long, provenance = long_runs(config, device=device, train_missing=train_long)
     c = len(config.convergence_sigma2)
-    gap = max_gap = plateau = np.full(c, np.nan)
+    gap = max_gap = plateau = paper_plateau = np.full(c, np.nan)
     if long is not None:
         final = collapsed_fraction_from_thresholds(short.thresholds[-1], EPSILONS)
         long_final = collapsed_fraction_from_thresholds(long["checkpoint_thresholds"][-1], EPSILONS)
         gap = preset_fraction[-1] - long["fraction"][-1, :, e]
         max_gap = np.abs(final - long_final).max(axis=-1)
-        last = long["steps"] >= 0.75 * long["steps"][-1]
-        tail = long["fraction"][last, :, e]
-        plateau = tail.max(axis=0) - tail.min(axis=0)
+        plateau = plateau_range(long["steps"], long["fraction"][:, :, e])
     paper_steps = paper_fraction = None
+    paper_gap = width_gap = np.full(c, np.nan)
     if config.preset == "paper":
         paper_provenance = "this is the paper preset"
     else:
-        paper = DeepVAEConfig.for_preset("paper", summary_epsilon=eps)
-        paper_long, paper_provenance = long_runs(paper, train_missing=False)
-        if paper_long is not None:
+        paper_long, paper_provenance = paper_long_runs(eps)
+        if paper_long is not None and list(paper_long["sigma2"]) == list(config.convergence_sigma2):
             paper_steps, paper_fraction = paper_long["steps"], paper_long["fraction"][:, :, e]
+            paper_gap = preset_fraction[-1] - paper_fraction[-1]
+            paper_plateau = plateau_range(paper_steps, paper_fraction)
+            if long is not None and paper_steps[-1] in long["steps"]:
+                same_step = np.flatnonzero(long["steps"] == paper_steps[-1])[0]
+                width_gap = long["fraction"][same_step, :, e] - paper_fraction[-1]
+        elif paper_long is not None:
+            paper_provenance = "the paper-width long runs are at other σ² than this preset's"
     return ConvergenceStudy(
         sigma2=np.asarray(config.convergence_sigma2, dtype=np.float64), epsilon=eps,
         preset_steps=short.steps, preset_fraction=preset_fraction, preset_elbo=short.elbo,
@@ -762,7 +824,8 @@ def convergence_study(
         long_schedule=config.long_schedule().describe(), long_provenance=provenance,
         gap=gap, max_gap=max_gap, plateau_range=plateau, tolerance=TOLERANCE,
         paper_steps=paper_steps, paper_fraction=paper_fraction,
-        paper_provenance=paper_provenance, preset=config.preset,
+        paper_provenance=paper_provenance, paper_gap=paper_gap, width_gap=width_gap,
+        paper_plateau_range=paper_plateau, preset=config.preset,
     )  # fmt: skip
 
 
@@ -786,14 +849,20 @@ def run_convergence_study(
     write_reference: bool = False,
     command: str | None = None,
     progress: bool | None = None,
+    steps: int | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Train (or read from the cache) the long runs of ``preset``; optionally ship them.
+
+    ``steps`` shortens the long runs (default: the preset's ``convergence_steps``); with a
+    constant learning rate the result is exactly the first ``steps`` steps of the full runs.
 
     With ``write_reference`` the arrays of :func:`long_run_arrays` are written to
     ``results/deep_convergence_<preset>.{npz,json}`` with the configuration, the source
     fingerprint, ``command``, the machine, the thread count and the wall time.
     """  # fmt: skip
-    config = DeepVAEConfig.for_preset(preset)
+    config = DeepVAEConfig.for_preset(
+        preset, **({} if steps is None else {"convergence_steps": steps})
+    )
     start = time.perf_counter()
     runs = [(s, False) for s in config.convergence_sigma2]
     trained, sources = load_or_train(
@@ -957,6 +1026,10 @@ def main(argv: list[str] | None = None) -> int:
         "--write-reference", action="store_true",
         help="write results/deep_convergence_<preset>.{npz,json} from the long runs",
     )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="steps of the long runs (default: the preset's convergence_steps)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="progress bar even into a file")
     args = parser.parse_args(argv)
@@ -970,7 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         arrays, sources = run_convergence_study(
             args.preset, args.device, write_reference=args.write_reference, command=command,
-            progress=args.progress or None,
+            progress=args.progress or None, steps=args.steps,
         )  # fmt: skip
         e = _epsilon_index(DeepVAEConfig.for_preset(args.preset).summary_epsilon)
         for c, s in enumerate(arrays["sigma2"]):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.beta import AnnealingResult, MnistLinearBetaResult
+from lincollapse.experiments.beta import (
+    AnnealingConvergence,
+    AnnealingResult,
+    MnistLinearBetaResult,
+)
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 KIND_STYLE = {
@@ -124,4 +128,39 @@ def plot_annealing(result: AnnealingResult) -> Figure:
             )
         ax_noise.set_ylabel("effective noise βσ² (or optimal σ²)")
         ax_noise.set_title("the noise level each run is trained at")
+    return fig
+
+
+def plot_annealing_convergence(result: AnnealingConvergence) -> Figure:
+    """Long runs: collapsed fraction and the annealed runs' ELBO advantage against step."""
+    book = result.book
+    with house_style():
+        fig, (ax_frac, ax_elbo) = new_figure(1, 2, figsize=(10.5, 3.9))
+        if result.long is None:
+            for ax in (ax_frac, ax_elbo):
+                ax.text(0.5, 0.5, "long runs absent", transform=ax.transAxes, ha="center")
+            return fig
+        long = result.long
+        seeds = sorted({s.seed for s in long.specs})
+        for r, spec in enumerate(long.specs):
+            style = dict(KIND_STYLE[result.long_kind[r]])
+            style["alpha"] = 1.0 if spec.seed == seeds[0] else 0.55
+            ax_frac.plot(long.steps, result.long_fraction[:, r], lw=1.5, label=spec.label, **style)
+        for c, seed in enumerate(seeds):
+            ax_elbo.plot(long.steps[1:], result.elbo_advantage[1:, c], color=ACTIVE, lw=1.5,
+                         alpha=1.0 if c == 0 else 0.55, label=f"seed {seed}")  # fmt: skip
+        ax_elbo.axhline(0.0, color=OPTIMUM, lw=0.8)
+        for ax in (ax_frac, ax_elbo):
+            ax.axvspan(0, book.warmup, color=ACTIVE, alpha=0.07, lw=0)
+            ax.axvline(book.steps, color="0.4", lw=0.8, ls="-.")
+            ax.set_xlabel("Adam step")
+        ax_frac.annotate(f"book preset ends ({book.steps:,})", (book.steps, 0.02), xytext=(4, 0),
+                         textcoords="offset points", fontsize=7, color="0.3")  # fmt: skip
+        ax_frac.set_ylim(-0.03, 1.03)
+        ax_frac.set_ylabel(f"collapsed fraction (ε = {book.epsilon:g})")
+        ax_frac.set_title(f"long runs, σ² = {book.sigma2:g}{_smoke(book.preset)}")
+        ax_frac.legend(loc="lower right", fontsize=6.5)
+        ax_elbo.set_ylabel("ELBO annealed − constant (nats per image)")
+        ax_elbo.set_title("what the warm-up buys, per seed")
+        ax_elbo.legend(fontsize=7)
     return fig

@@ -89,14 +89,16 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
                              lw=1.6, label=f"σ² = {sigma2:g}, long run")  # fmt: skip
             if result.paper_fraction is not None:
                 ax_frac.plot(result.paper_steps[1:], result.paper_fraction[1:, c], color=color,
-                             ls=":", lw=1.6, label=f"σ² = {sigma2:g}, paper preset")  # fmt: skip
+                             ls=":", lw=1.6, label=f"σ² = {sigma2:g}, paper widths")  # fmt: skip
         ax_frac.set_xscale("log")
         ax_frac.set_xlabel("Adam step")
         ax_frac.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
         ax_frac.set_ylim(-0.03, 1.03)
-        ax_frac.set_title(f"dashed: {result.preset_schedule}; solid: {result.long_schedule}",
-                          fontsize=8)  # fmt: skip
-        ax_frac.legend(fontsize=7, ncol=2 if result.long_available else 1, loc="upper left")
+        dotted = "; dotted: paper widths" if result.paper_available else ""
+        ax_frac.set_title(f"dashed: {result.preset_schedule}; solid: {result.long_schedule}"
+                          f"{dotted}", fontsize=8)  # fmt: skip
+        columns = 1 + result.long_available + result.paper_available
+        ax_frac.legend(fontsize=7 if columns < 3 else 6, ncol=columns, loc="upper left")
         positions = np.arange(result.sigma2.size)
         if result.long_available:
             long_final = result.preset_fraction[-1] - result.gap
@@ -108,6 +110,9 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
             ax_gap.text(0.5, 0.5, "long runs absent", transform=ax_gap.transAxes, ha="center")
         ax_gap.plot(positions, result.preset_fraction[-1], "o", color=COLLAPSED,
                     label=f"{result.preset} preset, end")  # fmt: skip
+        if result.paper_available:
+            ax_gap.plot(positions + 0.15, result.paper_fraction[-1], "x", color=ACTIVE, mew=2,
+                        label=f"paper widths, step {result.paper_steps[-1]:,}")  # fmt: skip
         ax_gap.set_xticks(positions, [f"σ² = {s:g}" for s in result.sigma2])
         ax_gap.set_xlim(-0.6, result.sigma2.size - 0.4)
         ax_gap.set_ylim(-0.03, 1.03)
