@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import matplotlib
@@ -346,6 +347,8 @@ def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
     np.testing.assert_allclose(study.paper_gap, study.preset_fraction[-1] - 0.25)
     np.testing.assert_allclose(study.width_gap, study.long_fraction[-1] - 0.25)
     np.testing.assert_array_equal(study.paper_agrees, np.abs(study.paper_gap) <= 0.05)
+    at_20 = study.long_fraction[list(study.long_steps).index(20)]
+    np.testing.assert_array_equal(study.long_at_preset_end, at_20)  # the preset's last step
     fig = __import__("lincollapse.plotting.deep", fromlist=["x"]).plot_convergence(study)
     assert "paper widths" in fig.axes[0].get_title()
     matplotlib.pyplot.close(fig)
@@ -374,9 +377,13 @@ def test_shipped_reference_is_current(preset):
     from lincollapse.experiments import deep
     from lincollapse.results_cache import load_reference
 
-    changes = {"convergence_steps": deep.PAPER_WIDTH_CHECK_STEPS} if preset == "paper" else {}
-    config = deep.DeepVAEConfig.for_preset(preset, **changes)
+    config = deep.DeepVAEConfig.for_preset(preset)
     stem = deep.convergence_reference_path(preset)
+    if preset == "paper":  # the full runs, or the shipped first 10,000 steps of them
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        if meta["config"]["steps"] != config.convergence_steps:
+            steps = deep.PAPER_WIDTH_CHECK_STEPS
+            config = deep.DeepVAEConfig.for_preset(preset, convergence_steps=steps)
     arrays, meta = load_reference(stem, deep.convergence_key(config), deep.computing_fingerprint())
     assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
     k, c = arrays["steps"].size, len(config.convergence_sigma2)

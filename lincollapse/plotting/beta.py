@@ -159,7 +159,7 @@ def plot_annealing_convergence(result: AnnealingConvergence) -> Figure:
         ax_frac.set_ylim(-0.03, 1.03)
         ax_frac.set_ylabel(f"collapsed fraction (ε = {book.epsilon:g})")
         ax_frac.set_title(f"long runs, σ² = {book.sigma2:g}{_smoke(book.preset)}")
-        ax_frac.legend(loc="lower right", fontsize=6.5)
+        ax_frac.legend(loc="center right", fontsize=6.5)
         ax_elbo.set_ylabel("ELBO annealed − constant (nats per image)")
         ax_elbo.set_title("what the warm-up buys, per seed")
         ax_elbo.legend(fontsize=7)

@@ -94,9 +94,12 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
         ax_frac.set_xlabel("Adam step")
         ax_frac.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
         ax_frac.set_ylim(-0.03, 1.03)
-        dotted = "; dotted: paper widths" if result.paper_available else ""
-        ax_frac.set_title(f"dashed: {result.preset_schedule}; solid: {result.long_schedule}"
-                          f"{dotted}", fontsize=8)  # fmt: skip
+        title = f"dashed: {result.preset} preset ({result.preset_steps[-1]:,} steps)"
+        if result.long_available:
+            title += f"; solid: long run ({result.long_steps[-1]:,})"
+        if result.paper_available:
+            title += f"; dotted: paper widths ({result.paper_steps[-1]:,})"
+        ax_frac.set_title(title, fontsize=8)
         columns = 1 + result.long_available + result.paper_available
         ax_frac.legend(fontsize=7 if columns < 3 else 6, ncol=columns, loc="upper left")
         positions = np.arange(result.sigma2.size)
