@@ -585,7 +585,7 @@ class AnnealingConvergence:
     costs={
         "fast": "≈ 5 s (the long runs are trained)",
         "book": "< 1 s after kl-annealing (long runs shipped; 13 min to regenerate, 2 cores)",
-        "paper": "days on a CPU; the long runs are not shipped",
+        "paper": "≈ 10 h on 2 CPU cores (projected: 0.1 s per run-step); not shipped",
     },
 )
 def kl_annealing_convergence(
