@@ -42,12 +42,11 @@ from lincollapse.deep_vae import Architecture, resolve_device
 from lincollapse.experiments import figure
 from lincollapse.experiments.deep import (
     FAST_ARCHITECTURE,
-    RESULTS_DIR,
     TOLERANCE,
     data_for,
     linear_collapse_prediction,
-    machine_description,
     plateau_range,
+    reference_info,
     shipped_provenance,
 )
 from lincollapse.linear_beta import (
@@ -68,6 +67,8 @@ from lincollapse.results_cache import (
 
 CHAPTER = "beta_annealing"
 COMPUTING_MODULES = ("lincollapse.beta", "lincollapse.deep_vae", "lincollapse.training")
+# Its own binding (not deep's imported by value), so patching one module never leaks into the other.
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,16 +657,11 @@ def run_long_annealing(
     long = config.long_config()
     runs, provenance = annealing_runs(long, device=device, progress=progress)
     if write_reference:
-        info = {
-            "command": command
+        info = reference_info(
+            command
             or f"python -m lincollapse.experiments.beta --long --preset {preset} --write-reference",
-            "machine": machine_description(),
-            "device": str(resolve_device(device)),
-            "threads": torch.get_num_threads(),
-            "seconds": runs.seconds,
-            "source": provenance,
-            "torch": torch.__version__,
-        }
+            device, runs.seconds, source=provenance,
+        )  # fmt: skip
         save_reference(
             annealing_reference_path(preset), annealing_key(long, data_for(long)[1]),
             runs.arrays(), source_fingerprint(COMPUTING_MODULES), info,

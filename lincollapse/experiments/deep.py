@@ -858,6 +858,21 @@ def machine_description() -> str:
     return platform.processor() or platform.machine()
 
 
+def reference_info(
+    command: str, device: str | torch.device | None, seconds: float | None, **extra: Any
+) -> dict[str, Any]:
+    """The ``info`` of a shipped reference: command, machine, device, threads, wall time, torch."""
+    return {
+        "command": command,
+        "machine": machine_description(),
+        "device": str(resolve_device(device)),
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        **extra,
+        "torch": torch.__version__,
+    }
+
+
 def run_convergence_study(
     preset: str = "book",
     device: str = "auto",
@@ -888,17 +903,12 @@ def run_convergence_study(
     arrays = long_run_arrays(trained)
     if write_reference:
         cached = [s for s in sources if not s.startswith("trained now")]
-        info = {
-            "command": command
-            or f"python -m lincollapse.experiments.deep --convergence "
-            f"--preset {preset} --write-reference",
-            "machine": machine_description(),
-            "device": str(resolve_device(device)),
-            "threads": torch.get_num_threads(),
-            "seconds": None if cached else seconds,
-            "sources": sources,
-            "torch": torch.__version__,
-        }
+        info = reference_info(
+            command
+            or f"python -m lincollapse.experiments.deep --convergence --preset {preset} "
+            "--write-reference",
+            device, None if cached else seconds, sources=sources,
+        )  # fmt: skip
         save_reference(
             convergence_reference_path(preset), convergence_key(config), arrays,
             computing_fingerprint(), info,
