@@ -12,9 +12,10 @@ Subcommands
     Times both experiments of the part *Training the linear VAE* at the preset and prints
     seconds, steps and the final gap to ℓ*(q) of every curve.
 ``deep``
-    Times batched Adam steps of the deep VAE's σ² grid for every preset (``--preset`` is
-    ignored: the table compares them): seconds per step, achieved GFLOP/s against a raw
-    ``torch.bmm`` of the first layer's shape, projected grid and long-run times.
+    Times Adam steps of the deep VAE's σ² grid for every preset (``--preset`` is ignored: the
+    table compares them) in both layouts side by side — a loop over ordinary modules and one
+    batched model — with seconds per step, achieved GFLOP/s against a raw ``torch.bmm`` of the
+    first layer's shape, the layout training picks here, projected grid and long-run times.
 """
 
 from __future__ import annotations
@@ -142,11 +143,11 @@ SUBCOMMANDS["training"] = bench_training
 
 
 def bench_deep(preset: str, out: Callable[[str], None] = print) -> float:
-    """Time the deep VAE's batched step for every preset (``preset`` unused); return seconds."""
+    """Time the deep VAE's step in both layouts for every preset (``preset`` unused)."""
     from lincollapse.experiments.deep import deep_benchmark
 
     start = time.perf_counter()
-    out(f"deep VAE benchmark (batched σ² grid, full batch, CPU), load average {_load()}")
+    out(f"deep VAE benchmark (σ² grid, full batch, CPU), load average {_load()}")
     out(deep_benchmark())
     return time.perf_counter() - start
 

@@ -331,3 +331,38 @@ def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:
             f"{name} contains {bad} NaN or infinite values; remove or impute them first"
         )
     return array
+
+
+LOGIT_OFFSET = 1e-6
+
+
+def logit_pixels(images: np.ndarray, seed: int = 0, offset: float = LOGIT_OFFSET) -> np.ndarray:
+    """Dequantised, logit-transformed pixels: the other pixel scale of public VAE code.
+
+    Pixels p ∈ [0, 1] that were bytes (p = k/255) are dequantised, x = (k + u)/256 with
+    u ~ U(0, 1) drawn once per pixel (``seed``), squeezed to [α, 1 − α] (α = ``offset``) and
+    mapped through logit(y) = log(y/(1 − y)): y = α + (1 − 2α)·x. The result lies in
+    [logit(α), −logit(α)] ≈ [−13.8, 13.8] for α = 1e-6, and every pixel, constant ones
+    included, gets some variance from the dequantisation noise.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, d)
+        Pixels in [0, 1] (multiples of 1/255).
+    seed : int
+        Seed of the dequantisation noise.
+    offset : float
+        α, in (0, 0.5).
+
+    Returns
+    -------
+    ndarray of shape (n, d), float64
+    """
+    x = check_data(images, "images")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError("images must have pixels in [0, 1]; scale bytes by 1/255 first")
+    if not 0 < offset < 0.5:
+        raise ValueError(f"offset must be in (0, 0.5), got {offset}")
+    noise = np.random.default_rng(seed).random(x.shape)
+    y = offset + (1.0 - 2.0 * offset) * (np.round(x * 255.0) + noise) / 256.0
+    return np.log(y) - np.log1p(-y)

@@ -23,11 +23,14 @@ the ELBO equals, up to a constant, −(1/(2σ²))·(‖x − f‖² + 2σ²·KL)
 against the squared reconstruction error, which is why it controls posterior collapse. With σ²
 learned (as log σ²) and f fixed, the optimum is σ²* = mean‖x − f‖²/d (:func:`optimal_sigma2`).
 
-:class:`GaussianVAE` is one run; :class:`BatchedGaussianVAE` trains R runs (one per σ²) at
-once with stacked weights and ``torch.baddbmm``. Given the same seeds they compute the same
-numbers (checked in the tests). Each run owns three ``torch.Generator`` streams derived from
-its seed: initialisation, training noise, and evaluation noise (used when gradients are off,
-so that recording progress does not change the training trajectory).
+:class:`GaussianVAE` is one run. R runs (one per σ²) train together in one of two layouts
+with the same interface: :class:`BatchedGaussianVAE` (stacked weights, one ``torch.baddbmm``
+per layer: best on a GPU and on one CPU thread) and :class:`LoopedGaussianVAE` (R ordinary
+modules in turn: best on a multi-threaded CPU); :func:`choose_layout` picks one. Given the same
+seeds all of them compute the same numbers up to float round-off (checked in the tests).
+Each run owns three ``torch.Generator`` streams derived from its seed: initialisation,
+training noise, and evaluation noise (used when gradients are off, so that recording
+progress does not change the training trajectory).
 
 Collapse is measured from the encoder's (mean, variance): see :func:`kl_per_dimension` and
 :func:`collapse_thresholds`.
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -299,6 +301,21 @@ class GaussianVAE(nn.Module):
         return (log_lik - kl).mean()
 
 
+def run_settings(
+    sigma2s: Sequence[float], learned: Sequence[bool] | bool, seeds: Sequence[int] | int
+) -> tuple[list[float], list[bool], list[int]]:
+    """Validated per-run (σ², learned, seed) lists of R runs; a single bool or int is broadcast."""
+    sigma2s = [float(s) for s in sigma2s]
+    runs = len(sigma2s)
+    if runs == 0 or any(not s > 0 for s in sigma2s):
+        raise ValueError(f"need at least one positive sigma2, got {sigma2s}")
+    learned = [bool(learned)] * runs if isinstance(learned, bool) else [bool(v) for v in learned]
+    seeds = [int(seeds)] * runs if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(learned) != runs or len(seeds) != runs:
+        raise ValueError("sigma2s, learned and seeds must have the same length")
+    return sigma2s, learned, seeds
+
+
 class BatchedGaussianVAE(nn.Module):
     """R deep Gaussian VAEs with stacked weights, trained together (one per σ²).
 
@@ -324,16 +341,8 @@ class BatchedGaussianVAE(nn.Module):
         device: str | torch.device | None = "auto",
     ) -> None:
         super().__init__()
-        sigma2s = [float(s) for s in sigma2s]
+        sigma2s, learned, seeds = run_settings(sigma2s, learned, seeds)
         runs = len(sigma2s)
-        if runs == 0 or any(not s > 0 for s in sigma2s):
-            raise ValueError(f"need at least one positive sigma2, got {sigma2s}")
-        learned = (
-            [bool(learned)] * runs if isinstance(learned, bool) else [bool(v) for v in learned]
-        )
-        seeds = [int(seeds)] * runs if isinstance(seeds, int) else [int(s) for s in seeds]
-        if len(learned) != runs or len(seeds) != runs:
-            raise ValueError("sigma2s, learned and seeds must have the same length")
         self.arch, self.runs = arch, runs
         self.sigma2_init, self.learned, self.seeds = sigma2s, learned, seeds
         self.device_ = resolve_device(device)
@@ -414,6 +423,99 @@ class BatchedGaussianVAE(nn.Module):
         return self.elbo_terms(x, sample=sample)[0]
 
 
+LAYOUTS = ("auto", "loop", "batched")
+
+
+class LoopedGaussianVAE(nn.Module):
+    """R deep Gaussian VAEs held as R ordinary :class:`GaussianVAE` modules, evaluated in turn.
+
+    The same runs, interface and numbers (to float round-off) as :class:`BatchedGaussianVAE`;
+    each layer is one ``addmm`` per run instead of one ``baddbmm`` for all runs. On a CPU with
+    several threads this is the faster layout (``python -m lincollapse bench deep`` measures
+    both): a threaded GEMM per run keeps every core busy, where ``bmm`` splits the R runs
+    between the threads unevenly when R is not a multiple of their number.
+    """
+
+    def __init__(
+        self,
+        arch: Architecture,
+        sigma2s: Sequence[float],
+        learned: Sequence[bool] | bool = False,
+        seeds: Sequence[int] | int = 0,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = "auto",
+    ) -> None:
+        super().__init__()
+        sigma2s, learned, seeds = run_settings(sigma2s, learned, seeds)
+        self.arch, self.runs = arch, len(sigma2s)
+        self.sigma2_init, self.learned, self.seeds = sigma2s, learned, seeds
+        self.device_ = resolve_device(device)
+        self.members = nn.ModuleList(
+            GaussianVAE(arch, s, v, seed, dtype=dtype, device=self.device_)
+            for s, v, seed in zip(sigma2s, learned, seeds, strict=True)
+        )
+
+    @property
+    def sigma2(self) -> np.ndarray:
+        """Current σ² of each run, (R,)."""
+        return np.array([member.sigma2 for member in self.members])
+
+    def _per_run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x] * self.runs if x.ndim == 2 else list(x)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance, each (R, n, q), of data ``x`` of shape (n, d) or (R, n, d)."""
+        pairs = [m.encode(xr) for m, xr in zip(self.members, self._per_run(x), strict=True)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder means (R, n, d) of latents (R, n, q)."""
+        return torch.stack([m.decode(zr) for m, zr in zip(self.members, z, strict=True)])
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder (mean, variance), each (R, n, q)."""
+        mean, logvar = self.encode(x)
+        return mean, torch.exp(logvar)
+
+    def elbo(self, x: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
+        """Single-sample ELBO of each run in nats per image, averaged over the images: (R,)."""
+        per_run = zip(self.members, self._per_run(x), strict=True)
+        return torch.stack([m.elbo(xr, sample=sample) for m, xr in per_run])
+
+
+def choose_layout(layout: str = "auto", device: str | torch.device | None = "auto") -> str:
+    """``"loop"`` or ``"batched"``: the layout that trains R runs fastest here.
+
+    ``"auto"`` picks ``batched`` on an accelerator and on a CPU with one torch thread, and
+    ``loop`` on a CPU with several threads (measured by ``python -m lincollapse bench deep``:
+    on 2 cores the loop is ≈ 1.1–1.2× faster, on one thread the batched model is).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout != "auto":
+        return layout
+    if resolve_device(device).type != "cpu" or torch.get_num_threads() == 1:
+        return "batched"
+    return "loop"
+
+
+def build_runs(
+    arch: Architecture,
+    sigma2s: Sequence[float],
+    learned: Sequence[bool] | bool = False,
+    seeds: Sequence[int] | int = 0,
+    *,
+    layout: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = "auto",
+) -> BatchedGaussianVAE | LoopedGaussianVAE:
+    """R runs in the layout :func:`choose_layout` picks (or ``layout``); same numbers either way."""
+    model_class = {"loop": LoopedGaussianVAE, "batched": BatchedGaussianVAE}
+    chosen = choose_layout(layout, device)
+    return model_class[chosen](arch, sigma2s, learned, seeds, dtype=dtype, device=device)
+
+
 @dataclasses.dataclass
 class TrainedRuns:
     """What training R runs together recorded.
@@ -450,6 +552,7 @@ class TrainedRuns:
     kl_mean: np.ndarray
     seconds: float
     delta: float
+    layout: str = "batched"
 
     def collapsed_fraction(self, epsilons, step_index: int = -1) -> np.ndarray:
         """Collapsed fraction (R, len(eps)) at record ``step_index`` (default: the end)."""
@@ -460,7 +563,7 @@ class TrainedRuns:
         return TrainedRuns(
             self.sigma2_init[r : r + 1], self.learned[r : r + 1], self.steps,
             self.elbo[:, r : r + 1], self.sigma2[:, r : r + 1], self.thresholds[:, r : r + 1],
-            self.kl_mean[:, r : r + 1], self.seconds, self.delta,
+            self.kl_mean[:, r : r + 1], self.seconds, self.delta, self.layout,
         )  # fmt: skip
 
 
@@ -502,6 +605,8 @@ def train_batched(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = "auto",
     progress: bool | None = None,
+    layout: str = "auto",
+    schedule_steps: int | None = None,
 ) -> TrainedRuns:
     """Train one run per σ² together with Adam on the full batch ``x`` (n, d) and record collapse.
 
@@ -511,8 +616,12 @@ def train_batched(
     step 0 and the last) the ELBO, σ² and the collapse thresholds are recorded; the thresholds
     come from the encoder's outputs, computed in :func:`maximise`'s ``on_record`` callback
     (gradients off; the encoder is deterministic, so recording never changes training).
+    ``layout`` (:func:`choose_layout`) decides how the runs are evaluated, not what they compute.
+    ``schedule_steps`` (default ``steps``) is the length the learning-rate decay spans: a run's
+    first ``steps`` steps of a longer decayed schedule.
     """
-    model = BatchedGaussianVAE(arch, sigma2s, learned, seed, dtype=dtype, device=device)
+    layout = choose_layout(layout, device)
+    model = build_runs(arch, sigma2s, learned, seed, layout=layout, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
     records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     names = [
@@ -529,7 +638,7 @@ def train_batched(
     history: History = maximise(
         lambda: model.elbo(data), model.parameters(), steps=steps, lr=lr,
         record_every=record_every, name="deep VAE", run_names=names, progress=progress,
-        lr_schedule=lr_multiplier(lr_decay, steps), on_record=record,
+        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps), on_record=record,
     )  # fmt: skip
     values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
     return TrainedRuns(
@@ -542,38 +651,5 @@ def train_batched(
         kl_mean=np.stack([r[1] for r in records]),
         seconds=history.seconds,
         delta=delta,
+        layout=layout,
     )
-
-
-def loop_vs_batched_seconds(
-    x: np.ndarray, arch: Architecture, sigma2s: Sequence[float], *, steps: int = 5, seed: int = 0
-) -> tuple[float, float]:
-    """Seconds per step (all runs) of a Python loop over :class:`GaussianVAE` runs vs batched.
-
-    Both use Adam with identical settings and the current torch thread count.
-    """
-    data = torch.tensor(np.asarray(x), dtype=torch.float32)
-    models = [GaussianVAE(arch, s, seed=seed, device="cpu") for s in sigma2s]
-    optimisers = [torch.optim.Adam(m.parameters(), lr=5e-4) for m in models]
-    batched = BatchedGaussianVAE(arch, sigma2s, seeds=seed, device="cpu")
-    batched_opt = torch.optim.Adam([p for p in batched.parameters() if p.requires_grad], lr=5e-4)
-
-    def loop_step() -> None:
-        for model, opt in zip(models, optimisers, strict=True):
-            opt.zero_grad()
-            (-model.elbo(data)).backward()
-            opt.step()
-
-    def batched_step() -> None:
-        batched_opt.zero_grad()
-        (-batched.elbo(data).sum()).backward()
-        batched_opt.step()
-
-    timings = []
-    for step in (loop_step, batched_step):
-        step()  # warm-up
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        timings.append((time.perf_counter() - start) / steps)
-    return timings[0], timings[1]

@@ -79,6 +79,8 @@ def maximise(
     progress: bool | None = None,
     lr_schedule: Callable[[int], float] | None = None,
     on_record: Callable[[int], None] | None = None,
+    start_step: int = 0,
+    optimiser_state: dict | None = None,
 ) -> History:
     """Maximise ``objective()`` over ``parameters`` for ``steps`` optimiser steps.
 
@@ -110,9 +112,18 @@ def maximise(
     on_record : callable (step) -> None, optional
         Called with the step number right after each recorded evaluation (step 0 included),
         under ``torch.no_grad()``, so that callers can record more than the objective.
+    start_step, optimiser_state : int, dict, optional
+        Adam only: continue a run that has taken ``start_step`` steps, from the optimiser state
+        ``optimiser_state`` (``Optimizer.state_dict()``; empty at the start), to step ``steps``.
+        The state is updated in place at the end, so that training in chunks takes exactly the
+        steps, records and updates of one call; the step-0 record is made only from step 0.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step must be in [0, steps], got {start_step} (steps={steps})")
+    if (start_step or optimiser_state is not None) and optimiser != "adam":
+        raise ValueError("start_step and optimiser_state apply to Adam only")
     if optimiser not in OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}")
     if record_every < 1:
@@ -131,6 +142,8 @@ def maximise(
         raise ValueError("lr_schedule applies to Adam only; L-BFGS chooses its own step sizes")
     if optimiser == "adam":
         optim = torch.optim.Adam(parameters, lr=lr)
+        if optimiser_state:
+            optim.load_state_dict(optimiser_state)
     else:
         # One optimiser.step() runs a whole recording window of iterations: each call
         # re-evaluates its starting point, so one iteration per call would cost an extra
@@ -154,14 +167,17 @@ def maximise(
         loss.backward()
         return loss
 
-    with torch.no_grad():
-        recorded_steps, recorded_values = [0], [_detach(evaluate())]
-        if on_record is not None:
-            on_record(0)
+    recorded_steps: list[int] = []
+    recorded_values: list = []
+    if start_step == 0:
+        with torch.no_grad():
+            recorded_steps, recorded_values = [0], [_detach(evaluate())]
+            if on_record is not None:
+                on_record(0)
     show = progress_enabled() if progress is None else progress
-    bar = _progress_bar(steps, name, show)
+    bar = _progress_bar(steps - start_step, name, show)
     start = time.perf_counter()
-    step = 0
+    step = start_step
     while step < steps:
         if optimiser == "adam":
             step += 1
@@ -187,16 +203,23 @@ def maximise(
                 value = _detach(evaluate())
                 if on_record is not None:
                     on_record(step)
-            previous = recorded_values[-1]
+            previous = recorded_values[-1] if recorded_values else None
             recorded_steps.append(step)
             recorded_values.append(value)
             bar.set_postfix_str(f"objective {np.sum(value):.4f}", refresh=False)
-            if tolerance is not None and abs(np.sum(value) - np.sum(previous)) < tolerance:
+            if (
+                tolerance is not None
+                and previous is not None
+                and abs(np.sum(value) - np.sum(previous)) < tolerance
+            ):
                 break
         if converged:  # L-BFGS met its own tolerances before the window ended
             break
     seconds = time.perf_counter() - start
     bar.close()
+    if optimiser_state is not None:
+        optimiser_state.clear()
+        optimiser_state.update(optim.state_dict())
     return History(
         steps=np.asarray(recorded_steps),
         values=np.asarray(recorded_values),

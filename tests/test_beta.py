@@ -466,15 +466,15 @@ def test_shipped_annealing_long_runs_are_current():
     """The committed long runs match the book preset and the code now (else: regenerate them
     with ``python -m lincollapse.experiments.beta --long --preset book --write-reference``)."""
     from lincollapse.experiments import beta as experiments
-    from lincollapse.results_cache import load_reference
+    from lincollapse.references import load_shipped, verify_behaviour
 
     config = experiments.AnnealingConfig.for_preset("book")
     long = config.long_config()
     stem = experiments.annealing_reference_path("book")
-    arrays, meta = load_reference(
-        stem, experiments.annealing_key(long, experiments.data_for(long)[1]),
-        experiments.source_fingerprint(experiments.COMPUTING_MODULES),
-    )  # fmt: skip
+    arrays, meta = load_shipped(
+        stem, experiments.annealing_key(long, experiments.data_for(long)[1])
+    )
+    verify_behaviour(stem, experiments.annealing_probe(long))
     assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
     assert arrays["steps"][-1] == config.long_steps
     assert arrays["thresholds"].shape[1:] == (3 * len(config.long_seeds), config.latent)

@@ -15,6 +15,8 @@ from lincollapse.deep_vae import (
     BatchedGaussianVAE,
     GaussianVAE,
     UnknownDeviceError,
+    build_runs,
+    choose_layout,
     collapse_thresholds,
     collapsed_fraction_from_thresholds,
     kl_per_dimension,
@@ -98,6 +100,47 @@ def test_batched_model_equals_per_run_models(data):
         assert batched.sigma2[r] == pytest.approx(single.sigma2, rel=1e-6)
     assert batched.sigma2[0] == pytest.approx(3.0) and batched.sigma2[2] == pytest.approx(0.01)
     assert batched.sigma2[1] != pytest.approx(0.1)  # the learned one moved
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_looped_and_batched_layouts_train_the_same_runs(data, sample):
+    """Both layouts: same initial weights, noise and Adam updates (float64, to round-off)."""
+    sigma2s, learned, seeds = [3.0, 0.1, 0.01], [False, True, False], [0, 1, 2]
+    x = data.double()
+    values = {}
+    for layout in ("loop", "batched"):
+        model = build_runs(TINY, sigma2s, learned, seeds, layout=layout, dtype=torch.float64,
+                           device="cpu")  # fmt: skip
+        history = maximise(lambda m=model: m.elbo(x, sample=sample), model.parameters(),
+                           steps=8, lr=1e-2)  # fmt: skip
+        with torch.no_grad():
+            mean, logvar = model.encode(x)
+        values[layout] = (history.values, model.sigma2, mean.numpy(), logvar.numpy())
+    for ours, theirs in zip(values["loop"], values["batched"], strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert values["loop"][1][1] != pytest.approx(0.1)  # the learned σ² moved in both
+
+
+def test_layout_choice(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert choose_layout("auto", "cpu") == "batched"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert choose_layout("auto", "cpu") == "loop"
+    assert choose_layout("batched", "cpu") == "batched"
+    with pytest.raises(ValueError, match="layout"):
+        choose_layout("stacked", "cpu")
+
+
+def test_train_batched_records_the_same_numbers_in_both_layouts(data):
+    kwargs = dict(steps=20, lr=5e-3, device="cpu", progress=False, record_every=10,
+                  dtype=torch.float64)  # fmt: skip
+    loop = train_batched(data.numpy(), TINY, [1.0, 0.1], [False, True], layout="loop", **kwargs)
+    batched = train_batched(data.numpy(), TINY, [1.0, 0.1], [False, True], layout="batched",
+                            **kwargs)  # fmt: skip
+    assert (loop.layout, batched.layout) == ("loop", "batched")
+    for name in ("elbo", "sigma2", "thresholds", "kl_mean"):
+        np.testing.assert_allclose(getattr(loop, name), getattr(batched, name), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)  # fmt: skip
 
 
 def test_posterior_outputs_mean_and_variance(data):
@@ -324,11 +367,13 @@ def test_paper_width_runs_full_first_then_shipped_prefix(cache_dir, monkeypatch)
     arrays, reason = deep.paper_long_runs()
     assert arrays["steps"][-1] == 20_000 and "first" not in reason
 
-    # A stale reference (other code) is not used.
-    save_reference(stem, deep.convergence_key(full), _fake_long_runs(np.arange(0, 20_001, 250),
-                   0.7), "other code", {"command": "test"})  # fmt: skip
+    # A reference for another configuration is not used (staleness of the code is checked by
+    # behaviour, in test_shipped_reference_is_current).
+    other = deep.DeepVAEConfig.for_preset("paper", convergence_lr=1e-3)
+    save_reference(stem, deep.convergence_key(other), _fake_long_runs(np.arange(0, 20_001, 250),
+                   0.7), "any", {"command": "test"})  # fmt: skip
     arrays, reason = deep.paper_long_runs()
-    assert arrays is None and "stale" in reason
+    assert arrays is None and "another configuration" in reason
 
 
 def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
@@ -375,7 +420,7 @@ def test_shipped_reference_is_current(preset):
     10000 --write-reference`` (≈ 50 min on 2 cores; the paper-width runs, first half).
     """
     from lincollapse.experiments import deep
-    from lincollapse.results_cache import load_reference
+    from lincollapse.references import load_shipped, verify_behaviour
 
     config = deep.DeepVAEConfig.for_preset(preset)
     stem = deep.convergence_reference_path(preset)
@@ -384,10 +429,26 @@ def test_shipped_reference_is_current(preset):
         if meta["config"]["steps"] != config.convergence_steps:
             steps = deep.PAPER_WIDTH_CHECK_STEPS
             config = deep.DeepVAEConfig.for_preset(preset, convergence_steps=steps)
-    arrays, meta = load_reference(stem, deep.convergence_key(config), deep.computing_fingerprint())
+    arrays, meta = load_shipped(stem, deep.convergence_key(config))
+    verify_behaviour(stem, deep.convergence_probe(config))  # staleness: the code's behaviour
     assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
     k, c = arrays["steps"].size, len(config.convergence_sigma2)
     assert arrays["steps"][-1] == config.convergence_steps
     assert arrays["fraction"].shape == (k, c, len(deep.REFERENCE_EPSILONS))
     assert arrays["checkpoint_thresholds"].shape[1:] == (c, config.latent)
     assert meta["info"]["command"].startswith("python -m lincollapse.experiments.deep")
+
+
+def test_shipped_reference_goes_stale_when_the_numerics_change(monkeypatch):
+    """A changed objective (here the KL scaled by 1.001) fails the behaviour check."""
+    from lincollapse import deep_vae
+    from lincollapse.experiments import deep
+    from lincollapse.references import verify_behaviour
+    from lincollapse.results_cache import ReferenceResultError
+
+    config = deep.DeepVAEConfig.for_preset("book")
+    stem = deep.convergence_reference_path("book")
+    original = deep_vae._kl_from_logvar
+    monkeypatch.setattr(deep_vae, "_kl_from_logvar", lambda m, v: 1.001 * original(m, v))
+    with pytest.raises(ReferenceResultError, match="stale.*regenerate"):
+        verify_behaviour(stem, deep.convergence_probe(config))

@@ -65,3 +65,27 @@ def test_bad_arguments():
         maximise(lambda: -(w**2).sum(), [w], steps=1, optimiser="sgd")
     with pytest.raises(ValueError, match="steps must be >= 0"):
         maximise(lambda: -(w**2).sum(), [w], steps=-1)
+
+
+def test_training_in_chunks_equals_one_call():
+    """start_step/optimiser_state: chunks take exactly the steps and records of one call."""
+    target = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+
+    def setup():
+        w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        return w, (lambda: -((w - target) ** 2).sum() + 0.1 * torch.sin(5 * w).sum())
+
+    w_once, objective = setup()
+    once = maximise(objective, [w_once], steps=30)
+    w_chunks, objective = setup()
+    state: dict = {}
+    parts = [
+        maximise(objective, [w_chunks], steps=end, start_step=start, optimiser_state=state)
+        for start, end in ((0, 10), (10, 20), (20, 30))
+    ]
+    assert torch.equal(w_once, w_chunks)
+    np.testing.assert_array_equal(once.steps, np.concatenate([p.steps for p in parts]))
+    np.testing.assert_array_equal(once.values, np.concatenate([p.values for p in parts]))
+    assert state["state"][0]["step"] == 30
+    with pytest.raises(ValueError, match="start_step"):
+        maximise(objective, [w_chunks], steps=5, start_step=6)

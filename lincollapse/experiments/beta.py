@@ -46,8 +46,6 @@ from lincollapse.experiments.deep import (
     data_for,
     linear_collapse_prediction,
     plateau_range,
-    reference_info,
-    shipped_provenance,
 )
 from lincollapse.linear_beta import (
     collapsed_latents,
@@ -57,13 +55,15 @@ from lincollapse.linear_beta import (
 )
 from lincollapse.ppca import data_spectrum
 from lincollapse.presets import ExperimentConfig
-from lincollapse.results_cache import (
-    ReferenceResultError,
-    ResultsCache,
-    load_reference,
-    save_reference,
-    source_fingerprint,
+from lincollapse.references import (
+    PROBE_STEPS,
+    Probe,
+    load_shipped,
+    reference_info,
+    save_shipped,
+    shipped_provenance,
 )
+from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
 CHAPTER = "beta_annealing"
 COMPUTING_MODULES = ("lincollapse.beta", "lincollapse.deep_vae", "lincollapse.training")
@@ -496,7 +496,8 @@ def long_annealing_runs(
 ) -> tuple[AnnealedRuns | None, str]:
     """The long runs of ``config`` (:meth:`AnnealingConfig.long_config`) and where they came from.
 
-    In order: the shipped reference (validated: checksums, configuration, code fingerprint), the
+    In order: the shipped reference (validated: checksums and configuration; its behaviour is
+    checked by the tests, :func:`annealing_probe`), the
     results cache, training now (only when ``train_missing``). ``(None, reason)`` otherwise.
     """
     cache = cache or default_cache()
@@ -504,7 +505,7 @@ def long_annealing_runs(
     key = annealing_key(long, data_for(long)[1])
     stem = annealing_reference_path(config.preset)
     try:
-        arrays, meta = load_reference(stem, key, source_fingerprint(COMPUTING_MODULES))
+        arrays, meta = load_shipped(stem, key)
         return AnnealedRuns.from_arrays(arrays), shipped_provenance(stem, meta)
     except ReferenceResultError as error:
         problem = str(error)
@@ -640,6 +641,25 @@ def kl_annealing_convergence(
     )  # fmt: skip
 
 
+def annealing_probe(config: AnnealingConfig) -> Probe:
+    """Behaviour probe of the runs of ``config`` (:mod:`lincollapse.references`).
+
+    Their first :data:`~lincollapse.references.PROBE_STEPS` steps replayed in float64 on the
+    CPU, recording every step (every array of :meth:`AnnealedRuns.arrays`).
+    """
+
+    def probe() -> dict[str, np.ndarray]:
+        runs = train_annealed(
+            data_for(config)[0], config.arch, config.specs(), steps=PROBE_STEPS, lr=config.lr,
+            record_every=1, delta=config.delta, dtype=torch.float64, device="cpu",
+            progress=False,
+        )  # fmt: skip
+        arrays = runs.arrays()
+        return {k: arrays[k] for k in ("elbo", "beta", "effective_sigma2", "thresholds", "kl_mean")}
+
+    return probe
+
+
 def run_long_annealing(
     preset: str = "book",
     device: str = "auto",
@@ -660,11 +680,11 @@ def run_long_annealing(
         info = reference_info(
             command
             or f"python -m lincollapse.experiments.beta --long --preset {preset} --write-reference",
-            device, runs.seconds, source=provenance,
+            str(resolve_device(device)), runs.seconds, source=provenance,
         )  # fmt: skip
-        save_reference(
+        save_shipped(
             annealing_reference_path(preset), annealing_key(long, data_for(long)[1]),
-            runs.arrays(), source_fingerprint(COMPUTING_MODULES), info,
+            runs.arrays(), annealing_probe(long), info, source_fingerprint(COMPUTING_MODULES),
         )  # fmt: skip
     return runs, provenance
 

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -45,19 +44,23 @@ from lincollapse.deep_vae import (
     LR_DECAYS,
     Architecture,
     TrainedRuns,
+    build_runs,
+    choose_layout,
     collapsed_fraction_from_thresholds,
     resolve_device,
     train_batched,
 )
 from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig, preset_banner
-from lincollapse.results_cache import (
-    ReferenceResultError,
-    ResultsCache,
-    load_reference,
-    save_reference,
-    source_fingerprint,
+from lincollapse.references import (
+    PROBE_STEPS,
+    Probe,
+    load_shipped,
+    reference_info,
+    save_shipped,
+    shipped_provenance,
 )
+from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
 CHAPTER = "deep_vae"
 # The code that computes a run; the data enter the keys by content hash instead of by code.
@@ -609,22 +612,6 @@ def long_run_arrays(runs: TrainedRuns) -> dict[str, np.ndarray]:
     }
 
 
-def _minutes(seconds: Any) -> str:
-    if isinstance(seconds, (int, float)) and np.isfinite(seconds):
-        return f"{seconds / 60:.0f} min"
-    return "wall time not recorded: read from the cache"
-
-
-def shipped_provenance(stem: Path, meta: dict) -> str:
-    """How a shipped reference (``results/<stem>``) was computed: command, date, machine, time."""
-    info = meta.get("info", {})
-    return (
-        f"precomputed by `{info.get('command', '?')}` on {meta.get('created', '?')[:10]} "
-        f"({info.get('machine', '?')}, {info.get('threads', '?')} thread(s), "
-        f"{_minutes(info.get('seconds'))}), shipped as {stem.parent.name}/{stem.name}.npz"
-    )
-
-
 def long_runs(
     config: DeepVAEConfig,
     *,
@@ -634,17 +621,16 @@ def long_runs(
 ) -> tuple[dict[str, np.ndarray] | None, str]:
     """The convergence study's long runs of ``config`` as :func:`long_run_arrays`, and where from.
 
-    In order: the shipped reference (``results/deep_convergence_<preset>``, validated: checksums,
-    configuration, source fingerprint), the results cache, training now (only when
+    In order: the shipped reference (``results/deep_convergence_<preset>``, validated: checksums
+    and configuration; its behaviour is checked by the tests, :func:`convergence_probe`), the
+    results cache, training now (only when
     ``train_missing``). Returns ``(None, reason)`` when none is available.
     """
     _, data_id = data_for(config)
     stem = convergence_reference_path(config.preset)
     problems = []
     try:
-        arrays, meta = load_reference(
-            stem, convergence_key(config, data_id), computing_fingerprint()
-        )
+        arrays, meta = load_shipped(stem, convergence_key(config, data_id))
         return arrays, shipped_provenance(stem, meta)
     except ReferenceResultError as error:
         problems.append(str(error))
@@ -845,32 +831,34 @@ def convergence_study(
     )  # fmt: skip
 
 
-def machine_description() -> str:
-    """CPU model (or GPU name) of this machine, for provenance records."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or platform.machine()
+def behaviour_probe(
+    config: DeepVAEConfig, runs: Sequence[tuple[float, bool]], schedule: Schedule
+) -> Probe:
+    """The behaviour probe of runs ``(σ², learned)`` of ``config`` trained with ``schedule``.
+
+    Their first :data:`~lincollapse.references.PROBE_STEPS` Adam steps replayed in float64 on
+    the CPU (same data, widths, seeds, learning rate and schedule), recording every step: the
+    ELBO, σ², the collapse thresholds and the mean KL per latent. See
+    :mod:`lincollapse.references`.
+    """
+
+    def probe() -> dict[str, np.ndarray]:
+        trained = train_batched(
+            data_for(config)[0], config.arch, [s for s, _ in runs], [v for _, v in runs],
+            steps=PROBE_STEPS, lr=schedule.lr, lr_decay=schedule.lr_decay, seed=config.seed,
+            record_every=1, delta=config.delta, dtype=torch.float64, device="cpu",
+            progress=False, schedule_steps=schedule.steps,
+        )  # fmt: skip
+        names = ("elbo", "sigma2", "thresholds", "kl_mean")
+        return {name: getattr(trained, name) for name in names}
+
+    return probe
 
 
-def reference_info(
-    command: str, device: str | torch.device | None, seconds: float | None, **extra: Any
-) -> dict[str, Any]:
-    """The ``info`` of a shipped reference: command, machine, device, threads, wall time, torch."""
-    return {
-        "command": command,
-        "machine": machine_description(),
-        "device": str(resolve_device(device)),
-        "threads": torch.get_num_threads(),
-        "seconds": seconds,
-        **extra,
-        "torch": torch.__version__,
-    }
+def convergence_probe(config: DeepVAEConfig) -> Probe:
+    """:func:`behaviour_probe` of the convergence study's long runs of ``config``."""
+    runs = [(s, False) for s in config.convergence_sigma2]
+    return behaviour_probe(config, runs, config.long_schedule())
 
 
 def run_convergence_study(
@@ -907,11 +895,12 @@ def run_convergence_study(
             command
             or f"python -m lincollapse.experiments.deep --convergence --preset {preset} "
             "--write-reference",
-            device, None if cached else seconds, sources=sources,
+            str(resolve_device(device)), None if cached else seconds, sources=sources,
+            layout=trained.layout,
         )  # fmt: skip
-        save_reference(
+        save_shipped(
             convergence_reference_path(preset), convergence_key(config), arrays,
-            computing_fingerprint(), info,
+            convergence_probe(config), info, computing_fingerprint(),
         )  # fmt: skip
     return arrays, "; ".join(dict.fromkeys(sources))
 
@@ -921,32 +910,38 @@ def run_convergence_study(
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkRow:
-    """Timing of one preset's batched training step.
+    """Timing of one preset's training step in both layouts (see ``choose_layout``).
 
     Attributes
     ----------
     preset : str
     runs : int
         Runs trained together in the measurement (all grid runs of the preset).
-    seconds_per_step : float
-        Wall time of one Adam step of all ``runs`` (median of the timed steps).
-    gflops : float
-        Achieved GFLOP/s: analytic GEMM flops of forward + backward (3 × forward) / time.
+    threads : int
+        torch intra-op threads.
+    seconds : dict of str to float
+        Per layout (``"loop"``, ``"batched"``): wall time of one Adam step of all ``runs``
+        (median of the timed steps).
+    gflops : dict of str to float
+        Per layout: achieved GFLOP/s, analytic GEMM flops of forward + backward (3 × forward).
     matmul_gflops : float
         A raw float32 ``torch.bmm`` of the first layer's shape, same threads, same machine.
+    chosen : str
+        The layout training uses here (``layout="auto"``).
     grid_seconds : float
-        Projected training time of the grid figures: ``seconds_per_step × steps``.
+        Projected training time of the grid figures in the chosen layout.
     convergence_seconds : float
         Projected time of the convergence study's long runs when they are not the grid runs
-        (``convergence_steps > steps``): ``seconds_per_step / runs × convergence_steps`` each
-        (per-run cost, ignoring the better efficiency of fewer runs per batch).
+        (``convergence_steps > steps``), per-run cost of the chosen layout.
     """
 
     preset: str
     runs: int
-    seconds_per_step: float
-    gflops: float
+    threads: int
+    seconds: dict[str, float]
+    gflops: dict[str, float]
     matmul_gflops: float
+    chosen: str
     grid_seconds: float
     convergence_seconds: float
 
@@ -963,65 +958,88 @@ def raw_matmul_gflops(runs: int, n: int, fan_in: int, fan_out: int, repeats: int
     return 2 * runs * n * fan_in * fan_out / float(np.median(times)) / 1e9
 
 
-def benchmark(
-    presets: Sequence[str] = ("fast", "book", "paper"), steps: int = 20, threads: int | None = None
-) -> list[BenchmarkRow]:
-    """Time ``steps`` batched Adam steps of each preset's grid runs (CPU, current data)."""
-    from lincollapse.deep_vae import BatchedGaussianVAE
+BENCHMARK_STEPS = {"fast": 20, "book": 10, "paper": 3}
 
+
+def _seconds_per_step(config: DeepVAEConfig, layout: str, steps: int) -> float:
+    """Median wall time of one Adam step of all grid runs of ``config`` in ``layout`` (CPU)."""
+    x = torch.tensor(data_for(config)[0], dtype=torch.float32)
+    runs = config.runs()
+    model = build_runs(
+        config.arch, [s for s, _ in runs], [v for _, v in runs], config.seed, layout=layout,
+        device="cpu",
+    )  # fmt: skip
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], config.lr)
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        optimiser.zero_grad()
+        (-model.elbo(x).sum()).backward()
+        optimiser.step()
+        if step:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def benchmark(
+    presets: Sequence[str] = ("fast", "book", "paper"),
+    steps: int | None = None,
+    threads: int | None = None,
+) -> list[BenchmarkRow]:
+    """Time Adam steps of each preset's grid runs in both layouts (CPU, current data).
+
+    ``steps`` timed steps per layout (default :data:`BENCHMARK_STEPS` of the preset), after one
+    warm-up step; the two layouts alternate so that a change of machine load hits both.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     rows = []
     for preset in presets:
         config = DeepVAEConfig.for_preset(preset)
-        x = torch.tensor(data_for(config)[0], dtype=torch.float32)
-        runs = config.runs()
-        model = BatchedGaussianVAE(
-            config.arch, [s for s, _ in runs], [v for _, v in runs], config.seed, device="cpu"
-        )
-        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], config.lr)
-        times = []
-        for step in range(steps + 1):
-            start = time.perf_counter()
-            optimiser.zero_grad()
-            (-model.elbo(x).sum()).backward()
-            optimiser.step()
-            if step:  # the first step warms up
-                times.append(time.perf_counter() - start)
-        per_step = float(np.median(times))
-        flops = config.arch.step_flops(config.n) * len(runs)
-        grid_seconds = per_step * config.steps
+        count = steps or BENCHMARK_STEPS.get(preset, 10)
+        seconds = {
+            layout: _seconds_per_step(config, layout, count) for layout in ("loop", "batched")
+        }
+        flops = config.arch.step_flops(config.n) * len(config.runs())
+        chosen = choose_layout("auto", "cpu")
+        per_step = seconds[chosen]
         long_runs = [
             s for s in config.convergence_sigma2 if config.convergence_steps > config.steps
         ]
-        long_seconds = per_step / len(runs) * config.convergence_steps * len(long_runs)
         fan_in, fan_out = config.arch.encoder_shapes[0]
         rows.append(
             BenchmarkRow(
-                preset,
-                len(runs),
-                per_step,
-                flops / per_step / 1e9,
-                raw_matmul_gflops(len(runs), config.n, fan_in, fan_out),
-                grid_seconds,
-                long_seconds,
+                preset=preset,
+                runs=len(config.runs()),
+                threads=torch.get_num_threads(),
+                seconds=seconds,
+                gflops={k: flops / v / 1e9 for k, v in seconds.items()},
+                matmul_gflops=raw_matmul_gflops(len(config.runs()), config.n, fan_in, fan_out),
+                chosen=chosen,
+                grid_seconds=per_step * config.steps,
+                convergence_seconds=per_step
+                / len(config.runs())
+                * config.convergence_steps
+                * len(long_runs),
             )  # fmt: skip
         )
     return rows
 
 
 def format_benchmark(rows: Sequence[BenchmarkRow]) -> str:
-    """The benchmark as a plain-text table."""
+    """The benchmark as a plain-text table: both layouts side by side."""
     lines = [
-        f"threads: {torch.get_num_threads()}",
-        f"{'preset':<7} {'runs':>4} {'s/step':>8} {'GFLOP/s':>8} {'matmul':>8} {'eff':>5} "
-        f"{'grid':>8} {'long runs':>9}",
+        f"threads: {torch.get_num_threads()}; s/step = one Adam step of all runs of the preset",
+        f"{'preset':<7} {'runs':>4} {'loop s/step':>11} {'batched':>8} {'loop/bat':>8} "
+        f"{'GFLOP/s loop':>12} {'batched':>8} {'bmm':>6} {'chosen':>7} {'grid':>7} {'long':>7}",
     ]
     for row in rows:
+        loop, batched = row.seconds["loop"], row.seconds["batched"]
         lines.append(
-            f"{row.preset:<7} {row.runs:>4} {row.seconds_per_step:>8.3f} {row.gflops:>8.1f} "
-            f"{row.matmul_gflops:>8.1f} {row.gflops / row.matmul_gflops:>5.0%} "
-            f"{_duration(row.grid_seconds):>8} {_duration(row.convergence_seconds):>9}"
+            f"{row.preset:<7} {row.runs:>4} {loop:>11.3f} {batched:>8.3f} {loop / batched:>8.2f} "
+            f"{row.gflops['loop']:>12.1f} {row.gflops['batched']:>8.1f} "
+            f"{row.matmul_gflops:>6.0f} {row.chosen:>7} {_duration(row.grid_seconds):>7} "
+            f"{_duration(row.convergence_seconds):>7}"
         )
     return "\n".join(lines)
 
@@ -1034,7 +1052,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def deep_benchmark(steps: int = 20, presets: Sequence[str] = ("fast", "book", "paper")) -> str:
+def deep_benchmark(
+    steps: int | None = None, presets: Sequence[str] = ("fast", "book", "paper")
+) -> str:
     """Run :func:`benchmark` and return the table (what ``lincollapse bench deep`` prints)."""
     return format_benchmark(benchmark(presets, steps))
 

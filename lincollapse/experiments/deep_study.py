@@ -1,0 +1,607 @@
+"""The deep chapter's evidence: converged runs over the σ² grid, and ablations of the cause.
+
+Question: on which settings does a deep Gaussian VAE's collapsed fraction fall with σ² as the
+paper says, how close does it come to the linear count max(0, q − #{λ_j > σ²})/q, and which
+setting decides the difference?
+
+Every run is one deep Gaussian VAE (:class:`lincollapse.deep_vae.GaussianVAE`) with the book's
+widths (784-256-128 / 128-256-784, q = 200), Adam at a constant 1e-3, full batch, trained in
+chunks of :data:`CHUNK` steps **until the plateau rule holds** (:func:`plateau`) or
+:data:`MAX_STEPS` are done. A run is described by a :class:`RunSpec`: σ², fixed or learned
+(initialised at σ²), the pixel scale (``"unit"``: [0, 1]; ``"logit"``: :func:`logit_pixels`),
+the number of training images and the seed. Every record (each :data:`RECORD_EVERY` steps)
+holds the ELBO and the collapse statistics on the training images *and* on
+:data:`N_TEST` held-out images the model never sees (memorisation shows as a gap between them).
+
+Runs are resumable: each chunk ends with a checkpoint (weights, Adam state, noise generators,
+records) written atomically, and a finished run is stored as a results-cache entry; several
+processes may work through the queue at once (a lock file per run). A finished group of runs is
+shipped as ``results/deep_study_<group>.{npz,json}`` with its behaviour probe
+(:mod:`lincollapse.references`)::
+
+    python -m lincollapse.experiments.deep_study train [--group G] [--threads 1]
+    python -m lincollapse.experiments.deep_study status
+    python -m lincollapse.experiments.deep_study ship [--group G]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
+from lincollapse.deep_vae import (
+    Architecture,
+    GaussianVAE,
+    collapse_thresholds,
+    collapsed_fraction_from_thresholds,
+    kl_per_dimension,
+)
+from lincollapse.references import (
+    PROBE_STEPS,
+    RESULTS_DIR,
+    Probe,
+    load_shipped,
+    reference_info,
+    save_shipped,
+    shipped_provenance,
+)
+from lincollapse.results_cache import ReferenceResultError, ResultsCache, default_cache_dir
+from lincollapse.training import maximise
+
+ARCH = Architecture(784, 200, (256, 128), (128, 256))
+LR = 1e-3
+DELTA = 0.01
+RECORD_EVERY = 100
+CHUNK = 1000
+MAX_STEPS = 20_000
+# Plateau rule: converged at step t when, over the window [t − WINDOW, t], the collapsed
+# fraction at each ε in PLATEAU_EPSILONS moved (max − min) by at most PLATEAU_TOLERANCE
+# (2 of the 200 latents), checked at every chunk end from MIN_STEPS on.
+WINDOW = 4000
+MIN_STEPS = 6000
+PLATEAU_TOLERANCE = 0.01
+PLATEAU_EPSILONS = (0.01, 0.1)
+EPSILONS = (0.01, 0.03, 0.1, 0.3, 1.0)
+N_TEST = 1000
+BOOK_N = 1000
+PIXELS = ("unit", "logit")
+GRID = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0001)
+ABLATION_SIGMA2 = (1.0, 0.1, 0.01, 0.001)
+# Logit pixels have ≈ 130× larger eigenvalues: their linear count is 0 at σ² ≤ 1, so the
+# pixel-scale ablation adds σ² where it is not (count 0.625 at 10, 0.135 at 3).
+LOGIT_SIGMA2 = (10.0, 3.0, 1.0, 0.1, 0.01)
+STORE_VERSION = "deep-study-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of the study.
+
+    Attributes
+    ----------
+    sigma2 : float
+        Observation noise (its initial value when learned).
+    learned : bool
+        Learn σ² (as log σ²) with the weights.
+    pixels : {"unit", "logit"}
+        Pixels in [0, 1], or dequantised and logit-transformed (:func:`logit_pixels`).
+    n_train : int
+        Training images: the book's 1000 (``load_mnist(1000, seed=0)``) plus more from the
+        embedded 5,000-image subset, never the held-out ones.
+    seed : int
+        Initial weights and noise streams.
+    """
+
+    sigma2: float
+    learned: bool = False
+    pixels: str = "unit"
+    n_train: int = BOOK_N
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.sigma2 > 0:
+            raise ValueError(f"sigma2 must be positive, got {self.sigma2}")
+        if self.pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {PIXELS}, got {self.pixels!r}")
+        if self.n_train < BOOK_N:
+            raise ValueError(f"n_train must be at least {BOOK_N}, got {self.n_train}")
+
+    @property
+    def label(self) -> str:
+        parts = [f"σ²={self.sigma2:g}", "learned" if self.learned else "fixed"]
+        if self.pixels != "unit":
+            parts.append(f"{self.pixels} pixels")
+        if self.n_train != BOOK_N:
+            parts.append(f"n={self.n_train}")
+        return " ".join(parts) + f" seed {self.seed}"
+
+    def key(self) -> dict[str, Any]:
+        """Everything that determines the run (its store key)."""
+        return {
+            "experiment": STORE_VERSION,
+            **dataclasses.asdict(self),
+            "sigma2": float(self.sigma2),
+            "data": study_data(self.pixels, self.n_train)[2],
+            "widths": [list(ARCH.encoder_hidden), list(ARCH.decoder_hidden)],
+            "latent": ARCH.latent,
+            "lr": LR,
+            "delta": DELTA,
+            "record_every": RECORD_EVERY,
+            "max_steps": MAX_STEPS,
+            "plateau": [WINDOW, MIN_STEPS, PLATEAU_TOLERANCE, list(PLATEAU_EPSILONS)],
+            "n_test": N_TEST,
+        }
+
+
+def _specs(sigma2s: Sequence[float], seeds: Sequence[int] = (0,), **fields) -> list[RunSpec]:
+    return [RunSpec(s, seed=seed, **fields) for seed in seeds for s in sigma2s]
+
+
+TWO_SEEDS = (0, 1)
+OTHER_GRID = tuple(s for s in GRID if s not in ABLATION_SIGMA2)
+# The groups, in the order the queue trains them (most informative first); each is shipped as
+# one reference. The baseline and learned groups' seed-0 runs are also grid points.
+GROUPS: dict[str, list[RunSpec]] = {
+    "baseline": _specs(ABLATION_SIGMA2, TWO_SEEDS),
+    "logit": _specs(LOGIT_SIGMA2, TWO_SEEDS, pixels="logit"),
+    "learned": _specs(ABLATION_SIGMA2, TWO_SEEDS, learned=True),
+    "grid_fixed": _specs(OTHER_GRID),
+    "grid_learned": _specs(OTHER_GRID, learned=True),
+    "data_size": _specs(ABLATION_SIGMA2, TWO_SEEDS, n_train=4000),
+}
+
+
+# --------------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=8)
+def study_data(pixels: str, n_train: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Training images (n_train, 784), held-out images (N_TEST, 784), and their identifier.
+
+    The training images start from the book's 1000 (``load_mnist(1000, seed=0)``, in its order);
+    more come from the rest of the embedded 5,000-image subset, and the :data:`N_TEST` held-out
+    images are drawn from the images the book never uses (seed 1), so every training size is
+    tested on the same held-out images. With ``pixels="logit"`` both go through
+    :func:`logit_pixels` (dequantisation noise seeded per image set).
+    """
+    book = load_mnist(BOOK_N, seed=0).images
+    pool = load_mnist(5000, seed=None).images
+    book_index = np.sort(np.random.default_rng(0).choice(pool.shape[0], BOOK_N, replace=False))
+    if not np.array_equal(pool[book_index], book):
+        raise RuntimeError(
+            "the study's held-out split is defined on the embedded 5,000-image MNIST subset; "
+            "unset LINCOLLAPSE_DATA_DIR to use it"
+        )
+    rest = np.setdiff1d(np.arange(pool.shape[0]), book_index)
+    rest = np.random.default_rng(1).permutation(rest)
+    if n_train - BOOK_N > rest.size - N_TEST:
+        raise ValueError(f"n_train can be at most {BOOK_N + rest.size - N_TEST}, got {n_train}")
+    test = pool[np.sort(rest[:N_TEST])]
+    train = np.concatenate([book, pool[np.sort(rest[N_TEST : N_TEST + n_train - BOOK_N])]])
+    if pixels == "logit":
+        train, test = logit_pixels(train, seed=0), logit_pixels(test, seed=1)
+    digest = hashlib.sha256(train.tobytes() + test.tobytes()).hexdigest()[:16]
+    for array in (train, test):
+        array.setflags(write=False)
+    return train, test, f"{pixels}:{n_train}+{N_TEST}:{digest}"
+
+
+@functools.lru_cache(maxsize=8)
+def linear_count_eigenvalues(pixels: str, n_train: int) -> np.ndarray:
+    """Eigenvalues of the training images' covariance (the input of the linear count)."""
+    return covariance_eigenvalues(study_data(pixels, n_train)[0])
+
+
+def linear_count(spec_or_sigma2: RunSpec | float, pixels: str = "unit", n_train: int = BOOK_N):
+    """Linear-theory collapsed fraction max(0, q − #{λ_j > σ²})/q on the run's training data."""
+    if isinstance(spec_or_sigma2, RunSpec):
+        spec = spec_or_sigma2
+        sigma2, pixels, n_train = spec.sigma2, spec.pixels, spec.n_train
+    else:
+        sigma2 = spec_or_sigma2
+    above = int(np.count_nonzero(linear_count_eigenvalues(pixels, n_train) > sigma2))
+    return max(0, ARCH.latent - above) / ARCH.latent
+
+
+# ----------------------------------------------------------------------------- the rule
+
+
+def plateau(steps: np.ndarray, fraction: np.ndarray) -> tuple[bool, float]:
+    """The plateau rule on records ``steps`` (k,) and collapsed fractions ``fraction`` (k, e).
+
+    Returns (converged, movement): movement is the largest max − min over the last
+    :data:`WINDOW` steps of any column; converged when the run has at least :data:`MIN_STEPS`
+    steps and movement ≤ :data:`PLATEAU_TOLERANCE`.
+    """
+    steps = np.asarray(steps)
+    if steps.size == 0:
+        return False, float("nan")
+    fraction = np.asarray(fraction, dtype=np.float64).reshape(steps.size, -1)
+    tail = fraction[steps >= steps[-1] - WINDOW]
+    movement = float((tail.max(axis=0) - tail.min(axis=0)).max())
+    return bool(steps[-1] >= MIN_STEPS and movement <= PLATEAU_TOLERANCE), movement
+
+
+# ------------------------------------------------------------------------------ training
+
+
+class _Recorder:
+    """Collects the records of one run (training and held-out statistics)."""
+
+    NAMES = ("steps", "elbo", "sigma2", "thresholds", "kl_mean", "elbo_test", "thresholds_test")
+
+    def __init__(self, arrays: dict[str, np.ndarray] | None = None) -> None:
+        self.rows: dict[str, list] = {name: [] for name in self.NAMES}
+        for name, values in (arrays or {}).items():
+            self.rows[name] = list(values)
+
+    def add(self, model: GaussianVAE, step: int, train: torch.Tensor, test: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.rows["steps"].append(step)
+            self.rows["sigma2"].append(model.sigma2)
+            self.rows["elbo_test"].append(float(model.elbo(test)))
+            for x, suffix in ((train, ""), (test, "_test")):
+                mean, variance = model.posterior(x)
+                kl = kl_per_dimension(mean, variance)
+                self.rows["thresholds" + suffix].append(collapse_thresholds(kl, DELTA))
+                if not suffix:
+                    self.rows["kl_mean"].append(kl.mean(0).double().cpu().numpy())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {name: np.asarray(values, dtype=np.float64) for name, values in self.rows.items()}
+        out["steps"] = out["steps"].astype(np.int64)
+        return out
+
+    def fraction(self, epsilons: Sequence[float] = PLATEAU_EPSILONS) -> np.ndarray:
+        """Collapsed fraction (k, e) on the training images at each record so far."""
+        if not self.rows["thresholds"]:
+            return np.zeros((0, len(epsilons)))
+        thresholds = np.asarray(self.rows["thresholds"], dtype=np.float64)
+        return collapsed_fraction_from_thresholds(thresholds, epsilons)
+
+
+def train_run(
+    spec: RunSpec,
+    *,
+    max_steps: int = MAX_STEPS,
+    stop_at_plateau: bool = True,
+    dtype: torch.dtype = torch.float32,
+    checkpoint: Path | None = None,
+    progress: bool | None = None,
+    record_every: int = RECORD_EVERY,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Train one run in chunks of :data:`CHUNK` steps until :func:`plateau` holds (or max_steps).
+
+    With ``checkpoint`` (a file path) the run resumes from it when it exists and saves it after
+    every chunk (atomically). Returns the recorded arrays (training: ``elbo``, ``sigma2``,
+    ``thresholds``, ``kl_mean``; held-out: ``elbo_test``, ``thresholds_test``; per record) and
+    ``info`` (steps done, converged, movement, seconds). The training ELBO is recorded by
+    :func:`lincollapse.training.maximise` (evaluation noise), the rest by the recorder.
+    """
+    train_np, test_np, _ = study_data(spec.pixels, spec.n_train)
+    train = torch.tensor(train_np, dtype=dtype)
+    test = torch.tensor(test_np, dtype=dtype)
+    model = GaussianVAE(ARCH, spec.sigma2, spec.learned, spec.seed, dtype=dtype, device="cpu")
+    state: dict = {}
+    recorder = _Recorder()
+    done, seconds = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        model._noise.set_state(saved["noise"])
+        model._eval_noise.set_state(saved["eval_noise"])
+        state, done, seconds = saved["adam"], saved["step"], saved["seconds"]
+        recorder = _Recorder(saved["records"])
+    converged, movement = plateau(np.asarray(recorder.rows["steps"]), recorder.fraction())
+    while done < max_steps and not (stop_at_plateau and converged):
+        end = min(done + CHUNK, max_steps)
+        history = maximise(
+            lambda: model.elbo(train), model.parameters(), steps=end, lr=LR,
+            record_every=record_every, name=spec.label, progress=progress, start_step=done,
+            optimiser_state=state,
+            on_record=lambda step: recorder.add(model, step, train, test),
+        )  # fmt: skip
+        recorder.rows["elbo"].extend(np.asarray(history.values, dtype=np.float64).tolist())
+        done, seconds = end, seconds + history.seconds
+        converged, movement = plateau(np.asarray(recorder.rows["steps"]), recorder.fraction())
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, state, done, seconds, recorder)
+    info = {"steps": done, "converged": converged, "movement": movement, "seconds": seconds}
+    return recorder.arrays(), info
+
+
+def _save_checkpoint(path: Path, model, state, step, seconds, recorder: _Recorder) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(), "adam": state, "step": step, "seconds": seconds,
+        "noise": model._noise.get_state(), "eval_noise": model._eval_noise.get_state(),
+        "records": recorder.arrays(),
+    }  # fmt: skip
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def run_probe(spec: RunSpec) -> dict[str, np.ndarray]:
+    """Behaviour probe of one run: its first :data:`PROBE_STEPS` steps in float64 (CPU)."""
+    arrays, _ = train_run(
+        spec, max_steps=PROBE_STEPS, stop_at_plateau=False, dtype=torch.float64, progress=False,
+        record_every=1,
+    )  # fmt: skip
+    return {k: v for k, v in arrays.items() if k != "steps"}
+
+
+# -------------------------------------------------------------------------------- store
+
+
+def store_dir() -> Path:
+    """Where finished runs and checkpoints live: ``<results cache>/deep_study``."""
+    return default_cache_dir() / "deep_study"
+
+
+def store() -> ResultsCache:
+    """Finished runs, keyed by :meth:`RunSpec.key`; validity is checked by behaviour probes."""
+    return ResultsCache(store_dir(), fingerprint=STORE_VERSION)
+
+
+def _checkpoint_path(spec: RunSpec) -> Path:
+    return store_dir() / "checkpoints" / f"{store().path(spec.key()).stem}.pt"
+
+
+def _try_lock(spec: RunSpec) -> Path | None:
+    lock = _checkpoint_path(spec).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text() or 0)
+            os.kill(pid, 0)
+            return None  # another live process trains it
+        except (ValueError, ProcessLookupError, PermissionError, OSError):
+            lock.unlink(missing_ok=True)  # stale lock of a dead process
+            return _try_lock(spec)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(str(os.getpid()))
+    return lock
+
+
+def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The stored result of a finished run, or ``None``."""
+    return store().load(spec.key())
+
+
+def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) -> None:
+    """Train every unfinished run of ``groups`` in order; safe to run in several processes."""
+    for group in groups:
+        for spec in GROUPS[group]:
+            if finished(spec) is not None:
+                continue
+            lock = _try_lock(spec)
+            if lock is None:
+                continue
+            try:
+                if finished(spec) is not None:
+                    continue
+                probe = run_probe(spec)
+                start = time.perf_counter()
+                arrays, info = train_run(spec, checkpoint=_checkpoint_path(spec), progress=progress)
+                info |= {"wall_seconds_this_process": time.perf_counter() - start}
+                info |= {"threads": torch.get_num_threads(), "group": group}
+                arrays |= {f"probe_{k}": v for k, v in probe.items()}
+                store().save(spec.key(), arrays, info)
+                _checkpoint_path(spec).unlink(missing_ok=True)
+                log(
+                    f"[{time.strftime('%H:%M:%S')}] {group}: {spec.label}: {info['steps']} steps, "
+                    f"converged={info['converged']} (moved {info['movement']:.3f}), "
+                    f"{info['seconds']:.0f} s",
+                )
+            finally:
+                lock.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ shipping
+
+
+def reference_path(group: str) -> Path:
+    """Stem of a group's shipped runs: ``results/deep_study_<group>``."""
+    return RESULTS_DIR / f"deep_study_{group}"
+
+
+def group_key(group: str) -> dict[str, Any]:
+    """The configuration of a shipped group: the keys of its runs."""
+    return {"experiment": "deep_study_group", "group": group,
+            "runs": [spec.key() for spec in GROUPS[group]]}  # fmt: skip
+
+
+def group_probe(group: str) -> Probe:
+    """Behaviour probe of a group: :func:`run_probe` of each run, stacked."""
+
+    def probe() -> dict[str, np.ndarray]:
+        probes = [run_probe(spec) for spec in GROUPS[group]]
+        return {k: np.stack([p[k] for p in probes]) for k in probes[0]}
+
+    return probe
+
+
+CHECKPOINT_EVERY = 20  # records between the threshold snapshots kept in a shipped group
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    longest = max(r.shape[0] for r in rows)
+    out = np.full((len(rows), longest, *rows[0].shape[1:]), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dict[str, np.ndarray]:
+    """The arrays of a shipped group (runs padded with NaN after their last record).
+
+    ``steps`` (k,); per run r: ``fraction``/``fraction_test`` (R, k, e) at :data:`EPSILONS`,
+    ``elbo``/``elbo_test``/``sigma2_path`` (R, k), threshold snapshots every
+    :data:`CHECKPOINT_EVERY` records and at each run's end (``snapshot_thresholds``,
+    ``snapshot_thresholds_test`` (R, m, q), NaN-padded, at ``snapshot_steps`` (R, m)),
+    ``kl_mean_final`` (R, q), and the run's settings and outcome (``sigma2``, ``learned``,
+    ``pixels``, ``n_train``, ``seed``, ``steps_done``, ``converged``, ``movement``, ``seconds``).
+    """
+    fields: dict[str, list] = {k: [] for k in (
+        "fraction", "fraction_test", "elbo", "elbo_test", "sigma2_path", "snapshot_thresholds",
+        "snapshot_thresholds_test", "snapshot_steps")}  # fmt: skip
+    for _, arrays, _ in runs:
+        k = arrays["steps"].size
+        snaps = sorted(set(range(0, k, CHECKPOINT_EVERY)) | {k - 1})
+        fields["fraction"].append(
+            collapsed_fraction_from_thresholds(arrays["thresholds"], EPSILONS)
+        )
+        fields["fraction_test"].append(
+            collapsed_fraction_from_thresholds(arrays["thresholds_test"], EPSILONS)
+        )
+        fields["elbo"].append(arrays["elbo"])
+        fields["elbo_test"].append(arrays["elbo_test"])
+        fields["sigma2_path"].append(arrays["sigma2"])
+        fields["snapshot_thresholds"].append(arrays["thresholds"][snaps])
+        fields["snapshot_thresholds_test"].append(arrays["thresholds_test"][snaps])
+        fields["snapshot_steps"].append(arrays["steps"][snaps].astype(np.float64))
+    longest = max(arrays["steps"].size for _, arrays, _ in runs)
+    out = {name: _pad(rows) for name, rows in fields.items()}
+    out["steps"] = np.arange(longest, dtype=np.int64) * RECORD_EVERY
+    out["kl_mean_final"] = np.stack([arrays["kl_mean"][-1] for _, arrays, _ in runs])
+    out["sigma2"] = np.array([spec.sigma2 for spec, _, _ in runs])
+    out["learned"] = np.array([spec.learned for spec, _, _ in runs])
+    out["pixels"] = np.array([spec.pixels for spec, _, _ in runs])
+    out["n_train"] = np.array([spec.n_train for spec, _, _ in runs])
+    out["seed"] = np.array([spec.seed for spec, _, _ in runs])
+    for name in ("steps", "converged", "movement", "seconds"):
+        out["steps_done" if name == "steps" else name] = np.array([i[name] for _, _, i in runs])
+    return out
+
+
+def ship_group(group: str, command: str) -> Path:
+    """Write ``results/deep_study_<group>`` from the finished runs of ``group``.
+
+    Refuses unless every run is finished and the code now reproduces each run's own probe
+    (recorded when it started training), so nothing trained by other code is shipped.
+    """
+    runs = []
+    for spec in GROUPS[group]:
+        found = finished(spec)
+        if found is None:
+            raise ReferenceResultError(f"{group}: {spec.label} is not finished; train it first")
+        arrays, meta = found
+        now = run_probe(spec)
+        for name, value in now.items():
+            if not np.allclose(value, arrays[f"probe_{name}"], rtol=1e-6, atol=1e-9):
+                raise ReferenceResultError(
+                    f"{group}: {spec.label} was trained by code that behaves differently from "
+                    f"the code now ({name!r} differs); retrain it"
+                )
+        runs.append((spec, arrays, meta.get("info", {})))
+    seconds = float(sum(info["seconds"] for _, _, info in runs))
+    info = reference_info(
+        command, "cpu", seconds, threads_per_run=sorted({i.get("threads") for _, _, i in runs}),
+    )  # fmt: skip
+    stem = reference_path(group)
+    save_shipped(stem, group_key(group), group_arrays(runs), group_probe(group), info)
+    return stem
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyGroup:
+    """A shipped (or locally finished) group of runs, as :func:`group_arrays`, and where from."""
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    provenance: str
+
+    def final_fraction(self, epsilon: float = 0.01, test: bool = False) -> np.ndarray:
+        """Collapsed fraction at ``epsilon`` at each run's last record, (R,)."""
+        e = EPSILONS.index(epsilon)
+        name = "fraction_test" if test else "fraction"
+        last = self.arrays["steps_done"] // RECORD_EVERY
+        return self.arrays[name][np.arange(last.size), last, e]
+
+
+def load_group(group: str) -> StudyGroup | None:
+    """The shipped group, else the finished runs in the local store; ``None`` if incomplete."""
+    stem = reference_path(group)
+    try:
+        arrays, meta = load_shipped(stem, group_key(group))
+        return StudyGroup(group, arrays, shipped_provenance(stem, meta))
+    except ReferenceResultError:
+        pass
+    runs = []
+    for spec in GROUPS[group]:
+        found = finished(spec)
+        if found is None:
+            return None
+        runs.append((spec, found[0], found[1].get("info", {})))
+    return StudyGroup(group, group_arrays(runs), "finished runs in the local results cache")
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def status(log=print) -> None:
+    """Print, per run, finished / in progress (with its checkpoint step) / waiting."""
+    for group, specs in GROUPS.items():
+        for spec in specs:
+            found = finished(spec)
+            if found is not None:
+                info = found[1].get("info", {})
+                state = (f"finished: {info.get('steps')} steps, converged={info.get('converged')}, "
+                         f"{info.get('seconds', 0):.0f} s")  # fmt: skip
+            elif _checkpoint_path(spec).is_file():
+                saved = torch.load(_checkpoint_path(spec), weights_only=False)
+                state = f"in progress: {saved['step']} steps ({saved['seconds']:.0f} s)"
+            else:
+                state = "waiting"
+            log(f"{group:<13} {spec.label:<40} {state}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lincollapse.experiments.deep_study",
+        description="Train, inspect and ship the deep chapter's converged σ² study.",
+    )
+    parser.add_argument("action", choices=("train", "status", "ship"))
+    parser.add_argument("--group", action="append", choices=sorted(GROUPS),
+                        help="group(s) to train or ship (default: all, in order)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads or 1)
+    groups = args.group or list(GROUPS)
+    if args.action == "train":
+        train_queue(groups, progress=args.progress or None, log=lambda m: print(m, flush=True))
+    elif args.action == "status":
+        status()
+    else:
+        command = "python -m lincollapse.experiments.deep_study " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
+        for group in groups:
+            try:
+                print("shipped", ship_group(group, command))
+            except ReferenceResultError as error:
+                print(f"not shipped: {error}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
