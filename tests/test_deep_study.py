@@ -78,3 +78,83 @@ def test_chunked_resumable_training_equals_one_run(tmp_path, monkeypatch):
         np.testing.assert_array_equal(once[name], resumed[name], err_msg=name)
     assert once["sigma2"][-1] != pytest.approx(0.1)  # learned
     assert once["thresholds_test"].shape == (4, 200)
+
+
+def test_initialisation_is_pytorch_linear_default():
+    """Ours draws weights and biases from U(±1/√fan_in), nn.Linear's default distribution."""
+    from lincollapse.deep_vae import _initial_weights  # noqa: PLC2701 - the function under test
+
+    fan_in, fan_out = 400, 300
+    arch = study.Architecture(fan_in, fan_out // 2, (), ())
+    weight, bias = _initial_weights(arch, seed=0)[0]
+    layer = torch.nn.Linear(fan_in, fan_out)  # its own reset_parameters, PyTorch's default
+    for ours, theirs in ((weight, layer.weight), (bias, layer.bias)):
+        bound = 1 / np.sqrt(fan_in)
+        assert ours.abs().max() <= bound and theirs.abs().max() <= bound
+        assert ours.abs().max() > 0.98 * bound and theirs.abs().max() > 0.9 * bound
+        # same uniform distribution: matching variance bound²/3 (to sampling error)
+        assert float(ours.var()) == pytest.approx(bound**2 / 3, rel=0.1)
+        assert float(theirs.detach().var()) == pytest.approx(bound**2 / 3, rel=0.1)
+
+
+def _fake_group(name, settings, fractions, converged=True):
+    """A StudyGroup with constant collapsed fraction per run (ε-independent), 61 records."""
+    runs = len(settings)
+    k = 61
+    fraction = np.repeat(np.asarray(fractions, float)[:, None, None], k, axis=1)
+    fraction = np.repeat(fraction, len(study.EPSILONS), axis=2)
+    arrays = {
+        "steps": np.arange(k) * study.RECORD_EVERY,
+        "fraction": fraction, "fraction_test": fraction.copy(),
+        "elbo": np.full((runs, k), 900.0), "elbo_test": np.full((runs, k), 880.0),
+        "sigma2_path": np.array([[s["sigma2"]] * k for s in settings]),
+        "sigma2": np.array([s["sigma2"] for s in settings]),
+        "learned": np.array([s.get("learned", False) for s in settings]),
+        "pixels": np.array([s.get("pixels", "unit") for s in settings]),
+        "n_train": np.array([s.get("n_train", 1000) for s in settings]),
+        "seed": np.array([s.get("seed", 0) for s in settings]),
+        "steps_done": np.full(runs, (k - 1) * study.RECORD_EVERY),
+        "converged": np.full(runs, converged), "movement": np.zeros(runs),
+        "seconds": np.ones(runs),
+    }  # fmt: skip
+    return study.StudyGroup(name, arrays, "test")
+
+
+def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch):
+    base = [{"sigma2": s, "seed": seed} for seed in (0, 1) for s in (1.0, 0.1)]
+    logit = [{"sigma2": s, "seed": seed, "pixels": "logit"} for seed in (0, 1) for s in (1.0, 0.1)]
+    groups = {
+        "baseline": _fake_group("baseline", base, [0.95, 0.90, 0.97, 0.92]),
+        "logit": _fake_group("logit", logit, [0.10, 0.0, 0.10, 0.0]),
+    }
+    monkeypatch.setattr(study, "load_group", lambda name: groups.get(name))
+    monkeypatch.setattr(study, "finished", lambda spec: None)
+    table = study.ablations()
+    rows = {(r["setting"], r["sigma2"]): r for r in table.rows}
+    count = study.linear_count(0.1)  # unit pixels, independent of the fake runs
+    assert rows["baseline", 0.1]["fraction"] == pytest.approx(0.91)
+    assert rows["baseline", 0.1]["spread"] == pytest.approx(0.02)
+    assert rows["baseline", 0.1]["excess"] == pytest.approx(0.91 - count)
+    assert rows["logit", 0.1]["linear"] == 0.0 and rows["logit", 0.1]["excess"] == 0.0
+    assert rows["baseline", 1.0]["elbo_gap"] == pytest.approx(20.0)
+    findings = table.findings()
+    assert "logit pixels" in findings["decides"] and "closer to" in findings["decides"]
+    assert findings["learned"].endswith("not run yet.")
+    assert "Not run yet" in table.table()
+
+
+def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
+    fixed = [{"sigma2": s} for s in (1.0, 0.1, 0.01, 0.001)]
+    groups = {"baseline": _fake_group("baseline", fixed, [0.97, 0.95, 0.9, 0.85])}
+    monkeypatch.setattr(study, "load_group", lambda name: groups.get(name))
+    monkeypatch.setattr(study, "finished", lambda spec: None)
+    result = study.sigma2_study()
+    grid = list(study.GRID)
+    assert result.fixed[grid.index(0.1)] == pytest.approx(0.95)
+    assert np.isnan(result.fixed[grid.index(30.0)]) and not result.complete
+    findings = result.findings()
+    assert "falls (or stays)" in findings["direction"] and "above it" in findings["distance"]
+    assert findings["learned"].startswith("Not available")
+    assert "not run yet" in result.table()
+    groups["baseline"] = _fake_group("baseline", fixed, [0.5, 0.95, 0.9, 0.85])
+    assert "does not fall monotonically" in study.sigma2_study().findings()["direction"]

@@ -73,4 +73,4 @@ def load_all() -> dict[str, FigureSpec]:
 
 
 # One module per chapter; add yours here.
-_MODULES = ("mnist", "deep", "linear", "training_linear", "beta", "beyond")
+_MODULES = ("mnist", "deep", "deep_study", "linear", "training_linear", "beta", "beyond")

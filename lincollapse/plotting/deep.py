@@ -123,3 +123,68 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
         ax_gap.set_title(f"agreement{_smoke(result.preset)}")
         ax_gap.legend(fontsize=7)
     return fig
+
+
+def plot_sigma2_study(result) -> Figure:
+    """Converged collapsed fraction against σ²: ours fixed and learned, reproduction, linear count.
+
+    ``result`` is a :class:`lincollapse.experiments.deep_study.SigmaStudy`. Hollow markers are
+    runs that hit the step cap before the plateau rule held.
+    """
+    with house_style():
+        fig, ax = new_figure(figsize=(6.6, 4.1))
+        ax.semilogx(result.sigma2_line, result.linear_line, color=OPTIMUM, lw=1.2,
+                    label=r"linear count $\max(0, q - \#\{\lambda_j > \sigma^2\})/q$")  # fmt: skip
+        rep = np.isfinite(result.reproduction_fixed)
+        ax.semilogx(result.sigma2[rep], result.reproduction_fixed[rep], "x", color="#7f7f7f",
+                    ms=7, mew=1.5, label="public reproduction, fixed σ²")  # fmt: skip
+        for values, ok, x, color, marker, label in (
+            (result.fixed, result.fixed_converged, result.sigma2, COLLAPSED, "o",
+             "ours, fixed σ² (converged)"),
+            (result.learned, result.learned_converged, result.learned_final_sigma2, ACTIVE, "s",
+             "ours, learned σ² (at its final σ²)"),
+        ):  # fmt: skip
+            have = np.isfinite(values)
+            if not have.any():
+                continue
+            ax.semilogx(x[have & ok], values[have & ok], marker, color=color, ls="none",
+                        label=label)  # fmt: skip
+            if (have & ~ok).any():
+                moving = label.split(" (")[0] + " (still moving at the cap)"
+                ax.semilogx(x[have & ~ok], values[have & ~ok], marker, color=color, mfc="none",
+                            ls="none", label=moving)  # fmt: skip
+        ax.set_xlabel("observation noise σ²")
+        ax.set_ylabel("collapsed fraction (ε = 0.01)")
+        ax.set_ylim(-0.03, 1.03)
+        missing = int((~np.isfinite(result.fixed)).sum() + (~np.isfinite(result.learned)).sum())
+        ax.set_title("converged deep VAEs against the linear count"
+                     + (f" ({missing} of 22 runs not yet run)" if missing else ""))  # fmt: skip
+        ax.legend(loc="upper left", fontsize=7.5)
+    return fig
+
+
+def plot_ablations(result) -> Figure:
+    """Excess of the collapsed fraction over the linear count, per setting and σ² (seed range).
+
+    ``result`` is a :class:`lincollapse.experiments.deep_study.AblationTable`.
+    """
+    from lincollapse.experiments.deep_study import ABLATIONS
+
+    with house_style():
+        fig, ax = new_figure(figsize=(6.6, 3.8))
+        settings = [s for s in ABLATIONS if any(r["setting"] == s for r in result.rows)]
+        for k, setting in enumerate(settings):
+            rows = [r for r in result.rows if r["setting"] == setting]
+            x = np.array([r["sigma2"] for r in rows]) * 1.08**k  # small offsets to separate
+            y = np.array([r["excess"] for r in rows])
+            half = np.array([r["spread"] for r in rows]) / 2
+            ax.errorbar(x, y, yerr=half, fmt="o-", color=SERIES[k % len(SERIES)], capsize=3,
+                        label=ABLATIONS[setting])  # fmt: skip
+        ax.axhline(0.0, color=OPTIMUM, lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("observation noise σ²")
+        ax.set_ylabel("collapsed fraction − linear count")
+        ax.set_title("what moves the deep VAE toward the linear count (bars: range over seeds)")
+        if settings:
+            ax.legend(fontsize=7.5)
+    return fig
