@@ -21,14 +21,19 @@ Subcommands
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
+from lincollapse.deep_runs import data_for
+from lincollapse.deep_vae import build_runs, choose_layout
+from lincollapse.experiments.deep import DeepVAEConfig
 from lincollapse.presets import PRESETS, current_preset
 
 
@@ -142,9 +147,162 @@ def bench_training(preset: str, out: Callable[[str], None] = print) -> float:
 SUBCOMMANDS["training"] = bench_training
 
 
+# ------------------------------------------------------------------------ deep VAE
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkRow:
+    """Timing of one preset's training step in both layouts (see ``choose_layout``).
+
+    Attributes
+    ----------
+    preset : str
+    runs : int
+        Runs trained together in the measurement (all grid runs of the preset).
+    threads : int
+        torch intra-op threads.
+    seconds : dict of str to float
+        Per layout (``"loop"``, ``"batched"``): wall time of one Adam step of all ``runs``
+        (median of the timed steps).
+    gflops : dict of str to float
+        Per layout: achieved GFLOP/s, analytic GEMM flops of forward + backward (3 × forward).
+    matmul_gflops : float
+        A raw float32 ``torch.bmm`` of the first layer's shape, same threads, same machine.
+    chosen : str
+        The layout training uses here (``layout="auto"``).
+    grid_seconds : float
+        Projected training time of the grid figures in the chosen layout.
+    convergence_seconds : float
+        Projected time of the convergence study's long runs when they are not the grid runs
+        (``convergence_steps > steps``), per-run cost of the chosen layout.
+    """
+
+    preset: str
+    runs: int
+    threads: int
+    seconds: dict[str, float]
+    gflops: dict[str, float]
+    matmul_gflops: float
+    chosen: str
+    grid_seconds: float
+    convergence_seconds: float
+
+
+def raw_matmul_gflops(runs: int, n: int, fan_in: int, fan_out: int, repeats: int = 5) -> float:
+    """GFLOP/s of ``torch.bmm`` on (runs, n, fan_in) × (runs, fan_in, fan_out), float32."""
+    a, b = torch.randn(runs, n, fan_in), torch.randn(runs, fan_in, fan_out)
+    torch.bmm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.bmm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * runs * n * fan_in * fan_out / float(np.median(times)) / 1e9
+
+
+BENCHMARK_STEPS = {"fast": 20, "book": 10, "paper": 3}
+
+
+def _seconds_per_step(config: DeepVAEConfig, layout: str, steps: int) -> float:
+    """Median wall time of one Adam step of all grid runs of ``config`` in ``layout`` (CPU)."""
+    x = torch.tensor(data_for(config)[0], dtype=torch.float32)
+    runs = config.runs()
+    model = build_runs(
+        config.arch, [s for s, _ in runs], [v for _, v in runs], config.seed, layout=layout,
+        device="cpu",
+    )  # fmt: skip
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], config.lr)
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        optimiser.zero_grad()
+        (-model.elbo(x).sum()).backward()
+        optimiser.step()
+        if step:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def benchmark(
+    presets: Sequence[str] = ("fast", "book", "paper"),
+    steps: int | None = None,
+    threads: int | None = None,
+) -> list[BenchmarkRow]:
+    """Time Adam steps of each preset's grid runs in both layouts (CPU, current data).
+
+    ``steps`` timed steps per layout (default :data:`BENCHMARK_STEPS` of the preset), after one
+    warm-up step; the two layouts alternate so that a change of machine load hits both.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    rows = []
+    for preset in presets:
+        config = DeepVAEConfig.for_preset(preset)
+        count = steps or BENCHMARK_STEPS.get(preset, 10)
+        seconds = {
+            layout: _seconds_per_step(config, layout, count) for layout in ("loop", "batched")
+        }
+        flops = config.arch.step_flops(config.n) * len(config.runs())
+        chosen = choose_layout("auto", "cpu")
+        per_step = seconds[chosen]
+        long_runs = [
+            s for s in config.convergence_sigma2 if config.convergence_steps > config.steps
+        ]
+        fan_in, fan_out = config.arch.encoder_shapes[0]
+        rows.append(
+            BenchmarkRow(
+                preset=preset,
+                runs=len(config.runs()),
+                threads=torch.get_num_threads(),
+                seconds=seconds,
+                gflops={k: flops / v / 1e9 for k, v in seconds.items()},
+                matmul_gflops=raw_matmul_gflops(len(config.runs()), config.n, fan_in, fan_out),
+                chosen=chosen,
+                grid_seconds=per_step * config.steps,
+                convergence_seconds=per_step
+                / len(config.runs())
+                * config.convergence_steps
+                * len(long_runs),
+            )  # fmt: skip
+        )
+    return rows
+
+
+def format_benchmark(rows: Sequence[BenchmarkRow]) -> str:
+    """The benchmark as a plain-text table: both layouts side by side."""
+    lines = [
+        f"threads: {torch.get_num_threads()}; s/step = one Adam step of all runs of the preset",
+        f"{'preset':<7} {'runs':>4} {'loop s/step':>11} {'batched':>8} {'loop/bat':>8} "
+        f"{'GFLOP/s loop':>12} {'batched':>8} {'bmm':>6} {'chosen':>7} {'grid':>7} {'long':>7}",
+    ]
+    for row in rows:
+        loop, batched = row.seconds["loop"], row.seconds["batched"]
+        lines.append(
+            f"{row.preset:<7} {row.runs:>4} {loop:>11.3f} {batched:>8.3f} {loop / batched:>8.2f} "
+            f"{row.gflops['loop']:>12.1f} {row.gflops['batched']:>8.1f} "
+            f"{row.matmul_gflops:>6.0f} {row.chosen:>7} {_duration(row.grid_seconds):>7} "
+            f"{_duration(row.convergence_seconds):>7}"
+        )
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def deep_benchmark(
+    steps: int | None = None, presets: Sequence[str] = ("fast", "book", "paper")
+) -> str:
+    """Run :func:`benchmark` and return the table (what ``lincollapse bench deep`` prints)."""
+    return format_benchmark(benchmark(presets, steps))
+
+
 def bench_deep(preset: str, out: Callable[[str], None] = print) -> float:
     """Time the deep VAE's step in both layouts for every preset (``preset`` unused)."""
-    from lincollapse.experiments.deep import deep_benchmark
 
     start = time.perf_counter()
     out(f"deep VAE benchmark (σ² grid, full batch, CPU), load average {_load()}")

@@ -103,3 +103,12 @@ def collapsed_fraction(
     """
     mask = collapsed_mask(kl, epsilons, delta)
     return mask.mean(axis=-1) if mask.shape[-1] else np.zeros(mask.shape[:-1])
+
+
+def linear_collapse_prediction(
+    eigenvalues: np.ndarray, sigma2: np.ndarray | float, latent: int
+) -> np.ndarray:
+    """Linear-theory collapsed fraction max(0, q − #{λ_j > σ²})/q for each σ²."""
+    sigma2 = np.asarray(sigma2, dtype=np.float64)
+    above = (np.asarray(eigenvalues)[:, None] > sigma2.reshape(-1)).sum(axis=0)
+    return (np.maximum(0, latent - above) / latent).reshape(sigma2.shape)

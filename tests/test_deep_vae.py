@@ -224,7 +224,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def test_linear_prediction_counts_eigenvalues():
-    from lincollapse.experiments.deep import linear_collapse_prediction
+    from lincollapse.collapse import linear_collapse_prediction
 
     eigenvalues = np.array([5.0, 2.0, 0.5, 0.0])
     fraction = linear_collapse_prediction(eigenvalues, np.array([10.0, 1.0, 0.1, 1e-9]), latent=3)
@@ -232,7 +232,8 @@ def test_linear_prediction_counts_eigenvalues():
 
 
 def test_runs_are_cached_and_constant_lr_short_runs_are_prefixes_of_long_ones(cache_dir):
-    from lincollapse.experiments.deep import DeepVAEConfig, load_or_train
+    from lincollapse.deep_runs import load_or_train
+    from lincollapse.experiments.deep import DeepVAEConfig
 
     config = DeepVAEConfig.for_preset(
         "fast", n=60, latent=4, steps=40, lr_decay="none", convergence_steps=80,
@@ -256,7 +257,8 @@ def test_runs_are_cached_and_constant_lr_short_runs_are_prefixes_of_long_ones(ca
 
 
 def test_decayed_runs_are_not_read_as_prefixes(cache_dir):
-    from lincollapse.experiments.deep import DeepVAEConfig, MissingRunsError, load_or_train
+    from lincollapse.deep_runs import MissingRunsError, load_or_train
+    from lincollapse.experiments.deep import DeepVAEConfig
 
     config = DeepVAEConfig.for_preset(
         "fast", n=60, latent=4, steps=40, lr_decay="cosine", convergence_steps=80,
@@ -298,10 +300,12 @@ def test_recording_does_not_change_training(data):
 def test_fast_figures_compute_and_plot(cache_dir, monkeypatch):
     from matplotlib.figure import Figure
 
-    from lincollapse.experiments import deep, load_all
+    from lincollapse.experiments import load_all
     from lincollapse.experiments.deep import DeepVAEConfig
 
-    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "no-results")  # no shipped runs
+    monkeypatch.setattr(
+        "lincollapse.deep_runs.RESULTS_DIR", cache_dir / "no-results"
+    )  # no shipped runs
 
     figures = load_all()
     config = DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
@@ -349,7 +353,7 @@ def test_paper_width_runs_full_first_then_shipped_prefix(cache_dir, monkeypatch)
     from lincollapse.experiments import deep
     from lincollapse.results_cache import save_reference
 
-    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "results")
+    monkeypatch.setattr("lincollapse.deep_runs.RESULTS_DIR", cache_dir / "results")
     arrays, reason = deep.paper_long_runs()
     assert arrays is None and "20,000 steps" in reason and "10,000 steps" in reason
 
@@ -381,7 +385,7 @@ def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
     from lincollapse.experiments import deep
     from lincollapse.results_cache import save_reference
 
-    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "results")
+    monkeypatch.setattr("lincollapse.deep_runs.RESULTS_DIR", cache_dir / "results")
     config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
     paper = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
     fake = _fake_long_runs(np.array([0, 20, 40]), 0.25)  # ends at the fast long run's last step
@@ -402,7 +406,7 @@ def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
 def test_book_convergence_without_long_runs_says_so(cache_dir, monkeypatch):
     from lincollapse.experiments import deep
 
-    monkeypatch.setattr(deep, "RESULTS_DIR", cache_dir / "no-results")
+    monkeypatch.setattr("lincollapse.deep_runs.RESULTS_DIR", cache_dir / "no-results")
     config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
     arrays, reason = deep.long_runs(config, train_missing=False)
     assert arrays is None and "not found" in reason and "not cached" in reason

@@ -37,16 +37,11 @@ import numpy as np
 import torch
 
 from lincollapse.beta import AnnealedRuns, RunSpec, train_annealed
+from lincollapse.collapse import linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
+from lincollapse.deep_runs import FAST_ARCHITECTURE, TOLERANCE, data_for, plateau_range
 from lincollapse.deep_vae import Architecture, resolve_device
 from lincollapse.experiments import figure
-from lincollapse.experiments.deep import (
-    FAST_ARCHITECTURE,
-    TOLERANCE,
-    data_for,
-    linear_collapse_prediction,
-    plateau_range,
-)
 from lincollapse.linear_beta import (
     collapsed_latents,
     optimal_rates,

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lincollapse.collapse import linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
 from lincollapse.deep_vae import (
     Architecture,
@@ -205,15 +206,17 @@ def linear_count_eigenvalues(pixels: str, n_train: int) -> np.ndarray:
     return covariance_eigenvalues(study_data(pixels, n_train)[0])
 
 
-def linear_count(spec_or_sigma2: RunSpec | float, pixels: str = "unit", n_train: int = BOOK_N):
+def linear_count(
+    spec_or_sigma2: RunSpec | float, pixels: str = "unit", n_train: int = BOOK_N
+) -> float:
     """Linear-theory collapsed fraction max(0, q − #{λ_j > σ²})/q on the run's training data."""
     if isinstance(spec_or_sigma2, RunSpec):
         spec = spec_or_sigma2
         sigma2, pixels, n_train = spec.sigma2, spec.pixels, spec.n_train
     else:
         sigma2 = spec_or_sigma2
-    above = int(np.count_nonzero(linear_count_eigenvalues(pixels, n_train) > sigma2))
-    return max(0, ARCH.latent - above) / ARCH.latent
+    eigenvalues = linear_count_eigenvalues(pixels, n_train)
+    return float(linear_collapse_prediction(eigenvalues, sigma2, ARCH.latent))
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -364,6 +367,21 @@ def _checkpoint_path(spec: RunSpec) -> Path:
     return store_dir() / "checkpoints" / f"{store().path(spec.key()).stem}.pt"
 
 
+def _model_path(spec: RunSpec) -> Path:
+    """The final checkpoint of a finished run (weights, Adam state, records)."""
+    return store_dir() / "models" / f"{store().path(spec.key()).stem}.pt"
+
+
+def load_model(spec: RunSpec) -> GaussianVAE | None:
+    """The trained model of a finished run from the local store, or ``None``."""
+    path = _model_path(spec)
+    if not path.is_file():
+        return None
+    model = GaussianVAE(ARCH, spec.sigma2, spec.learned, spec.seed, device="cpu")
+    model.load_state_dict(torch.load(path, weights_only=False)["model"])
+    return model
+
+
 def _try_lock(spec: RunSpec) -> Path | None:
     lock = _checkpoint_path(spec).with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +424,10 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
                 info |= {"threads": torch.get_num_threads(), "group": group}
                 arrays |= {f"probe_{k}": v for k, v in probe.items()}
                 store().save(spec.key(), arrays, info)
-                _checkpoint_path(spec).unlink(missing_ok=True)
+                # keep the trained model (latent traversals are drawn from it)
+                final = _model_path(spec)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(_checkpoint_path(spec), final)
                 log(
                     f"[{time.strftime('%H:%M:%S')}] {group}: {spec.label}: {info['steps']} steps, "
                     f"converged={info['converged']} (moved {info['movement']:.3f}), "
