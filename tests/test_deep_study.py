@@ -158,3 +158,25 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
     assert "not run yet" in result.table()
     groups["baseline"] = _fake_group("baseline", fixed, [0.5, 0.95, 0.9, 0.85])
     assert "does not fall monotonically" in study.sigma2_study().findings()["direction"]
+
+
+def test_shipped_traversal_is_current_and_decodes_like_the_model():
+    from lincollapse.references import load_shipped, verify_behaviour
+
+    stem = study.traversal_path()
+    arrays, _ = load_shipped(stem, None)
+    verify_behaviour(stem, lambda: study.run_probe(study.TRAVERSAL_RUN))
+    assert stem.with_suffix(".npz").stat().st_size < 1e6
+    result = study.latent_traversal()
+    # an independent decoder: the package's model with the shipped weights loaded
+    model = study.GaussianVAE(study.ARCH, 0.1, device="cpu")
+    with torch.no_grad():
+        for index, layer in enumerate(model.decoder):
+            layer.weight.copy_(torch.tensor(arrays[f"decoder_weight_{index}"].astype(np.float32)))
+            layer.bias.copy_(torch.tensor(arrays[f"decoder_bias_{index}"].astype(np.float32)))
+        code = torch.tensor(arrays["start_code"], dtype=torch.float32).repeat(7, 1)
+        code[:, result.latents[0]] = torch.tensor(result.values, dtype=torch.float32)
+        expected = model.decode(code).double().numpy().reshape(7, 28, 28)
+    np.testing.assert_allclose(result.images[0], expected, atol=1e-5)
+    assert result.collapsed.tolist() == [False, False, True]
+    assert result.change[0] > 100 * result.change[-1]

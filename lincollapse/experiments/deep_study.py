@@ -51,6 +51,8 @@ from lincollapse.deep_vae import (
 )
 from lincollapse.experiments import figure
 from lincollapse.references import (
+    PROBE_ATOL,
+    PROBE_RTOL,
     PROBE_STEPS,
     RESULTS_DIR,
     Probe,
@@ -514,6 +516,16 @@ def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dic
     return out
 
 
+def _check_behaviour(spec: RunSpec, arrays: dict[str, np.ndarray]) -> None:
+    """Raise unless the code now reproduces the probe the run recorded when it started."""
+    for name, value in run_probe(spec).items():
+        if not np.allclose(value, arrays[f"probe_{name}"], rtol=PROBE_RTOL, atol=PROBE_ATOL):
+            raise ReferenceResultError(
+                f"{spec.label} was trained by code that behaves differently from the code now "
+                f"({name!r} differs); retrain it"
+            )
+
+
 def ship_group(group: str, command: str) -> Path:
     """Write ``results/deep_study_<group>`` from the finished runs of ``group``.
 
@@ -526,13 +538,7 @@ def ship_group(group: str, command: str) -> Path:
         if found is None:
             raise ReferenceResultError(f"{group}: {spec.label} is not finished; train it first")
         arrays, meta = found
-        now = run_probe(spec)
-        for name, value in now.items():
-            if not np.allclose(value, arrays[f"probe_{name}"], rtol=1e-6, atol=1e-9):
-                raise ReferenceResultError(
-                    f"{group}: {spec.label} was trained by code that behaves differently from "
-                    f"the code now ({name!r} differs); retrain it"
-                )
+        _check_behaviour(spec, arrays)
         runs.append((spec, arrays, meta.get("info", {})))
     seconds = float(sum(info["seconds"] for _, _, info in runs))
     info = reference_info(
@@ -945,6 +951,130 @@ def ablations() -> AblationTable:
     return AblationTable(rows, provenance)
 
 
+# ----------------------------------------------------------------------------- traversal
+
+# A converged run with active and collapsed latents: [0, 1] pixels, σ² = 0.1 fixed, seed 0.
+TRAVERSAL_RUN = RunSpec(0.1)
+TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 7))
+TRAVERSAL_IMAGE = 0  # the training image whose code the traversal starts from
+
+
+def traversal_path() -> Path:
+    """Stem of the shipped decoder of :data:`TRAVERSAL_RUN`: ``results/deep_traversal``."""
+    return RESULTS_DIR / "deep_traversal"
+
+
+def traversal_arrays(model: GaussianVAE, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a traversal needs from a trained run: decoder weights (float16, to stay small), the
+    encoder mean of the start image, and the mean KL per latent at the run's end."""
+    out = {}
+    for index, layer in enumerate(model.decoder):
+        out[f"decoder_weight_{index}"] = layer.weight.detach().numpy().astype(np.float16)
+        out[f"decoder_bias_{index}"] = layer.bias.detach().numpy().astype(np.float16)
+    train = torch.tensor(study_data(TRAVERSAL_RUN.pixels, TRAVERSAL_RUN.n_train)[0])
+    with torch.no_grad():
+        mean, _ = model.encode(train[TRAVERSAL_IMAGE : TRAVERSAL_IMAGE + 1].float())
+    out["start_code"] = mean[0].double().numpy()
+    out["kl_mean"] = np.asarray(arrays["kl_mean"][-1], dtype=np.float64)
+    return out
+
+
+def ship_traversal(command: str) -> Path:
+    """Ship the decoder of :data:`TRAVERSAL_RUN` (finished, trained by code that behaves as now)."""
+    found = finished(TRAVERSAL_RUN)
+    model = load_model(TRAVERSAL_RUN)
+    if found is None or model is None:
+        raise ReferenceResultError(f"{TRAVERSAL_RUN.label} is not finished here; train it first")
+    _check_behaviour(TRAVERSAL_RUN, found[0])
+    info = reference_info(
+        command, "cpu", float(found[1]["info"]["seconds"]), run=TRAVERSAL_RUN.label
+    )
+    stem = traversal_path()
+    key = {"experiment": "deep_traversal", "run": TRAVERSAL_RUN.key(), "image": TRAVERSAL_IMAGE}
+    save_shipped(stem, key, traversal_arrays(model, found[0]), lambda: run_probe(TRAVERSAL_RUN),
+                 info)  # fmt: skip
+    return stem
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentTraversal:
+    """Decoded images along single latents of a trained deep VAE.
+
+    Attributes
+    ----------
+    images : ndarray (rows, len(values), 28, 28)
+        Decoder means f(z) with z = the start image's code, latent ``latents[r]`` set to each value.
+    latents : ndarray (rows,)
+        The latents traversed: the two with the largest mean KL, then the one with the smallest.
+    kl : ndarray (rows,)
+        Their mean KL to the prior over the training images (nats).
+    collapsed : ndarray (rows,) of bool
+        Whether each is (ε = 0.01)-collapsed by its mean KL (< 0.01).
+    values : ndarray
+        The values the latent takes.
+    change : ndarray (rows,)
+        Largest pixel change along each row (decoded image minus the start's).
+    run, provenance : str
+    """
+
+    images: np.ndarray
+    latents: np.ndarray
+    kl: np.ndarray
+    collapsed: np.ndarray
+    values: np.ndarray
+    change: np.ndarray
+    run: str
+    provenance: str
+
+
+@figure(
+    "deep-latent-traversal",
+    chapter="deep_vae",
+    plot="lincollapse.plotting.deep:plot_latent_traversal",
+    costs={"fast": STUDY_COST, "book": STUDY_COST, "paper": STUDY_COST},
+)
+def latent_traversal() -> LatentTraversal | None:
+    """What a collapsed latent looks like: decoded images along active and collapsed latents."""
+    stem = traversal_path()
+    key = {"experiment": "deep_traversal", "run": TRAVERSAL_RUN.key(), "image": TRAVERSAL_IMAGE}
+    try:
+        arrays, meta = load_shipped(stem, key)
+        provenance = shipped_provenance(stem, meta)
+    except ReferenceResultError:
+        found, model = finished(TRAVERSAL_RUN), load_model(TRAVERSAL_RUN)
+        if found is None or model is None:
+            return None  # neither shipped nor trained here: the chapter says so
+        arrays, provenance = traversal_arrays(model, found[0]), "a run in the local results cache"
+    prefix = "decoder_weight_"
+    layers = sorted(int(k[len(prefix) :]) for k in arrays if k.startswith(prefix))
+    decoder = [
+        tuple(torch.tensor(arrays[f"decoder_{part}_{i}"].astype(np.float32))
+              for part in ("weight", "bias"))
+        for i in layers
+    ]  # fmt: skip
+    order = np.argsort(arrays["kl_mean"])
+    latents = np.array([order[-1], order[-2], order[0]])
+    values = np.array(TRAVERSAL_VALUES)
+    codes = np.repeat(arrays["start_code"][None, None, :], latents.size, axis=0)
+    codes = np.repeat(codes, values.size, axis=1)
+    for r, latent in enumerate(latents):
+        codes[r, :, latent] = values
+    h = torch.tensor(codes, dtype=torch.float32)
+    with torch.no_grad():
+        for index, (weight, bias) in enumerate(decoder):
+            h = torch.nn.functional.linear(h, weight, bias)
+            if index < len(decoder) - 1:
+                h = torch.relu(h)
+    images = h.double().numpy()
+    change = np.abs(images - images[:, values.size // 2 : values.size // 2 + 1]).max(axis=(1, 2))
+    kl = arrays["kl_mean"][latents]
+    return LatentTraversal(
+        images=images.reshape(latents.size, values.size, 28, 28), latents=latents, kl=kl,
+        collapsed=kl < STUDY_EPSILON, values=values, change=change, run=TRAVERSAL_RUN.label,
+        provenance=provenance,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 
@@ -970,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m lincollapse.experiments.deep_study",
         description="Train, inspect and ship the deep chapter's converged σ² study.",
     )
-    parser.add_argument("action", choices=("train", "status", "ship"))
+    parser.add_argument("action", choices=("train", "status", "ship", "ship-traversal"))
     parser.add_argument("--group", action="append", choices=sorted(GROUPS),
                         help="group(s) to train or ship (default: all, in order)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
@@ -982,6 +1112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_queue(groups, progress=args.progress or None, log=lambda m: print(m, flush=True))
     elif args.action == "status":
         status()
+    elif args.action == "ship-traversal":
+        print(
+            "shipped", ship_traversal("python -m lincollapse.experiments.deep_study ship-traversal")
+        )
     else:
         command = "python -m lincollapse.experiments.deep_study " + " ".join(
             argv if argv is not None else sys.argv[1:]

@@ -188,3 +188,35 @@ def plot_ablations(result) -> Figure:
         if settings:
             ax.legend(fontsize=7.5)
     return fig
+
+
+def plot_latent_traversal(result) -> Figure:
+    """Rows of decoded images along one latent each (active rows first, then a collapsed one).
+
+    ``result`` is a :class:`lincollapse.experiments.deep_study.LatentTraversal`, or ``None``
+    when no trained model is available (the figure then says so).
+    """
+    with house_style():
+        if result is None:
+            fig, ax = new_figure(figsize=(6.0, 1.2))
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no trained model available: ship or train the study's runs",
+                    ha="center", va="center")  # fmt: skip
+            return fig
+        rows, cols = result.images.shape[:2]
+        fig, axes = new_figure(rows, cols, figsize=(1.05 * cols + 1.6, 1.15 * rows + 0.4),
+                               squeeze=False)  # fmt: skip
+        for r in range(rows):
+            for c in range(cols):
+                ax = axes[r, c]
+                ax.imshow(np.clip(result.images[r, c], 0, 1), cmap="gray_r", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == rows - 1:
+                    ax.set_xlabel(f"{result.values[c]:+.0f}")
+            state = "collapsed" if result.collapsed[r] else "active"
+            color = COLLAPSED if result.collapsed[r] else ACTIVE
+            axes[r, 0].set_ylabel(f"z{result.latents[r]}: {state}\nKL {result.kl[r]:.2g}",
+                                  color=color, fontsize=8)  # fmt: skip
+        fig.suptitle(f"decoded images along one latent ({result.run})", fontsize=9)
+    return fig
