@@ -398,6 +398,16 @@ def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
     np.testing.assert_array_equal(study.paper_agrees, np.abs(study.paper_gap) <= 0.05)
     at_20 = study.long_fraction[list(study.long_steps).index(20)]
     np.testing.assert_array_equal(study.long_at_preset_end, at_20)  # the preset's last step
+    # the report the appendix glues: tables, verdicts and per-σ² values, from the same numbers
+    values = study.glue_values()
+    assert values["gap_0p1"] == pytest.approx(study.gap[1])
+    assert values["paper_at_preset_end_1"] == 0.0  # the fake runs are 0 before their end (40)
+    assert values["paper_check_steps"] == "40" and values["preset_steps"] == "20"
+    bad = ~study.paper_agrees
+    assert ("does NOT agree" in study.width_verdict()) == bool(bad.any())
+    assert ("does NOT agree" in study.verdict()) == bool((~study.agrees).any())
+    assert study.table().count("\n") == 1 + len(study.sigma2)
+    assert f"{study.gap[0]:+.3f}" in study.table()
     fig = __import__("lincollapse.plotting.deep", fromlist=["x"]).plot_convergence(study)
     assert "paper widths" in fig.axes[0].get_title()
     matplotlib.pyplot.close(fig)

@@ -483,6 +483,162 @@ class ConvergenceStudy:
         """Per σ²: |gap| ≤ tolerance (False without long runs)."""
         return np.abs(np.nan_to_num(self.gap, nan=np.inf)) <= self.tolerance
 
+    def table(self) -> str:
+        """Markdown table per σ²: preset end, long run at the preset's end and at its own end,
+        gap, largest gap over ε ∈ [0, 2], and the long run's movement over its last quarter."""
+        last = int(self.preset_steps[-1])
+        rows = [
+            f"| σ² | preset end | long @ {last:,} | long end | gap | max gap, ε ∈ [0, 2] | "
+            "long run, last 25 % range |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c, s in enumerate(self.sigma2):
+            end = self.preset_fraction[-1, c]
+            rows.append(
+                f"| {s:g} | {end:.3f} | {self.long_at_preset_end[c]:.3f} | "
+                f"{end - self.gap[c]:.3f} | {self.gap[c]:+.3f} | {self.max_gap[c]:.3f} | "
+                f"{self.plateau_range[c]:.3f} |"
+            )
+        return "\n".join(rows)
+
+    def verdict(self) -> str:
+        """Whether the preset agrees with the long runs within the tolerance, and where not."""
+        if not self.long_available:
+            return (
+                "The long runs are ABSENT, so the preset's numbers are unchecked: "
+                + self.long_provenance
+            )
+        if self.agrees.all():
+            return (
+                f"The {self.preset} preset agrees with the long runs within {self.tolerance:g} "
+                "at every σ² checked."
+            )
+        bad = ", ".join(
+            f"σ² = {s:g} (gap {g:+.3f})"
+            for s, g, ok in zip(self.sigma2, self.gap, self.agrees, strict=True)
+            if not ok
+        )
+        return (
+            f"The {self.preset} preset does NOT agree with the long runs within "
+            f"{self.tolerance:g} at {bad}; its figures are off by that much there."
+        )
+
+    def slow_trajectory(self) -> str:
+        """The smallest σ²'s long run at 20 %, 30 %, 70 % and 100 % of its steps."""
+        if not self.long_available:
+            return "long runs absent"
+        slow = int(np.argmin(self.sigma2))
+        steps = self.long_steps
+        marks = [int(steps[np.argmin(abs(steps - f * steps[-1]))]) for f in (0.2, 0.3, 0.7, 1.0)]
+        return ", ".join(
+            f"{self.long_fraction[list(steps).index(m), slow]:.3f} after {m:,} steps" for m in marks
+        )
+
+    def roundoff_statement(self) -> str:
+        """Preset end against the long run at the same step: equal up to round-off, or not."""
+        drift = np.abs(self.preset_fraction[-1] - self.long_at_preset_end)
+        if np.isnan(drift).all():
+            return "cannot be compared here (no long-run record at the preset's last step)"
+        if (drift <= self.tolerance).all():
+            return (
+                f"agree within {self.tolerance:g} on the machine that built this page "
+                f"(largest difference {np.nanmax(drift):.3f})"
+            )
+        return "differ on the machine that built this page: " + ", ".join(
+            f"by {d:.3f} at σ² = {s:g}"
+            for s, d in zip(self.sigma2, drift, strict=True)
+            if d > self.tolerance
+        )
+
+    def width_table(self) -> str:
+        """Markdown table per σ²: the preset, book widths and paper widths at the paper-width
+        runs' last step, the width effect, preset − paper, and the paper runs' movement."""
+        if not self.paper_available:
+            return "The paper-width runs are absent: " + self.paper_provenance
+        end = int(self.paper_steps[-1])
+        rows = [
+            f"| σ² | book preset | book widths @ {end:,} | paper widths @ {end:,} | width effect |"
+            " preset − paper | paper, last 25 % range |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c, s in enumerate(self.sigma2):
+            paper_end = self.paper_fraction[-1, c]
+            rows.append(
+                f"| {s:g} | {self.preset_fraction[-1, c]:.3f} | "
+                f"{paper_end + self.width_gap[c]:.3f} | {paper_end:.3f} | "
+                f"{self.width_gap[c]:+.3f} | {self.paper_gap[c]:+.3f} | "
+                f"{self.paper_plateau_range[c]:.3f} |"
+            )
+        return "\n".join(rows)
+
+    def width_verdict(self) -> str:
+        """Whether the preset agrees with the paper-width runs within the tolerance."""
+        if not self.paper_available:
+            return (
+                "The paper-width runs are ABSENT, so the width reduction is unchecked: "
+                + self.paper_provenance
+            )
+        end = int(self.paper_steps[-1])
+        bad = [
+            f"σ² = {s:g} (gap {g:+.3f})"
+            for s, g, ok in zip(self.sigma2, self.paper_gap, self.paper_agrees, strict=True)
+            if not ok
+        ]
+        if not bad:
+            return (
+                f"Against the paper-width runs at step {end:,}, the {self.preset} preset agrees "
+                f"within {self.tolerance:g} at every σ² checked."
+            )
+        return (
+            f"Against the paper-width runs at step {end:,}, the {self.preset} preset does NOT "
+            f"agree within {self.tolerance:g} at {', '.join(bad)}."
+        )
+
+    def width_agreement(self) -> str:
+        """Whether the width effect alone stays inside the tolerance."""
+        if not self.paper_available:
+            return "unknown: the paper-width runs are absent"
+        if np.isnan(self.width_gap).all():
+            end = int(self.paper_steps[-1])
+            return f"not comparable: this preset's long runs have no record at step {end:,}"
+        outside = [
+            f"{s:g}"
+            for s, g in zip(self.sigma2, self.width_gap, strict=True)
+            if not abs(g) <= self.tolerance
+        ]
+        if not outside:
+            return f"inside the tolerance of {self.tolerance:g} at every σ²"
+        return f"outside the tolerance of {self.tolerance:g} at σ² = " + ", ".join(outside)
+
+    def glue_values(self) -> dict[str, Any]:
+        """Every number and sentence the appendix glues, by name (per σ²: ``name_<σ²>``)."""
+        values: dict[str, Any] = {
+            "convergence_verdict": self.verdict(),
+            "slow_trajectory": self.slow_trajectory(),
+            "roundoff_statement": self.roundoff_statement(),
+            "width_verdict": self.width_verdict(),
+            "width_agreement": self.width_agreement(),
+            "preset_steps": f"{int(self.preset_steps[-1]):,}",
+            "paper_check_steps": f"{int(self.paper_steps[-1]):,}" if self.paper_available else "—",
+        }
+        for c, s in enumerate(self.sigma2):
+            tag = f"{s:g}".replace(".", "p").replace("-", "m")
+            at = (
+                np.flatnonzero(self.paper_steps == self.preset_steps[-1])
+                if self.paper_available
+                else np.array([], dtype=int)
+            )
+            per_sigma2 = {
+                "gap": self.gap[c],
+                "plateau_range": self.plateau_range[c],
+                "long_at_preset_end": self.long_at_preset_end[c],
+                "width_gap": self.width_gap[c],
+                "paper_plateau": self.paper_plateau_range[c],
+                "paper_at_preset_end": self.paper_fraction[at[0], c] if at.size else np.nan,
+            }
+            values.update({f"{k}_{tag}": float(v) for k, v in per_sigma2.items()})
+        return values
+
 
 def _epsilon_index(epsilon: float) -> int:
     matches = np.flatnonzero(np.isclose(REFERENCE_EPSILONS, epsilon))
