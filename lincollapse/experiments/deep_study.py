@@ -61,7 +61,12 @@ from lincollapse.references import (
     save_shipped,
     shipped_provenance,
 )
-from lincollapse.results_cache import ReferenceResultError, ResultsCache, default_cache_dir
+from lincollapse.results_cache import (
+    ReferenceResultError,
+    ResultsCache,
+    config_key,
+    default_cache_dir,
+)
 from lincollapse.training import maximise
 
 ARCH = Architecture(784, 200, (256, 128), (128, 256))
@@ -407,36 +412,49 @@ def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
     return store().load(spec.key())
 
 
+# The order the queue trains runs in: the first seed of the baseline and the pixel-scale
+# ablation before second seeds, ablations before the rest of the grid.
+PRIORITY = (("baseline", 0), ("logit", 0), ("baseline", 1), ("logit", 1), ("learned", 0),
+            ("learned", 1), ("grid_fixed", 0), ("grid_learned", 0), ("data_size", 0),
+            ("data_size", 1))  # fmt: skip
+
+
+def queue(groups: Sequence[str]) -> list[tuple[str, RunSpec]]:
+    """The runs of ``groups`` in :data:`PRIORITY` order (a group's seeds in turn)."""
+    order = [(g, seed) for g, seed in PRIORITY if g in groups]
+    return [(g, spec) for g, seed in order for spec in GROUPS[g] if spec.seed == seed]
+
+
 def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) -> None:
-    """Train every unfinished run of ``groups`` in order; safe to run in several processes."""
-    for group in groups:
-        for spec in GROUPS[group]:
+    """Train every unfinished run of ``groups`` in :func:`queue` order; safe to run in several
+    processes at once (a lock file per run)."""
+    for group, spec in queue(groups):
+        if finished(spec) is not None:
+            continue
+        lock = _try_lock(spec)
+        if lock is None:
+            continue
+        try:
             if finished(spec) is not None:
                 continue
-            lock = _try_lock(spec)
-            if lock is None:
-                continue
-            try:
-                if finished(spec) is not None:
-                    continue
-                probe = run_probe(spec)
-                start = time.perf_counter()
-                arrays, info = train_run(spec, checkpoint=_checkpoint_path(spec), progress=progress)
-                info |= {"wall_seconds_this_process": time.perf_counter() - start}
-                info |= {"threads": torch.get_num_threads(), "group": group}
-                arrays |= {f"probe_{k}": v for k, v in probe.items()}
-                store().save(spec.key(), arrays, info)
-                # keep the trained model (latent traversals are drawn from it)
-                final = _model_path(spec)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(_checkpoint_path(spec), final)
-                log(
-                    f"[{time.strftime('%H:%M:%S')}] {group}: {spec.label}: {info['steps']} steps, "
-                    f"converged={info['converged']} (moved {info['movement']:.3f}), "
-                    f"{info['seconds']:.0f} s",
-                )
-            finally:
-                lock.unlink(missing_ok=True)
+            probe = run_probe(spec)
+            start = time.perf_counter()
+            arrays, info = train_run(spec, checkpoint=_checkpoint_path(spec), progress=progress)
+            info |= {"wall_seconds_this_process": time.perf_counter() - start}
+            info |= {"threads": torch.get_num_threads(), "group": group}
+            arrays |= {f"probe_{k}": v for k, v in probe.items()}
+            store().save(spec.key(), arrays, info)
+            # keep the trained model (latent traversals are drawn from it)
+            final = _model_path(spec)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(_checkpoint_path(spec), final)
+            log(
+                f"[{time.strftime('%H:%M:%S')}] {group}: {spec.label}: {info['steps']} steps, "
+                f"converged={info['converged']} (moved {info['movement']:.3f}), "
+                f"{info['seconds']:.0f} s",
+            )
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ shipping
@@ -447,17 +465,33 @@ def reference_path(group: str) -> Path:
     return RESULTS_DIR / f"deep_study_{group}"
 
 
-def group_key(group: str) -> dict[str, Any]:
-    """The configuration of a shipped group: the keys of its runs."""
+def group_key(group: str, specs: Sequence[RunSpec] | None = None) -> dict[str, Any]:
+    """The configuration of a shipped group: the keys of its runs (default: all of them)."""
+    specs = GROUPS[group] if specs is None else specs
     return {"experiment": "deep_study_group", "group": group,
-            "runs": [spec.key() for spec in GROUPS[group]]}  # fmt: skip
+            "runs": [spec.key() for spec in specs]}  # fmt: skip
 
 
-def group_probe(group: str) -> Probe:
-    """Behaviour probe of a group: :func:`run_probe` of each run, stacked."""
+def _shipped_specs(group: str, meta: dict) -> list[RunSpec]:
+    """The runs a shipped group holds, in its order; raises if any is not one of the group's."""
+    known = {config_key(spec.key()): spec for spec in GROUPS[group]}
+    config = meta.get("config", {})
+    if config.get("experiment") != "deep_study_group" or config.get("group") != group:
+        raise ReferenceResultError(f"reference for {group!r} holds another experiment")
+    specs = [known.get(config_key(run)) for run in config.get("runs", [])]
+    if not specs or None in specs:
+        raise ReferenceResultError(
+            f"reference for {group!r} holds runs of another configuration than the current one"
+        )
+    return specs
+
+
+def group_probe(group: str, specs: Sequence[RunSpec] | None = None) -> Probe:
+    """Behaviour probe of a group's runs (default: all): :func:`run_probe` of each, stacked."""
+    specs = GROUPS[group] if specs is None else specs
 
     def probe() -> dict[str, np.ndarray]:
-        probes = [run_probe(spec) for spec in GROUPS[group]]
+        probes = [run_probe(spec) for spec in specs]
         return {k: np.stack([p[k] for p in probes]) for k in probes[0]}
 
     return probe
@@ -529,23 +563,27 @@ def _check_behaviour(spec: RunSpec, arrays: dict[str, np.ndarray]) -> None:
 def ship_group(group: str, command: str) -> Path:
     """Write ``results/deep_study_<group>`` from the finished runs of ``group``.
 
-    Refuses unless every run is finished and the code now reproduces each run's own probe
+    Ships the runs that are finished (a group may be shipped before all of its runs are; the
+    chapter names the missing ones), and only when the code now reproduces each run's own probe
     (recorded when it started training), so nothing trained by other code is shipped.
     """
     runs = []
     for spec in GROUPS[group]:
         found = finished(spec)
         if found is None:
-            raise ReferenceResultError(f"{group}: {spec.label} is not finished; train it first")
+            continue
         arrays, meta = found
         _check_behaviour(spec, arrays)
         runs.append((spec, arrays, meta.get("info", {})))
+    if not runs:
+        raise ReferenceResultError(f"{group}: no run is finished; train them first")
+    specs = [spec for spec, _, _ in runs]
     seconds = float(sum(info["seconds"] for _, _, info in runs))
     info = reference_info(
         command, "cpu", seconds, threads_per_run=sorted({i.get("threads") for _, _, i in runs}),
     )  # fmt: skip
     stem = reference_path(group)
-    save_shipped(stem, group_key(group), group_arrays(runs), group_probe(group), info)
+    save_shipped(stem, group_key(group, specs), group_arrays(runs), group_probe(group, specs), info)
     return stem
 
 
@@ -556,6 +594,7 @@ class StudyGroup:
     name: str
     arrays: dict[str, np.ndarray]
     provenance: str
+    missing: tuple[str, ...] = ()
 
     def final_fraction(self, epsilon: float = 0.01, test: bool = False) -> np.ndarray:
         """Collapsed fraction at ``epsilon`` at each run's last record, (R,)."""
@@ -566,20 +605,27 @@ class StudyGroup:
 
 
 def load_group(group: str) -> StudyGroup | None:
-    """The shipped group, else the finished runs in the local store; ``None`` if incomplete."""
+    """The group's runs: the shipped ones, or, when more of them are finished in the local
+    store, those; ``None`` when none is available. ``missing`` names the runs not included."""
     stem = reference_path(group)
+    shipped = None
     try:
-        arrays, meta = load_shipped(stem, group_key(group))
-        return StudyGroup(group, arrays, shipped_provenance(stem, meta))
+        arrays, meta = load_shipped(stem, None)
+        specs = _shipped_specs(group, meta)
+        shipped = StudyGroup(group, arrays, shipped_provenance(stem, meta),
+                             _missing(group, specs))  # fmt: skip
     except ReferenceResultError:
-        pass
-    runs = []
-    for spec in GROUPS[group]:
-        found = finished(spec)
-        if found is None:
-            return None
-        runs.append((spec, found[0], found[1].get("info", {})))
-    return StudyGroup(group, group_arrays(runs), "finished runs in the local results cache")
+        specs = []
+    runs = [(spec, *found) for spec in GROUPS[group] if (found := finished(spec)) is not None]
+    if len(runs) > len(specs):
+        local = [(spec, arrays, meta.get("info", {})) for spec, arrays, meta in runs]
+        return StudyGroup(group, group_arrays(local), "finished runs in the local results cache",
+                          _missing(group, [spec for spec, _, _ in local]))  # fmt: skip
+    return shipped
+
+
+def _missing(group: str, present: Sequence[RunSpec]) -> tuple[str, ...]:
+    return tuple(spec.label for spec in GROUPS[group] if spec not in present)
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -748,8 +794,9 @@ class SigmaStudy:
 def _group_or_reason(name: str) -> tuple[StudyGroup | None, str]:
     group = load_group(name)
     if group is None:
-        done = sum(finished(spec) is not None for spec in GROUPS[name])
-        return None, f"not available: {done} of {len(GROUPS[name])} runs finished"
+        return None, f"not available: none of its {len(GROUPS[name])} runs is finished"
+    if group.missing:
+        return group, f"{group.provenance}; not run yet: {', '.join(group.missing)}"
     return group, group.provenance
 
 
