@@ -329,3 +329,24 @@ def test_profiled_likelihood_rises_to_sigma2_mle_and_falls_after():
     assert np.all(np.diff(profile[grid > mle]) < 0)
     assert profile.max() < ppca.max_log_likelihood(spectrum, q)
     assert ppca.sigma2_mle(spectrum, q) == pytest.approx(mle, rel=1e-12)
+
+
+def test_fixed_sigma2_exercise_counts_on_the_book_images():
+    """Exercise ex-lvae-sigma-fixed: at σ² = σ²_MLE(50) so many eigenvalues exceed σ² that a
+    q = 100 model collapses nothing (the old exercise compared 0 with 0); at σ² = 1, q = 50, a
+    non-trivial number collapses, with the nearest eigenvalues a few per cent from σ². Counts
+    from numpy's eigvalsh of the raw covariance, independent of the package's spectrum."""
+    from lincollapse.data import load_mnist
+
+    x = load_mnist(1000, seed=0).images
+    centred = x - x.mean(axis=0)
+    lam = np.sort(np.linalg.eigvalsh(centred.T @ centred / x.shape[0]))[::-1]
+    noise = lam[50:].sum() / (lam.size - 50)
+    assert noise == pytest.approx(0.01145, abs=5e-5)
+    assert int(np.sum(lam > noise)) == 214 > 100
+    assert ppca.collapsed_column_count(ppca.data_spectrum(x), 100, noise) == 0
+    collapsed = int(np.sum(lam[:50] <= 1.0))
+    assert 0 < collapsed < 50
+    assert ppca.collapsed_column_count(ppca.data_spectrum(x), 50, 1.0) == collapsed
+    active = 50 - collapsed
+    assert lam[active - 1] > 1.05 and lam[active] < 0.95  # a clear margin on both sides of σ²
