@@ -433,8 +433,10 @@ def stationary_point(
 def fixed_sigma2_maximiser(spectrum: DataSpectrum, q: int, sigma2: float) -> np.ndarray:
     """The maximiser of the log-likelihood over W for a fixed σ².
 
-    Column j (j = 1..q) is u_j √(λ_j − σ²) if λ_j > σ², else 0 — equation (ppca-stationary) with
-    the top-q eigenvectors; every other stationary point is a saddle by (ppca-perturbation).
+    Column j (j = 1..q) is u_j √(λ_j − σ²) if λ_j > σ², else 0 — equation (ppca-fixed-maximiser)
+    of theorem ``thm-ppca-fixed-sigma2`` (chapter *Probabilistic PCA*): the global maximum for this
+    σ², whose zero columns are collapsed latents; every other stationary point is a saddle or a
+    minimum.
 
     Parameters
     ----------
@@ -457,7 +459,8 @@ def fixed_sigma2_maximiser(spectrum: DataSpectrum, q: int, sigma2: float) -> np.
 def collapsed_column_count(eigenvalues: np.ndarray | DataSpectrum, q: int, sigma2: float) -> int:
     """#{j ≤ q : λ_j ≤ σ²}: columns of the fixed-σ² maximiser that are zero (collapsed latents).
 
-    Chapter *Probabilistic PCA*, consequence of (ppca-perturbation).
+    Chapter *Probabilistic PCA*, theorem ``thm-ppca-fixed-sigma2``: the rank of the global
+    maximiser is #{j ≤ q : λ_j > σ²}.
     """
     eigenvalues = _eigenvalues(eigenvalues)
     q = _check_q(q, eigenvalues, require_rank=False)

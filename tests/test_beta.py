@@ -479,3 +479,24 @@ def test_shipped_annealing_long_runs_are_current():
     assert arrays["steps"][-1] == config.long_steps
     assert arrays["thresholds"].shape[1:] == (3 * len(config.long_seeds), config.latent)
     assert meta["info"]["command"].startswith("python -m lincollapse.experiments.beta")
+
+
+def test_differing_latents_counts_the_symmetric_difference_not_the_fraction():
+    """Equal collapsed fractions can hide different collapsed sets (chapter *β, σ² and KL
+    annealing*): two runs of a seed with 2 of 4 latents collapsed each, sharing one of them,
+    differ in 2 latents although the fraction difference is 0."""
+    from lincollapse.experiments.beta import differing_latents
+
+    specs = [B.RunSpec(0.1, 0, "fixed", 0), B.RunSpec(0.1, 5, "fixed", 0),
+             B.RunSpec(0.1, 0, "optimal", 0)]  # fmt: skip
+    thresholds = np.array(
+        [[[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]]
+    )  # one record, (k, R, q): constant collapses {0, 1}, annealed {0, 2}
+    runs = B.AnnealedRuns(
+        specs=specs, steps=np.array([10]), elbo=np.zeros((1, 3)), beta=np.ones((1, 3)),
+        effective_sigma2=np.full((1, 3), 0.1), thresholds=thresholds, kl_mean=thresholds,
+        seconds=0.0, delta=0.01,
+    )  # fmt: skip
+    fraction = runs.collapsed_fraction(0.01)[-1]
+    assert fraction[0] == fraction[1] == 0.5
+    np.testing.assert_array_equal(differing_latents(runs, 0.01, [0]), [2])

@@ -159,3 +159,23 @@ def test_sample_covariance_matches_numpy():
 def test_check_data_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         check_data(bad)
+
+
+def test_rank_of_1000_images_is_below_both_simple_bounds():
+    """Exercise ex-mnist-rank: for N = 50 and 200 the rank is N − 1; at N = 1000 neither N − 1
+    nor d − #constant pixels binds (585 < 621 < 999), so the old answer 'the constant pixels
+    bind' was wrong. Ranks from numpy's matrix_rank of the centred images."""
+    from lincollapse.experiments.mnist import MNISTConfig, mnist_spectrum
+
+    for n in (50, 200, 1000):
+        x = load_mnist(n, seed=0).images
+        rank = int(np.linalg.matrix_rank(x - x.mean(axis=0)))
+        constant = int(np.sum(np.ptp(x, axis=0) == 0))
+        result = mnist_spectrum(MNISTConfig(n=n, seed=0))
+        assert result.n_nonzero == rank
+        assert result.n_constant_pixels == constant
+        if n < 1000:
+            assert rank == n - 1
+        else:
+            assert rank < x.shape[1] - constant < n - 1
+            assert (rank, x.shape[1] - constant) == (585, 621)

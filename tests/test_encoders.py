@@ -269,3 +269,57 @@ def test_rank_deficient_q_is_rejected():
     x = np.random.default_rng(0).normal(size=(4, D))  # rank 3 after centring
     with pytest.raises(ppca.RankDeficientError):
         encoders.train_vae(x, 3, steps=1)
+
+
+# --- the noise at the optimum (chapter *Stochastic vs analytic ELBO*) ---------------------------
+
+
+def _linear_vae_at_fixed_sigma2_optimum(x: np.ndarray, sigma2: float):
+    """W = U_q (Λ_q − σ²)^{1/2} with the optimal encoder, σ² fixed below λ_q."""
+    spectrum = ppca.data_spectrum(x)
+    assert spectrum.eigenvalues[Q - 1] > sigma2
+    W = ppca.fixed_sigma2_maximiser(spectrum, Q, sigma2)
+    V, Dvar = linear_vae.optimal_encoder(W, sigma2)
+    model = encoders.make_vae("linear", x, Q, sigma2=sigma2, learn_sigma2=False)
+    with torch.no_grad():
+        model.decoder.W.copy_(torch.as_tensor(W))
+        model.encoder.V.copy_(torch.as_tensor(V))
+        model.encoder.log_D.copy_(torch.log(torch.as_tensor(Dvar)))
+    return model, spectrum.eigenvalues[:Q]
+
+
+def test_single_sample_variance_at_the_optimum_is_bounded_by_half_q(data):
+    """Averaged over images, Var_ξ of one image's single-sample term at the optimum is
+    ½ Σ_j (1 − σ⁴/λ_j²) ≤ q/2 (exercise ex-selbo-variance): it does not grow as σ² falls."""
+    x = torch.as_tensor(data)
+    lam_q = ppca.data_spectrum(data).eigenvalues[Q - 1]
+    for sigma2 in (lam_q / 4, lam_q / 64):
+        model, lam = _linear_vae_at_fixed_sigma2_optimum(data, sigma2)
+        with torch.no_grad():
+            means, variances = model.encoder(x)
+            g = torch.Generator().manual_seed(3)
+            draws = torch.stack(
+                [encoders.reconstruction_sample(x, means, variances, model.decoder, g)
+                 for _ in range(4000)]
+            )  # fmt: skip
+        measured = float(draws.var(dim=0).mean())
+        expected = 0.5 * float(np.sum(1 - sigma2**2 / lam**2))
+        assert measured == pytest.approx(expected, rel=0.05)
+        assert expected < Q / 2
+
+
+def test_gradient_noise_standard_deviation_grows_like_one_over_sigma(data):
+    """At the optimum, dividing σ² by 16 multiplies the standard deviation of the single-sample
+    gradient with respect to W by about 4 = √16 (not 16)."""
+    x = torch.as_tensor(data)
+    lam_q = ppca.data_spectrum(data).eigenvalues[Q - 1]
+    noise = []
+    for sigma2 in (lam_q / 4, lam_q / 64):
+        model, _ = _linear_vae_at_fixed_sigma2_optimum(data, sigma2)
+        W = model.decoder.W
+        g = torch.Generator().manual_seed(4)
+        draws = torch.stack(
+            [torch.autograd.grad(model.elbo(x, "sample", g), W)[0] for _ in range(600)]
+        )
+        noise.append(float(draws.var(dim=0).sum().sqrt()))
+    assert noise[1] / noise[0] == pytest.approx(4.0, rel=0.2)

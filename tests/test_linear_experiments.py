@@ -112,3 +112,29 @@ def test_collapse_metric_matches_the_eigenvalue_count():
     index = np.searchsorted(result.epsilons, 0.1)
     np.testing.assert_allclose(result.fractions[:, index], result.predicted, atol=1.0 / 20 + 1e-9)
     _close(plotting.plot_collapse_metric(result))
+
+
+def test_collapse_metric_reports_the_epsilon_it_reads():
+    """The fast preset's 41-point grid over [0, 2] has no 0.01: a request for 0.01 reads 0.05,
+    and that is the ε the chapter must print (it used to print 0.01)."""
+    import dataclasses
+
+    config = experiments.CollapseMetricConfig.for_preset("fast")
+    grid = np.linspace(0.0, config.epsilon_max, config.n_epsilons)
+    fractions = np.arange(2 * grid.size, dtype=float).reshape(2, grid.size)
+    result = experiments.CollapseMetricResult(
+        epsilons=grid, sigma2_values=np.array([0.1, 0.03]), fractions=fractions,
+        predicted=np.zeros(2), mean_kl=np.zeros((2, config.q)), elbo_gap=np.zeros(2),
+        q=config.q, delta=config.delta,
+    )  # fmt: skip
+    used, values = result.fraction_at(0.01)
+    assert used == pytest.approx(0.05) and used == grid[grid >= 0.01][0]
+    np.testing.assert_array_equal(values, fractions[:, 1])
+    book = experiments.CollapseMetricConfig.for_preset("book")
+    book_grid = np.linspace(0.0, book.epsilon_max, book.n_epsilons)
+    on_book_grid = dataclasses.replace(
+        result, epsilons=book_grid, fractions=np.zeros((2, book_grid.size))
+    )
+    assert on_book_grid.fraction_at(0.01)[0] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="above the largest"):
+        result.fraction_at(2.5)

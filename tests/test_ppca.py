@@ -214,3 +214,139 @@ def test_bad_inputs_are_rejected_with_a_fix():
         ppca.sigma2_mle(np.array([1.0, 2.0, 3.0]), 1)
     with pytest.raises(ValueError, match="pass None"):
         ppca.stationary_point(ppca.data_spectrum(x), [0, 4], 10.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The proofs of the maxima (chapter *Probabilistic PCA*), checked by independent optimisation
+# --------------------------------------------------------------------------------------------
+
+
+def _negative_average_log_likelihood(S: np.ndarray, W: np.ndarray, sigma2: float) -> float:
+    """−(1/N) L from the full d × d covariance with numpy's slogdet and solve (no Woodbury)."""
+    d = S.shape[0]
+    C = W @ W.T + sigma2 * np.eye(d)
+    return 0.5 * (d * np.log(2 * np.pi) + np.linalg.slogdet(C)[1] + np.trace(np.linalg.solve(C, S)))
+
+
+def _brute_force_maximum(S: np.ndarray, q: int, sigma2: float | None, starts: int = 12) -> float:
+    """max of the average log-likelihood over W (and log σ² when ``sigma2`` is None) by BFGS."""
+    from scipy.optimize import minimize
+
+    d = S.shape[0]
+    rng = np.random.default_rng(0)
+
+    def objective(p):
+        W = p[: d * q].reshape(d, q)
+        return _negative_average_log_likelihood(S, W, np.exp(p[-1]) if sigma2 is None else sigma2)
+
+    size = d * q + (sigma2 is None)
+    runs = [minimize(objective, rng.normal(size=size), method="BFGS", options={"gtol": 1e-10})
+            for _ in range(starts)]  # fmt: skip
+    return -min(run.fun for run in runs)
+
+
+def test_comparing_index_sets_at_their_own_noise_is_not_a_proof():
+    """λ = (3, 2, 0.1), q = 1: scoring each kept eigenvalue with σ²_I = mean of the others ranks
+    0.1 first (−4.02 against −4.85), but that needs σ²_I = 2.5 > 0.1, where no real W exists.
+    The maximum keeps λ = 3; BFGS over (W, log σ²) from many starts confirms it."""
+    lam = np.array([3.0, 2.0, 0.1])
+    d, q = 3, 1
+
+    def score(kept: int) -> tuple[float, float]:
+        sigma2 = float(np.delete(lam, kept).mean())
+        return sigma2, -0.5 * (
+            d * np.log(2 * np.pi) + np.log(lam[kept]) + (d - q) * np.log(sigma2) + d
+        )
+
+    scores = [score(i)[1] for i in range(3)]
+    assert int(np.argmax(scores)) == 2  # the shortcut picks the smallest eigenvalue
+    assert scores[2] == pytest.approx(-4.0218, abs=1e-4)
+    assert scores[0] == pytest.approx(-4.8549, abs=1e-4)
+    assert score(2)[0] == pytest.approx(2.5) and lam[2] < 2.5  # a column √(0.1 − 2.5): not real
+    spectrum = ppca.spectrum_from_covariance(np.diag(lam))
+    with pytest.raises(ValueError, match="pass None"):
+        ppca.stationary_point(spectrum, [2], 2.5)
+    brute = _brute_force_maximum(np.diag(lam), q, None)
+    assert brute == pytest.approx(scores[0], abs=1e-7)
+    assert ppca.max_log_likelihood(spectrum, q) == pytest.approx(scores[0], rel=1e-12)
+    assert brute < scores[2] - 0.8
+
+
+def _fixed_sigma2_maximum(lam: np.ndarray, q: int, sigma2: float) -> float:
+    """(ppca-stationary-value) at I = {j ≤ q : λ_j > σ²}, with g(t) = t − 1 − log t."""
+    t = lam / sigma2
+    kept = t[:q][t[:q] > 1.0]
+    return -0.5 * (
+        lam.size * np.log(2 * np.pi) + np.sum(np.log(sigma2) + t) - np.sum(kept - 1 - np.log(kept))
+    )
+
+
+@pytest.mark.parametrize("sigma2", [0.05, 0.7, 1.6, 2.6, 6.0])
+def test_fixed_sigma2_global_maximum_is_collapsed(sigma2):
+    """The fixed-σ² maximum is the closed form of thm-ppca-fixed-sigma2, no random start of BFGS
+    beats it, and its rank is #{j ≤ q : λ_j > σ²}."""
+    lam = np.array([5.0, 3.0, 2.0, 1.2, 0.8, 0.5])
+    q = 4
+    spectrum = _spectrum(lam, seed=4)
+    closed_form = _fixed_sigma2_maximum(lam, q, sigma2)
+    W = ppca.fixed_sigma2_maximiser(spectrum, q, sigma2)
+    assert ppca.average_log_likelihood(spectrum, W, sigma2) == pytest.approx(closed_form, rel=1e-12)
+    brute = _brute_force_maximum(spectrum.covariance, q, sigma2, starts=6)
+    assert brute == pytest.approx(closed_form, abs=1e-7)
+    assert np.linalg.matrix_rank(W, tol=1e-9) == int(np.sum(lam[:q] > sigma2))
+
+
+def test_zero_loadings_are_a_local_minimum_when_every_eigenvalue_exceeds_sigma2():
+    """W = 0 with all λ_j > σ²: every direction raises L (the proof's remark), by exact values."""
+    lam = np.array([4.0, 2.0, 1.2, 0.6])
+    spectrum = _spectrum(lam, seed=6)
+    sigma2 = 0.5
+    base = ppca.average_log_likelihood(spectrum, np.zeros((4, 2)), sigma2)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        A = rng.normal(size=(4, 2))
+        A /= np.linalg.norm(A)
+        moved = ppca.average_log_likelihood(spectrum, 1e-3 * A, sigma2) - base
+        predicted = 0.5 * 1e-6 * np.trace(A.T @ (spectrum.covariance - sigma2 * np.eye(4)) @ A)
+        assert moved > 0
+        assert moved == pytest.approx(predicted / sigma2**2, rel=1e-4)
+
+
+def test_profiled_likelihood_rises_to_sigma2_mle_and_falls_after():
+    """L*(σ²) = max_W L(W, σ²) increases strictly up to σ²_MLE and decreases strictly after."""
+    lam = np.array([5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.1])
+    spectrum = _spectrum(lam, seed=8)
+    q = 3
+    mle = lam[q:].mean()
+    grid = np.geomspace(0.02, 8.0, 81)
+    profile = np.array(
+        [ppca.average_log_likelihood(spectrum, ppca.fixed_sigma2_maximiser(spectrum, q, s), s)
+         for s in grid]
+    )  # fmt: skip
+    closed_form = [_fixed_sigma2_maximum(lam, q, s) for s in grid]
+    np.testing.assert_allclose(profile, closed_form, rtol=1e-12)
+    assert np.all(np.diff(profile[grid < mle]) > 0)
+    assert np.all(np.diff(profile[grid > mle]) < 0)
+    assert profile.max() < ppca.max_log_likelihood(spectrum, q)
+    assert ppca.sigma2_mle(spectrum, q) == pytest.approx(mle, rel=1e-12)
+
+
+def test_fixed_sigma2_exercise_counts_on_the_book_images():
+    """Exercise ex-lvae-sigma-fixed: at σ² = σ²_MLE(50) so many eigenvalues exceed σ² that a
+    q = 100 model collapses nothing (the old exercise compared 0 with 0); at σ² = 1, q = 50, a
+    non-trivial number collapses, with the nearest eigenvalues a few per cent from σ². Counts
+    from numpy's eigvalsh of the raw covariance, independent of the package's spectrum."""
+    from lincollapse.data import load_mnist
+
+    x = load_mnist(1000, seed=0).images
+    centred = x - x.mean(axis=0)
+    lam = np.sort(np.linalg.eigvalsh(centred.T @ centred / x.shape[0]))[::-1]
+    noise = lam[50:].sum() / (lam.size - 50)
+    assert noise == pytest.approx(0.01145, abs=5e-5)
+    assert int(np.sum(lam > noise)) == 214 > 100
+    assert ppca.collapsed_column_count(ppca.data_spectrum(x), 100, noise) == 0
+    collapsed = int(np.sum(lam[:50] <= 1.0))
+    assert 0 < collapsed < 50
+    assert ppca.collapsed_column_count(ppca.data_spectrum(x), 50, 1.0) == collapsed
+    active = 50 - collapsed
+    assert lam[active - 1] > 1.05 and lam[active] < 0.95  # a clear margin on both sides of σ²

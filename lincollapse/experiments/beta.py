@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -360,6 +361,11 @@ class AnnealingResult:
     preset: str
     provenance: str
 
+    def differing_latents(self) -> np.ndarray:
+        """Per seed: latents collapsed in only one of the annealed and constant runs, (S,)."""
+        seeds = sorted({s.seed for s in self.runs.specs if s.noise != "optimal"})
+        return differing_latents(self.runs, self.epsilon, seeds)
+
     def half_collapsed_steps(self) -> np.ndarray:
         """First recorded step at which half of each run's latents are collapsed again, after
         the initial drop below one half (NaN where it never happens): shape (R,)."""
@@ -371,6 +377,22 @@ class AnnealingResult:
                 if reached.size:
                     steps[r] = float(self.runs.steps[reached[0]])
         return steps
+
+
+def differing_latents(runs: AnnealedRuns, epsilon: float, seeds: Sequence[int]) -> np.ndarray:
+    """Per seed: latents collapsed at ``epsilon`` in exactly one of its annealed and constant runs.
+
+    Both runs of a seed start from the same weights, so latent i is the same unit in both; the
+    count is over the final record. Equal collapsed *fractions* can hide different collapsed
+    *sets*: this is the size of their symmetric difference, shape (S,).
+    """
+    kind = run_kinds(runs)
+    column = {(kind[r], spec.seed): r for r, spec in enumerate(runs.specs)}
+    collapsed = runs.thresholds[-1] < epsilon  # (R, q)
+    return np.array(
+        [int(np.sum(collapsed[column["annealed", s]] != collapsed[column["constant", s]]))
+         for s in seeds]
+    )  # fmt: skip
 
 
 def run_kinds(runs: AnnealedRuns) -> np.ndarray:
@@ -559,6 +581,14 @@ class AnnealingConvergence:
     @property
     def long_available(self) -> bool:
         return self.long is not None
+
+    def differing_latents(self) -> np.ndarray:
+        """Per long-run seed: latents collapsed in only one of the annealed and constant runs
+        at the end (empty without long runs)."""
+        if self.long is None:
+            return np.zeros(0, dtype=int)
+        seeds = sorted({s.seed for s in self.long.specs})
+        return differing_latents(self.long, self.book.epsilon, seeds)
 
     def agrees(self, kind: str) -> bool:
         """|gap| ≤ tolerance for ``kind`` (False without long runs)."""

@@ -646,6 +646,26 @@ class CollapseMetricResult:
     q: int
     delta: float
 
+    def fraction_at(self, epsilon: float) -> tuple[float, np.ndarray]:
+        """Collapsed fractions at the first grid point ε' ≥ ``epsilon``, and that ε'.
+
+        The metric is stored on the grid :attr:`epsilons`, so a request between grid points
+        reads the next one up (0.05 for 0.01 on the ``fast`` preset's 41-point grid over
+        [0, 2]); print the returned ε', not the requested one.
+
+        Returns
+        -------
+        epsilon_used : float
+        fractions : ndarray of shape (k,)
+            One collapsed fraction per σ² in :attr:`sigma2_values`.
+        """
+        index = int(np.searchsorted(self.epsilons, epsilon))
+        if index == self.epsilons.size:
+            raise ValueError(
+                f"ε = {epsilon:g} is above the largest ε of the grid, {self.epsilons[-1]:g}"
+            )
+        return float(self.epsilons[index]), self.fractions[:, index]
+
 
 @figure(
     "collapse-metric",

@@ -473,6 +473,24 @@ class EncoderComparisonResult:
         """Final gap (mean ± sd over seeds) and steps to 1 and 0.1 nat, per encoder."""
         return _curves_table(self, self.kinds, ENCODER_LABELS)
 
+    def ranking(self, tolerance: float = 0.1) -> str:
+        """The encoders ordered by their mean final gap, and which end within ``tolerance``.
+
+        A sentence for the chapter, computed from the runs: the order depends on the preset and
+        the seeds, and a gap near ``tolerance`` can fall on either side of it.
+        """
+        names = {"linear": "linear", "deep-linear": "deep linear", "mlp": "MLP"}
+        mean = {kind: float(self.final_gaps(kind).mean()) for kind in self.kinds}
+        order = sorted(self.kinds, key=mean.__getitem__)
+        within = [names.get(k, k) for k in order if np.all(self.final_gaps(k) <= tolerance)]
+        outside = [names.get(k, k) for k in order if names.get(k, k) not in within]
+        ranked = ", ".join(f"{names.get(k, k)} ({mean[k]:.3f})" for k in order)
+        return (
+            f"Ordered by mean final gap (nats per image): {ranked}. Within {tolerance:g} nat of "
+            f"ℓ*(q) at the end for every seed: {', '.join(within) or 'none'}; not for every "
+            f"seed: {', '.join(outside) or 'none'}."
+        )
+
 
 @figure(
     "linear-decoder-encoders",
