@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lincollapse import validation
 from lincollapse.training import History, maximise
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -234,6 +235,7 @@ class GaussianVAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = "auto",
     ) -> None:
+        validation.check_positive(sigma2, "sigma2")
         super().__init__()
         if not sigma2 > 0:
             raise ValueError(f"sigma2 must be positive, got {sigma2}")
@@ -323,6 +325,7 @@ class BatchedGaussianVAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = "auto",
     ) -> None:
+        validation.check_positive_each(sigma2s, "sigma2s")
         super().__init__()
         sigma2s = [float(s) for s in sigma2s]
         runs = len(sigma2s)
@@ -512,6 +515,7 @@ def train_batched(
     come from the encoder's outputs, computed in :func:`maximise`'s ``on_record`` callback
     (gradients off; the encoder is deterministic, so recording never changes training).
     """
+    validation.check_training_data(x, arch.data_dim)
     model = BatchedGaussianVAE(arch, sigma2s, learned, seed, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
     records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from lincollapse import validation
+
 OPTIMISERS = ("adam", "lbfgs")
 _LINE_SEARCH_EVALUATIONS = 25  # torch's strong-Wolfe max_ls, per L-BFGS iteration
 
@@ -111,6 +113,7 @@ def maximise(
         Called with the step number right after each recorded evaluation (step 0 included),
         under ``torch.no_grad()``, so that callers can record more than the objective.
     """
+    validation.check_steps(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if optimiser not in OPTIMISERS:
