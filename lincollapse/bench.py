@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
-from lincollapse.presets import PRESETS, current_preset
+from lincollapse.presets import ENV_VAR, PRESETS, UnknownPresetError, current_preset
 
 
 def linear_flops_per_evaluation(d: int, q: int, optimiser: str, encoder: str) -> float:
@@ -108,24 +109,49 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
 SUBCOMMANDS: dict[str, Callable[[str], float]] = {"linear": bench_linear}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, …), got {text!r}")
+    return value
+
+
+def plain_text(rst: str) -> str:
+    """``rst`` without reStructuredText markup (roles, literals, emphasis), for ``--help``."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", rst)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*([A-Za-z][^*\n]*?)\*(?![\w*])", r"\1", text)
+    return re.sub(r"\n-{3,}\n", "\n", text)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m lincollapse.bench") -> int:
+    """Command-line entry point; ``prog`` is the program name that ``--help`` shows."""
     parser = argparse.ArgumentParser(
-        prog="python -m lincollapse.bench",
-        description=__doc__,
+        prog=prog,
+        description=plain_text(__doc__.replace("python -m lincollapse.bench", prog)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("subcommand", choices=sorted(SUBCOMMANDS))
     parser.add_argument(
-        "--preset", choices=PRESETS, default=None, help="default: $LINCOLLAPSE_PRESET or book"
+        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR} or book"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch intra-op threads (default: the thread policy's, lincollapse.threads)",
     )
     args = parser.parse_args(argv)
+    try:
+        preset = args.preset or current_preset()
+    except UnknownPresetError as error:
+        parser.exit(2, f"{prog}: error: {ENV_VAR}: {error}\n")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    SUBCOMMANDS[args.subcommand](args.preset or current_preset())
+    SUBCOMMANDS[args.subcommand](preset)
     return 0
 
 
