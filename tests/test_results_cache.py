@@ -394,3 +394,26 @@ def test_every_shipped_reference_validates():
     assert stems
     for stem in stems:
         load_reference(stem, None, None)  # checksums of arrays and manifest
+
+
+def test_fingerprint_ignores_input_checks(tmp_path, monkeypatch):
+    """Adding ``validation.check_…`` statements must not make hours of cached runs stale."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = "import math\n\ndef f(x, steps):\n    return math.sqrt(x) * steps\n"
+    checked = (
+        "import math\n\nfrom lincollapse import validation\n\ndef f(x, steps):\n"
+        "    validation.check_steps(steps)\n    return math.sqrt(x) * steps\n"
+    )
+    changed = (
+        "import math\n\ndef f(x, steps):\n    steps = int(steps)\n    return math.sqrt(x) * steps\n"
+    )
+    prints = []
+    for source in (plain, checked, changed):
+        (tmp_path / "fp_checked.py").write_text(source)
+        sys.modules.pop("fp_checked", None)
+        importlib.invalidate_caches()
+        prints.append(source_fingerprint(["fp_checked"]))
+    assert prints[0] == prints[1] != prints[2]
