@@ -518,11 +518,20 @@ def failure_message(status: dict[str, Any], cache: dict[str, int] | None = None)
     where = f"chapter “{failure.get('title')}” ({failure.get('source') or failure.get('docname')})"
     cell = failure.get("cell")
     if cell:
-        where += f", code cell {cell['number']} (line {cell['line']}: {cell['first_line'][:60]})"
-    kept = f"the {len(done)} chapter(s) that finished are in the execution cache"
+        head = (
+            cell["first_line"] if len(cell["first_line"]) <= 60 else cell["first_line"][:59] + "…"
+        )
+        where += f", code cell {cell['number']} at line {cell['line']} (`{head}`)"
+    kept = []
+    if done:
+        kept.append(f"the {len(done)} chapter(s) that finished are in the execution cache")
     if cache and cache.get("saved"):
-        kept += f" and {cache['saved']} finished training run(s) in the results cache"
-    rerun = f"rerun `make book`: {kept}, so nothing done is recomputed"
+        kept.append(f"the {cache['saved']} training run(s) finished in it are in the results cache")
+    rerun = (
+        f"rerun `make book`: {' and '.join(kept)}, so nothing done is recomputed"
+        if kept
+        else "rerun `make book` (finished chapters and training runs are cached as they finish)"
+    )
     kind = failure.get("kind")
     if kind == "CellTimeoutError":
         fix = (

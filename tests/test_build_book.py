@@ -100,8 +100,8 @@ def test_a_failed_cell_is_located_and_the_message_names_chapter_cell_cause_and_f
     message = failure_message(status, {"hit": 3, "saved": 2})
     assert "chapter “Deep VAEs”" in message and "code cell 6" in message
     assert "cause: ValueError: bad input" in message
-    assert "rerun `make book`" in message and "1 chapter(s)" in message
-    assert "2 finished training run(s) in the results cache" in message
+    assert "rerun `make book`" in message and "the 1 chapter(s) that finished" in message
+    assert "the 2 training run(s) finished in it are in the results cache" in message
 
 
 def test_a_timeout_message_says_how_to_lift_the_timeout():

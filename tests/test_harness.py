@@ -70,7 +70,7 @@ def test_book_build_fails_on_a_failing_cell_and_names_chapter_cell_cause_and_fix
     last = output[output.index("lincollapse: the book did not build") :]
     line = chapter.read_text().splitlines().index("raise RuntimeError('deliberately broken cell')")
     assert f"chapter “A chapter” ({chapter})" in last
-    assert f"code cell 2 (line {line + 1}: raise RuntimeError(" in last
+    assert f"code cell 2 at line {line + 1} (`raise RuntimeError(" in last
     assert "cause: RuntimeError: deliberately broken cell" in last
     assert "fix:" in last and "rerun `make book`" in last and "LINCOLLAPSE_PRESET=fast" in last
 
