@@ -16,17 +16,29 @@ Subcommands
     table compares them) in both layouts side by side — a loop over ordinary modules and one
     batched model — with seconds per step, achieved GFLOP/s against a raw ``torch.bmm`` of the
     first layer's shape, the layout training picks here, projected grid and long-run times.
+``threads``
+    Computes figures (``--figure``, repeatable; default ``ppca-collapsed-vs-sigma2`` and
+    ``likelihood-vs-latent-size``) at the preset in fresh processes, alternately under the thread
+    policy (:mod:`lincollapse.threads`) and without it (no thread variables: every pool takes
+    every core), ``--repeat`` times each, each with an empty results cache, and prints their
+    compute times and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
+import re
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +46,7 @@ import torch
 from lincollapse.deep_runs import data_for
 from lincollapse.deep_vae import build_runs, choose_layout
 from lincollapse.experiments.deep import DeepVAEConfig
-from lincollapse.presets import PRESETS, current_preset
+from lincollapse.presets import ENV_VAR, PRESETS, UnknownPresetError, current_preset
 
 
 def linear_flops_per_evaluation(d: int, q: int, optimiser: str, encoder: str) -> float:
@@ -114,24 +126,61 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
 SUBCOMMANDS: dict[str, Callable[[str], float]] = {"linear": bench_linear}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, …), got {text!r}")
+    return value
+
+
+def plain_text(rst: str) -> str:
+    """``rst`` without reStructuredText markup (roles, literals, emphasis), for ``--help``."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", rst)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*([A-Za-z][^*\n]*?)\*(?![\w*])", r"\1", text)
+    return re.sub(r"\n-{3,}\n", "\n", text)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m lincollapse.bench") -> int:
+    """Command-line entry point; ``prog`` is the program name that ``--help`` shows."""
     parser = argparse.ArgumentParser(
-        prog="python -m lincollapse.bench",
-        description=__doc__,
+        prog=prog,
+        description=plain_text(__doc__.replace("python -m lincollapse.bench", prog)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("subcommand", choices=sorted(SUBCOMMANDS))
     parser.add_argument(
-        "--preset", choices=PRESETS, default=None, help="default: $LINCOLLAPSE_PRESET or book"
+        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR} or book"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch intra-op threads (default: the thread policy's, lincollapse.threads)",
+    )
+    parser.add_argument(
+        "--figure",
+        action="append",
+        default=None,
+        help=f"threads only: a figure to time (repeatable; default: {', '.join(THREAD_FIGURES)})",
+    )
+    parser.add_argument(
+        "--repeat", type=_positive_int, default=3, help="threads only: runs per variant (3)"
     )
     args = parser.parse_args(argv)
+    try:
+        preset = args.preset or current_preset()
+    except UnknownPresetError as error:
+        parser.exit(2, f"{prog}: error: {ENV_VAR}: {error}\n")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    SUBCOMMANDS[args.subcommand](args.preset or current_preset())
+    if args.subcommand == "threads":
+        bench_threads(preset, figures=args.figure or THREAD_FIGURES, repeat=args.repeat)
+    else:
+        SUBCOMMANDS[args.subcommand](preset)
     return 0
 
 
@@ -319,3 +368,64 @@ SUBCOMMANDS["deep"] = bench_deep
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+THREAD_FIGURES = ("ppca-collapsed-vs-sigma2", "likelihood-vs-latent-size")
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _time_figure(figure: str, preset: str, policy: bool, scratch: Path) -> float:
+    """Compute seconds of ``python -m lincollapse run figure`` in a fresh process, empty cache."""
+    from lincollapse.threads import POLICY_ENV_VAR
+
+    out = Path(tempfile.mkdtemp(dir=scratch))
+    env = {key: value for key, value in os.environ.items() if key not in _THREAD_VARIABLES}
+    env |= {
+        POLICY_ENV_VAR: "on" if policy else "off",
+        "LINCOLLAPSE_CACHE_DIR": str(out / "cache"),
+        "LINCOLLAPSE_QUIET": "1",
+    }
+    command = [sys.executable, "-m", "lincollapse", "run", figure, "--preset", preset]
+    done = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return float(json.loads((out / f"{figure}.json").read_text())["compute_seconds"])
+
+
+def bench_threads(
+    preset: str,
+    out: Callable[[str], None] = print,
+    *,
+    figures: Sequence[str] = THREAD_FIGURES,
+    repeat: int = 3,
+) -> float:
+    """Figures' compute times with and without the thread policy; return the total seconds."""
+    from lincollapse.threads import available_cores, policy_environment
+
+    start = time.perf_counter()
+    policy = policy_environment(environ={})
+    out(
+        f"thread policy benchmark, preset {preset}, {available_cores()} cores, load average "
+        f"{_load()} at the start"
+    )
+    out("policy: " + " ".join(f"{k}={v}" for k, v in policy.items()))
+    out("default: none of these set (every pool takes every core)")
+    with tempfile.TemporaryDirectory() as scratch:
+        for figure in figures:
+            times: dict[str, list[float]] = {"default": [], "policy": []}
+            for run in range(repeat):  # alternate, so that a change of load hits both
+                for variant in times:
+                    seconds = _time_figure(figure, preset, variant == "policy", Path(scratch))
+                    times[variant].append(seconds)
+                    out(f"  {figure} {variant} run {run + 1}: {seconds:.2f} s (load {_load()})")
+            out(f"{'figure':<28} {'variant':<8} {'compute seconds per run':<32} {'median':>7}")
+            for variant, values in times.items():
+                runs = ", ".join(f"{v:.2f}" for v in values)
+                out(f"{figure:<28} {variant:<8} {runs:<32} {statistics.median(values):>7.2f}")
+            ratio = statistics.median(times["default"]) / statistics.median(times["policy"])
+            out(f"{figure:<28} default / policy = {ratio:.2f}")
+    out(f"load average {_load()} at the end")
+    return time.perf_counter() - start
+
+
+SUBCOMMANDS["threads"] = bench_threads

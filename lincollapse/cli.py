@@ -5,34 +5,40 @@
 ``run FIGURE [--preset P] [--device D] [--out DIR]``
     computes one figure's data with the package function the book calls, and writes the figure
     (``FIGURE.png``) and its data (``FIGURE.npz`` for arrays, ``FIGURE.json`` for scalars and
-    the configuration) into ``DIR``, each file written atomically;
+    the configuration) into ``DIR``, each file written atomically. The preset is ``--preset``,
+    else ``$LINCOLLAPSE_PRESET``, else ``book``. ``DIR`` (and the results cache, for figures
+    that train) is checked before computing; if a write still fails afterwards, the data go to
+    a rescue folder (:func:`lincollapse.storage.rescue_directory`) that the error names;
 ``bench [ARGS...]``
     the benchmark tables (``lincollapse.bench``; ``bench --help`` lists its options).
 
 Progress bars follow :func:`lincollapse.training.progress_enabled`: shown to a person at a
-terminal, quiet under CI (``CI`` set) and when output goes to a pipe or a file.
+terminal, quiet under CI (``CI`` set) and when output goes to a pipe or a file. Threads follow
+:mod:`lincollapse.threads` (BLAS single-threaded, torch on every available core).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
+import textwrap
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lincollapse.presets import PRESETS
+from lincollapse.presets import ENV_VAR, PRESETS, UnknownPresetError, current_preset
+from lincollapse.results_cache import CacheNotWritableError, CacheWriteError
+from lincollapse.storage import rescue_directory, writable_problem
 
 DEVICES = ("cpu", "cuda", "auto")
 DEFAULT_OUT = Path("_build") / "figures"
@@ -69,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--preset",
         choices=PRESETS,
-        default="book",
-        help="experiment size: fast (seconds, smoke test), book (default), paper (use a GPU)",
+        default=None,
+        help=f"experiment size: fast (seconds, smoke test), book, paper (use a GPU); "
+        f"default: ${ENV_VAR}, else book",
     )
     run.add_argument(
         "--device",
@@ -106,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args.figure, args.preset, args.device, args.out)
     except CLIError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        print(
+            f"\n{parser.prog} {args.command}: interrupted; nothing was written to --out. Training "
+            "runs that had finished are in the results cache: run the same command again to "
+            "continue from them.",
+            file=sys.stderr,
+        )
+        return 130
     parser.print_help(sys.stderr)
     return 2
 
@@ -117,30 +132,29 @@ def _figures() -> dict[str, Any]:
 
 
 def _list() -> int:
-    figures = _figures()
-    header = ("figure", "chapter", "paper", *(f"{p} cost" for p in PRESETS))
-    rows = [
-        (
-            spec.name,
-            spec.chapter,
-            spec.paper_figure,
-            *(spec.cost(preset) or "?" for preset in PRESETS),
+    """One block per figure, wrapped to the terminal (at most 100 columns)."""
+    width = min(100, shutil.get_terminal_size((100, 24)).columns)
+    figures = sorted(_figures().values(), key=lambda s: (s.chapter, s.name))
+    name_width = max(len(spec.name) for spec in figures)
+
+    def wrapped(text: str, indent: str = "    ") -> str:
+        return textwrap.fill(
+            " ".join(str(text).split()), width, initial_indent=indent, subsequent_indent=indent
         )
-        for spec in sorted(figures.values(), key=lambda s: (s.chapter, s.name))
-    ]
-    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
+
+    print(f"{'figure'.ljust(name_width)}  chapter (paper figure)")
+    for spec in figures:
+        print(wrapped(f"{spec.name.ljust(name_width)}  {spec.chapter} ({spec.paper_figure})", ""))
+        print(wrapped(spec.summary))
+        for preset in PRESETS:
+            print(wrapped(f"{preset} cost: {spec.cost(preset) or '?'}", "      "))
     print()
-    for spec in sorted(figures.values(), key=lambda s: (s.chapter, s.name)):
-        print(f"{spec.name}: {spec.summary}")
     print(
-        "\ncost: wall time measured on the book's 2-core CPU unless a GPU is named; "
-        "? = not measured yet"
+        wrapped(
+            "cost: wall time measured on the book's 2-core CPU unless a GPU is named; "
+            "? = not measured yet",
+            "",
+        )
     )
     return 0
 
@@ -153,12 +167,32 @@ def _check_device(device: str | None) -> None:
             raise CLIError("--device cuda, but torch sees no CUDA GPU; use --device cpu or auto")
 
 
-def _run(name: str, preset: str, device: str | None, out: Path) -> int:
+def _resolve_preset(preset: str | None) -> str:
+    """``--preset``, else ``$LINCOLLAPSE_PRESET`` (validated), else ``book``."""
+    if preset is not None:
+        return preset
+    try:
+        return current_preset()
+    except UnknownPresetError as error:
+        raise CLIError(f"{ENV_VAR}: {error}") from error
+
+
+def _check_out(out: Path) -> None:
+    problem = writable_problem(out)
+    if problem is not None:
+        raise CLIError(
+            f"--out {out} {problem}; nothing was computed. Fix: pass --out a folder you can write"
+        )
+
+
+def _run(name: str, preset: str | None, device: str | None, out: Path) -> int:
+    preset = _resolve_preset(preset)
     figures = _figures()
     if name not in figures:
         raise CLIError(f"unknown figure {name!r}; valid figures are: {', '.join(sorted(figures))}")
     spec = figures[name]
     _check_device(device)
+    _check_out(out)
     config_changes: dict[str, Any] = {}
     call: dict[str, Any] = {}
     config_fields = (
@@ -180,11 +214,13 @@ def _run(name: str, preset: str, device: str | None, out: Path) -> int:
 
     print(f"computing {name} (preset {preset}) ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = spec.compute(config, **call) if config is not None else spec.compute(**call)
+    try:
+        result = spec.compute(config, **call) if config is not None else spec.compute(**call)
+    except (CacheNotWritableError, CacheWriteError) as error:
+        raise CLIError(str(error)) from error
     seconds = time.perf_counter() - start
     figure = spec.plot_function()(result)
 
-    out.mkdir(parents=True, exist_ok=True)
     arrays, scalars = flatten(result)
     metadata = {
         "figure": name,
@@ -200,36 +236,75 @@ def _run(name: str, preset: str, device: str | None, out: Path) -> int:
             key: {"shape": list(a.shape), "dtype": str(a.dtype)} for key, a in arrays.items()
         },
     }
-    written = []
-    with _atomic(out / f"{name}.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=150)
-    written.append(out / f"{name}.png")
-    plt.close(figure)
-    with _atomic(out / f"{name}.npz") as tmp:
-        with open(tmp, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-    written.append(out / f"{name}.npz")
-    with _atomic(out / f"{name}.json") as tmp:
-        tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    written.append(out / f"{name}.json")
+    try:
+        written = _write_outputs(out, name, figure, arrays, metadata)
+    except OSError as error:
+        rescued = _rescue_outputs(name, figure, arrays, metadata)
+        raise CLIError(
+            f"could not write into --out {out} after computing {name} in {seconds:.0f} s "
+            f"({error.strerror or error}); {rescued}"
+        ) from error
+    finally:
+        plt.close(figure)
     print(f"{name}: computed in {seconds:.1f} s; wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+def _write_outputs(
+    out: Path, name: str, figure: Any, arrays: dict[str, np.ndarray], metadata: dict
+) -> list[Path]:
+    """Write ``name``'s NPZ, JSON and PNG into ``out``; return their paths.
+
+    All three are written to temporary names first and renamed only when all three are
+    complete, so a failure leaves ``out`` as it was (no partial file, no partial set).
+    """
+
+    def npz(path: Path) -> None:
+        with open(path, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+
+    def js(path: Path) -> None:
+        text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+        path.write_text(text, encoding="utf-8")
+
+    def png(path: Path) -> None:
+        figure.savefig(path, format="png", dpi=150)
+
+    writers = {f"{name}.npz": npz, f"{name}.json": js, f"{name}.png": png}
     umask = os.umask(0)
     os.umask(umask)
+    staged: dict[str, Path] = {}
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        for filename, write in writers.items():
+            handle, temporary = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=out)
+            os.close(handle)
+            staged[filename] = Path(temporary)
+            write(staged[filename])
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        for filename, temporary in staged.items():
+            os.replace(temporary, out / filename)
     finally:
-        tmp.unlink(missing_ok=True)
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+    return [out / filename for filename in writers]
+
+
+def _rescue_outputs(name: str, figure: Any, arrays: dict[str, np.ndarray], metadata: dict) -> str:
+    """Write the outputs into a fresh rescue folder; the end of a sentence saying where."""
+    base = rescue_directory()
+    if base is not None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=base))
+        try:
+            _write_outputs(folder, name, figure, arrays, metadata)
+        except OSError:
+            pass
+        else:
+            return (
+                f"the computed results were saved to {folder} instead ({name}.npz, .json, .png). "
+                "Fix: copy them from there, or free --out and run again"
+            )
+    return "no rescue folder could take them either (tried $TMPDIR, ~/.cache and .)"
 
 
 def flatten(value: Any, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -293,5 +368,5 @@ def _bench(argv: list[str]) -> int:
             raise
         print("python -m lincollapse bench: lincollapse.bench is not available", file=sys.stderr)
         return 2
-    status = bench.main(argv)
+    status = bench.main(argv, prog="python -m lincollapse bench")
     return int(status or 0)

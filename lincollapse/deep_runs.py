@@ -206,6 +206,8 @@ def load_or_train(
             f"{len(missing)} run(s) ({schedule.describe()}) are not cached: "
             + ", ".join(f"σ²={runs[i][0]:g}" for i in missing)
         )
+    if missing:
+        cache.check_writable()  # before training: a run that cannot be cached is not started
     size = config.runs_per_batch or max(1, len(missing))
     for start in range(0, len(missing), size):
         group = missing[start : start + size]

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lincollapse import validation
 from lincollapse.training import History, maximise
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -236,6 +237,7 @@ class GaussianVAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = "auto",
     ) -> None:
+        validation.check_positive(sigma2, "sigma2")
         super().__init__()
         if not sigma2 > 0:
             raise ValueError(f"sigma2 must be positive, got {sigma2}")
@@ -340,6 +342,7 @@ class BatchedGaussianVAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = "auto",
     ) -> None:
+        validation.check_positive_each(sigma2s, "sigma2s")
         super().__init__()
         sigma2s, learned, seeds = run_settings(sigma2s, learned, seeds)
         runs = len(sigma2s)
@@ -620,6 +623,7 @@ def train_batched(
     ``schedule_steps`` (default ``steps``) is the length the learning-rate decay spans: a run's
     first ``steps`` steps of a longer decayed schedule.
     """
+    validation.check_training_data(x, arch.data_dim)
     layout = choose_layout(layout, device)
     model = build_runs(arch, sigma2s, learned, seed, layout=layout, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import ppca
+from lincollapse import ppca, validation
 from lincollapse.ppca import DataSpectrum
 from lincollapse.training import History, maximise
 
@@ -185,6 +185,7 @@ def optimal_encoder(W: np.ndarray, sigma2: float) -> tuple[np.ndarray, np.ndarra
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2:
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
+    validation.check_finite_matrix(W, "W")
     sigma2 = ppca._check_sigma2(sigma2)
     M = W.T @ W + sigma2 * np.eye(W.shape[1])
     return np.linalg.solve(M, W.T), sigma2 / np.diag(M)  # (lvae-optimal-encoder)
@@ -210,6 +211,7 @@ def elbo_gap(W: np.ndarray, sigma2: float) -> float:
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2:
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
+    validation.check_finite_matrix(W, "W")
     sigma2 = ppca._check_sigma2(sigma2)
     M = W.T @ W + sigma2 * np.eye(W.shape[1])
     _, log_det = np.linalg.slogdet(M)

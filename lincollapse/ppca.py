@@ -551,6 +551,8 @@ def posterior(x: np.ndarray, W: np.ndarray, sigma2: float, mean: np.ndarray) -> 
 
 
 def _check_sigma2(sigma2: float) -> float:
+    if isinstance(sigma2, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"sigma2 must be a number, got {sigma2!r} ({type(sigma2).__name__})")
     value = float(sigma2)
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from lincollapse.results_cache import (
+    MANIFEST_CHECKSUM,
     ReferenceResultError,
     load_reference,
+    manifest_checksum,
     save_reference,
 )
 
@@ -135,8 +137,10 @@ def _behaviour_meta(stamped: str | None) -> dict[str, Any]:
 
 
 def _update_meta(js: Path, changes: Mapping[str, Any]) -> None:
-    """Rewrite ``js`` with ``changes`` applied, atomically (a temporary file renamed over it)."""
+    """Rewrite ``js`` with ``changes`` applied and its manifest checksum renewed, atomically (a
+    temporary file renamed over it)."""
     meta = {**json.loads(js.read_text(encoding="utf-8")), **changes}
+    meta[MANIFEST_CHECKSUM] = manifest_checksum(meta)
     tmp = js.with_name(f".{js.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -11,7 +11,18 @@ configuration that differs from the one asked for, or a different source fingerp
 that computed it has changed) makes :meth:`ResultsCache.load` warn (:class:`CacheWarning`) and
 return ``None``; :meth:`ResultsCache.get_or_compute` then recomputes and overwrites. Writes go
 to a temporary file in the same folder followed by ``os.replace``, so a reader never sees a
-partial entry and a writer that fails leaves nothing behind.
+partial entry and a writer that fails leaves nothing behind; two processes computing the same
+entry both succeed and the entry stays valid (the last rename wins).
+
+Nothing computed is lost to a folder that cannot be written: :meth:`ResultsCache.get_or_compute`
+checks the folder before computing (:class:`CacheNotWritableError`, naming the fix), and a write
+that still fails afterwards saves the entry in :func:`lincollapse.storage.rescue_directory` and
+says where (:class:`CacheWriteError`; ``get_or_compute`` warns and returns the arrays). Callers
+that train and then :meth:`~ResultsCache.save` call :meth:`~ResultsCache.check_writable` first.
+
+Every hit and every saved entry is counted in :data:`STATS` and, when ``$LINCOLLAPSE_CACHE_LOG``
+names a file, appended to it as one JSON line: the book build reports from it how much of a
+rerun came from the cache.
 
 The fingerprint hashes the *code* of the modules that compute a result (their syntax tree
 without docstrings), not the whole package, so that editing a plot or a chapter does not
@@ -22,7 +33,7 @@ the repository root (next to ``pyproject.toml``), else in the current directory.
 from __future__ import annotations
 
 import ast
-import contextlib
+import collections
 import datetime
 import hashlib
 import importlib
@@ -31,23 +42,73 @@ import inspect
 import io
 import json
 import os
-import tempfile
+import time
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lincollapse.storage import atomic_write, rescue_directory, writable_problem
+
 CACHE_ENV_VAR = "LINCOLLAPSE_CACHE_DIR"
+LOG_ENV_VAR = "LINCOLLAPSE_CACHE_LOG"
 CACHE_FOLDER = ".lincollapse-cache"
 FORMAT_VERSION = 1
 _META = "__meta__"
+_NON_FINITE = "__non_finite_float__"
 PACKAGE_ROOT = Path(__file__).resolve().parent
+
+#: Events of this process: ``"hit"`` (a valid entry was read) and ``"saved"`` (one was written).
+STATS: collections.Counter[str] = collections.Counter()
 
 
 class CacheWarning(UserWarning):
-    """A cache entry was corrupt or stale and is being ignored (and recomputed)."""
+    """A cache entry was corrupt or stale and is being ignored (and recomputed), or could not be
+    written (and was saved elsewhere)."""
+
+
+class CacheNotWritableError(RuntimeError):
+    """The cache folder cannot take entries; raised before computing. The message names the fix."""
+
+
+class CacheWriteError(OSError):
+    """Writing an entry failed after computing; the message says where a copy was saved."""
+
+
+def _record(event: str, path: Path) -> None:
+    """Count ``event`` and append it to ``$LINCOLLAPSE_CACHE_LOG`` (best effort)."""
+    STATS[event] += 1
+    log = os.environ.get(LOG_ENV_VAR, "").strip()
+    if not log:
+        return
+    line = json.dumps({"event": event, "entry": path.name, "pid": os.getpid(), "time": time.time()})
+    try:
+        with open(log, "a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+    except OSError:  # a log that cannot be written must not stop a computation
+        pass
+
+
+def _read_problem(error: BaseException) -> str:
+    """What a failure to read an ``.npz`` file means, without numpy's pickle advice."""
+    if isinstance(error, zipfile.BadZipFile) or (
+        isinstance(error, ValueError) and "pickle" in str(error)
+    ):
+        return "not a valid .npz archive (truncated, garbled or another kind of file)"
+    if isinstance(error, EOFError):
+        return "empty or truncated"
+    return f"{type(error).__name__}: {error}"
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path`` (no pickles); the file is closed on any failure."""
+    with open(path, "rb") as stream, np.load(stream, allow_pickle=False) as archive:
+        if not hasattr(archive, "files"):
+            raise ValueError("not a valid .npz archive (a single .npy array)")
+        return {name: archive[name] for name in archive.files}
 
 
 def package_version() -> str:
@@ -68,24 +129,49 @@ def default_cache_dir() -> Path:
     return root / CACHE_FOLDER
 
 
+def _is_input_check(statement: ast.stmt) -> bool:
+    """``validation.check_…(…)`` as a statement: it raises or does nothing, never changes values."""
+    if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call)):
+        return False
+    function = statement.value.func
+    return (
+        isinstance(function, ast.Attribute)
+        and isinstance(function.value, ast.Name)
+        and function.value.id == "validation"
+    )
+
+
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """Drop what cannot change a result: docstrings, input checks of :mod:`lincollapse.validation`
+    (:func:`_is_input_check`) and the import of that module."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
+        if not isinstance(body, list) or not body:
+            continue
         if (
-            isinstance(body, list)
-            and body
-            and isinstance(body[0], ast.Expr)
+            isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant)
             and isinstance(body[0].value.value, str)
         ):
-            node.body = body[1:] or [ast.Pass()]
+            body = body[1:]
+        kept = []
+        for statement in body:
+            if _is_input_check(statement):
+                continue
+            if isinstance(statement, ast.ImportFrom) and statement.module == "lincollapse":
+                statement.names = [alias for alias in statement.names if alias.name != "validation"]
+                if not statement.names:
+                    continue
+            kept.append(statement)
+        node.body = kept or [ast.Pass()]
     return tree
 
 
 def source_fingerprint(modules: Sequence[str] | None = None) -> str:
     """16 hex digits identifying the code of ``modules`` (default: every module of the package).
 
-    Comments, docstrings and formatting do not change it; any change to code does.
+    Comments, docstrings, formatting and input checks (statements calling
+    :mod:`lincollapse.validation`) do not change it; any other change to code does.
     """
     if modules is None:
         paths = sorted(PACKAGE_ROOT.rglob("*.py"))
@@ -102,15 +188,21 @@ def source_fingerprint(modules: Sequence[str] | None = None) -> str:
 
 
 def _canonical(value: Any) -> Any:
-    """JSON-ready form of a configuration: tuples → lists, numpy scalars → Python numbers."""
+    """JSON-ready form of a configuration: tuples → lists, numpy scalars → Python numbers.
+
+    A NaN or infinite float becomes ``{"__non_finite_float__": "nan"}`` (JSON has no such
+    numbers), so that it cannot collide with the string ``"nan"``.
+    """
     if isinstance(value, Mapping):
+        if _NON_FINITE in value:
+            raise TypeError(f"{_NON_FINITE!r} is reserved and cannot be a configuration key")
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        return _canonical(value.item())
     if isinstance(value, float) and not np.isfinite(value):
-        return repr(value)
+        return {_NON_FINITE: repr(value)}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot use {type(value).__name__} {value!r} in a cache key")
@@ -170,12 +262,13 @@ class ResultsCache:
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
+            arrays = _load_npz(path)
+            if _META not in arrays:
+                raise ValueError("it has no manifest (not written by this cache)")
             meta = json.loads(str(arrays.pop(_META)))
             problem = self._problem(meta, arrays, config)
         except Exception as error:  # noqa: BLE001 - any failure to read means "corrupt"
-            problem = f"unreadable ({type(error).__name__}: {error})"
+            problem = f"unreadable: {_read_problem(error)}"
             meta = {}
         if problem is not None:
             warnings.warn(
@@ -184,9 +277,28 @@ class ResultsCache:
                 stacklevel=2,
             )
             return None
+        _record("hit", path)
         return arrays, meta
 
-    def _problem(self, meta: dict, arrays: dict[str, np.ndarray], config: Mapping) -> str | None:
+    def check_writable(self) -> None:
+        """Raise :class:`CacheNotWritableError` unless entries can be written (before computing).
+
+        Creates the folder if it is missing. A disabled cache is always fine.
+        """
+        if not self.enabled:
+            return
+        problem = writable_problem(self.directory)
+        if problem is not None:
+            raise CacheNotWritableError(
+                f"the results cache folder {self.directory} {problem}, so results computed now "
+                f"could not be kept; nothing was computed. Fix: set {CACHE_ENV_VAR} to a "
+                f"writable folder (e.g. {CACHE_ENV_VAR}=$HOME/.cache/lincollapse), or make "
+                f"{self.directory} a writable folder"
+            )
+
+    def _problem(self, meta: Any, arrays: dict[str, np.ndarray], config: Mapping) -> str | None:
+        if not isinstance(meta, dict) or not isinstance(meta.get("checksums", {}), dict):
+            return "its manifest is not a JSON object of the expected form"
         if meta.get("format") != FORMAT_VERSION:
             return f"format {meta.get('format')!r}, expected {FORMAT_VERSION}"
         if meta.get("config") != _canonical(config):
@@ -210,7 +322,11 @@ class ResultsCache:
         arrays: Mapping[str, np.ndarray],
         info: Mapping[str, Any] | None = None,
     ) -> Path | None:
-        """Write ``arrays`` for ``config`` atomically; ``info`` (JSON-able) goes into the meta."""
+        """Write ``arrays`` for ``config`` atomically; ``info`` (JSON-able) goes into the meta.
+
+        Raises :class:`CacheWriteError` if the write fails, after saving the entry (a valid
+        cache file) in :func:`lincollapse.storage.rescue_directory`; the message names it.
+        """
         if not self.enabled:
             return None
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
@@ -221,8 +337,15 @@ class ResultsCache:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays, **{_META: np.array(json.dumps(meta))})
         path = self.path(config)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, buffer.getvalue())
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, buffer.getvalue())
+        except OSError as error:
+            raise CacheWriteError(
+                f"could not write the cache entry {path} ({error.strerror or error}); "
+                + _rescue(path.name, buffer.getvalue(), self.directory)
+            ) from error
+        _record("saved", path)
         return path
 
     def _meta(
@@ -247,28 +370,38 @@ class ResultsCache:
         compute: Callable[[], Mapping[str, np.ndarray]],
         info: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict, bool]:
-        """``(arrays, meta, hit)``: the valid cached entry, else ``compute()``, saved."""
+        """``(arrays, meta, hit)``: the valid cached entry, else ``compute()``, saved.
+
+        Before computing, the folder is checked (:meth:`check_writable`). If saving still fails
+        afterwards, a :class:`CacheWarning` says where the entry was saved instead, and the
+        computed arrays are returned all the same.
+        """
         loaded = self.load(config)
         if loaded is not None:
             return loaded[0], loaded[1], True
+        self.check_writable()
         arrays = {name: np.asarray(value) for name, value in compute().items()}
-        self.save(config, arrays, info)
+        try:
+            self.save(config, arrays, info)
+        except CacheWriteError as error:
+            warnings.warn(f"{error}; using the computed arrays", CacheWarning, stacklevel=2)
         return arrays, self._meta(config, arrays, info), False
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``; nothing partial stays."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+def _rescue(name: str, data: bytes, home: Path) -> str:
+    """Save ``data`` as ``name`` in the rescue folder; the end of a sentence saying where."""
+    folder = rescue_directory()
+    if folder is not None:
+        try:
+            atomic_write(folder / name, data)
+        except OSError:
+            folder = None
+    if folder is None:
+        return "no folder could take a copy either (tried $TMPDIR, ~/.cache and .)"
+    return (
+        f"the computed arrays were saved to {folder / name} instead, a valid entry: copy it into "
+        f"{home} once that is writable"
+    )
 
 
 def cached_paper_result(
@@ -290,6 +423,20 @@ class ReferenceResultError(RuntimeError):
     """A shipped reference result is missing, corrupt, stale or for another configuration."""
 
 
+MANIFEST_CHECKSUM = "manifest_sha256"
+
+
+def manifest_checksum(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of a reference's manifest (every field but this checksum, canonical JSON).
+
+    It covers the provenance (``info.command``, ``created``, ``info.seconds``…) that the array
+    checksums do not.
+    """
+    body = {key: value for key, value in meta.items() if key != MANIFEST_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_reference(
     stem: str | os.PathLike,
     config: Mapping[str, Any],
@@ -300,8 +447,9 @@ def save_reference(
     """Write a reference result to be committed: ``<stem>.npz`` (arrays) + ``<stem>.json`` (meta).
 
     The JSON holds the configuration, the source ``fingerprint`` of the computing modules, the
-    package and torch versions, the creation time, a SHA-256 per array and ``info`` (command,
-    machine, threads, wall time…). Both files are written atomically, the arrays first.
+    package and torch versions, the creation time, a SHA-256 per array, ``info`` (command,
+    machine, threads, wall time…) and a SHA-256 of all of that (:func:`manifest_checksum`). Both
+    files are written atomically, the arrays first, readable by everyone (0644).
     """
     stem = Path(stem)
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
@@ -310,26 +458,47 @@ def save_reference(
             raise ValueError(f"cannot store array {name!r} of dtype {array.dtype}")
     cache = ResultsCache(stem.parent, fingerprint)
     meta = cache._meta(config, arrays, info)
+    meta[MANIFEST_CHECKSUM] = manifest_checksum(meta)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     stem.parent.mkdir(parents=True, exist_ok=True)
     npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
-    _atomic_write(npz, buffer.getvalue())
-    _atomic_write(js, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
-    for path in (npz, js):  # committed files: readable by everyone (mkstemp makes them 0600)
+    atomic_write(npz, buffer.getvalue())
+    atomic_write(js, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    for path in (npz, js):  # committed files: readable by everyone whatever the umask
         path.chmod(0o644)
     return npz, js
 
 
+def seal_reference(stem: str | os.PathLike) -> Path:
+    """Add :func:`manifest_checksum` to a reference written before manifests were checksummed.
+
+    Its arrays are validated first; check its provenance fields by eye before sealing them.
+    """
+    stem = Path(stem)
+    js = stem.with_suffix(".json")
+    meta = json.loads(js.read_text(encoding="utf-8"))
+    meta[MANIFEST_CHECKSUM] = manifest_checksum(meta)
+    load_reference(stem, None, None, _meta=meta)  # the arrays must match their checksums
+    atomic_write(js, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    js.chmod(0o644)
+    return js
+
+
 def load_reference(
-    stem: str | os.PathLike, config: Mapping[str, Any] | None, fingerprint: str | None
+    stem: str | os.PathLike,
+    config: Mapping[str, Any] | None,
+    fingerprint: str | None,
+    *,
+    _meta: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The validated ``(arrays, meta)`` of a reference written by :func:`save_reference`.
 
     Raises :class:`ReferenceResultError` saying what is wrong: missing files, unreadable files, a
-    checksum mismatch, a different configuration (``config``; ``None`` skips the check) or a
-    different fingerprint (``fingerprint``; ``None`` skips the check: the code has changed since
-    the reference was computed, so it must be regenerated).
+    manifest that is not a JSON object or whose checksum (:func:`manifest_checksum`) does not
+    match, an array checksum mismatch, a different configuration (``config``; ``None`` skips the
+    check) or a different fingerprint (``fingerprint``; ``None`` skips the check: the code has
+    changed since the reference was computed, so it must be regenerated).
     """
     stem = Path(stem)
     npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
@@ -338,12 +507,34 @@ def load_reference(
             f"reference result {npz.name} / {js.name} not found in {stem.parent}"
         )
     try:
-        meta = json.loads(js.read_text(encoding="utf-8"))
-        with np.load(npz, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        meta = _meta if _meta is not None else json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReferenceResultError(
+            f"reference {stem.name}: {js.name} is not valid JSON ({error})"
+        ) from error
+    if not isinstance(meta, dict) or not isinstance(meta.get("checksums"), dict):
+        raise ReferenceResultError(
+            f"reference {stem.name}: {js.name} is not a manifest (a JSON object with checksums)"
+        )
+    if MANIFEST_CHECKSUM not in meta:
+        raise ReferenceResultError(
+            f"reference {stem.name}: {js.name} has no manifest checksum ({MANIFEST_CHECKSUM}); "
+            "regenerate it with the command in its info.command, or, after checking its fields, "
+            f"add one with lincollapse.results_cache.seal_reference({str(stem)!r})"
+        )
+    if meta[MANIFEST_CHECKSUM] != manifest_checksum(meta):
+        raise ReferenceResultError(
+            f"reference {stem.name}: manifest checksum mismatch: {js.name} was edited after it "
+            "was written (provenance or configuration changed); restore it from version control "
+            "or regenerate it with the command in its info.command"
+        )
+    try:
+        arrays = _load_npz(npz)
     except Exception as error:  # noqa: BLE001 - any failure to read means "corrupt"
-        raise ReferenceResultError(f"reference {stem.name} is unreadable: {error}") from error
-    checksums = meta.get("checksums", {})
+        raise ReferenceResultError(
+            f"reference {stem.name}: {npz.name} is unreadable: {_read_problem(error)}"
+        ) from error
+    checksums = meta["checksums"]
     if set(checksums) != set(arrays):
         raise ReferenceResultError(f"reference {stem.name}: arrays do not match the manifest")
     for name, array in arrays.items():

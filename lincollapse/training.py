@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from lincollapse import validation
+
 OPTIMISERS = ("adam", "lbfgs")
 _LINE_SEARCH_EVALUATIONS = 25  # torch's strong-Wolfe max_ls, per L-BFGS iteration
 
@@ -118,6 +120,7 @@ def maximise(
         The state is updated in place at the end, so that training in chunks takes exactly the
         steps, records and updates of one call; the step-0 record is made only from step 0.
     """
+    validation.check_steps(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 0 <= start_step <= steps:

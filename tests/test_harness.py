@@ -6,6 +6,7 @@ always fails (or never executes) cannot pass.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -54,20 +55,50 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize(
-    ("body", "fails"),
-    [("raise RuntimeError('deliberately broken cell')", True), ("print(value)", False)],
-)
-def test_book_build_fails_on_a_failing_cell(tmp_path, body, fails):
-    make_book(tmp_path, body)
-    result = run([sys.executable, "-m", "lincollapse.build_book", str(tmp_path)], ROOT)
-    output = result.stdout + result.stderr
-    if fails:
-        assert result.returncode != 0, output[-3000:]
-        assert "deliberately broken cell" in output
-    else:
-        assert result.returncode == 0, output[-3000:]
-        assert (tmp_path / "_build" / "html" / "book" / "chapter.html").is_file()
+def build(folder: Path, **env: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "lincollapse.build_book", str(folder), "--mathjax", "cdn"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ | env,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_book_build_fails_on_a_failing_cell_and_names_chapter_cell_cause_and_fix(tmp_path):
+    chapter = make_book(tmp_path, "raise RuntimeError('deliberately broken cell')")
+    code, output = build(tmp_path)
+    assert code != 0, output[-3000:]
+    last = output[output.index("lincollapse: the book did not build") :]
+    line = chapter.read_text().splitlines().index("raise RuntimeError('deliberately broken cell')")
+    assert f"chapter “A chapter” ({chapter})" in last
+    assert f"code cell 2 at line {line + 1} (`raise RuntimeError(" in last
+    assert "cause: RuntimeError: deliberately broken cell" in last
+    assert "fix:" in last and "rerun `make book`" in last and "LINCOLLAPSE_PRESET=fast" in last
+
+
+def test_book_build_shows_progress_and_resumes_from_the_execution_cache(tmp_path):
+    make_book(tmp_path, "print(value)")
+    code, output = build(tmp_path)
+    assert code == 0, output[-3000:]
+    assert (tmp_path / "_build" / "html" / "book" / "chapter.html").is_file()
+    assert "lincollapse: [1/1] A chapter (book/chapter): reading" in output
+    assert "lincollapse: [1/1] A chapter: executed in" in output
+    assert "per-cell timeout" in output and "OPENBLAS_NUM_THREADS=1" in output
+    assert "1 executed, 0 from the execution cache" in output
+    shutil.rmtree(tmp_path / "_build" / ".doctrees")  # Sphinx forgets; the caches remain
+    code, output = build(tmp_path)
+    assert code == 0, output[-3000:]
+    assert "lincollapse: [1/1] A chapter: from the execution cache" in output
+    assert "0 executed, 1 from the execution cache" in output
+
+
+def test_a_slow_cell_fails_only_with_a_timeout_that_was_asked_for(tmp_path):
+    make_book(tmp_path, "import time\ntime.sleep(20)")
+    code, output = build(tmp_path, LINCOLLAPSE_CELL_TIMEOUT="3")
+    assert code != 0, output[-3000:]
+    assert "per-cell timeout 3 s" in output
+    last = output[output.index("lincollapse: the book did not build") :]
+    assert "code cell 2" in last and "CellTimeoutError" in last and "(3 s)" in last
+    assert "LINCOLLAPSE_CELL_TIMEOUT=none" in last
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +218,202 @@ def test_reference_round_trip_and_validation(tmp_path):
     npz.write_bytes(b"garbage")
     with pytest.raises(ReferenceResultError, match="unreadable"):
         load_reference(stem, CONFIG, "code-v1")
+
+
+# ----------------------------------------------------------------------- writable before computing
+
+
+def _unwritable_folder(kind, tmp_path, monkeypatch):
+    if kind == "a file":
+        folder = tmp_path / "cache"
+        folder.write_text("not a folder")
+        return folder
+    if kind == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        return tmp_path / "file" / "cache"
+    folder = tmp_path / "cache"  # read-only, simulated (root ignores permission bits)
+    folder.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and os.path.realpath(dir) == os.path.realpath(folder):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "read-only"])
+def test_an_unwritable_cache_is_an_error_before_computing(kind, tmp_path, monkeypatch):
+    from lincollapse.results_cache import CacheNotWritableError
+
+    folder = _unwritable_folder(kind, tmp_path, monkeypatch)
+    compute = Counter()
+    with pytest.raises(CacheNotWritableError) as info:
+        ResultsCache(folder, fingerprint="f").get_or_compute(CONFIG, compute)
+    assert compute.calls == 0
+    message = str(info.value)
+    assert str(folder) in message and "LINCOLLAPSE_CACHE_DIR" in message
+
+
+def test_a_read_only_cache_still_serves_its_entries(cache, monkeypatch):
+    cache.save(CONFIG, _arrays())
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    compute = Counter()
+    arrays, _, hit = cache.get_or_compute(CONFIG, compute)
+    assert hit and compute.calls == 0
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+
+
+def test_a_write_that_fails_after_computing_keeps_the_arrays(cache, tmp_path, monkeypatch):
+    from lincollapse.results_cache import CacheWriteError
+
+    rescue = tmp_path / "rescue"
+    monkeypatch.setenv("LINCOLLAPSE_RESCUE_DIR", str(rescue))
+    real_replace = os.replace
+
+    def disk_full(source, target):
+        if os.path.dirname(target) == str(cache.directory):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr("lincollapse.results_cache.os.replace", disk_full)
+    compute = Counter()
+    with pytest.warns(CacheWarning, match="No space left on device") as caught:
+        arrays, _, hit = cache.get_or_compute(CONFIG, compute)
+    assert not hit and compute.calls == 1
+    np.testing.assert_array_equal(arrays["values"], _arrays()["values"])
+    saved = sorted(rescue.glob("*.npz"))
+    assert len(saved) == 1 and str(saved[0]) in str(caught[0].message)
+    assert [p.name for p in cache.directory.iterdir() if p.is_file()] == []  # nothing half-written
+    with pytest.raises(CacheWriteError, match=str(rescue)):  # save() itself raises, naming it
+        cache.save(CONFIG, _arrays())
+    monkeypatch.setattr("lincollapse.results_cache.os.replace", real_replace)
+    shutil.copy(saved[0], cache.path(CONFIG))  # the rescued file is a valid entry
+    assert cache.load(CONFIG) is not None
+
+
+# ----------------------------------------------------------------------- messages and formats
+
+
+def test_garbage_entry_message_gives_no_pickle_advice(cache):
+    cache.save(CONFIG, _arrays())
+    cache.path(CONFIG).write_bytes(b"\x80\x04garbage, not an archive" * 10)
+    with pytest.warns(CacheWarning) as caught:
+        assert cache.load(CONFIG) is None
+    message = str(caught[0].message)
+    assert "pickle" not in message and "not a valid .npz archive" in message
+
+
+def test_truncated_entry_leaks_no_open_file(cache):
+    path = cache.save(CONFIG, {"values": np.arange(5000.0)})
+    path.write_bytes(path.read_bytes()[:300])
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.load(CONFIG) is None
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any(issubclass(w.category, CacheWarning) for w in caught)
+
+
+def test_non_finite_floats_do_not_collide_with_strings():
+    assert config_key({"a": float("nan")}) != config_key({"a": "nan"})
+    assert config_key({"a": float("inf")}) != config_key({"a": "inf"})
+    assert config_key({"a": float("-inf")}) != config_key({"a": "-inf"})
+    assert config_key({"a": float("inf")}) != config_key({"a": float("-inf")})
+    assert config_key({"a": 1.5}) == config_key({"a": np.float64(1.5)})
+
+
+def test_entries_get_the_usual_file_permissions(cache):
+    umask = os.umask(0o022)
+    try:
+        path = cache.save(CONFIG, _arrays())
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "3", '"text"', '{"checksums": []}'])
+def test_reference_with_a_json_that_is_not_a_manifest(tmp_path, content):
+    from lincollapse.results_cache import ReferenceResultError, load_reference, save_reference
+
+    stem = tmp_path / "toy"
+    save_reference(stem, CONFIG, _arrays(), "code-v1")
+    stem.with_suffix(".json").write_text(content)
+    with pytest.raises(ReferenceResultError, match="toy"):
+        load_reference(stem, CONFIG, "code-v1")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(("info", "command"), "make something-else"), (("created",), "1999-01-01T00:00:00+00:00"),
+     (("info", "seconds"), 1.0)],
+)  # fmt: skip
+def test_reference_provenance_is_covered_by_a_checksum(tmp_path, field, value):
+    import json
+
+    from lincollapse.results_cache import ReferenceResultError, load_reference, save_reference
+
+    stem = tmp_path / "toy"
+    save_reference(stem, CONFIG, _arrays(), "code-v1", {"command": "make toy", "seconds": 60.0})
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    target = meta
+    for key in field[:-1]:
+        target = target[key]
+    target[field[-1]] = value
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ReferenceResultError, match="manifest checksum"):
+        load_reference(stem, CONFIG, "code-v1")
+
+
+def test_garbage_reference_message_gives_no_pickle_advice(tmp_path):
+    from lincollapse.results_cache import ReferenceResultError, load_reference, save_reference
+
+    stem = tmp_path / "toy"
+    save_reference(stem, CONFIG, _arrays(), "code-v1")
+    stem.with_suffix(".npz").write_bytes(b"\x80\x04garbage" * 20)
+    with pytest.raises(ReferenceResultError) as info:
+        load_reference(stem, CONFIG, "code-v1")
+    assert "pickle" not in str(info.value) and "not a valid .npz archive" in str(info.value)
+
+
+def test_every_shipped_reference_validates():
+    from lincollapse.results_cache import load_reference
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    stems = sorted({p.with_suffix("") for p in results.glob("*.npz")})
+    assert stems
+    for stem in stems:
+        load_reference(stem, None, None)  # checksums of arrays and manifest
+
+
+def test_fingerprint_ignores_input_checks(tmp_path, monkeypatch):
+    """Adding ``validation.check_…`` statements must not make hours of cached runs stale."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = "import math\n\ndef f(x, steps):\n    return math.sqrt(x) * steps\n"
+    checked = (
+        "import math\n\nfrom lincollapse import validation\n\ndef f(x, steps):\n"
+        "    validation.check_steps(steps)\n    return math.sqrt(x) * steps\n"
+    )
+    changed = (
+        "import math\n\ndef f(x, steps):\n    steps = int(steps)\n    return math.sqrt(x) * steps\n"
+    )
+    prints = []
+    for source in (plain, checked, changed):
+        (tmp_path / "fp_checked.py").write_text(source)
+        sys.modules.pop("fp_checked", None)
+        importlib.invalidate_caches()
+        prints.append(source_fingerprint(["fp_checked"]))
+    assert prints[0] == prints[1] != prints[2]

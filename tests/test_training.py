@@ -63,7 +63,7 @@ def test_bad_arguments():
     w = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(ValueError, match="choose one of adam, lbfgs"):
         maximise(lambda: -(w**2).sum(), [w], steps=1, optimiser="sgd")
-    with pytest.raises(ValueError, match="steps must be >= 0"):
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
         maximise(lambda: -(w**2).sum(), [w], steps=-1)
 
 

@@ -41,6 +41,28 @@ class FigureSpec:
 
 FIGURES: dict[str, FigureSpec] = {}
 
+#: Measured wall time in seconds of each chapter (``book/<name>.md``) in ``make book``, per
+#: preset, on the book's 2-core CPU from an empty results cache (README, *Measured timings*,
+#: 2026-11-25). The build prints them beside each chapter's progress; ``None``: not measured.
+CHAPTER_SECONDS: dict[str, dict[str, float]] = {
+    "book": {
+        "deep_vae": 543,
+        "beta_annealing": 268,
+        "linear_decoder_encoders": 171,
+        "stochastic_elbo": 115,
+        "linear_vae": 62,
+        "beyond_the_paper": 23,
+        "posterior_collapse": 20,
+        "ppca": 20,
+        "mnist_data": 6,
+    },
+}
+
+
+def chapter_seconds(chapter: str, preset: str) -> float | None:
+    """The measured cost of ``chapter`` (a file stem) at ``preset``, or ``None``."""
+    return CHAPTER_SECONDS.get(preset, {}).get(chapter)
+
 
 def figure(
     name: str,

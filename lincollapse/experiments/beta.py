@@ -434,6 +434,7 @@ def annealing_runs(
             f"read from the results cache (trained {loaded[1].get('created', '?')[:10]} in "
             f"{info.get('seconds', float('nan')):.0f} s with {info.get('threads', '?')} thread(s))"
         )
+    cache.check_writable()  # before training: runs that cannot be cached are not started
     runs = train_annealed(
         images, config.arch, config.specs(), steps=config.steps, lr=config.lr,
         record_every=config.record_every, delta=config.delta, device=device, progress=progress,

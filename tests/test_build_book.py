@@ -1,0 +1,122 @@
+"""The book build's messages: per-cell timeout, chapter titles, failing cells, summaries.
+
+``tests/test_harness.py`` runs real builds; these check the pieces on their own, in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import pytest
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+from lincollapse.build_book import (
+    CELL_TIMEOUT_VAR,
+    build_summary,
+    cell_timeout,
+    chapter_title,
+    describe_failure,
+    failure_message,
+    locate_cell,
+    write_build_config,
+)
+from lincollapse.experiments import CHAPTER_SECONDS
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = ROOT / "book" / "deep_vae.md"
+
+
+@pytest.mark.parametrize(("preset", "seconds"), [("fast", 900), ("book", -1), ("paper", -1)])
+def test_no_per_cell_timeout_for_the_book_and_paper_presets(preset, seconds, monkeypatch):
+    monkeypatch.delenv(CELL_TIMEOUT_VAR, raising=False)
+    assert cell_timeout(preset, 900) == seconds
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("none", -1), ("3600", 3600), ("0", -1)])
+def test_the_timeout_can_be_set(value, seconds, monkeypatch):
+    monkeypatch.setenv(CELL_TIMEOUT_VAR, value)
+    assert cell_timeout("book", 900) == seconds
+
+
+def test_a_bad_timeout_names_the_variable(monkeypatch):
+    monkeypatch.setenv(CELL_TIMEOUT_VAR, "soon")
+    with pytest.raises(SystemExit, match=CELL_TIMEOUT_VAR):
+        cell_timeout("book", 900)
+
+
+def test_the_build_configuration_carries_the_timeout(tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    monkeypatch.delenv(CELL_TIMEOUT_VAR, raising=False)
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    book = yaml.safe_load(write_build_config(tmp_path, "book").read_text())
+    fast = yaml.safe_load(write_build_config(tmp_path, "fast").read_text())
+    assert book["execute"]["timeout"] == -1 and fast["execute"]["timeout"] == 900
+    assert book["sphinx"]["config"]["lincollapse_status_file"].endswith(".build-status.json")
+
+
+def test_every_chapter_has_a_title_and_a_measured_cost():
+    for path in sorted((ROOT / "book").glob("*.md")):
+        if path.stem == "intro":
+            continue
+        title = chapter_title(path.read_text(encoding="utf-8"), "?")
+        assert title != "?" and not title.startswith("The preset")
+        assert CHAPTER_SECONDS["book"].get(path.stem), f"no measured cost for {path.stem}"
+    assert chapter_title(CHAPTER.read_text(encoding="utf-8"), "?").startswith("Deep Gaussian VAEs")
+
+
+def _code_cells():
+    return [c for c in jupytext.read(CHAPTER).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("number", [1, 6, 13])
+def test_a_timed_out_cell_is_located(number):
+    cell = _code_cells()[number - 1]
+    error = CellTimeoutError.error_from_timeout_and_cell("Cell execution timed out", 900, cell)
+    found = locate_cell(CHAPTER, str(error))
+    lines = CHAPTER.read_text(encoding="utf-8").splitlines()
+    assert found["number"] == number
+    assert lines[found["line"] - 1].strip() == cell.source.strip().splitlines()[0].strip()
+
+
+def test_a_failed_cell_is_located_and_the_message_names_chapter_cell_cause_and_fix():
+    cell = _code_cells()[5]
+    error = CellExecutionError(
+        f"An error occurred while executing the following cell:\n------------------\n"
+        f"{cell.source}\n------------------\n\nValueError: bad",
+        "ValueError",
+        "bad input",
+    )
+    wrapped = RuntimeError(str(CHAPTER))
+    wrapped.__cause__ = error
+    failure = describe_failure(
+        wrapped, docname="book/deep_vae", title="Deep VAEs", source=str(CHAPTER)
+    )
+    assert failure["kind"] == "CellExecutionError" and failure["cell"]["number"] == 6
+    status = {"failure": failure, "chapters": [{"docname": "book/ppca", "executed": True}]}
+    message = failure_message(status, {"hit": 3, "saved": 2})
+    assert "chapter “Deep VAEs”" in message and "code cell 6" in message
+    assert "cause: ValueError: bad input" in message
+    assert "rerun `make book`" in message and "the 1 chapter(s) that finished" in message
+    assert "the 2 training run(s) finished in it are in the results cache" in message
+
+
+def test_a_timeout_message_says_how_to_lift_the_timeout():
+    cell = _code_cells()[0]
+    error = CellTimeoutError.error_from_timeout_and_cell("Cell execution timed out", 900, cell)
+    failure = describe_failure(
+        error, docname="book/deep_vae", title="Deep VAEs", source=str(CHAPTER), timeout=900
+    )
+    message = failure_message({"failure": failure, "chapters": []})
+    assert "CellTimeoutError" in message and "(900 s)" in message
+    assert f"{CELL_TIMEOUT_VAR}=none" in message and "LINCOLLAPSE_PRESET=fast" in message
+
+
+def test_the_summary_counts_chapters_and_cache_traffic():
+    status = {"chapters": [{"executed": True}, {"executed": False}, {"executed": False}]}
+    line = build_summary(status, {"hit": 22, "saved": 0}, 75.0)
+    assert "1 min 15 s" in line and "1 executed, 2 from the execution cache" in line
+    assert "22 entries read, 0 computed and saved" in line
