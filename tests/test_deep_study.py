@@ -180,3 +180,21 @@ def test_shipped_traversal_is_current_and_decodes_like_the_model():
     np.testing.assert_allclose(result.images[0], expected, atol=1e-5)
     assert result.collapsed.tolist() == [False, False, True]
     assert result.change[0] > 100 * result.change[-1]
+
+
+@pytest.mark.parametrize("group", sorted(study.GROUPS))
+def test_shipped_study_groups_are_current(group):
+    """Each shipped group: valid, its runs are the group's, and the code replays their probes."""
+    from lincollapse.references import load_shipped, verify_behaviour
+
+    stem = study.reference_path(group)
+    if not stem.with_suffix(".npz").is_file():
+        pytest.skip(f"group {group} is not shipped yet")
+    arrays, meta = load_shipped(stem, None)
+    specs = study._shipped_specs(group, meta)  # noqa: SLF001 - what the loader checks
+    verify_behaviour(stem, study.group_probe(group, specs))
+    assert stem.with_suffix(".npz").stat().st_size < 1e6
+    assert arrays["sigma2"].tolist() == [spec.sigma2 for spec in specs]
+    done = arrays["steps_done"]
+    assert ((done >= study.MIN_STEPS) | ~arrays["converged"]).all()
+    assert (done <= study.MAX_STEPS).all()
