@@ -137,9 +137,15 @@ def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch
     assert rows["baseline", 0.1]["excess"] == pytest.approx(0.91 - count)
     assert rows["logit", 0.1]["linear"] == 0.0 and rows["logit", 0.1]["excess"] == 0.0
     assert rows["baseline", 1.0]["elbo_gap"] == pytest.approx(20.0)
+    regimes = table.regimes()  # the logit count is 0 at σ² ≤ 1; the baseline's is partial there
+    assert regimes["logit"]["none"] == (pytest.approx(0.05), [1.0, 0.1])
+    assert regimes["baseline"]["partial"][0] == pytest.approx(
+        np.mean([0.96 - study.linear_count(1.0), 0.91 - count])
+    )
     findings = table.findings()
-    assert "logit pixels" in findings["decides"] and "closer to" in findings["decides"]
-    assert findings["learned"].endswith("not run yet.")
+    assert "share no regime" in findings["decides"]
+    assert findings["learned"] == "σ² learned, initialised at σ²: not run yet."
+    assert "changes by +0.080, -0.250 at σ² = 1, 0.1" in findings["logit"]
     assert "Not run yet" in table.table()
 
 

@@ -854,6 +854,11 @@ ABLATIONS = {
 }
 
 
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper-cased when it is a Latin one (σ² stays σ²)."""
+    return text[:1].upper() + text[1:] if text[:1].isascii() else text
+
+
 @dataclasses.dataclass(frozen=True)
 class AblationTable:
     """Per setting and σ²: collapsed fraction (mean and range over seeds) against the linear count.
@@ -893,37 +898,59 @@ class AblationTable:
             lines.append("Not run yet: " + "; ".join(missing) + ".")
         return "\n".join(lines)
 
-    def decides(self) -> str:
-        """Which setting moves the collapsed fraction closest to the linear count (mean |excess|
-        over the σ² it shares with the baseline), computed from the rows."""
-        base = self.excess("baseline")
-        if not base:
-            return "No ablation has been run yet."
-        scores = {}
+    def regimes(self) -> dict[str, dict[str, tuple[float, list[float]]]]:
+        """Per setting, the mean excess over the linear count in its two regimes, with the σ²:
+        ``"none"`` where the count predicts no collapse (σ² below that data's λ_q) and
+        ``"partial"`` where it predicts some but not all. Comparing settings at the same *count*
+        rather than the same σ² separates the pixel scale's shift of the σ² axis from a change
+        in how far the deep model departs from the count."""
+        out: dict[str, dict[str, tuple[float, list[float]]]] = {}
         for setting in ABLATIONS:
-            other = self.excess(setting)
-            shared = [s for s in other if s in base]
-            if setting != "baseline" and shared:
-                scores[setting] = (np.mean([abs(base[s]) for s in shared]),
-                                   np.mean([abs(other[s]) for s in shared]))  # fmt: skip
-        if not scores:
+            rows = [r for r in self.rows if r["setting"] == setting]
+            for regime, keep in (("none", lambda c: c == 0.0), ("partial", lambda c: 0 < c < 1)):
+                chosen = [r for r in rows if keep(r["linear"])]
+                if chosen:
+                    out.setdefault(setting, {})[regime] = (
+                        float(np.mean([r["excess"] for r in chosen])),
+                        [r["sigma2"] for r in chosen],
+                    )
+        return out
+
+    def decides(self) -> str:
+        """The settings compared at matched linear count (:meth:`regimes`), computed from rows."""
+        regimes = self.regimes()
+        if "baseline" not in regimes:
+            return "No ablation has been run yet."
+        others = [s for s in regimes if s != "baseline"]
+        if not others:
             return "Only the baseline has runs so far; no ablation can be compared yet."
-        best = min(scores, key=lambda k: scores[k][1] - scores[k][0])
-        parts = [f"{ABLATIONS[k]}: {b:.3f} → {o:.3f}" for k, (b, o) in scores.items()]
-        verdict = "closer to" if scores[best][1] < scores[best][0] else "no closer to"
-        return (
-            "Mean distance to the linear count, baseline → setting, over the σ² both ran: "
-            + "; ".join(parts)
-            + f". The setting that moves the deep VAE most toward the count is {ABLATIONS[best]}, "
-            f"and it brings it {verdict} the count than the baseline."
-        )
+        sentences = []
+        for regime, words in (("none", "predicts no collapse (σ² below the data's λ_q)"),
+                              ("partial", "predicts partial collapse")):  # fmt: skip
+            have = [s for s in regimes if regime in regimes[s]]
+            if len(have) < 2 or "baseline" not in have:
+                continue
+            parts = [
+                f"{ABLATIONS[s]} {regimes[s][regime][0]:+.3f} (σ² = "
+                + ", ".join(f"{v:g}" for v in regimes[s][regime][1]) + ")"
+                for s in have
+            ]  # fmt: skip
+            best = min(have, key=lambda s: abs(regimes[s][regime][0]))
+            sentences.append(
+                f"Where the linear count {words}, the mean excess over it is: "
+                + "; ".join(parts)
+                + f" — closest to the count: {ABLATIONS[best]}."
+            )
+        if not sentences:
+            return "The ablations run so far share no regime of the linear count with the baseline."
+        return " ".join(sentences)
 
     def excess(self, setting: str) -> dict[float, float]:
         return {r["sigma2"]: r["excess"] for r in self.rows if r["setting"] == setting}
 
     def findings(self) -> dict[str, str]:
         """Sentences computed from the rows; every key is present (saying so when not run)."""
-        out = {k: f"{ABLATIONS[k].capitalize()}: not run yet." for k in ABLATIONS}
+        out = {k: f"{_sentence(ABLATIONS[k])}: not run yet." for k in ABLATIONS if k != "baseline"}
         out["memorisation"] = "Held-out statistics: not available yet."
         out["decides"] = self.decides()
         base = self.excess("baseline")
@@ -935,8 +962,8 @@ class AblationTable:
             if shared:
                 change = np.array([other[s] - base[s] for s in shared])
                 out[setting] = (
-                    f"{ABLATIONS[setting].capitalize()}: the excess over the linear count "
-                    "changes by "
+                    f"{_sentence(ABLATIONS[setting])}: at the same σ², the excess over the "
+                    "linear count changes by "
                     + ", ".join(f"{c:+.3f}" for c in change)
                     + " at σ² = " + ", ".join(f"{s:g}" for s in shared)
                     + " against the baseline."
