@@ -182,3 +182,20 @@ def test_widget_follows_the_slider(example):
     view.sigma2_slider.value = 0.5
     assert not view.state.collapsed
     assert not plt.get_fignums()  # redraws leave no figure open for the inline backend
+
+
+def test_glue_values_are_the_hand_computation(example):
+    values = example.glue_values("g")
+    a, b, c = values["g_s11"], values["g_s12"], values["g_s22"]
+    assert values["g_half_trace"] == pytest.approx((a + c) / 2, abs=1e-12)
+    assert values["g_half_gap"] == pytest.approx(np.hypot((a - c) / 2, b), abs=1e-12)
+    raw = np.array([values["g_u1_raw_1"], values["g_u1_raw_2"]])
+    u1 = np.array([values["g_u1_1"], values["g_u1_2"]])
+    np.testing.assert_allclose(raw / np.linalg.norm(raw), u1, atol=1e-12)
+    lam1, lam2 = values["g_lambda1"], values["g_lambda2"]
+    assert values["g_M"] == pytest.approx(lam1, abs=1e-12)
+    assert values["g_w_squared"] == pytest.approx(lam1 - lam2, abs=1e-12)
+    m = np.sqrt(lam1 - lam2) * values["g_projection"] / lam1
+    assert values["g_m"] == pytest.approx(m, abs=1e-12)
+    assert values["g_v"] == pytest.approx(lam2 / lam1, abs=1e-12)
+    assert all(np.isfinite(v) for v in values.values())

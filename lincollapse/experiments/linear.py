@@ -179,6 +179,48 @@ class PPCA2DResult:
         """:func:`ppca_2d_state` of this data and x⋆ at any σ² (what the slider shows)."""
         return ppca_2d_state(self.spectrum, self.point, sigma2)
 
+    def glue_values(self, prefix: str = "ppca2d") -> dict[str, float | int]:
+        """The numbers of the chapter's hand computation, named ``{prefix}_{name}``.
+
+        ``s11, s12, s22``: entries of S; ``half_trace`` = (λ_1 + λ_2)/2 = (s11 + s22)/2 and
+        ``half_gap`` = (λ_1 − λ_2)/2 = √(((s11 − s22)/2)² + s12²), the two terms of the 2 × 2
+        eigenvalue formula; ``u1_raw_*`` = (s12, λ_1 − s11), an unnormalised u_1; ``w_*``: the
+        MLE's loading vector; ``point_*``: x⋆; ``projection`` = u_1ᵀ(x⋆ − μ̂); ``M`` = wᵀw + σ²
+        at the MLE; ``m``, ``v``: mean and variance of p(z | x⋆) at the MLE.
+        """
+        S = self.spectrum.covariance
+        lam1, lam2 = (float(v) for v in self.spectrum.eigenvalues)
+        u1 = self.spectrum.eigenvectors[:, 0]
+        w = self.mle.W[:, 0]
+        values = {
+            "n": int(self.x.shape[0]),
+            "mean_1": round(float(self.spectrum.mean[0]), 12) + 0.0,  # no "-0.00" from round-off
+            "mean_2": round(float(self.spectrum.mean[1]), 12) + 0.0,
+            "s11": float(S[0, 0]),
+            "s12": float(S[0, 1]),
+            "s22": float(S[1, 1]),
+            "half_trace": (lam1 + lam2) / 2,
+            "half_gap": (lam1 - lam2) / 2,
+            "lambda1": lam1,
+            "lambda2": lam2,
+            "u1_raw_1": float(S[0, 1]),
+            "u1_raw_2": lam1 - float(S[0, 0]),
+            "u1_1": float(u1[0]),
+            "u1_2": float(u1[1]),
+            "sigma2_mle": self.sigma2_mle,
+            "w_1": float(w[0]),
+            "w_2": float(w[1]),
+            "w_squared": float(w @ w),
+            "point_1": float(self.point[0]),
+            "point_2": float(self.point[1]),
+            "projection": float(u1 @ (self.point - self.spectrum.mean)),
+            "M": float(w @ w) + self.sigma2_mle,
+            "m": self.mle.posterior_mean,
+            "v": self.mle.posterior_variance,
+            "radius": self.radius,
+        }
+        return {f"{prefix}_{name}": value for name, value in values.items()}
+
 
 def recoloured_gaussian(
     n: int, covariance: np.ndarray, mean: np.ndarray, seed: int = 0
