@@ -57,7 +57,13 @@ class DiagnosisConfig(ExperimentConfig):
     """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {"n": 300, "n_heldout": 300, "latent": 40, "data_sizes": (100, 300)},
+        "fast": {
+            "n": 300,
+            "n_heldout": 300,
+            "latent": 40,
+            "data_sizes": (100, 300),
+            "seeds": (0, 1),
+        },
     }
     n: int = 1000
     n_heldout: int = 1000
@@ -185,8 +191,9 @@ class NoiseCheck:
         return "\n".join(lines)
 
     def glue_values(self, prefix: str = "noise") -> dict[str, float]:
-        """Per row k: ``sigma2_k``, ``ratio_k``, ``linear_k``, ``measured_k`` (first ε),
-        ``mse_k``; and ``lambda_1``, ``epsilon``, ``latent``."""
+        """Per row k: ``sigma2_k``, ``ratio_k`` (σ²/λ₁), ``linear_k``, ``measured_k`` (first ε),
+        ``mse_k`` and ``excess_k`` (σ² / MSE per pixel); and ``lambda_1``, ``epsilon``,
+        ``latent``."""
         values: dict[str, float] = {
             "lambda_1": self.lambda_1,
             "epsilon": float(self.epsilons[0]),
@@ -199,6 +206,7 @@ class NoiseCheck:
                 f"linear_{k}": float(self.linear[k]),
                 f"measured_{k}": float(self.measured[k, 0]),
                 f"mse_{k}": float(self.optimal_sigma2[k]),
+                f"excess_{k}": float(self.sigma2[k] / self.optimal_sigma2[k]),
             }
         return {f"{prefix}_{name}": value for name, value in values.items()}
 
@@ -216,13 +224,14 @@ def noise_check(config: DiagnosisConfig | None = None) -> NoiseCheck:
         trained = _model(config, sigma2)
         model = trained.model
         means, variances = _encode(model, x)
-        kl = collapse.gaussian_kl_per_dimension(means, variances)
         z = means + np.sqrt(variances) * generator.normal(size=means.shape)
         params = model.numpy_parameters()
         reconstruction = z @ params["W"].T + params["mean"]
         labels.append(label)
         noises.append(float(model.sigma2.detach()) if sigma2 is None else sigma2)
-        measured.append(collapse.collapsed_fraction(kl, epsilons, delta=config.delta))
+        measured.append(
+            collapse.encoder_collapsed_fraction(means, variances, epsilons, config.delta)
+        )
         mse.append(optimal_sigma2(x, reconstruction))
     noises = np.asarray(noises)
     return NoiseCheck(
@@ -338,8 +347,8 @@ def encoder_check(
     epsilon = float(config.epsilons[0])
 
     def fraction(V: np.ndarray, D: np.ndarray) -> float:
-        kl = collapse.gaussian_kl_per_dimension((x - params["mean"]) @ V.T, D)
-        return float(collapse.collapsed_fraction(kl, epsilon, delta=config.delta))
+        means = (x - params["mean"]) @ V.T  # the linear encoder (lvae-encoder)
+        return float(collapse.encoder_collapsed_fraction(means, D, epsilon, config.delta))
 
     kl_mean = collapse.gaussian_kl_per_dimension((x - params["mean"]) @ V.T, D).mean(axis=0)
     active = np.flatnonzero(kl_mean >= epsilon)
@@ -457,8 +466,10 @@ def optimiser_check(config: DiagnosisConfig | None = None) -> OptimiserCheck:
     )
     measured = []
     for trained in runs.values():
-        kl = collapse.gaussian_kl_per_dimension(*_encode(trained.model, x))
-        measured.append(collapse.collapsed_fraction(kl, epsilons, delta=config.delta))
+        means, variances = _encode(trained.model, x)
+        measured.append(
+            collapse.encoder_collapsed_fraction(means, variances, epsilons, config.delta)
+        )
     return OptimiserCheck(
         labels=tuple(runs),
         steps=np.array([t.steps for t in runs.values()]),
@@ -555,11 +566,9 @@ def data_size_check(config: DiagnosisConfig | None = None) -> DataSizeCheck:
     model = _model(config, _noise_of(config, *config.conventions[1])).model
     epsilon = float(config.epsilons[0])
     measured = [
-        float(collapse.collapsed_fraction(
-            collapse.gaussian_kl_per_dimension(*_encode(model, images)), epsilon,
-            delta=config.delta))
+        float(collapse.encoder_collapsed_fraction(*_encode(model, images), epsilon, config.delta))
         for images in (x, heldout)
-    ]  # fmt: skip
+    ]
     return DataSizeCheck(
         sizes=np.asarray(config.data_sizes),
         rank=np.asarray(ranks),
