@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["collapsed_fraction", "collapsed_mask", "gaussian_kl_per_dimension"]
+__all__ = [
+    "collapsed_fraction",
+    "collapsed_mask",
+    "encoder_collapsed_fraction",
+    "gaussian_kl_per_dimension",
+]
 
 
 def gaussian_kl_per_dimension(means: np.ndarray, variances: np.ndarray) -> np.ndarray:
@@ -103,6 +108,42 @@ def collapsed_fraction(
     """
     mask = collapsed_mask(kl, epsilons, delta)
     return mask.mean(axis=-1) if mask.shape[-1] else np.zeros(mask.shape[:-1])
+
+
+def encoder_collapsed_fraction(
+    means: np.ndarray,
+    variances: np.ndarray,
+    epsilons: float | np.ndarray,
+    delta: float = 0.01,
+) -> np.ndarray:
+    """Fraction of an encoder's latents that are (ε, δ)-collapsed, from its outputs on data.
+
+    The first measurement of chapter *Diagnosing posterior collapse in your own VAE*: pass what
+    any diagonal-Gaussian encoder returns on a data set (training or held-out images). It is
+    :func:`collapsed_fraction` of :func:`gaussian_kl_per_dimension`, equations (collapse-kl-dim)
+    and (collapse-metric) of chapter *Posterior collapse*.
+
+    Parameters
+    ----------
+    means : array-like of shape (n, q)
+        Encoder means μ_i(x), one row per data point.
+    variances : array-like of shape (n, q) or (q,)
+        Encoder variances s_i(x)² > 0 (``np.exp(logvar)`` for an encoder that returns
+        log-variances; shape (q,) when they are shared by all points).
+    epsilons : float or array-like of shape (m,)
+        Thresholds ε ≥ 0, nats.
+    delta : float, default 0.01
+        Allowed fraction of data points with KL_i(x) ≥ ε.
+
+    Returns
+    -------
+    ndarray of shape (m,) (a 0-d array for a scalar ε)
+
+    See Also
+    --------
+    lincollapse.deep_vae.collapse_thresholds : the same metric in torch, as per-latent thresholds.
+    """
+    return collapsed_fraction(gaussian_kl_per_dimension(means, variances), epsilons, delta)
 
 
 def linear_collapse_prediction(

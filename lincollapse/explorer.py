@@ -10,6 +10,10 @@ with ``ipywidgets`` installed, and otherwise — no widget library, a plain Pyth
 non-interactive run such as the book build (``LINCOLLAPSE_QUIET`` or ``LINCOLLAPSE_STATIC`` set) —
 returns a static matplotlib figure for a few σ². Widget output never reaches the rendered book:
 its JavaScript would have to come from a CDN.
+
+The same mechanism (:class:`SliderFigure`: sliders, one output area, a figure redrawn on every
+change; :func:`interactive_available` to choose) drives :func:`explore_ppca_2d`, a σ² slider over
+the chapter's two-dimensional example.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, house_style, 
 
 __all__ = [
     "ExplorerState",
+    "PPCA2DExplorer",
     "SigmaExplorer",
+    "SliderFigure",
     "STATIC_ENV_VARS",
     "collapsed_columns",
     "draw_state",
+    "explore_ppca_2d",
     "explore_sigma2",
     "explorer_state",
     "interactive_available",
@@ -299,7 +306,70 @@ def interactive_available() -> bool:
     return _ipywidgets() is not None and _in_kernel()
 
 
-class SigmaExplorer:
+def _require_ipywidgets():
+    widgets = _ipywidgets()
+    if widgets is None:
+        raise ImportError("the interactive explorer needs ipywidgets (pip install ipywidgets)")
+    return widgets
+
+
+def _log_slider(widgets, value: float, value_range: tuple[float, float], description: str):
+    """A FloatLogSlider over ``value_range`` (200 steps), updated when released."""
+    low, high = (math.log10(v) for v in value_range)
+    return widgets.FloatLogSlider(
+        value=value, base=10, min=low, max=high, step=(high - low) / 200,
+        description=description, continuous_update=False, readout_format=".3g",
+    )  # fmt: skip
+
+
+class SliderFigure:
+    """Sliders and an output area in which a figure is redrawn whenever a slider moves.
+
+    Subclasses set their sliders and define :meth:`draw`, which takes the sliders' values as
+    keyword arguments (named as in ``sliders``) and returns a matplotlib Figure.
+
+    Parameters
+    ----------
+    sliders : dict of str to ipywidgets widget
+
+    Attributes
+    ----------
+    widget : ipywidgets.VBox
+        What is displayed: the sliders above the output area.
+    output : ipywidgets.Output
+    """
+
+    def __init__(self, sliders: dict[str, object]) -> None:
+        widgets = _require_ipywidgets()
+        self.sliders = dict(sliders)
+        self.output = widgets.Output()
+        self.widget = widgets.VBox([widgets.HBox(list(self.sliders.values())), self.output])
+        for slider in self.sliders.values():
+            slider.observe(self.redraw, names="value")
+        self.redraw()
+
+    def draw(self, **values) -> Figure:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def redraw(self, _change=None) -> None:
+        """Draw the figure for the sliders' values into the output area."""
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        fig = self.draw(**{name: slider.value for name, slider in self.sliders.items()})
+        if _in_kernel():  # outside a kernel there is nowhere to draw (and clear_output prints)
+            with self.output:
+                self.output.clear_output(wait=True)
+                display(fig)
+        plt.close(fig)  # shown once, in the output area; never again at the end of the cell
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class SigmaExplorer(SliderFigure):
     """Sliders over σ² (log scale) and q, and an output area redrawn on every change.
 
     Attributes
@@ -322,44 +392,48 @@ class SigmaExplorer:
         sigma2_range: tuple[float, float],
         q_max: int,
     ) -> None:
-        widgets = _ipywidgets()
-        if widgets is None:
-            raise ImportError("the interactive explorer needs ipywidgets (pip install ipywidgets)")
+        widgets = _require_ipywidgets()
         self.eigenvalues = eigenvalues
-        low, high = (math.log10(v) for v in sigma2_range)
-        self.sigma2_slider = widgets.FloatLogSlider(
-            value=sigma2, base=10, min=low, max=high, step=(high - low) / 200,
-            description="σ²", continuous_update=False, readout_format=".3g",
-        )  # fmt: skip
+        self.sigma2_slider = _log_slider(widgets, sigma2, sigma2_range, "σ²")
         self.q_slider = widgets.IntSlider(
             value=q, min=1, max=q_max, description="q", continuous_update=False
         )
-        self.output = widgets.Output()
-        self.widget = widgets.VBox([widgets.HBox([self.sigma2_slider, self.q_slider]), self.output])
-        self.sigma2_slider.observe(self.redraw, names="value")
-        self.q_slider.observe(self.redraw, names="value")
         self.state: ExplorerState | None = None
-        self.redraw()
+        super().__init__({"sigma2": self.sigma2_slider, "q": self.q_slider})
 
-    def redraw(self, _change=None) -> None:
-        """Recompute the state for the sliders' values and draw it into the output area."""
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
-        self.state = explorer_state(self.eigenvalues, self.sigma2_slider.value, self.q_slider.value)
+    def draw(self, sigma2: float, q: int) -> Figure:
+        """Spectrum and landscape for (σ², q) (:func:`draw_state`)."""
+        self.state = explorer_state(self.eigenvalues, sigma2, q)
         with house_style():
             fig, (left, right) = new_figure(1, 2, figsize=(10.5, 3.9))
             draw_state(self.state, left, right)
-        if _in_kernel():  # outside a kernel there is nowhere to draw (and clear_output prints)
-            with self.output:
-                self.output.clear_output(wait=True)
-                display(fig)
-        plt.close(fig)  # shown once, in the output area; never again at the end of the cell
+        return fig
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
 
-        display(self.widget)
+class PPCA2DExplorer(SliderFigure):
+    """A σ² slider (log scale) over the two-dimensional pPCA example of chapter *Probabilistic PCA*.
+
+    Attributes
+    ----------
+    result : lincollapse.experiments.linear.PPCA2DResult
+    sigma2_slider : ipywidgets.FloatLogSlider
+    state : lincollapse.experiments.linear.PPCA2DState
+        The model drawn last.
+    """
+
+    def __init__(self, result, *, sigma2: float, sigma2_range: tuple[float, float]) -> None:
+        widgets = _require_ipywidgets()
+        self.result = result
+        self.sigma2_slider = _log_slider(widgets, sigma2, sigma2_range, "σ²")
+        self.state = None
+        super().__init__({"sigma2": self.sigma2_slider})
+
+    def draw(self, sigma2: float) -> Figure:
+        """:func:`lincollapse.plotting.linear.plot_ppca_2d` with the model at ``sigma2``."""
+        from lincollapse.plotting.linear import plot_ppca_2d
+
+        self.state = self.result.state(sigma2)
+        return plot_ppca_2d(self.result, (self.state,))
 
 
 def explore_sigma2(
@@ -429,6 +503,56 @@ def explore_sigma2(
         sigma2 = sorted(sigma2_values)[len(sigma2_values) // 2]
     start = float(np.clip(ppca._check_sigma2(sigma2), low, high))
     explorer = SigmaExplorer(eigenvalues, q=q, sigma2=start, sigma2_range=(low, high), q_max=q_max)
+    if display:
+        from IPython.display import display as show
+
+        show(explorer.widget)
+    return explorer
+
+
+def explore_ppca_2d(
+    result,
+    *,
+    sigma2: float | None = None,
+    sigma2_range: tuple[float, float] | None = None,
+    interactive: bool | None = None,
+    display: bool = True,
+) -> PPCA2DExplorer | Figure:
+    """Move σ² over the two-dimensional pPCA example and watch the model and the posterior.
+
+    Parameters
+    ----------
+    result : lincollapse.experiments.linear.PPCA2DResult
+        From :func:`lincollapse.experiments.linear.ppca_2d_example`.
+    sigma2 : float, optional
+        Initial σ² of the slider (default σ²_MLE = λ_2).
+    sigma2_range : (float, float), optional
+        Slider range (default: the result's σ² sweep).
+    interactive : bool, optional
+        As in :func:`explore_sigma2`: ``None`` (default) gives widgets iff
+        :func:`interactive_available`, else the static figure of the fixed σ² values.
+    display : bool, default True
+        Display the widgets (interactive mode only).
+
+    Returns
+    -------
+    PPCA2DExplorer or matplotlib Figure
+    """
+    if interactive is None:
+        interactive = interactive_available()
+    if not interactive:
+        from lincollapse.plotting.linear import plot_ppca_2d
+
+        return plot_ppca_2d(result)
+    if sigma2_range is None:
+        sigma2_range = (float(result.sweep_sigma2[0]), float(result.sweep_sigma2[-1]))
+    low, high = (ppca._check_sigma2(v) for v in sigma2_range)
+    if not low < high:
+        raise ValueError(f"sigma2_range must be increasing, got {sigma2_range}")
+    start = result.sigma2_mle if sigma2 is None else ppca._check_sigma2(sigma2)
+    explorer = PPCA2DExplorer(
+        result, sigma2=float(np.clip(start, low, high)), sigma2_range=(low, high)
+    )
     if display:
         from IPython.display import display as show
 

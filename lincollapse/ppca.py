@@ -38,6 +38,7 @@ __all__ = [
     "fixed_sigma2_maximiser",
     "average_log_likelihood",
     "log_likelihood_from_covariance",
+    "marginal_covariance",
     "max_log_likelihood",
     "perturbation_change",
     "posterior",
@@ -154,6 +155,31 @@ def spectrum_from_covariance(
 # --------------------------------------------------------------------------------------------
 # Log-likelihood
 # --------------------------------------------------------------------------------------------
+
+
+def marginal_covariance(W: np.ndarray, sigma2: float) -> np.ndarray:
+    """The model's covariance C = W Wᵀ + σ² I_d of the marginal p(x) = N(μ, C).
+
+    Chapter *Probabilistic PCA*, equation (ppca-marginal). The log-likelihood never forms C (see
+    :func:`log_likelihood_from_covariance`); this is for small d, e.g. to draw the model's
+    ellipse in two dimensions.
+
+    Parameters
+    ----------
+    W : ndarray of shape (d, q)
+        Factor loadings, q < d.
+    sigma2 : float
+        Noise variance σ² > 0.
+
+    Returns
+    -------
+    ndarray of shape (d, d)
+    """
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W must have shape (d, q), got {W.shape}")
+    W = _check_loadings(W, W.shape[0])
+    return W @ W.T + _check_sigma2(sigma2) * np.eye(W.shape[0])  # (ppca-marginal)
 
 
 def log_likelihood_from_covariance(covariance: np.ndarray, W: np.ndarray, sigma2: float) -> float:

@@ -32,6 +32,267 @@ def _mnist_spectrum(n: int, seed: int) -> tuple[np.ndarray, ppca.DataSpectrum]:
 
 
 # --------------------------------------------------------------------------------------------
+# pPCA: a worked example in two dimensions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PPCA2DConfig(ExperimentConfig):
+    """``n`` points in the plane (d = 2) whose 1/n sample covariance has the given spectrum.
+
+    The points are drawn from a Gaussian and then re-coloured exactly, so that their sample mean
+    is ``mean`` and their sample covariance is S = U diag(``eigenvalues``) Uᵀ, with u_1 at
+    ``angle_degrees`` from the first axis: round numbers a reader can check by hand. One latent
+    (q = 1); the model is shown at the MLE and at each fixed σ² in ``sigma2_values``, and the
+    posterior of z for one data point is swept over a log-spaced grid of σ².
+    """
+
+    OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {"fast": {"sweep_size": 41}}
+    # Measured on the book's 2-core CPU.
+    COSTS: ClassVar[dict[str, str]] = {"fast": "< 1 s", "book": "< 1 s", "paper": "< 1 s (as book)"}
+    n: int = 200
+    eigenvalues: tuple[float, float] = (4.0, 1.0)
+    angle_degrees: float = 45.0
+    mean: tuple[float, float] = (0.0, 0.0)
+    sigma2_values: tuple[float, ...] = (0.25, 2.5, 5.0)
+    sweep_min: float = 0.05
+    sweep_max: float = 10.0
+    sweep_size: int = 201
+    radius: float = 2.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PPCA2DState:
+    """pPCA with one latent at one σ², and the exact posterior of z for one point.
+
+    Attributes
+    ----------
+    sigma2 : float
+    W : ndarray of shape (2, 1)
+        The fixed-σ² maximiser u_1 √(λ_1 − σ²)₊ (at σ² = σ²_MLE: the MLE).
+    covariance : ndarray of shape (2, 2)
+        The model's covariance C = W Wᵀ + σ² I (ppca-marginal).
+    posterior_mean, posterior_variance : float
+        p(z | x⋆) = N(m, v), equation (ppca-posterior).
+    log_likelihood : float
+        Average log-likelihood (ppca-loglik), nats per point.
+    collapsed : bool
+        λ_1 ≤ σ²: W = 0 and the posterior is the prior for every point.
+    """
+
+    sigma2: float
+    W: np.ndarray
+    covariance: np.ndarray
+    posterior_mean: float
+    posterior_variance: float
+    log_likelihood: float
+    collapsed: bool
+
+    @property
+    def decoded_mean(self) -> np.ndarray:
+        """W m: where the posterior mean puts x⋆ on the model's line, relative to μ̂; shape (2,)."""
+        return self.W[:, 0] * self.posterior_mean
+
+
+def ppca_2d_state(spectrum: ppca.DataSpectrum, point: np.ndarray, sigma2: float) -> PPCA2DState:
+    """The fixed-σ² pPCA maximiser with q = 1 and the exact posterior of z for ``point``.
+
+    Every formula is :mod:`lincollapse.ppca`'s: :func:`~lincollapse.ppca.fixed_sigma2_maximiser`,
+    :func:`~lincollapse.ppca.marginal_covariance`, :func:`~lincollapse.ppca.posterior` and
+    :func:`~lincollapse.ppca.average_log_likelihood`.
+
+    Parameters
+    ----------
+    spectrum : DataSpectrum
+        Of data in d dimensions (the chapter's example has d = 2).
+    point : ndarray of shape (d,)
+    sigma2 : float
+        σ² > 0.
+
+    Returns
+    -------
+    PPCA2DState
+    """
+    W = ppca.fixed_sigma2_maximiser(spectrum, 1, sigma2)
+    posterior = ppca.posterior(np.asarray(point)[None, :], W, sigma2, spectrum.mean)
+    return PPCA2DState(
+        sigma2=float(sigma2),
+        W=W,
+        covariance=ppca.marginal_covariance(W, sigma2),
+        posterior_mean=float(posterior.mean[0, 0]),
+        posterior_variance=float(posterior.covariance[0, 0]),
+        log_likelihood=ppca.average_log_likelihood(spectrum, W, sigma2),
+        collapsed=ppca.collapsed_column_count(spectrum, 1, sigma2) == 1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PPCA2DResult:
+    """The two-dimensional example: data, model at the MLE and at fixed σ², posterior of z.
+
+    Attributes
+    ----------
+    x : ndarray of shape (n, 2)
+        The data points.
+    spectrum : DataSpectrum
+        Sample mean μ̂, covariance S (``spectrum.covariance``), eigenvalues λ_1 ≥ λ_2 and
+        eigenvectors (columns u_1, u_2, each with a non-negative first coordinate).
+    point_index : int
+        The point x⋆ whose posterior is shown: the one farthest from μ̂ in the direction u_1.
+    sigma2_mle : float
+        σ²_MLE = λ_2 (the mean of the d − q = 1 discarded eigenvalues).
+    mle : PPCA2DState
+        The model at σ²_MLE.
+    fixed : tuple of PPCA2DState
+        The model at each fixed σ² of the configuration.
+    sweep_sigma2 : ndarray of shape (m,)
+        Log-spaced σ² grid.
+    sweep_posterior_mean, sweep_posterior_sd : ndarray of shape (m,)
+        Mean and standard deviation of p(z | x⋆) at each σ² of the grid.
+    radius : float
+        Mahalanobis radius at which ellipses are drawn.
+    """
+
+    x: np.ndarray
+    spectrum: ppca.DataSpectrum
+    point_index: int
+    sigma2_mle: float
+    mle: PPCA2DState
+    fixed: tuple[PPCA2DState, ...]
+    sweep_sigma2: np.ndarray
+    sweep_posterior_mean: np.ndarray
+    sweep_posterior_sd: np.ndarray
+    radius: float
+
+    @property
+    def point(self) -> np.ndarray:
+        """x⋆, shape (2,)."""
+        return self.x[self.point_index]
+
+    @property
+    def collapse_sigma2(self) -> float:
+        """λ_1: from this σ² on the latent is collapsed (W = 0, posterior = prior)."""
+        return float(self.spectrum.eigenvalues[0])
+
+    def state(self, sigma2: float) -> PPCA2DState:
+        """:func:`ppca_2d_state` of this data and x⋆ at any σ² (what the slider shows)."""
+        return ppca_2d_state(self.spectrum, self.point, sigma2)
+
+    def glue_values(self, prefix: str = "ppca2d") -> dict[str, float | int]:
+        """The numbers of the chapter's hand computation, named ``{prefix}_{name}``.
+
+        ``s11, s12, s22``: entries of S; ``half_trace`` = (λ_1 + λ_2)/2 = (s11 + s22)/2 and
+        ``half_gap`` = (λ_1 − λ_2)/2 = √(((s11 − s22)/2)² + s12²), the two terms of the 2 × 2
+        eigenvalue formula; ``u1_raw_*`` = (s12, λ_1 − s11), an unnormalised u_1; ``w_*``: the
+        MLE's loading vector; ``point_*``: x⋆; ``projection`` = u_1ᵀ(x⋆ − μ̂); ``M`` = wᵀw + σ²
+        at the MLE; ``m``, ``v``: mean and variance of p(z | x⋆) at the MLE.
+        """
+        S = self.spectrum.covariance
+        lam1, lam2 = (float(v) for v in self.spectrum.eigenvalues)
+        u1 = self.spectrum.eigenvectors[:, 0]
+        w = self.mle.W[:, 0]
+        values = {
+            "n": int(self.x.shape[0]),
+            "mean_1": round(float(self.spectrum.mean[0]), 12) + 0.0,  # no "-0.00" from round-off
+            "mean_2": round(float(self.spectrum.mean[1]), 12) + 0.0,
+            "s11": float(S[0, 0]),
+            "s12": float(S[0, 1]),
+            "s22": float(S[1, 1]),
+            "half_trace": (lam1 + lam2) / 2,
+            "half_gap": (lam1 - lam2) / 2,
+            "lambda1": lam1,
+            "lambda2": lam2,
+            "u1_raw_1": float(S[0, 1]),
+            "u1_raw_2": lam1 - float(S[0, 0]),
+            "u1_1": float(u1[0]),
+            "u1_2": float(u1[1]),
+            "sigma2_mle": self.sigma2_mle,
+            "w_1": float(w[0]),
+            "w_2": float(w[1]),
+            "w_squared": float(w @ w),
+            "point_1": float(self.point[0]),
+            "point_2": float(self.point[1]),
+            "projection": float(u1 @ (self.point - self.spectrum.mean)),
+            "M": float(w @ w) + self.sigma2_mle,
+            "m": self.mle.posterior_mean,
+            "v": self.mle.posterior_variance,
+            "radius": self.radius,
+        }
+        return {f"{prefix}_{name}": value for name, value in values.items()}
+
+
+def recoloured_gaussian(
+    n: int, covariance: np.ndarray, mean: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """n Gaussian points re-coloured so that their sample mean and 1/n covariance are exact.
+
+    Draws ξ_i ~ N(0, I), centres them, whitens them with the Cholesky factor of their own 1/n
+    covariance, and colours them with that of ``covariance``.
+
+    Parameters
+    ----------
+    n : int
+        Number of points, > d.
+    covariance : ndarray of shape (d, d)
+        Symmetric positive definite.
+    mean : ndarray of shape (d,)
+
+    Returns
+    -------
+    ndarray of shape (n, d)
+    """
+    covariance = np.asarray(covariance, dtype=np.float64)
+    d = covariance.shape[0]
+    if n <= d:
+        raise ValueError(f"need n > d = {d} points to fix a covariance, got n={n}")
+    xi = np.random.default_rng(seed).normal(size=(n, d))
+    xi -= xi.mean(axis=0)
+    own = np.linalg.cholesky(xi.T @ xi / n)
+    target = np.linalg.cholesky(covariance)
+    white = np.linalg.solve(own, xi.T).T  # 1/n covariance exactly I
+    return white @ target.T + np.asarray(mean, dtype=np.float64)
+
+
+@figure(
+    "ppca-2d-example",
+    chapter="ppca",
+    plot="lincollapse.plotting.linear:plot_ppca_2d",
+    config=PPCA2DConfig,
+)
+def ppca_2d_example(config: PPCA2DConfig | None = None) -> PPCA2DResult:
+    """pPCA in two dimensions: data and model ellipses, the posterior of z, collapse at σ² ≥ λ_1."""
+    config = config or PPCA2DConfig.for_preset()
+    if len(config.eigenvalues) != 2 or not config.eigenvalues[0] > config.eigenvalues[1] > 0:
+        raise ValueError(f"need two eigenvalues λ_1 > λ_2 > 0, got {config.eigenvalues}")
+    angle = np.radians(config.angle_degrees)
+    basis = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    covariance = (basis * np.asarray(config.eigenvalues)) @ basis.T
+    x = recoloured_gaussian(config.n, covariance, np.asarray(config.mean), seed=config.seed)
+    spectrum = ppca.data_spectrum(x)
+    # eigenvectors have no sign; show each with a non-negative first coordinate, as by hand
+    signs = np.where(spectrum.eigenvectors[0] < 0, -1.0, 1.0)
+    spectrum = dataclasses.replace(spectrum, eigenvectors=spectrum.eigenvectors * signs)
+    along = (x - spectrum.mean) @ spectrum.eigenvectors[:, 0]
+    point_index = int(np.argmax(along))
+    sigma2_mle = ppca.sigma2_mle(spectrum, 1)
+    grid = np.geomspace(config.sweep_min, config.sweep_max, config.sweep_size)
+    sweep = [ppca_2d_state(spectrum, x[point_index], s) for s in grid]
+    return PPCA2DResult(
+        x=x,
+        spectrum=spectrum,
+        point_index=point_index,
+        sigma2_mle=sigma2_mle,
+        mle=ppca_2d_state(spectrum, x[point_index], sigma2_mle),
+        fixed=tuple(ppca_2d_state(spectrum, x[point_index], s) for s in config.sigma2_values),
+        sweep_sigma2=grid,
+        sweep_posterior_mean=np.array([s.posterior_mean for s in sweep]),
+        sweep_posterior_sd=np.sqrt([s.posterior_variance for s in sweep]),
+        radius=config.radius,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # pPCA: the landscape around a collapsed stationary point
 # --------------------------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ Colours: the closed-form optimum is a dark line (OPTIMUM), collapsed latents/col
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -16,8 +18,90 @@ from lincollapse.experiments.linear import (
     GramResult,
     LandscapeResult,
     LikelihoodCurve,
+    PPCA2DResult,
+    PPCA2DState,
 )
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
+
+
+def _ellipse(covariance: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Points (200, 2) at Mahalanobis distance ``radius`` from ``centre`` under ``covariance``."""
+    t = np.linspace(0.0, 2.0 * np.pi, 200)
+    circle = radius * np.stack([np.cos(t), np.sin(t)])
+    return (np.linalg.cholesky(covariance) @ circle).T + centre
+
+
+def plot_ppca_2d(result: PPCA2DResult, states: tuple[PPCA2DState, ...] | None = None) -> Figure:
+    """The two-dimensional pPCA example: ellipses, the posterior of z, and collapse against σ².
+
+    Left: the data, the data ellipse (S) and the model ellipses (C = WWᵀ + σ²I) at the MLE and at
+    each fixed σ² of ``states`` (default: ``result.fixed``), with x⋆ and the points W·E[z | x⋆]
+    (+ μ̂) where each model's posterior mean puts it. Middle: p(z | x⋆) for each model beside the
+    prior. Right: mean and standard deviation of p(z | x⋆) against σ², with λ_2 = σ²_MLE and λ_1.
+    """
+    states = result.fixed if states is None else tuple(states)
+    spectrum = result.spectrum
+    mu = spectrum.mean
+    lam1, lam2 = spectrum.eigenvalues
+    others = itertools.cycle(SERIES[1:])
+    colours = [COLLAPSED if state.collapsed else next(others) for state in states]
+    shown = [(result.mle, OPTIMUM, "--", f"MLE, σ² = λ₂ = {result.sigma2_mle:.3g}")]
+    for state, colour in zip(states, colours, strict=True):
+        note = " (collapsed)" if state.collapsed else ""
+        shown.append((state, colour, "-", f"σ² = {state.sigma2:.3g}{note}"))
+    with house_style():
+        fig, (left, middle, right) = new_figure(1, 3, figsize=(13.5, 5.0))
+
+        left.plot(*result.x.T, ".", color="0.7", ms=3, zorder=1)
+        data = _ellipse(spectrum.covariance, mu, result.radius)
+        left.plot(*data.T, color="0.35", lw=3.5, alpha=0.6, label="data: S")
+        for state, colour, style, label in shown:
+            outline = _ellipse(state.covariance, mu, result.radius)
+            left.plot(*outline.T, style, color=colour, lw=1.6, label=label)
+            left.plot(*(mu + state.decoded_mean), "o", color=colour, ms=6, mec="white", zorder=4)
+        u1 = spectrum.eigenvectors[:, 0]
+        reach = result.radius * np.sqrt(max(lam1, *(s.sigma2 for s in states))) * 1.15
+        left.plot(*np.stack([mu - reach * u1, mu + reach * u1]).T, ":", color="0.4", lw=1,
+                  label=r"$\hat\mu + t\,u_1$")  # fmt: skip
+        left.plot(*result.point, "*", color=OPTIMUM, ms=13, mec="white", zorder=5,
+                  label=r"$x_\star$ (dots: $\hat\mu + W\,\mathrm{E}[z \mid x_\star]$)")  # fmt: skip
+        left.set_aspect("equal", adjustable="datalim")
+        left.set_xlabel("$x_1$")
+        left.set_ylabel("$x_2$")
+        left.set_title(f"data and model ellipses (Mahalanobis radius {result.radius:g})")
+        left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7.5)
+
+        z = np.linspace(-4.0, 4.0, 401)
+        middle.plot(z, np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi), color="0.5", lw=3, alpha=0.5,
+                    label="prior N(0, 1)")  # fmt: skip
+        for state, colour, style, label in shown:
+            v = state.posterior_variance
+            density = np.exp(-0.5 * (z - state.posterior_mean) ** 2 / v) / np.sqrt(2 * np.pi * v)
+            middle.plot(z, density, style, color=colour, lw=1.6, label=label)
+        middle.set_xlabel("z")
+        middle.set_ylabel("density")
+        middle.set_title(r"exact posterior $p(z \mid x_\star)$")
+        middle.legend(loc="upper left", fontsize=7.5)
+
+        grid = result.sweep_sigma2
+        right.axvspan(lam1, grid[-1], color=COLLAPSED, alpha=0.08, lw=0)
+        right.plot(grid, result.sweep_posterior_mean, color=ACTIVE, lw=2,
+                   label=r"mean of $p(z \mid x_\star)$")  # fmt: skip
+        right.plot(grid, result.sweep_posterior_sd, "--", color=ACTIVE, lw=2,
+                   label=r"standard deviation")  # fmt: skip
+        right.axhline(1.0, color="0.5", lw=1, ls=":")
+        right.axhline(0.0, color="0.5", lw=1, ls=":")
+        right.axvline(lam2, color=OPTIMUM, lw=1.2, ls="--", label=f"λ₂ = σ²_MLE = {lam2:.3g}")
+        right.axvline(lam1, color=COLLAPSED, lw=1.5, label=f"λ₁ = {lam1:.3g}: collapsed from here")
+        for state, colour in zip(states, colours, strict=True):
+            values = [state.posterior_mean, np.sqrt(state.posterior_variance)]
+            right.plot([state.sigma2] * 2, values, "o", color=colour, ms=6, mec="white")
+        right.set_xscale("log")
+        right.set_xlim(grid[0], grid[-1])
+        right.set_xlabel(r"fixed $\sigma^2$")
+        right.set_title("the posterior of z becomes the prior at σ² = λ₁")
+        right.legend(loc="center left", fontsize=7.5)
+    return fig
 
 
 def plot_ppca_landscape(result: LandscapeResult) -> Figure:

@@ -1,0 +1,164 @@
+"""The diagnosis chapter's measurements, against independent formulas and both ways.
+
+Oracles written here: the torch order-statistic implementation of the collapse metric
+(``lincollapse.deep_vae``), eigenvalues from ``numpy.linalg.eigvalsh``, the linear count
+max(0, q − #{λ_j > σ²})/q, d/2 for PyTorch's default ``mse_loss``, and the pPCA log-likelihood from
+``torch.distributions.LowRankMultivariateNormal`` for the ELBO with the best encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from lincollapse import collapse, deep_vae
+from lincollapse.data import load_mnist
+from lincollapse.experiments import diagnosis
+
+CONFIG = diagnosis.DiagnosisConfig.for_preset("fast")
+
+
+def _eigenvalues(x: np.ndarray) -> np.ndarray:
+    centred = x - x.mean(axis=0)
+    return np.sort(np.linalg.eigvalsh(centred.T @ centred / x.shape[0]))[::-1]
+
+
+def _count(eigenvalues: np.ndarray, sigma2: float, q: int) -> float:
+    return max(0, q - int(np.sum(eigenvalues > sigma2))) / q
+
+
+# ------------------------------------------------------------------ encoder_collapsed_fraction
+
+
+def test_encoder_collapsed_fraction_matches_the_torch_order_statistic():
+    rng = np.random.default_rng(0)
+    n, q = 400, 12
+    scale = np.linspace(0.0, 1.5, q)  # from exactly the prior to clearly informative
+    means = rng.normal(size=(n, q)) * scale
+    variances = np.exp(rng.normal(size=(n, q)) * 0.3 * scale)
+    epsilons = np.array([0.0, 0.001, 0.01, 0.1, 0.5, 2.0])
+    for delta in (0.0, 0.01, 0.1):
+        ours = collapse.encoder_collapsed_fraction(means, variances, epsilons, delta)
+        kl = deep_vae.kl_per_dimension(torch.as_tensor(means), torch.as_tensor(variances))
+        thresholds = deep_vae.collapse_thresholds(kl, delta)
+        oracle = deep_vae.collapsed_fraction_from_thresholds(thresholds, epsilons)
+        np.testing.assert_array_equal(ours, oracle)
+
+
+def test_encoder_collapsed_fraction_both_ways_and_shared_variances():
+    n, q = 100, 4
+    prior = collapse.encoder_collapsed_fraction(np.zeros((n, q)), np.ones(q), [1e-9, 0.01])
+    np.testing.assert_array_equal(prior, [1.0, 1.0])  # the prior: collapsed at every ε > 0
+    informative = np.where(np.arange(n)[:, None] % 2 == 0, 3.0, -3.0) * np.ones((n, q))
+    np.testing.assert_array_equal(
+        collapse.encoder_collapsed_fraction(informative, np.ones(q), [0.01, 1.0]), [0.0, 0.0]
+    )
+    half = np.concatenate([np.zeros((n, 2)), informative[:, :2]], axis=1)
+    assert float(collapse.encoder_collapsed_fraction(half, np.ones(q), 0.01)) == 0.5
+    with pytest.raises(ValueError, match="log-variances"):
+        collapse.encoder_collapsed_fraction(np.zeros((n, q)), np.full(q, -1.0), 0.01)
+
+
+# ------------------------------------------------------------------------------- noise
+
+
+@pytest.fixture(scope="module")
+def noise() -> diagnosis.NoiseCheck:
+    return diagnosis.noise_check(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def train_images() -> np.ndarray:
+    return diagnosis._split(CONFIG.n, CONFIG.n_heldout, CONFIG.seed)[0]
+
+
+def test_noise_of_each_loss_and_the_linear_count(noise, train_images):
+    assert noise.sigma2[0] == pytest.approx(784 / 2)  # mse_loss(mean) + batch-mean KL: d/2
+    assert noise.sigma2[1] == pytest.approx(1 / 2)  # both summed: 1/2
+    eigenvalues = _eigenvalues(train_images)
+    assert noise.lambda_1 == pytest.approx(eigenvalues[0], rel=1e-10)
+    for k, sigma2 in enumerate(noise.sigma2):
+        assert noise.linear[k] == pytest.approx(_count(eigenvalues, sigma2, CONFIG.latent))
+    assert np.all(noise.measured[0] == 1.0)  # every latent collapsed at σ² = d/2
+    assert noise.measured[1, 0] == pytest.approx(noise.linear[1])  # the count, measured
+    assert 0 < noise.linear[1] < 1  # the example is a partial collapse
+    assert np.all(noise.measured[2] == 0.0)  # learned σ²: nothing collapses
+
+
+def test_learned_noise_is_the_mle_and_the_reconstruction_error(noise, train_images):
+    eigenvalues = _eigenvalues(train_images)
+    assert noise.sigma2[2] == pytest.approx(eigenvalues[CONFIG.latent :].mean(), rel=1e-5)
+    assert noise.optimal_sigma2[2] == pytest.approx(noise.sigma2[2], rel=0.05)  # one sample of z
+    # the collapsed model reconstructs the mean image: its error is the variance per pixel
+    assert noise.optimal_sigma2[0] == pytest.approx(eigenvalues.sum() / 784, rel=0.02)
+
+
+def test_noise_table_and_glue_values(noise):
+    table = noise.table()
+    assert all(label in table for label in noise.labels)
+    values = noise.glue_values()
+    assert values["noise_ratio_0"] == pytest.approx(noise.sigma2[0] / noise.lambda_1)
+    assert values["noise_excess_0"] > 1000
+    assert all(np.isfinite(v) for v in values.values())
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def test_encoder_check_blames_the_lagging_encoder_only(train_images):
+    check = diagnosis.encoder_check(CONFIG)
+    np.testing.assert_array_equal(check.blames_encoder(), [False, True])
+    assert check.measured[0] == check.best == check.decoder_collapsed
+    assert check.measured[1] - check.best == pytest.approx(CONFIG.lagging / CONFIG.latent)
+    assert check.best_elbo >= check.elbo.max() - 1e-9
+    assert check.best_elbo - check.elbo[0] < 1e-5 < check.best_elbo - check.elbo[1]
+    # with orthogonal columns the best encoder's ELBO is the pPCA log-likelihood (lvae-elbo-gap)
+    trained = diagnosis._model(CONFIG, check.sigma2)
+    W = torch.as_tensor(trained.model.numpy_parameters()["W"])
+    x = torch.as_tensor(train_images)
+    marginal = torch.distributions.LowRankMultivariateNormal(
+        x.mean(0), W, torch.full((x.shape[1],), check.sigma2, dtype=torch.float64)
+    )
+    assert check.best_elbo == pytest.approx(float(marginal.log_prob(x).mean()), abs=1e-5)
+    assert "encoder" in check.table() and "decoder (the model)" in check.table()
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def test_optimiser_check_converged_runs_agree_and_the_early_one_does_not():
+    check = diagnosis.optimiser_check(CONFIG)
+    converged = check.converged()
+    np.testing.assert_array_equal(converged, [True] * len(CONFIG.seeds) + [False])
+    assert np.all(check.gap[converged] < 1e-5) and check.gap[~converged][0] > 1.0
+    assert np.all(check.measured[converged, 0] == check.linear)
+    assert np.ptp(check.measured[converged], axis=0).max() == 0.0
+    values = check.glue_values()
+    assert values["optimiser_seeds"] == len(CONFIG.seeds)
+    assert values["optimiser_early_measured"] != values["optimiser_early_measured_last"]
+
+
+# --------------------------------------------------------------------------- data size
+
+
+def test_data_size_check_against_numpy():
+    check = diagnosis.data_size_check(CONFIG)
+    for size, rank, above, linear in zip(
+        check.sizes, check.rank, check.above, check.linear, strict=True
+    ):
+        x = load_mnist(int(size), seed=CONFIG.seed).images
+        eigenvalues = _eigenvalues(x)
+        assert rank == np.linalg.matrix_rank(x - x.mean(0)) and rank <= size - 1
+        assert above == int(np.sum(eigenvalues > check.sigma2))
+        assert linear == pytest.approx(_count(eigenvalues, check.sigma2, check.latent))
+    assert np.all(np.diff(check.above) > 0)  # more images, more directions above the noise
+    assert check.train_measured == check.heldout_measured  # a linear VAE does not memorise
+    assert "rank of S" in check.table()
+
+
+def test_bad_loss_conventions_raise():
+    with pytest.raises(ValueError, match="mse_reduction"):
+        diagnosis.noise_check(dataclasses.replace(CONFIG, conventions=(("median", "sum"),)))
