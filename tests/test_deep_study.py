@@ -146,6 +146,8 @@ def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch
     assert "share no regime" in findings["decides"]
     assert findings["learned"] == "σ² learned, initialised at σ²: not run yet."
     assert "changes by +0.080, -0.250 at σ² = 1, 0.1" in findings["logit"]
+    # the fake logit runs share σ² with the baseline but not σ²/λ₁ (λ₁ is 130 times larger)
+    assert findings["matched_scale"].startswith("No run of logit pixels")
     assert "Not run yet" in table.table()
 
 
@@ -204,3 +206,10 @@ def test_shipped_study_groups_are_current(group):
     done = arrays["steps_done"]
     assert ((done >= study.MIN_STEPS) | ~arrays["converged"]).all()
     assert (done <= study.MAX_STEPS).all()
+
+
+def test_plateau_rule_is_not_fooled_by_float_noise():
+    steps = np.arange(0, 8001, 100)
+    fraction = np.where(steps < 5000, 0.925, 0.935)[:, None]  # 0.935 − 0.925 > 0.01 in floats
+    assert 0.935 - 0.925 > study.PLATEAU_TOLERANCE
+    assert study.plateau(steps, fraction) == (True, 0.01)

@@ -241,7 +241,8 @@ def plateau(steps: np.ndarray, fraction: np.ndarray) -> tuple[bool, float]:
         return False, float("nan")
     fraction = np.asarray(fraction, dtype=np.float64).reshape(steps.size, -1)
     tail = fraction[steps >= steps[-1] - WINDOW]
-    movement = float((tail.max(axis=0) - tail.min(axis=0)).max())
+    # fractions are multiples of 1/q: round away the float noise of their differences
+    movement = round(float((tail.max(axis=0) - tail.min(axis=0)).max()), 9)
     return bool(steps[-1] >= MIN_STEPS and movement <= PLATEAU_TOLERANCE), movement
 
 
@@ -545,8 +546,15 @@ def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dic
     out["pixels"] = np.array([spec.pixels for spec, _, _ in runs])
     out["n_train"] = np.array([spec.n_train for spec, _, _ in runs])
     out["seed"] = np.array([spec.seed for spec, _, _ in runs])
-    for name in ("steps", "converged", "movement", "seconds"):
-        out["steps_done" if name == "steps" else name] = np.array([i[name] for _, _, i in runs])
+    out["steps_done"] = np.array([arrays["steps"][-1] for _, arrays, _ in runs])
+    out["seconds"] = np.array([info["seconds"] for _, _, info in runs])
+    # the plateau rule evaluated on the records at each run's end
+    rule = [
+        plateau(a["steps"], collapsed_fraction_from_thresholds(a["thresholds"], PLATEAU_EPSILONS))
+        for _, a, _ in runs
+    ]
+    out["converged"] = np.array([converged for converged, _ in rule])
+    out["movement"] = np.array([movement for _, movement in rule])
     return out
 
 
@@ -639,6 +647,7 @@ REPRODUCTION_FIXED = {30.0: 0.98, 10.0: 0.93, 3.0: 0.89, 1.0: 0.85, 0.3: 0.74, 0
                       0.03: 0.06, 0.01: 0.0, 0.003: 0.0, 0.001: 0.0, 0.0001: 0.0}  # fmt: skip
 REPRODUCTION_LEARNED = {1.0: 0.82, 0.01: 0.40, 0.001: 0.0, 0.0001: 0.0}
 STUDY_EPSILON = 0.01
+AGREEMENT = 0.05  # two collapsed fractions this close are called equal (10 of 200 latents)
 STUDY_COST = "≈ 1 s (reads shipped runs; training them: ≈ 10–20 min per run on one core)"
 
 
@@ -869,6 +878,7 @@ class AblationTable:
         One per (setting, σ²): ``setting``, ``sigma2``, ``seeds``, ``fraction`` (mean),
         ``spread`` (max − min over seeds), ``fraction_test`` (held-out images, mean),
         ``linear`` (count on that setting's data; at the final σ² for learned runs),
+        ``relative`` (final σ² over that data's largest eigenvalue λ_1: a scale-free σ²),
         ``excess`` (fraction − linear), ``elbo_gap`` (training − held-out ELBO, nats/image),
         ``converged`` (all seeds met the plateau rule).
     provenance : dict of str to str
@@ -916,6 +926,33 @@ class AblationTable:
                     )
         return out
 
+    def matched_scale(self, setting: str = "logit", factor: float = 2.0) -> str:
+        """Compare ``setting`` with the baseline at matched σ²/λ₁ (within ``factor``)."""
+        base = [r for r in self.rows if r["setting"] == "baseline"]
+        other = [r for r in self.rows if r["setting"] == setting]
+        pairs = []
+        for row in other:
+            near = min(
+                base, key=lambda b: abs(np.log(b["relative"] / row["relative"])), default=None
+            )
+            if near is not None and abs(np.log(near["relative"] / row["relative"])) <= np.log(
+                factor
+            ):
+                pairs.append((near, row))
+        if not pairs:
+            return f"No run of {ABLATIONS[setting]} has a baseline run at a matching σ²/λ₁ yet."
+        parts = [
+            f"{b['excess']:+.3f} against {o['excess']:+.3f} at σ²/λ₁ ≈ {o['relative']:.1e}"
+            for b, o in pairs
+        ]
+        close = sum(abs(b["excess"] - o["excess"]) <= AGREEMENT for b, o in pairs)
+        return (
+            "Measured against σ²/λ₁ (the noise relative to the data's largest eigenvalue), the "
+            f"excess over the count of the baseline and of {ABLATIONS[setting]} agree within "
+            f"{AGREEMENT:g} at {close} of {len(pairs)} matched σ²/λ₁ (baseline against "
+            f"{setting}): " + "; ".join(parts) + "."
+        )
+
     def decides(self) -> str:
         """The settings compared at matched linear count (:meth:`regimes`), computed from rows."""
         regimes = self.regimes()
@@ -953,6 +990,7 @@ class AblationTable:
         out = {k: f"{_sentence(ABLATIONS[k])}: not run yet." for k in ABLATIONS if k != "baseline"}
         out["memorisation"] = "Held-out statistics: not available yet."
         out["decides"] = self.decides()
+        out["matched_scale"] = self.matched_scale("logit")
         base = self.excess("baseline")
         for setting in ("logit", "learned", "data_size"):
             other = self.excess(setting)
@@ -1018,6 +1056,9 @@ def ablations() -> AblationTable:
                 "spread": float(final[idx].max() - final[idx].min()),
                 "fraction_test": float(final_test[idx].mean()),
                 "linear": float(np.mean(counts)),
+                "relative": float(np.mean(final_sigma2)) / float(
+                    linear_count_eigenvalues(str(a["pixels"][idx[0]]), int(a["n_train"][idx[0]]))[0]
+                ),
                 "excess": float(final[idx].mean() - np.mean(counts)),
                 "elbo_gap": float(elbo_gap[idx].mean()),
                 "converged": bool(a["converged"][idx].all()),

@@ -171,22 +171,25 @@ def plot_ablations(result) -> Figure:
     from lincollapse.experiments.deep_study import ABLATIONS
 
     with house_style():
-        fig, ax = new_figure(figsize=(6.6, 3.8))
+        fig, axes = new_figure(1, 2, figsize=(10.0, 3.8), sharey=True)
         settings = [s for s in ABLATIONS if any(r["setting"] == s for r in result.rows)]
-        for k, setting in enumerate(settings):
-            rows = [r for r in result.rows if r["setting"] == setting]
-            x = np.array([r["sigma2"] for r in rows]) * 1.08**k  # small offsets to separate
-            y = np.array([r["excess"] for r in rows])
-            half = np.array([r["spread"] for r in rows]) / 2
-            ax.errorbar(x, y, yerr=half, fmt="o-", color=SERIES[k % len(SERIES)], capsize=3,
-                        label=ABLATIONS[setting])  # fmt: skip
-        ax.axhline(0.0, color=OPTIMUM, lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("observation noise σ²")
-        ax.set_ylabel("collapsed fraction − linear count")
-        ax.set_title("what moves the deep VAE toward the linear count (bars: range over seeds)")
+        panels = ((axes[0], "sigma2", "observation noise σ²"),
+                  (axes[1], "relative", "σ² / λ₁ of that setting's data"))  # fmt: skip
+        for ax, key, label in panels:
+            for k, setting in enumerate(settings):
+                rows = [r for r in result.rows if r["setting"] == setting]
+                x = np.array([r[key] for r in rows]) * 1.08**k  # small offsets to separate
+                y = np.array([r["excess"] for r in rows])
+                half = np.array([r["spread"] for r in rows]) / 2
+                ax.errorbar(x, y, yerr=half, fmt="o-", color=SERIES[k % len(SERIES)], capsize=3,
+                            label=ABLATIONS[setting])  # fmt: skip
+            ax.axhline(0.0, color=OPTIMUM, lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("collapsed fraction − linear count")
+        fig.suptitle("what moves the deep VAE toward the linear count (bars: range over seeds)")
         if settings:
-            ax.legend(fontsize=7.5)
+            axes[0].legend(fontsize=7.5)
     return fig
 
 
