@@ -18,10 +18,10 @@ Subcommands
     first layer's shape, the layout training picks here, projected grid and long-run times.
 ``threads``
     Computes figures (``--figure``, repeatable; default ``ppca-collapsed-vs-sigma2`` and
-    ``likelihood-vs-latent-size``) at the preset in fresh processes, alternately under the thread
-    policy (:mod:`lincollapse.threads`) and without it (no thread variables: every pool takes
-    every core), ``--repeat`` times each, each with an empty results cache, and prints their
-    compute times and the load average.
+    ``likelihood-vs-latent-size``) at the preset ``--repeat`` times with numpy's BLAS on every
+    core (the default) and as many times on one thread (the policy of
+    :mod:`lincollapse.threads`), interleaved in one fresh process with an empty results cache,
+    and prints their compute times and the load average.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -372,24 +371,29 @@ if __name__ == "__main__":
 
 THREAD_FIGURES = ("ppca-collapsed-vs-sigma2", "likelihood-vs-latent-size")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_TIMER = """
+import json, sys, time
+from threadpoolctl import threadpool_limits
+from lincollapse.experiments import load_all
+spec = load_all()[sys.argv[1]]
+config = spec.config.for_preset(sys.argv[2]) if spec.config else None
 
+def seconds():
+    start = time.perf_counter()
+    spec.compute(config) if config is not None else spec.compute()
+    return time.perf_counter() - start
 
-def _time_figure(figure: str, preset: str, policy: bool, scratch: Path) -> float:
-    """Compute seconds of ``python -m lincollapse run figure`` in a fresh process, empty cache."""
-    from lincollapse.threads import POLICY_ENV_VAR
+def policy():  # what OPENBLAS_NUM_THREADS=1 does, set at run time
+    return threadpool_limits(limits=1, user_api="blas")
 
-    out = Path(tempfile.mkdtemp(dir=scratch))
-    env = {key: value for key, value in os.environ.items() if key not in _THREAD_VARIABLES}
-    env |= {
-        POLICY_ENV_VAR: "on" if policy else "off",
-        "LINCOLLAPSE_CACHE_DIR": str(out / "cache"),
-        "LINCOLLAPSE_QUIET": "1",
-    }
-    command = [sys.executable, "-m", "lincollapse", "run", figure, "--preset", preset]
-    done = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return float(json.loads((out / f"{figure}.json").read_text())["compute_seconds"])
+seconds()  # warm-up: imports, data, first allocations
+times = {"default": [], "policy": []}
+for _ in range(int(sys.argv[3])):
+    times["default"].append(seconds())
+    with policy():
+        times["policy"].append(seconds())
+print(json.dumps(times))
+"""
 
 
 def bench_threads(
@@ -399,32 +403,38 @@ def bench_threads(
     figures: Sequence[str] = THREAD_FIGURES,
     repeat: int = 3,
 ) -> float:
-    """Figures' compute times with and without the thread policy; return the total seconds."""
-    from lincollapse.threads import available_cores, policy_environment
+    """Figures' compute times with and without the thread policy; return the total seconds.
+
+    One fresh process per figure, started without any thread variable (every pool takes every
+    core: the default), computes the figure once to warm up, then ``repeat`` times by default
+    and ``repeat`` times with BLAS limited to one thread, interleaved, so that a change of load
+    on a busy machine hits both alike. torch keeps every core in both, as the policy of the
+    command line and the book build does.
+    """
+    from lincollapse.threads import POLICY_ENV_VAR, available_cores, policy_environment
 
     start = time.perf_counter()
-    policy = policy_environment(environ={})
     out(
         f"thread policy benchmark, preset {preset}, {available_cores()} cores, load average "
         f"{_load()} at the start"
     )
-    out("policy: " + " ".join(f"{k}={v}" for k, v in policy.items()))
+    out("policy: " + " ".join(f"{k}={v}" for k, v in policy_environment(environ={}).items()))
     out("default: none of these set (every pool takes every core)")
+    env = {key: value for key, value in os.environ.items() if key not in _THREAD_VARIABLES}
+    env |= {POLICY_ENV_VAR: "off", "LINCOLLAPSE_QUIET": "1"}
     with tempfile.TemporaryDirectory() as scratch:
+        env["LINCOLLAPSE_CACHE_DIR"] = scratch  # empty: every run computes
         for figure in figures:
-            times: dict[str, list[float]] = {"default": [], "policy": []}
-            for run in range(repeat):  # alternate, so that a change of load hits both
-                for variant in times:
-                    seconds = _time_figure(figure, preset, variant == "policy", Path(scratch))
-                    times[variant].append(seconds)
-                    out(f"  {figure} {variant} run {run + 1}: {seconds:.2f} s (load {_load()})")
-            out(f"{'figure':<28} {'variant':<8} {'compute seconds per run':<32} {'median':>7}")
+            command = [sys.executable, "-c", _TIMER, figure, preset, str(repeat)]
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"timing {figure} failed:\n{done.stderr[-2000:]}")
+            times = json.loads(done.stdout.strip().splitlines()[-1])
             for variant, values in times.items():
                 runs = ", ".join(f"{v:.2f}" for v in values)
-                out(f"{figure:<28} {variant:<8} {runs:<32} {statistics.median(values):>7.2f}")
+                out(f"{figure:<28} {variant:<8} median {statistics.median(values):7.2f} s ({runs})")
             ratio = statistics.median(times["default"]) / statistics.median(times["policy"])
-            out(f"{figure:<28} default / policy = {ratio:.2f}")
-    out(f"load average {_load()} at the end")
+            out(f"{figure:<28} default / policy = {ratio:.2f}; load average {_load()}")
     return time.perf_counter() - start
 
 
