@@ -235,3 +235,21 @@ def test_collapse_metric_matches_the_eigenvalue_count():
     index = np.searchsorted(result.epsilons, 0.1)
     np.testing.assert_allclose(result.fractions[:, index], result.predicted, atol=1.0 / 20 + 1e-9)
     _close(plotting.plot_collapse_metric(result))
+
+
+def test_bench_linear_prints_both_trainers():
+    from lincollapse import bench
+
+    lines: list[str] = []
+    total = bench.bench_linear("fast", out=lines.append)
+    rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    trainers = [" ".join(row[1:-7]) for row in rows]
+    config = experiments.LikelihoodVsLatentSizeConfig.for_preset("fast")
+    assert trainers == ["ascend_elbo", "fast path"] * len(config.latent_sizes)
+    gaps = np.array([float(row[-2]) for row in rows])
+    ratios = np.array([float(row[-1]) for row in rows])
+    assert np.all(gaps < 0.1) and np.all(gaps > -1e-9)
+    assert np.all((ratios >= 0) & (ratios < 0.2))
+    assert any(line.startswith("ascend_elbo: total") for line in lines)
+    assert "thread(s)" in lines[1]
+    assert total > 0

@@ -391,6 +391,22 @@ class LikelihoodCurve:
         """ℓ*(q) − final ELBO of a shipped method, per latent size."""
         return self.ppca_optimum - self.baselines[method].elbo
 
+    def baseline_summary(self) -> str:
+        """One sentence per shipped method: steps, CPU time and the range of its final gaps."""
+        if not self.baselines:
+            return f"The shipped joint-training runs are not shown ({self.baseline_provenance})."
+        used = self.latent_sizes > 0  # at q = 0 only σ² is learned
+        parts = []
+        for name, base in self.baselines.items():
+            gap = (self.ppca_optimum - base.elbo)[used]
+            parts.append(
+                f"{linear_baselines.LABELS[name]}, after {int(np.nanmax(base.steps)):,} steps "
+                f"per latent size ({np.nansum(base.cpu_seconds) / 60:.0f} min of CPU time for "
+                f"all {used.sum()}), ends between {gap.min():.2g} and {gap.max():.2g} nats per "
+                f"image below ℓ*(q)"
+            )
+        return "; ".join(parts) + "."
+
     def table(self) -> str:
         """Plain-text table: the curve, then each method's gap and cost per latent size."""
         lines = [
@@ -595,6 +611,17 @@ class GramResult:
     def spacing(self, run: str) -> np.ndarray:
         """Relative spacing of the eigenvalue matched by each column of ``run``."""
         return linear_baselines.relative_spacing(self.eigenvalues, self.runs[run].matched)
+
+    def misalignment(self, run: str, spacing: float) -> tuple[float, float]:
+        """Median 1 − cos² of the leading columns of ``run`` whose matched eigenvalue lies
+        closer than ``spacing`` (relative) to a neighbour, and of the others (NaN if none)."""
+        b = self.block
+        near = self.spacing(run)[:b] < spacing
+        miss = 1.0 - self.runs[run].cos2[:b]
+        return (
+            float(np.median(miss[near])) if near.any() else float("nan"),
+            float(np.median(miss[~near])) if (~near).any() else float("nan"),
+        )
 
     def summary(self) -> str:
         """Per run: final gap, Gram ratio, CPU time, and the worst-aligned leading columns."""
