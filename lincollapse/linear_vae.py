@@ -750,6 +750,8 @@ class TrainingTrace:
         encoder — for ``encoder="optimal"``; the ELBO (lvae-elbo) for ``encoder="learned"``.
     gram_ratio : ndarray of shape (k,)
         :func:`off_diagonal_ratio` of :func:`leading_gram` (W, ``block``).
+    sigma2 : ndarray of shape (k,)
+        The decoder noise variance σ².
     """
 
     steps: np.ndarray
@@ -757,6 +759,7 @@ class TrainingTrace:
     cpu_seconds: np.ndarray
     elbo: np.ndarray
     gram_ratio: np.ndarray
+    sigma2: np.ndarray
 
 
 @dataclasses.dataclass
@@ -937,13 +940,14 @@ def ascend_elbo(
 
         parameters = _trainable(model_k.parameters())
 
-    seconds, cpu_seconds, ratios = [], [], []
+    seconds, cpu_seconds, ratios, sigma2 = [], [], [], []
     clock, cpu_clock = time.perf_counter(), time.process_time()
 
     def on_record(step: int) -> None:
         seconds.append(time.perf_counter() - clock)
         cpu_seconds.append(time.process_time() - cpu_clock)
         ratios.append(off_diagonal_ratio(leading_gram(model_k.W, block)))
+        sigma2.append(float(model_k.sigma2))
 
     if parameters and steps > 0:
         history = maximise(
@@ -976,6 +980,7 @@ def ascend_elbo(
         cpu_seconds=np.asarray(cpu_seconds, dtype=np.float64),
         elbo=np.asarray(history.values, dtype=np.float64),
         gram_ratio=np.asarray(ratios, dtype=np.float64),
+        sigma2=np.asarray(sigma2, dtype=np.float64),
     )
     return AscentTraining(
         model=model, elbo=elbo, trace=trace, q=q, encoder=encoder, optimiser=optimiser,

@@ -287,6 +287,7 @@ def test_ascend_elbo_reaches_the_ppca_maximum_likelihood(q):
     assert fit.log_likelihood - trained.elbo == pytest.approx(0.0, abs=1e-8)
     assert fit.log_likelihood == pytest.approx(ppca.max_log_likelihood(ppca.data_spectrum(x), q))
     assert float(trained.model.sigma2.detach()) == pytest.approx(fit.sigma2, rel=1e-6)
+    assert trained.trace.sigma2[-1] == float(trained.model.sigma2.detach())
     W = trained.model.W.detach().numpy()
     # the value is quadratic in the parameters near the maximum: 1e-8 nats ≈ 1e-4 in W Wᵀ
     np.testing.assert_allclose(W @ W.T, fit.W @ fit.W.T, atol=1e-4)

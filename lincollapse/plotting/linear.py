@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from lincollapse.experiments.linear import (
     CollapsedColumnsResult,
@@ -101,14 +102,14 @@ def plot_likelihood_vs_latent_size(result: LikelihoodCurve) -> Figure:
         right.set_xlabel("latent dimension q")
         right.set_ylabel(r"$\ell^*(q)$ − final ELBO (nats per image)")
         right.set_title(f"gaps at or below round-off drawn at {GAP_FLOOR:g}", fontsize=8)
-        right.legend(loc="upper left", fontsize=8)
+        right.legend(loc="best", fontsize=8)
     return fig
 
 
 def plot_gram_matrices(result: GramResult) -> Figure:
     """Top: |WᵀW| of each trained linear VAE beside a rotated pPCA maximiser. Bottom: how
-    training got there — gap and Gram ratio against CPU time, and each leading column's
-    misalignment with its principal direction against how close its eigenvalue's neighbour is."""
+    training got there — gap and Gram ratio against CPU time, and each column's misalignment
+    with its nearest principal direction against how close that eigenvalue's neighbour is."""
     panels = [("ppca_rotated", "pPCA MLE, random rotation R", result.ppca_rotated)]
     panels += [(name, run.label, run.gram) for name, run in result.runs.items()]
     with house_style():
@@ -131,33 +132,35 @@ def plot_gram_matrices(result: GramResult) -> Figure:
         gap_ax, ratio_ax, align_ax = bottom
         for name, run in result.runs.items():
             colour, marker = _style(name)
-            seconds = np.maximum(run.trace["cpu_seconds"], 1e-2)
+            cpu = run.trace["cpu_seconds"]
+            seconds = np.maximum(cpu - cpu[0], 1e-2)  # from the first evaluation on
             gap = np.maximum(result.optimum - run.trace["elbo"], GAP_FLOOR)
             gap_ax.plot(seconds, gap, "-", color=colour, lw=1.6, label=run.label)
             ratio_ax.plot(seconds, run.trace["gram_ratio"], "-", color=colour, lw=1.6)
-            b = result.block
-            align_ax.plot(result.spacing(name)[:b], np.maximum(1.0 - run.cos2[:b], 1e-8), marker,
-                          color=colour, ms=5, mfc="none", mew=1.2)  # fmt: skip
+            align_ax.plot(result.spacing(name), np.maximum(1.0 - run.cos2, 1e-8), marker,
+                          color=colour, ms=4, mfc="none", mew=0.9, alpha=0.7)  # fmt: skip
         gap_ax.axhline(0.01, color=OPTIMUM, ls=":", lw=1.2)
         for ax in (gap_ax, ratio_ax, align_ax):
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         gap_ax.set_xlabel("CPU time (s)")
         gap_ax.set_ylabel(rf"$\ell^*({result.q})$ − ELBO (nats per image)")
-        gap_ax.legend(loc="lower left", fontsize=7)
+        gap_ax.legend(loc="upper right", fontsize=7)
         ratio_ax.set_xlabel("CPU time (s)")
         ratio_ax.set_ylabel(f"off-diagonal ratio, leading {result.block} latents")
         align_ax.set_xlabel(r"relative spacing of the matched $\lambda_i$ to its neighbours")
-        align_ax.set_ylabel(r"$1 - \cos^2(w_j, u_i)$, leading columns")
+        align_ax.set_ylabel(rf"$1 - \cos^2(w_j, u_i)$, all {result.q} columns")
     return fig
 
 
 def _wrap(title: str, width: int = 34) -> str:
-    """Break a long panel title at a comma or a space near the middle."""
+    """Break a long panel title before its parenthesis, else at the last space before ``width``."""
     if len(title) <= width:
         return title
-    cut = title.rfind(", ", 0, width)
-    cut = cut + 1 if cut > 0 else title.rfind(" ", 0, width)
+    cut = title.find(" (")
+    if cut <= 0:
+        cut = title.rfind(" ", 0, width)
     return title[:cut].rstrip() + "\n" + title[cut:].lstrip()
 
 
