@@ -74,11 +74,13 @@ class Schedule:
 
 def data_for(config: DeepVAEConfig) -> tuple[np.ndarray, str]:
     """The images (n, 784) and an identifier of them (source + content hash) for cache keys."""
-    return _data(config.n, config.data_seed)
+    return mnist_images(config.n, config.data_seed)
 
 
 @functools.lru_cache(maxsize=4)
-def _data(n: int, seed: int) -> tuple[np.ndarray, str]:
+def mnist_images(n: int, seed: int) -> tuple[np.ndarray, str]:
+    """``load_mnist(n, seed)``'s images, read-only and cached, and an identifier of them
+    (source and content hash) for cache keys."""
     data = load_mnist(n, seed=seed)
     images = data.images.copy()
     images.setflags(write=False)

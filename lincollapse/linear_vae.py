@@ -31,12 +31,18 @@ from lincollapse.ppca import DataSpectrum
 from lincollapse.training import History, maximise
 
 __all__ = [
+    "AscentTraining",
     "ELBOTerms",
     "LinearVAE",
     "LinearVAETraining",
+    "TrainingTrace",
     "analytic_elbo_terms",
+    "ascend_elbo",
+    "covariance_rank",
     "elbo_gap",
     "elbo_terms",
+    "leading_gram",
+    "off_diagonal_ratio",
     "optimal_encoder",
     "optimal_encoder_elbo",
     "train_linear_vae",
@@ -664,6 +670,328 @@ def train_linear_vae(
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Training that does not know the answer
+# --------------------------------------------------------------------------------------------
+
+
+def leading_gram(W: np.ndarray | torch.Tensor, block: int | None = None) -> np.ndarray:
+    """WᵀW with the latents ordered by decreasing ‖w_j‖, its top-left ``block`` × ``block``.
+
+    Parameters
+    ----------
+    W : ndarray or Tensor of shape (d, q)
+    block : int, optional
+        Size of the leading block (all q latents when ``None`` or larger than q).
+
+    Returns
+    -------
+    ndarray of shape (min(block, q), min(block, q))
+    """
+    W = W.detach().cpu().double().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
+    if W.ndim != 2:
+        raise ValueError(f"W must have shape (d, q), got {W.shape}")
+    if block is not None and block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    gram = W.T @ W
+    order = np.argsort(-np.diag(gram), kind="stable")[:block]
+    return gram[np.ix_(order, order)]
+
+
+def off_diagonal_ratio(gram: np.ndarray) -> float:
+    """‖G − diag(G)‖_F / ‖diag(G)‖_F: 0 exactly when the columns behind G are orthogonal.
+
+    Parameters
+    ----------
+    gram : ndarray of shape (m, m)
+        A Gram matrix WᵀW (or a block of it). A zero matrix gives 0.
+    """
+    gram = np.asarray(gram, dtype=np.float64)
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be a square matrix, got shape {gram.shape}")
+    diagonal = np.linalg.norm(np.diag(gram))
+    if diagonal == 0.0:
+        return 0.0
+    return float(np.linalg.norm(gram - np.diag(np.diag(gram))) / diagonal)
+
+
+def covariance_rank(covariance: np.ndarray) -> int:
+    """Numerical rank of a positive semi-definite matrix by pivoted Cholesky (LAPACK ``dpstrf``).
+
+    Pivots below d · ε_machine · max_k S_kk count as zero. No eigendecomposition: this is the
+    rank check of :func:`ascend_elbo`.
+    """
+    from scipy.linalg import lapack
+
+    covariance = np.array(covariance, dtype=np.float64, order="F")
+    if covariance.ndim != 2 or covariance.shape[0] != covariance.shape[1]:
+        raise ValueError(f"covariance must be a square matrix, got shape {covariance.shape}")
+    if not covariance.any():
+        return 0
+    _, _, rank, info = lapack.dpstrf(covariance, lower=1, tol=-1.0)
+    if info < 0:  # pragma: no cover - only for invalid arguments
+        raise ValueError(f"dpstrf failed with info={info}")
+    return int(rank)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingTrace:
+    """What :func:`ascend_elbo` recorded, every ``record_every`` optimiser steps (and step 0).
+
+    Attributes
+    ----------
+    steps : ndarray of shape (k,)
+        Optimiser steps at each record.
+    seconds : ndarray of shape (k,)
+        Wall time since training began (recording included).
+    cpu_seconds : ndarray of shape (k,)
+        CPU time of the process since training began: the wall time one free core would take
+        with one thread, whatever else runs on the machine.
+    elbo : ndarray of shape (k,)
+        The objective, nats per image: ELBO*(W, σ²) (lvae-elbo-gap) — the ELBO with the optimal
+        encoder — for ``encoder="optimal"``; the ELBO (lvae-elbo) for ``encoder="learned"``.
+    gram_ratio : ndarray of shape (k,)
+        :func:`off_diagonal_ratio` of :func:`leading_gram` (W, ``block``).
+    sigma2 : ndarray of shape (k,)
+        The decoder noise variance σ².
+    """
+
+    steps: np.ndarray
+    seconds: np.ndarray
+    cpu_seconds: np.ndarray
+    elbo: np.ndarray
+    gram_ratio: np.ndarray
+    sigma2: np.ndarray
+
+
+@dataclasses.dataclass
+class AscentTraining:
+    """A linear VAE trained by :func:`ascend_elbo`.
+
+    Attributes
+    ----------
+    model : LinearVAE
+        In the pixel basis, with ``mean`` the sample mean.
+    elbo : float
+        Analytic ELBO (lvae-elbo) of ``model``, re-evaluated in float64 from the full (d, d)
+        covariance S — not from the objective the optimiser saw.
+    trace : TrainingTrace
+    q : int
+    encoder, optimiser : str
+    steps, evaluations : int
+        Optimiser steps, and objective evaluations (each with its gradient).
+    seconds, cpu_seconds : float
+        Wall time and process CPU time, set-up and final evaluation included.
+    block : int
+        Size of the Gram block behind ``trace.gram_ratio``.
+    """
+
+    model: LinearVAE
+    elbo: float
+    trace: TrainingTrace
+    q: int
+    encoder: str
+    optimiser: str
+    steps: int
+    evaluations: int
+    seconds: float
+    cpu_seconds: float
+    block: int
+
+    def gram(self, block: int | None = None) -> np.ndarray:
+        """:func:`leading_gram` of the trained W (default: the ``block`` of the trace)."""
+        return leading_gram(self.model.W, self.block if block is None else block)
+
+    @property
+    def gram_ratio(self) -> float:
+        """Final off-diagonal/diagonal ratio of the leading Gram block."""
+        return off_diagonal_ratio(self.gram())
+
+
+def ascend_elbo(
+    data: np.ndarray,
+    q: int,
+    *,
+    encoder: str = "optimal",
+    optimiser: str = "lbfgs",
+    steps: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+    learn_sigma2: bool = True,
+    sigma2_init: float = 1.0,
+    init_scale: float = 1e-2,
+    tolerance: float | None = None,
+    record_every: int | None = None,
+    block: int = 30,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> AscentTraining:
+    """Maximise the linear VAE's ELBO by gradient steps from a random start — nothing else.
+
+    No eigendecomposition, no singular value decomposition and no rotation of W anywhere: the
+    training sees the sample mean and covariance S of ``data`` in pixel coordinates, a seeded
+    random W (entries N(0, ``init_scale``²)) and σ² = ``sigma2_init``, and follows the
+    gradient. It makes the chapter *The linear VAE*'s evidence that the ELBO's maximum is
+    pPCA's, with orthogonal columns; the rotation-aided :func:`train_linear_vae` is a fast path
+    that builds the orthogonality in and is never that evidence.
+
+    ``encoder="optimal"`` (coordinate ascent on the ELBO)
+        The encoder is profiled out: for the current decoder it is the closed-form optimum
+        (lvae-optimal-encoder), V* = M⁻¹Wᵀ, D* = σ² diag(M)⁻¹ with M = WᵀW + σ²I, which needs
+        a Cholesky factor of M only; the optimiser maximises the resulting ELBO*(W, σ²)
+        (lvae-elbo-gap), with its hand-written gradient (:class:`_ProfiledELBO`, P = S, G = I).
+        Each evaluation costs O(k² q), k the number of non-constant pixels.
+    ``encoder="learned"`` (the paper's)
+        All of W, V, log D and log σ² are trained jointly on the ELBO (lvae-elbo), by autograd.
+
+    Rows of W (and columns of V) at pixels with zero sample variance (up to round-off: at most
+    d · ε_machine times the largest) are held at zero: they
+    only add non-negative penalties to the ELBO (through tr(W D Wᵀ) and tr(WᵀW V S Vᵀ)), so
+    that is an exact ascent step, and it uses the pixel variances only.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n, d)
+        The data themselves (not a :class:`~lincollapse.ppca.DataSpectrum`, which carries the
+        eigendecomposition of S).
+    q : int
+        Latent dimension, 0 ≤ q < number of non-constant pixels (and q < rank S when σ² is
+        learned: the ELBO is unbounded otherwise).
+    encoder : {"optimal", "learned"}
+    optimiser : {"lbfgs", "adam"}
+        Full-batch L-BFGS with strong-Wolfe line search, or Adam with learning rate ``lr``.
+    steps : int, optional
+        Optimiser steps (default 3,000 for L-BFGS, 12,000 for Adam, the official notebook's).
+    lr : float, default 1e-3
+        Adam's learning rate (the paper's).
+    seed : int, default 0
+        Seed of the random initialisation of W (and V).
+    learn_sigma2 : bool, default True
+    sigma2_init : float, default 1.0
+        Initial σ² (the official notebook's), or the fixed σ² when ``learn_sigma2=False``.
+    init_scale : float, default 0.01
+    tolerance : float, optional
+        Stop when a recording window improves the objective by less than this (nats per image).
+    record_every : int, optional
+        Steps between records of the trace (default 25 for L-BFGS, 100 for Adam).
+    block : int, default 30
+        Size of the leading Gram block whose off-diagonal ratio is recorded.
+    device : torch device, optional
+    progress : bool, optional
+
+    Returns
+    -------
+    AscentTraining
+
+    Raises
+    ------
+    ppca.RankDeficientError
+        σ² learned and q at or above the rank of S (:func:`covariance_rank`).
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}")
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if isinstance(data, DataSpectrum):
+        raise TypeError(
+            "ascend_elbo takes the data (n, d), not a DataSpectrum: it never uses the "
+            "eigendecomposition of S"
+        )
+    mean, covariance = ppca._moments(data)
+    d = covariance.shape[0]
+    variances = np.diag(covariance)
+    support = variances > d * np.finfo(np.float64).eps * variances.max(initial=0.0)  # non-constant
+    k = int(support.sum())
+    if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q < k:
+        raise ValueError(
+            f"q must be an integer with 0 <= q < {k} (the number of non-constant coordinates), "
+            f"got {q!r}"
+        )
+    q = int(q)
+    sigma2_init = ppca._check_sigma2(sigma2_init)
+    if learn_sigma2 and q >= (rank := covariance_rank(covariance)):
+        raise ppca.RankDeficientError(
+            f"q={q} is at or above the numerical rank r={rank} of the sample covariance; the "
+            "ELBO grows without bound as σ² → 0 — choose q < r or fix σ²"
+        )
+    steps = (3000 if optimiser == "lbfgs" else 12_000) if steps is None else int(steps)
+    record_every = record_every or (25 if optimiser == "lbfgs" else 100)
+    if steps < 0 or record_every < 1 or block < 1:
+        raise ValueError("steps must be >= 0, record_every and block >= 1")
+
+    covariance_k = torch.as_tensor(covariance[np.ix_(support, support)], device=device)
+    trace_S = float(np.trace(covariance))
+    model_k = LinearVAE(
+        k, q, sigma2=sigma2_init, learn_sigma2=learn_sigma2, init_scale=init_scale, seed=seed,
+        device=device,
+    )  # fmt: skip
+    if encoder == "optimal":
+
+        def objective() -> torch.Tensor:  # (lvae-elbo-gap): ELBO with the optimal encoder
+            return _ProfiledELBO.apply(
+                model_k.W, model_k.log_sigma2, None, covariance_k, trace_S, d
+            )
+
+        parameters = _trainable([model_k.W, model_k.log_sigma2])
+    else:
+
+        def objective() -> torch.Tensor:  # (lvae-elbo), plus the d − k constant pixels
+            constant_pixels = -0.5 * (d - k) * (LOG_2PI + model_k.log_sigma2)
+            return model_k.elbo(covariance_k) + constant_pixels
+
+        parameters = _trainable(model_k.parameters())
+
+    seconds, cpu_seconds, ratios, sigma2 = [], [], [], []
+    clock, cpu_clock = time.perf_counter(), time.process_time()
+
+    def on_record(step: int) -> None:
+        seconds.append(time.perf_counter() - clock)
+        cpu_seconds.append(time.process_time() - cpu_clock)
+        ratios.append(off_diagonal_ratio(leading_gram(model_k.W, block)))
+        sigma2.append(float(model_k.sigma2))
+
+    if parameters and steps > 0:
+        history = maximise(
+            objective, parameters, steps=steps, optimiser=optimiser, lr=lr,
+            record_every=record_every, name=f"linear VAE q={q} ({encoder}, {optimiser})",
+            tolerance=tolerance, progress=progress, on_record=on_record,
+        )  # fmt: skip
+    else:
+        history = _run(objective, parameters, steps=0)
+        on_record(0)
+
+    model = LinearVAE(d, q, mean=mean, sigma2=sigma2_init, learn_sigma2=learn_sigma2,
+                      device=device)  # fmt: skip
+    mask = torch.as_tensor(support, device=model.W.device)
+    with torch.no_grad():
+        model.W.zero_()
+        model.W[mask] = model_k.W
+        model.log_sigma2.copy_(model_k.log_sigma2)
+        if encoder == "learned":
+            model.V.zero_()
+            model.V[:, mask] = model_k.V
+            model.log_D.copy_(model_k.log_D)
+    if encoder == "optimal":
+        model.set_optimal_encoder()
+    with torch.no_grad():
+        elbo = float(model.elbo(torch.as_tensor(covariance, device=model.W.device)))
+    trace = TrainingTrace(
+        steps=np.asarray(history.steps, dtype=np.int64),
+        seconds=np.asarray(seconds, dtype=np.float64),
+        cpu_seconds=np.asarray(cpu_seconds, dtype=np.float64),
+        elbo=np.asarray(history.values, dtype=np.float64),
+        gram_ratio=np.asarray(ratios, dtype=np.float64),
+        sigma2=np.asarray(sigma2, dtype=np.float64),
+    )
+    return AscentTraining(
+        model=model, elbo=elbo, trace=trace, q=q, encoder=encoder, optimiser=optimiser,
+        steps=int(history.steps[-1]), evaluations=int(history.evaluations),
+        seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,
+        block=block,
+    )  # fmt: skip
+
+
 def _train_optimal_encoder(
     model: LinearVAE,
     eigenvalues: torch.Tensor,
@@ -690,8 +1018,12 @@ def _train_optimal_encoder(
     W_hat = nn.Parameter(model.W.detach()[support].clone().contiguous())
     log_sigma2 = model.log_sigma2
 
+    metric = row_scale[:, 0].square()  # W = diag(row_scale) Ŵ: G = diag(row_scale²),
+    projected = metric * active  # P = diag(row_scale² λ)
+    trace_S = active.sum()
+
     def profiled_elbo() -> torch.Tensor:
-        return _ProfiledELBO.apply(W_hat, log_sigma2, row_scale, active, d)
+        return _ProfiledELBO.apply(W_hat, log_sigma2, metric, projected, trace_S, d)
 
     histories = []
     parameters = _trainable([W_hat, log_sigma2])
@@ -726,47 +1058,57 @@ def _train_optimal_encoder(
 
 
 class _ProfiledELBO(torch.autograd.Function):
-    """ELBO*(W, σ²) in the eigenbasis with W = diag(row_scale) Ŵ, and its gradient by hand.
+    """ELBO*(W, σ²) for W = A Ŵ (A a fixed linear map), and its gradient by hand.
 
-    With S = diag(λ), M = WᵀW + σ²I and B = WᵀΛW, equation (lvae-elbo-gap) with log p from
-    (ppca-loglik) via the determinant lemma and Woodbury; log det M cancels:
+    ``apply(W_hat, log_sigma2, metric, projected, trace_S, d)`` with G = AᵀA (``metric``) and
+    P = AᵀSA (``projected``), each a (k,) diagonal, a (k, k) matrix, or ``None`` for G = I.
+    With M = WᵀW + σ²I = ŴᵀGŴ + σ²I and B = WᵀSW = ŴᵀPŴ, equation (lvae-elbo-gap) with log p
+    from (ppca-loglik) via the determinant lemma and Woodbury; log det M cancels:
 
-        ELBO* = −½ [d log 2π + (d − q) log σ² + (tr Λ − tr M⁻¹B)/σ² + Σ_i log M_ii],
-        ∂ELBO*/∂W = ΛW M⁻¹/σ² − W (M⁻¹BM⁻¹/σ² + diag(M)⁻¹),
-        ∂ELBO*/∂log σ² = −½ [(d − q) − (tr Λ − tr M⁻¹B)/σ² + tr(M⁻²B) + σ² Σ_i 1/M_ii].
+        ELBO* = −½ [d log 2π + (d − q) log σ² + (tr S − tr M⁻¹B)/σ² + Σ_i log M_ii],
+        ∂ELBO*/∂W = SW M⁻¹/σ² − W (M⁻¹BM⁻¹/σ² + diag(M)⁻¹),       so ∂ELBO*/∂Ŵ = Aᵀ ∂ELBO*/∂W
+                  = PŴ M⁻¹/σ² − GŴ (M⁻¹BM⁻¹/σ² + diag(M)⁻¹),
+        ∂ELBO*/∂log σ² = −½ [(d − q) − (tr S − tr M⁻¹B)/σ² + tr(M⁻²B) + σ² Σ_i 1/M_ii].
 
-    One (q × k)·(k × 2q) product forward and one (k × 2q)·(2q × q) backward, against six
-    k·q² products for autograd through the same formula (checked against it in the tests).
+    Two uses: the rotation fast path (eigenbasis, A = diag(row scale): G and P diagonal, each
+    evaluation O(k q²)) and :func:`ascend_elbo` (pixel basis, A = I, P = S: O(k² q)). Only a
+    Cholesky factor of M is computed. Checked against :func:`optimal_encoder_elbo` and finite
+    differences in the tests.
     """
 
     @staticmethod
-    def forward(ctx, W_hat, log_sigma2, row_scale, active, d):  # noqa: D102
+    def forward(ctx, W_hat, log_sigma2, metric, projected, trace_S, d):  # noqa: D102
         q = W_hat.shape[1]
-        W = row_scale * W_hat
-        scaled = active[:, None] * W
+        metric_W = W_hat if metric is None else _apply(metric, W_hat)  # GŴ
+        projected_W = _apply(projected, W_hat)  # PŴ
         sigma2 = torch.exp(log_sigma2)
-        gram = W.T @ torch.cat([W, scaled], 1)
-        M = gram[:, :q] + sigma2 * torch.eye(q, dtype=W.dtype, device=W.device)
+        gram = W_hat.T @ torch.cat([metric_W, projected_W], 1)  # [WᵀW, WᵀSW]
+        M = gram[:, :q] + sigma2 * torch.eye(q, dtype=W_hat.dtype, device=W_hat.device)
         M_inv = torch.cholesky_inverse(torch.linalg.cholesky(M))
         M_inv_B = M_inv @ gram[:, q:]
-        residual = active.sum() - M_inv_B.diagonal().sum()
+        residual = trace_S - M_inv_B.diagonal().sum()
         diag_M = M.diagonal()
         value = -0.5 * (
             d * LOG_2PI + (d - q) * log_sigma2 + residual / sigma2 + torch.log(diag_M).sum()
         )
         K = (M_inv_B @ M_inv) / sigma2 + torch.diag(1.0 / diag_M)
-        grad_W = torch.cat([scaled, W], 1) @ torch.cat([M_inv / sigma2, -K], 0)
+        grad_W_hat = torch.cat([projected_W, metric_W], 1) @ torch.cat([M_inv / sigma2, -K], 0)
         trace_M2_B = (M_inv * M_inv_B.T).sum()
         grad_log_sigma2 = -0.5 * (
             (d - q) - residual / sigma2 + trace_M2_B + sigma2 * (1.0 / diag_M).sum()
         )
-        ctx.save_for_backward(row_scale * grad_W, grad_log_sigma2)
+        ctx.save_for_backward(grad_W_hat, grad_log_sigma2)
         return value
 
     @staticmethod
     def backward(ctx, grad_output):  # noqa: D102
         grad_W_hat, grad_log_sigma2 = ctx.saved_tensors
-        return grad_output * grad_W_hat, grad_output * grad_log_sigma2, None, None, None
+        return grad_output * grad_W_hat, grad_output * grad_log_sigma2, None, None, None, None
+
+
+def _apply(operator: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``operator @ W`` for a (k, k) matrix, ``operator[:, None] * W`` for a (k,) diagonal."""
+    return operator[:, None] * W if operator.ndim == 1 else operator @ W
 
 
 @torch.no_grad()

@@ -213,21 +213,33 @@ def test_training_input_errors():
 
 
 @pytest.mark.parametrize("q", [1, 3, 6])
-def test_hand_written_profiled_elbo_gradient_matches_finite_differences(q):
-    """The trainer's ELBO*(W, σ²) and its hand-written gradient, against the numpy closed form.
+@pytest.mark.parametrize("basis", ["eigenbasis", "pixels"])
+def test_hand_written_profiled_elbo_gradient_matches_finite_differences(q, basis):
+    """ELBO*(W, σ²) and its hand-written gradient, against the numpy closed form.
 
     Value: :func:`linear_vae.optimal_encoder_elbo` (log p − gap, computed independently in
     numpy). Gradient: central finite differences of that function along random directions.
+    Two parameterisations: the fast path's (diagonal S, W = diag(r) Ŵ: G and P diagonal) and
+    :func:`linear_vae.ascend_elbo`'s (a full S in pixel coordinates, W = Ŵ: G = I, P = S).
     """
     eigenvalues = np.array([5.0, 3.0, 2.0, 1.2, 0.7, 0.4, 0.2, 0.1])
     d = eigenvalues.size
-    spectrum = ppca.spectrum_from_covariance(np.diag(eigenvalues), n=1)
     rng = np.random.default_rng(q)
-    row_scale = np.sqrt(eigenvalues + 0.05)[:, None]
+    if basis == "eigenbasis":
+        covariance = np.diag(eigenvalues)
+        row_scale = np.sqrt(eigenvalues + 0.05)[:, None]
+        metric = torch.tensor(row_scale[:, 0] ** 2)
+        projected = torch.tensor(row_scale[:, 0] ** 2 * eigenvalues)
+    else:
+        rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        covariance = (rotation * eigenvalues) @ rotation.T
+        row_scale = np.ones((d, 1))
+        metric, projected = None, torch.tensor(covariance)
+    spectrum = ppca.spectrum_from_covariance(covariance, n=1)
     W_hat = torch.tensor(rng.normal(size=(d, q)), requires_grad=True)
     log_sigma2 = torch.tensor(np.log(0.6), requires_grad=True)
     value = linear_vae._ProfiledELBO.apply(
-        W_hat, log_sigma2, torch.tensor(row_scale), torch.tensor(eigenvalues), d
+        W_hat, log_sigma2, metric, projected, float(eigenvalues.sum()), d
     )
     value.backward()
 
@@ -245,3 +257,121 @@ def test_hand_written_profiled_elbo_gradient_matches_finite_differences(q):
         assert float((W_hat.grad.numpy() * direction).sum()) == pytest.approx(numeric, rel=1e-6)
     numeric = (closed_form(W0, s0 + h) - closed_form(W0, s0 - h)) / (2 * h)
     assert float(log_sigma2.grad) == pytest.approx(numeric, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- ascend_elbo
+
+
+def _synthetic_images(n: int = 400, seed: int = 3) -> np.ndarray:
+    """Distinct variances along a random basis of 11 coordinates, and one constant coordinate."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(11, 11)))
+    scales = np.geomspace(2.5, 0.2, 11)
+    x = np.full((n, 12), 0.7)
+    x[:, 1:] = (rng.normal(size=(n, 11)) * scales) @ basis.T + rng.normal(size=11)
+    return x
+
+
+@pytest.mark.parametrize("q", [0, 2, 5])
+def test_ascend_elbo_reaches_the_ppca_maximum_likelihood(q):
+    """From a random start, L-BFGS on ELBO* lands on the closed-form pPCA MLE (float64).
+
+    Against Tipping & Bishop's closed form (``ppca.max_log_likelihood``, ``ppca.fit``: an
+    eigendecomposition the trainer never sees): ℓ*(q), σ²_MLE and W Wᵀ = W_MLE W_MLEᵀ; and
+    the Gram matrix WᵀW is diagonal, as the ELBO's maximiser must have it.
+    """
+    x = _synthetic_images()
+    fit = ppca.fit(x, q)
+    trained = linear_vae.ascend_elbo(x, q, steps=2000, record_every=10, seed=q)
+    assert trained.encoder == "optimal" and trained.optimiser == "lbfgs"
+    assert fit.log_likelihood - trained.elbo == pytest.approx(0.0, abs=1e-8)
+    assert fit.log_likelihood == pytest.approx(ppca.max_log_likelihood(ppca.data_spectrum(x), q))
+    assert float(trained.model.sigma2.detach()) == pytest.approx(fit.sigma2, rel=1e-6)
+    assert trained.trace.sigma2[-1] == float(trained.model.sigma2.detach())
+    W = trained.model.W.detach().numpy()
+    # the value is quadratic in the parameters near the maximum: 1e-8 nats ≈ 1e-4 in W Wᵀ
+    np.testing.assert_allclose(W @ W.T, fit.W @ fit.W.T, atol=1e-4)
+    np.testing.assert_allclose(trained.model.mean.numpy(), x.mean(axis=0), atol=1e-12)
+    assert np.all(W[0] == 0.0)  # the constant coordinate
+    assert trained.gram_ratio < 1e-5
+    # the trace: step 0 is the random start, the ELBO never decreases, its last record is final
+    assert trained.trace.steps[0] == 0 and trained.trace.steps[-1] == trained.steps
+    assert np.all(np.diff(trained.trace.elbo) >= -1e-9)
+    assert trained.trace.elbo[-1] == pytest.approx(trained.elbo, abs=1e-9)
+    assert trained.trace.seconds.shape == trained.trace.gram_ratio.shape
+
+
+def test_ascend_elbo_joint_training_reaches_the_same_optimum():
+    """Plain joint training of (W, V, D, σ²) — L-BFGS, then Adam — against ℓ*(q)."""
+    x = _synthetic_images()
+    best = ppca.fit(x, 3).log_likelihood
+    joint = linear_vae.ascend_elbo(x, 3, encoder="learned", steps=3000, seed=1)
+    assert joint.encoder == "learned"
+    assert 0.0 <= best - joint.elbo < 1e-5
+    assert joint.gram_ratio < 1e-2
+    adam = linear_vae.ascend_elbo(x, 3, encoder="learned", optimiser="adam", steps=300, lr=1e-2)
+    assert adam.trace.elbo[-1] > adam.trace.elbo[0] + 1.0
+    assert best - adam.elbo > 0
+    assert adam.trace.steps[-1] == 300
+
+
+def test_ascend_elbo_with_fixed_sigma2_collapses_the_predicted_columns():
+    x = _synthetic_images()
+    spectrum = ppca.data_spectrum(x)
+    sigma2 = float(spectrum.eigenvalues[3] + spectrum.eigenvalues[4]) / 2  # between λ_4 and λ_5
+    trained = linear_vae.ascend_elbo(x, 6, learn_sigma2=False, sigma2_init=sigma2, steps=2000)
+    assert float(trained.model.sigma2.detach()) == sigma2
+    best_W = ppca.fixed_sigma2_maximiser(spectrum, 6, sigma2)
+    best = ppca.average_log_likelihood(spectrum, best_W, sigma2)
+    assert 0.0 <= best - trained.elbo < 1e-5
+    norms = np.sort(trained.model.decoder_column_norms())
+    assert np.all(norms[:2] < 1e-2) and np.all(norms[2:] > 0.1)  # two of six collapse
+
+
+def test_ascend_elbo_never_decomposes(no_decompositions):
+    """No eigendecomposition or SVD inside the trainer, whatever the encoder or optimiser."""
+    x = _synthetic_images()
+    with no_decompositions():
+        for encoder, optimiser in (("optimal", "lbfgs"), ("learned", "lbfgs"), ("learned", "adam")):
+            trained = linear_vae.ascend_elbo(x, 3, encoder=encoder, optimiser=optimiser, steps=30)
+            assert trained.trace.gram_ratio.size >= 2
+        # the guard works: the rotation fast path decomposes (the spectrum, then W^T W)
+        with pytest.raises(AssertionError, match="called"):
+            linear_vae.train_linear_vae(x, 3, steps=30)
+
+
+def test_ascend_elbo_input_errors():
+    x = _synthetic_images(n=30)
+    with pytest.raises(TypeError, match="not a DataSpectrum"):
+        linear_vae.ascend_elbo(ppca.data_spectrum(x), 2)
+    with pytest.raises(ValueError, match="unknown encoder"):
+        linear_vae.ascend_elbo(x, 2, encoder="amortised")
+    with pytest.raises(ValueError, match="unknown optimiser"):
+        linear_vae.ascend_elbo(x, 2, optimiser="sgd")
+    with pytest.raises(ValueError, match=r"0 <= q < 11 \(the number of non-constant"):
+        linear_vae.ascend_elbo(x, 11)
+    with pytest.raises(ValueError, match="record_every and block"):
+        linear_vae.ascend_elbo(x, 2, block=0)
+    low_rank = np.zeros((6, 12))
+    low_rank[:, :8] = np.random.default_rng(0).normal(size=(6, 8))
+    with pytest.raises(ppca.RankDeficientError, match="numerical rank r=5"):
+        linear_vae.ascend_elbo(low_rank, 5)
+    # with σ² fixed, q may reach the rank
+    linear_vae.ascend_elbo(low_rank, 5, learn_sigma2=False, sigma2_init=0.5, steps=5)
+
+
+def test_covariance_rank_and_gram_helpers():
+    rng = np.random.default_rng(1)
+    factor = rng.normal(size=(9, 4))
+    assert linear_vae.covariance_rank(factor @ factor.T) == 4
+    assert linear_vae.covariance_rank(np.zeros((3, 3))) == 0
+    W = rng.normal(size=(9, 4)) * np.array([1.0, 3.0, 2.0, 0.5])
+    gram = linear_vae.leading_gram(W, 2)
+    order = np.argsort(-np.linalg.norm(W, axis=0))[:2]
+    np.testing.assert_allclose(gram, W[:, order].T @ W[:, order])
+    orthogonal = np.linalg.qr(rng.normal(size=(9, 4)))[0] * np.array([1.0, 3.0, 2.0, 0.5])
+    assert linear_vae.off_diagonal_ratio(linear_vae.leading_gram(orthogonal)) < 1e-12
+    assert linear_vae.off_diagonal_ratio(np.array([[1.0, 1.0], [1.0, 1.0]])) == pytest.approx(1.0)
+    assert linear_vae.off_diagonal_ratio(np.zeros((2, 2))) == 0.0
+    with pytest.raises(ValueError, match="square"):
+        linear_vae.off_diagonal_ratio(np.ones((2, 3)))

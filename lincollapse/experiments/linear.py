@@ -17,7 +17,7 @@ import torch
 
 from lincollapse import collapse, linear_vae, ppca
 from lincollapse.data import load_mnist
-from lincollapse.experiments import figure
+from lincollapse.experiments import figure, linear_baselines
 from lincollapse.presets import ExperimentConfig
 from lincollapse.training import maximise
 
@@ -530,37 +530,71 @@ def ppca_collapsed_columns(config: CollapsedColumnsConfig | None = None) -> Coll
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class LikelihoodVsLatentSizeConfig(ExperimentConfig):
-    """Train one linear VAE per latent size; compare with exact and fixed-σ² pPCA.
+@functools.lru_cache(maxsize=16)
+def _ascend(n: int, seed: int, q: int, options: tuple[tuple[str, Any], ...]):
+    """:func:`linear_vae.ascend_elbo` on the chapter's data, cached: the Gram figure's run is
+    one of the likelihood figure's (same data, q and options), trained once per kernel."""
+    images, _ = _mnist_spectrum(n, seed)
+    return linear_vae.ascend_elbo(images, q, **dict(options))
 
-    ``book``: L-BFGS (encoder kept optimal, see :func:`lincollapse.linear_vae.train_linear_vae`)
-    for q ∈ {0, 50, …, 300} on 1000 images. ``paper``: Adam, lr 1e-3, 12,000 full-batch steps
-    per q with a learned encoder (the official notebook's settings). ``fast``: 300 images,
-    q ∈ {0, 20, 40}, few steps. L-BFGS stops when a round of ``rotate_every`` = 20 steps
-    and the next improve the ELBO by less than ``tolerance`` nats per image each (at most
-    ``steps`` steps).
+
+class _AscentOptions:
+    """Mixin of the two configurations trained with :func:`linear_vae.ascend_elbo`."""
+
+    def ascent_options(self) -> tuple[tuple[str, Any], ...]:
+        return (
+            ("encoder", self.encoder), ("optimiser", self.optimiser), ("steps", self.steps),
+            ("lr", self.lr), ("tolerance", self.tolerance), ("record_every", self.record_every),
+            ("seed", self.train_seed), ("block", self.block),
+        )  # fmt: skip
+
+
+_ADAM_PAPER = {
+    "encoder": "learned", "optimiser": "adam", "steps": 12_000, "lr": 1e-3, "tolerance": None,
+    "record_every": 100,
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodVsLatentSizeConfig(ExperimentConfig, _AscentOptions):
+    """Train one linear VAE per latent size from a random start; compare with exact pPCA.
+
+    ``book``: :func:`lincollapse.linear_vae.ascend_elbo` — L-BFGS on ELBO*(W, σ²), the encoder
+    in closed form, no eigendecomposition or rotation — for q ∈ {0, 50, …, 300} on 1000 images,
+    until a window of ``record_every`` steps gains less than ``tolerance`` nats per image (at
+    most ``steps``). ``paper``: Adam, lr 1e-3, 12,000 full-batch steps per q, every parameter
+    learned (the official notebook's settings). ``fast``: 300 images, q ∈ {0, 20, 40}.
+    ``baselines``: the preset of the shipped joint-training runs to attach
+    (:mod:`lincollapse.experiments.linear_baselines`), when they match the data and latent
+    sizes; ``None`` for none.
     """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {**_FAST_DATA, "latent_sizes": (0, 20, 40), "steps": 100, "reference_q": 20},
-        "paper": {"optimiser": "adam", "steps": 12_000, "lr": 1e-3, "tolerance": None},
-    }
+        "fast": {
+            **_FAST_DATA, "latent_sizes": (0, 20, 40), "steps": 300, "reference_q": 20,
+            "block": 10, "baselines": None,
+        },
+        "paper": _ADAM_PAPER,
+    }  # fmt: skip
     # Measured on the book's 2-core CPU (see lincollapse list).
     COSTS: ClassVar[dict[str, str]] = {
-        "fast": "< 1 s",
-        "book": "≈ 40 s training (2.5 min under load)",
-        "paper": "≈ 40 min on 2 CPU cores (projected from 200 Adam steps per q)",
+        "fast": "≈ 2 s",
+        "book": "≈ 2.5 min of CPU time (L-BFGS on ELBO*, one thread)",
+        "paper": "≈ 30 min of CPU time (projected from the shipped Adam runs)",
     }
     n: int = 1000
     seed: int = 0
     latent_sizes: tuple[int, ...] = (0, 50, 100, 150, 200, 250, 300)
+    encoder: str = "optimal"
     optimiser: str = "lbfgs"
-    steps: int = 800
+    steps: int = 3000
     lr: float = 1e-3
-    tolerance: float | None = 1e-6
+    tolerance: float | None = 3e-4
+    record_every: int = 25
+    block: int = 30
     reference_q: int = 50
     train_seed: int = 0
+    baselines: str | None = "book"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,7 +607,7 @@ class LikelihoodCurve:
     ppca_optimum : ndarray of shape (k,)
         ℓ*(q), equation (ppca-max-loglik), nats per image.
     elbo : ndarray of shape (k,)
-        Final analytic ELBO of the trained linear VAE.
+        Final analytic ELBO of the linear VAE trained by :func:`linear_vae.ascend_elbo`.
     fixed_sigma2_loglik : ndarray of shape (k,)
         Average log-likelihood of pPCA with σ² = σ²_MLE(reference_q) and the fixed-σ²
         maximiser as W (columns with λ_j ≤ σ² zero).
@@ -581,9 +615,16 @@ class LikelihoodCurve:
     reference_q : int
     active_columns : ndarray of shape (k,)
         #{j ≤ q : λ_j > fixed σ²}.
-    seconds, steps, evaluations : ndarray of shape (k,)
-        Training cost per latent size.
-    optimiser : str
+    seconds, cpu_seconds, steps, evaluations : ndarray of shape (k,)
+        Training cost per latent size (wall time, process CPU time).
+    gram_ratio : ndarray of shape (k,)
+        Off-diagonal ratio of the leading Gram block of the trained W.
+    method : str
+        Key of :data:`linear_baselines.LABELS` for the trainer used here.
+    baselines : dict of str to BaselineRuns
+        The shipped joint-training runs, when attached (else empty).
+    baseline_provenance : str
+        Where they come from, or why they are missing.
     """
 
     latent_sizes: np.ndarray
@@ -594,32 +635,88 @@ class LikelihoodCurve:
     reference_q: int
     active_columns: np.ndarray
     seconds: np.ndarray
+    cpu_seconds: np.ndarray
     steps: np.ndarray
     evaluations: np.ndarray
-    optimiser: str
+    gram_ratio: np.ndarray
+    method: str
+    baselines: dict[str, linear_baselines.BaselineRuns]
+    baseline_provenance: str
 
     @property
     def gap(self) -> np.ndarray:
         """ℓ*(q) − ELBO, nats per image."""
         return self.ppca_optimum - self.elbo
 
-    def table(self) -> str:
-        """Plain-text table of the curve and the training cost."""
-        lines = [
-            f"{'q':>4} {'l*(q)':>11} {'ELBO':>11} {'gap':>10} {'fixed-σ² pPCA':>14} "
-            f"{'steps':>6} {'evals':>6} {'seconds':>8}"
-        ]
-        for row in zip(
-            self.latent_sizes, self.ppca_optimum, self.elbo, self.gap, self.fixed_sigma2_loglik,
-            self.steps, self.evaluations, self.seconds, strict=True,
-        ):  # fmt: skip
-            q, best, elbo, gap, fixed, steps, evals, seconds = row
-            lines.append(
-                f"{q:>4d} {best:>11.4f} {elbo:>11.4f} {gap:>10.2e} {fixed:>14.4f} "
-                f"{steps:>6d} {evals:>6d} {seconds:>8.2f}"
+    def baseline_gap(self, method: str) -> np.ndarray:
+        """ℓ*(q) − final ELBO of a shipped method, per latent size."""
+        return self.ppca_optimum - self.baselines[method].elbo
+
+    def baseline_summary(self) -> str:
+        """One sentence per shipped method: steps, CPU time and the range of its final gaps."""
+        if not self.baselines:
+            return f"The shipped joint-training runs are not shown ({self.baseline_provenance})."
+        used = self.latent_sizes > 0  # at q = 0 only σ² is learned
+        parts = []
+        for name, base in self.baselines.items():
+            gap = (self.ppca_optimum - base.elbo)[used]
+            parts.append(
+                f"{linear_baselines.LABELS[name]}, after {int(np.nanmax(base.steps)):,} steps "
+                f"per latent size ({np.nansum(base.cpu_seconds) / 60:.0f} min of CPU time for "
+                f"all {used.sum()}), ends between {gap.min():.2g} and {gap.max():.2g} nats per "
+                f"image below ℓ*(q)"
             )
-        lines.append(f"total training time {self.seconds.sum():.1f} s ({self.optimiser})")
+        return "; ".join(parts) + "."
+
+    def table(self) -> str:
+        """Plain-text table: the curve, then each method's gap and cost per latent size."""
+        lines = [
+            f"{'q':>4} {'l*(q)':>11} {'fixed-σ² pPCA':>14}   "
+            f"{'method':<14} {'ELBO':>11} {'gap':>9} {'steps':>6} {'CPU s':>8} {'Gram ratio':>10}"
+        ]
+        runs = {self.method: (self.elbo, self.steps, self.cpu_seconds, self.gram_ratio)}
+        for name, base in self.baselines.items():
+            runs[name] = (base.elbo, base.steps, base.cpu_seconds, base.gram_ratio)
+        for j, q in enumerate(self.latent_sizes):
+            for i, (name, (elbo, steps, cpu, ratio)) in enumerate(runs.items()):
+                head = (
+                    f"{q:>4d} {self.ppca_optimum[j]:>11.4f} {self.fixed_sigma2_loglik[j]:>14.4f}"
+                    if i == 0 else " " * 31
+                )  # fmt: skip
+                lines.append(
+                    f"{head}   {name:<14} {elbo[j]:>11.4f} {self.ppca_optimum[j] - elbo[j]:>9.2e} "
+                    f"{int(steps[j]):>6d} {cpu[j]:>8.1f} {ratio[j]:>10.3f}"
+                )
+        lines.append(
+            f"total CPU time of {self.method}: {self.cpu_seconds.sum():.1f} s "
+            f"(wall {self.seconds.sum():.1f} s)"
+        )
+        if self.baselines:
+            lines.append(f"{', '.join(self.baselines)}: {self.baseline_provenance}")
         return "\n".join(lines)
+
+
+def _method(encoder: str, optimiser: str) -> str:
+    if encoder == "optimal":
+        return "profiled_lbfgs" if optimiser == "lbfgs" else "profiled_adam"
+    return "joint_lbfgs" if optimiser == "lbfgs" else "adam"
+
+
+def _baselines(preset: str, n: int, seed: int, latent_sizes) -> tuple[dict, str]:
+    """The shipped runs of ``preset`` if they were made on these data for these latent sizes."""
+    config = linear_baselines.LinearBaselinesConfig.for_preset(preset)
+    if (config.n, config.seed) != (n, seed) or not set(latent_sizes) <= set(config.latent_sizes):
+        return {}, "the shipped runs are for other data or latent sizes"
+    runs, provenance = linear_baselines.load_baselines(config)
+    if runs is None:
+        return {}, provenance
+    index = [list(config.latent_sizes).index(q) for q in latent_sizes]
+    return {m: _select(r, index) for m, r in runs.items()}, provenance
+
+
+def _select(runs: linear_baselines.BaselineRuns, index: list[int]) -> linear_baselines.BaselineRuns:
+    fields = ("latent_sizes", *linear_baselines.SUMMARY_FIELDS)
+    return dataclasses.replace(runs, **{f: getattr(runs, f)[index] for f in fields})
 
 
 @figure(
@@ -632,37 +729,35 @@ class LikelihoodCurve:
 def likelihood_vs_latent_size(
     config: LikelihoodVsLatentSizeConfig | None = None,
 ) -> LikelihoodCurve:
-    """Trained linear-VAE ELBO against the exact pPCA optimum and fixed-σ² pPCA, per latent size."""
+    """ELBO trained from a random start against the exact pPCA optimum and fixed-σ² pPCA."""
     config = config or LikelihoodVsLatentSizeConfig.for_preset()
     _, spectrum = _mnist_spectrum(config.n, config.seed)
     fixed_sigma2 = ppca.sigma2_mle(spectrum, config.reference_q)
-    optimum, elbo, fixed, active, seconds, steps, evaluations = ([] for _ in range(7))
+    rows = []
     for q in config.latent_sizes:
-        trained = linear_vae.train_linear_vae(
-            spectrum, q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
-            seed=config.train_seed, tolerance=config.tolerance,
-        )  # fmt: skip
-        optimum.append(trained.optimum)
-        elbo.append(trained.elbo)
-        seconds.append(trained.seconds)
-        steps.append(trained.steps)
-        evaluations.append(trained.evaluations)
+        trained = _ascend(config.n, config.seed, q, config.ascent_options())
         W = ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2)
-        fixed.append(ppca.average_log_likelihood(spectrum, W, fixed_sigma2))
-        active.append(q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2))
-    return LikelihoodCurve(
-        latent_sizes=np.asarray(config.latent_sizes),
-        ppca_optimum=np.asarray(optimum),
-        elbo=np.asarray(elbo),
-        fixed_sigma2_loglik=np.asarray(fixed),
-        fixed_sigma2=fixed_sigma2,
-        reference_q=config.reference_q,
-        active_columns=np.asarray(active),
-        seconds=np.asarray(seconds),
-        steps=np.asarray(steps),
-        evaluations=np.asarray(evaluations),
-        optimiser=config.optimiser,
+        rows.append((
+            ppca.max_log_likelihood(spectrum, q), trained.elbo,
+            ppca.average_log_likelihood(spectrum, W, fixed_sigma2),
+            q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2), trained.seconds,
+            trained.cpu_seconds, trained.steps, trained.evaluations, trained.gram_ratio,
+        ))  # fmt: skip
+    columns = [np.asarray(c) for c in zip(*rows, strict=True)]
+    optimum, elbo, fixed, active, seconds, cpu, steps, evaluations, ratio = columns
+    baselines, provenance = (
+        _baselines(config.baselines, config.n, config.seed, config.latent_sizes)
+        if config.baselines
+        else ({}, "not requested")
     )
+    return LikelihoodCurve(
+        latent_sizes=np.asarray(config.latent_sizes), ppca_optimum=optimum, elbo=elbo,
+        fixed_sigma2_loglik=fixed, fixed_sigma2=fixed_sigma2, reference_q=config.reference_q,
+        active_columns=active, seconds=seconds, cpu_seconds=cpu, steps=steps,
+        evaluations=evaluations, gram_ratio=ratio,
+        method=_method(config.encoder, config.optimiser), baselines=baselines,
+        baseline_provenance=provenance,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -671,62 +766,163 @@ def likelihood_vs_latent_size(
 
 
 @dataclasses.dataclass(frozen=True)
-class GramMatricesConfig(ExperimentConfig):
-    """Gram matrix WᵀW of a trained linear VAE vs pPCA maximisers (top-left ``block``)."""
+class GramMatricesConfig(ExperimentConfig, _AscentOptions):
+    """Gram matrix WᵀW (leading ``block``) of a linear VAE trained from a random start.
+
+    The training is the likelihood figure's at q = ``q`` (same options: the run is shared).
+    """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {**_FAST_DATA, "q": 20, "block": 10, "steps": 100},
-        "paper": {"optimiser": "adam", "steps": 12_000},
+        "fast": {**_FAST_DATA, "q": 20, "block": 10, "steps": 300, "baselines": None},
+        "paper": _ADAM_PAPER,
     }
     # Measured on the book's 2-core CPU (see lincollapse list).
     COSTS: ClassVar[dict[str, str]] = {
-        "fast": "< 1 s",
-        "book": "≈ 10 s",
-        "paper": "≈ 7 min on 2 CPU cores (projected)",
+        "fast": "≈ 1 s",
+        "book": "≈ 20 s of CPU time (none when the likelihood figure ran first)",
+        "paper": "≈ 6 min of CPU time (projected)",
     }
     n: int = 1000
     seed: int = 0
     q: int = 200
     block: int = 30
+    encoder: str = "optimal"
     optimiser: str = "lbfgs"
-    steps: int = 600
+    steps: int = 3000
     lr: float = 1e-3
+    tolerance: float | None = 3e-4
+    record_every: int = 25
     train_seed: int = 0
     rotation_seed: int = 1
+    baselines: str | None = "book"
+
+
+@dataclasses.dataclass(frozen=True)
+class GramRun:
+    """One trained linear VAE seen through its Gram matrix.
+
+    Attributes
+    ----------
+    label : str
+    gram : ndarray of shape (block, block)
+        Leading block of WᵀW (latents by decreasing ‖w_j‖).
+    trace : dict of str to ndarray
+        ``steps``, ``cpu_seconds``, ``elbo``, ``gram_ratio`` recorded during training.
+    matched, cos2 : ndarray of shape (q,)
+        For each column (by decreasing norm), the index of the closest principal direction
+        and the squared cosine with it (:func:`linear_baselines.column_alignment`).
+    """
+
+    label: str
+    gram: np.ndarray
+    trace: dict[str, np.ndarray]
+    matched: np.ndarray
+    cos2: np.ndarray
+
+    @property
+    def ratio(self) -> float:
+        """Off-diagonal ratio of :attr:`gram`."""
+        return linear_vae.off_diagonal_ratio(self.gram)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time from the first recorded evaluation to the last (set-up and a process's
+        one-off start-up costs excluded)."""
+        cpu = self.trace["cpu_seconds"]
+        return float(cpu[-1] - cpu[0])
 
 
 @dataclasses.dataclass(frozen=True)
 class GramResult:
-    """Gram matrices and their off-diagonal mass ‖offdiag(G)‖_F / ‖G‖_F.
+    """Gram matrices of trained linear VAEs and of pPCA maximisers, and how training got there.
 
     Attributes
     ----------
-    vae : ndarray of shape (block, block)
-        WᵀW of the trained linear VAE (latents ordered by decreasing ‖w_j‖).
+    runs : dict of str to GramRun
+        The chapter's trainer first (key :attr:`method`), then the shipped joint-training runs.
     ppca_rotated : ndarray of shape (block, block)
         (W_MLE R)ᵀ(W_MLE R) for a random orthogonal R: as likely under pPCA as W_MLE.
     ppca_mle : ndarray of shape (block, block)
         W_MLEᵀ W_MLE (R = I): diagonal by construction.
     off_diagonal_ratio : dict of str to float
-        The ratio for each of ``"vae"``, ``"ppca_rotated"``, ``"ppca_mle"``, over all q × q.
-    elbo_gap : float
-        ℓ*(q) − trained ELBO.
-    q : int
+        :func:`linear_vae.off_diagonal_ratio` of each leading block: ``"vae"`` (the chapter's
+        trainer), ``"ppca_rotated"``, ``"ppca_mle"``.
+    optimum : float
+        ℓ*(q), to turn recorded ELBOs into gaps.
+    eigenvalues : ndarray of shape (d,)
+    method : str
+    baseline_provenance : str
+    q, block : int
     """
 
-    vae: np.ndarray
+    runs: dict[str, GramRun]
     ppca_rotated: np.ndarray
     ppca_mle: np.ndarray
     off_diagonal_ratio: dict[str, float]
-    elbo_gap: float
+    optimum: float
+    eigenvalues: np.ndarray
+    method: str
+    baseline_provenance: str
     q: int
+    block: int
 
+    @property
+    def vae(self) -> np.ndarray:
+        """Leading Gram block of the chapter's trainer."""
+        return self.runs[self.method].gram
 
-def off_diagonal_ratio(gram: np.ndarray) -> float:
-    """‖offdiag(G)‖_F / ‖G‖_F (0 for a diagonal G)."""
-    gram = np.asarray(gram, dtype=np.float64)
-    total = np.linalg.norm(gram)
-    return float(np.linalg.norm(gram - np.diag(np.diag(gram))) / total) if total else 0.0
+    @property
+    def elbo_gap(self) -> float:
+        """ℓ*(q) − final ELBO of the chapter's trainer."""
+        return self.optimum - float(self.runs[self.method].trace["elbo"][-1])
+
+    def spacing(self, run: str) -> np.ndarray:
+        """Relative spacing of the eigenvalue matched by each column of ``run``."""
+        return linear_baselines.relative_spacing(self.eigenvalues, self.runs[run].matched)
+
+    def misalignment(self, run: str, spacing: float) -> tuple[float, float]:
+        """Median 1 − cos² over the columns of ``run`` whose matched eigenvalue lies within
+        ``spacing`` (relative) of a neighbour, and over the others (NaN when there are none)."""
+        near = self.spacing(run) < spacing
+        miss = 1.0 - self.runs[run].cos2
+        return (
+            float(np.median(miss[near])) if near.any() else float("nan"),
+            float(np.median(miss[~near])) if (~near).any() else float("nan"),
+        )
+
+    def ratio_path(self, run: str) -> tuple[float, float, float]:
+        """The Gram ratio of ``run`` at the random start, at its largest, and at the end."""
+        ratio = self.runs[run].trace["gram_ratio"]
+        return float(ratio[0]), float(ratio.max()), float(ratio[-1])
+
+    def baseline_summary(self) -> str:
+        """One clause per shipped joint-training run: steps, final gap and Gram ratio."""
+        parts = [
+            f"{run.label} ends, after {int(run.trace['steps'][-1]):,} steps, "
+            f"{self.optimum - run.trace['elbo'][-1]:.2g} nats below ℓ* with a Gram ratio of "
+            f"{run.ratio:.2g}"
+            for name, run in self.runs.items()
+            if name != self.method
+        ]
+        if not parts:
+            return f"(The joint-training runs are not shown: {self.baseline_provenance}.)"
+        return "; ".join(parts) + "."
+
+    def summary(self) -> str:
+        """Per run: final gap, Gram ratio, CPU time and the median misalignment of columns."""
+        lines = []
+        for name, run in self.runs.items():
+            lines.append(
+                f"{name:<15} {int(run.trace['steps'][-1]):>5} steps, "
+                f"{run.cpu_seconds:6.0f} s CPU: gap "
+                f"{self.optimum - run.trace['elbo'][-1]:.2e} nats, Gram ratio {run.ratio:.3f}, "
+                f"median 1 − cos² of the {self.q} columns {np.median(1.0 - run.cos2):.2e}"
+            )
+        if len(self.runs) == 1:
+            lines.append(f"joint-training runs not shown: {self.baseline_provenance}")
+        else:
+            lines.append(f"joint-training runs: {self.baseline_provenance}")
+        return "\n".join(lines)
 
 
 @figure(
@@ -736,32 +932,40 @@ def off_diagonal_ratio(gram: np.ndarray) -> float:
     config=GramMatricesConfig,
 )
 def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
-    """WᵀW of the trained linear VAE (diagonal) beside pPCA maximisers (any rotation)."""
+    """WᵀW of linear VAEs trained from a random start beside pPCA maximisers (any rotation)."""
     config = config or GramMatricesConfig.for_preset()
     _, spectrum = _mnist_spectrum(config.n, config.seed)
-    trained = linear_vae.train_linear_vae(
-        spectrum, config.q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
-        seed=config.train_seed,
-    )  # fmt: skip
-    W_vae = trained.model.numpy_parameters()["W"]
-    W_vae = W_vae[:, np.argsort(-np.linalg.norm(W_vae, axis=0), kind="stable")]
+    trained = _ascend(config.n, config.seed, config.q, config.ascent_options())
+    method = _method(config.encoder, config.optimiser)
+    matched, cos2 = linear_baselines.column_alignment(trained.model.W.detach().numpy(), spectrum)
+    trace = {f: getattr(trained.trace, f) for f in linear_baselines.TRACE_FIELDS}
+    runs = {method: GramRun(linear_baselines.LABELS.get(method, method),
+                            trained.gram(config.block), trace, matched, cos2)}  # fmt: skip
+    provenance = "not requested"
+    if config.baselines:
+        shipped, provenance = _baselines(config.baselines, config.n, config.seed, [config.q])
+        base_config = linear_baselines.LinearBaselinesConfig.for_preset(config.baselines)
+        if shipped and (base_config.gram_q, base_config.block) != (config.q, config.block):
+            shipped, provenance = {}, "the shipped runs are for another q or block"
+        for name, base in shipped.items():
+            runs[name] = GramRun(base.label, base.gram, base.traces[config.q], base.matched,
+                                 base.cos2)  # fmt: skip
     fit = ppca.fit(spectrum, config.q)
     rng = np.random.default_rng(config.rotation_seed)
     rotation, _ = np.linalg.qr(rng.normal(size=(config.q, config.q)))
-    grams = {
-        "vae": W_vae.T @ W_vae,
-        "ppca_rotated": (fit.W @ rotation).T @ (fit.W @ rotation),
-        "ppca_mle": fit.W.T @ fit.W,
-    }
     b = config.block
+    mle = linear_vae.leading_gram(fit.W, b)
+    rotated = ((fit.W @ rotation).T @ (fit.W @ rotation))[:b, :b]  # in its own column order
     return GramResult(
-        vae=grams["vae"][:b, :b],
-        ppca_rotated=grams["ppca_rotated"][:b, :b],
-        ppca_mle=grams["ppca_mle"][:b, :b],
-        off_diagonal_ratio={name: off_diagonal_ratio(g) for name, g in grams.items()},
-        elbo_gap=trained.gap,
-        q=config.q,
-    )
+        runs=runs, ppca_rotated=rotated, ppca_mle=mle,
+        off_diagonal_ratio={
+            "vae": runs[method].ratio,
+            "ppca_rotated": linear_vae.off_diagonal_ratio(rotated),
+            "ppca_mle": linear_vae.off_diagonal_ratio(mle),
+        },
+        optimum=float(fit.log_likelihood), eigenvalues=spectrum.eigenvalues, method=method,
+        baseline_provenance=provenance, q=config.q, block=b,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import itertools
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from lincollapse.experiments.linear import (
     CollapsedColumnsResult,
@@ -144,42 +145,107 @@ def plot_collapsed_columns(result: CollapsedColumnsResult) -> Figure:
     return fig
 
 
+# One colour and marker per trainer, in every figure of the chapter.
+METHOD_STYLE = {
+    "profiled_lbfgs": (SERIES[0], "o"),
+    "profiled_adam": (SERIES[0], "o"),
+    "joint_lbfgs": (SERIES[2], "^"),
+    "adam": (SERIES[1], "s"),
+}
+GAP_FLOOR = 1e-6  # gaps at or below round-off are drawn here on log axes
+
+
+def _style(method: str) -> tuple[str, str]:
+    return METHOD_STYLE.get(method, (SERIES[3], "D"))
+
+
 def plot_likelihood_vs_latent_size(result: LikelihoodCurve) -> Figure:
-    """ℓ*(q), the trained ELBO and fixed-σ² pPCA against the latent size."""
+    """ℓ*(q), trained ELBOs and fixed-σ² pPCA against q (left); each trainer's gap (right)."""
+    from lincollapse.experiments.linear_baselines import LABELS
+
+    runs = {result.method: result.elbo}
+    runs.update({name: base.elbo for name, base in result.baselines.items()})
     with house_style():
-        fig, ax = new_figure(figsize=(6.5, 4.0))
+        fig, (left, right) = new_figure(1, 2, figsize=(11.5, 4.2))
         q = result.latent_sizes
-        ax.plot(q, result.ppca_optimum, "-", color=OPTIMUM, lw=2.2, label=r"pPCA MLE $\ell^*(q)$")
-        ax.plot(q, result.elbo, "o", color=ACTIVE, ms=7, mfc="none", mew=1.8,
-                label=f"linear VAE ELBO ({result.optimiser})")  # fmt: skip
-        ax.plot(q, result.fixed_sigma2_loglik, "s--", color=COLLAPSED, ms=5,
-                label=rf"pPCA, $\sigma^2 = \sigma^2_{{MLE}}({result.reference_q})$"
-                f" = {result.fixed_sigma2:.3g}")  # fmt: skip
-        ax.set_xlabel("latent dimension q")
-        ax.set_ylabel("nats per image")
-        ax.legend(loc="lower right")
+        left.plot(q, result.ppca_optimum, "-", color=OPTIMUM, lw=2.2, label=r"pPCA MLE $\ell^*(q)$")
+        for name, elbo in runs.items():
+            colour, marker = _style(name)
+            label = LABELS.get(name, name)
+            left.plot(q, elbo, marker, color=colour, ms=7, mfc="none", mew=1.6, label=label)
+            gap = np.maximum(result.ppca_optimum - elbo, GAP_FLOOR)
+            right.plot(q, gap, marker + "-", color=colour, ms=6, mfc="none", mew=1.6, label=label)
+        left.plot(q, result.fixed_sigma2_loglik, "s--", color=COLLAPSED, ms=4,
+                  label=rf"pPCA, $\sigma^2 = \sigma^2_{{MLE}}({result.reference_q})$"
+                  f" = {result.fixed_sigma2:.3g}")  # fmt: skip
+        left.set_xlabel("latent dimension q")
+        left.set_ylabel("nats per image")
+        left.legend(loc="lower right", fontsize=8)
+        right.axhline(0.01, color=OPTIMUM, ls=":", lw=1.2, label="0.01 nats")
+        right.set_yscale("log")
+        right.set_xlabel("latent dimension q")
+        right.set_ylabel(r"$\ell^*(q)$ − final ELBO (nats per image)")
+        right.set_title(f"gaps at or below round-off drawn at {GAP_FLOOR:g}", fontsize=8)
+        right.legend(loc="best", fontsize=8)
     return fig
 
 
 def plot_gram_matrices(result: GramResult) -> Figure:
-    """|WᵀW| (top-left block) of the trained linear VAE and of pPCA maximisers."""
-    panels = (
-        ("vae", "linear VAE (trained)", result.vae),
-        ("ppca_rotated", "pPCA MLE, random rotation", result.ppca_rotated),
-        ("ppca_mle", "pPCA MLE, R = I", result.ppca_mle),
-    )
+    """Top: |WᵀW| of each trained linear VAE beside a rotated pPCA maximiser. Bottom: how
+    training got there — gap and Gram ratio against CPU time, and each column's misalignment
+    with its nearest principal direction against how close that eigenvalue's neighbour is."""
+    panels = [("ppca_rotated", "pPCA MLE, random rotation R", result.ppca_rotated)]
+    panels += [(name, run.label, run.gram) for name, run in result.runs.items()]
     with house_style():
-        fig, axes = new_figure(1, 3, figsize=(11.5, 3.9))
+        fig = new_figure(figsize=(3.1 * max(len(panels), 3) + 1.0, 7.6))[0]
+        fig.clf()
+        grid = fig.add_gridspec(2, 1, height_ratios=(1.0, 1.05))
+        top = grid[0].subgridspec(1, len(panels)).subplots()
+        bottom = grid[1].subgridspec(1, 3).subplots()
         vmax = max(float(np.abs(g).max()) for _, _, g in panels) or 1.0
-        for ax, (key, title, gram) in zip(axes, panels, strict=True):
+        for ax, (key, title, gram) in zip(np.atleast_1d(top), panels, strict=True):
             image = ax.imshow(np.abs(gram), cmap="Blues", vmin=0, vmax=vmax)
-            ratio = result.off_diagonal_ratio[key]
-            ax.set_title(f"{title}\noff-diagonal mass {ratio:.2e}", fontsize=9)
+            ratio = result.off_diagonal_ratio.get(key)
+            if ratio is None:
+                ratio = result.runs[key].ratio
+            ax.set_title(f"{_wrap(title)}\noff-diagonal ratio {ratio:.2e}", fontsize=8)
             ax.set_xlabel("latent j")
             ax.set_ylabel("latent i")
             ax.grid(False)
-        fig.colorbar(image, ax=axes, label=r"$|W^\top W|_{ij}$", shrink=0.85)
+        fig.colorbar(image, ax=list(np.atleast_1d(top)), label=r"$|W^\top W|_{ij}$", shrink=0.8)
+        gap_ax, ratio_ax, align_ax = bottom
+        for name, run in result.runs.items():
+            colour, marker = _style(name)
+            cpu = run.trace["cpu_seconds"]
+            seconds = np.maximum(cpu - cpu[0], 1e-2)  # from the first evaluation on
+            gap = np.maximum(result.optimum - run.trace["elbo"], GAP_FLOOR)
+            gap_ax.plot(seconds, gap, "-", color=colour, lw=1.6, label=run.label)
+            ratio_ax.plot(seconds, run.trace["gram_ratio"], "-", color=colour, lw=1.6)
+            align_ax.plot(result.spacing(name), np.maximum(1.0 - run.cos2, 1e-8), marker,
+                          color=colour, ms=4, mfc="none", mew=0.9, alpha=0.7)  # fmt: skip
+        gap_ax.axhline(0.01, color=OPTIMUM, ls=":", lw=1.2)
+        for ax in (gap_ax, ratio_ax, align_ax):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        gap_ax.set_xlabel("CPU time (s)")
+        gap_ax.set_ylabel(rf"$\ell^*({result.q})$ − ELBO (nats per image)")
+        gap_ax.legend(loc="upper right", fontsize=7)
+        ratio_ax.set_xlabel("CPU time (s)")
+        ratio_ax.set_ylabel(f"off-diagonal ratio, leading {result.block} latents")
+        align_ax.set_xlabel(r"relative spacing of the matched $\lambda_i$ to its neighbours")
+        align_ax.set_ylabel(rf"$1 - \cos^2(w_j, u_i)$, all {result.q} columns")
     return fig
+
+
+def _wrap(title: str, width: int = 34) -> str:
+    """Break a long panel title before its parenthesis, else at the last space before ``width``."""
+    if len(title) <= width:
+        return title
+    cut = title.find(" (")
+    if cut <= 0:
+        cut = title.rfind(" ", 0, width)
+    return title[:cut].rstrip() + "\n" + title[cut:].lstrip()
 
 
 def plot_elbo_gap(result: ElboGapResult) -> Figure:
