@@ -588,6 +588,8 @@ class GramResult:
         trainer), ``"ppca_rotated"``, ``"ppca_mle"``.
     optimum : float
         ℓ*(q), to turn recorded ELBOs into gaps.
+    sigma2_mle : float
+        σ²_MLE(q), the optimum's noise variance.
     eigenvalues : ndarray of shape (d,)
     method : str
     baseline_provenance : str
@@ -599,6 +601,7 @@ class GramResult:
     ppca_mle: np.ndarray
     off_diagonal_ratio: dict[str, float]
     optimum: float
+    sigma2_mle: float
     eigenvalues: np.ndarray
     method: str
     baseline_provenance: str
@@ -647,6 +650,16 @@ class GramResult:
             return f"(The joint-training runs are not shown: {self.baseline_provenance}.)"
         return "; ".join(parts) + "."
 
+    def sigma2_steps(self, run: str, within: float = 0.1) -> int | None:
+        """First recorded step at which σ² of ``run`` is within ``within`` (relative) of
+        σ²_MLE(q) and stays there; ``None`` if it never gets there."""
+        trace = self.runs[run].trace
+        close = np.abs(trace["sigma2"] / self.sigma2_mle - 1.0) <= within
+        if not close[-1]:
+            return None
+        last_far = np.flatnonzero(~close)
+        return int(trace["steps"][last_far[-1] + 1 if last_far.size else 0])
+
     def summary(self) -> str:
         """Per run: final gap, Gram ratio, CPU time and the median misalignment of columns."""
         lines = []
@@ -655,7 +668,8 @@ class GramResult:
                 f"{name:<15} {int(run.trace['steps'][-1]):>5} steps, "
                 f"{run.cpu_seconds:6.0f} s CPU: gap "
                 f"{self.optimum - run.trace['elbo'][-1]:.2e} nats, Gram ratio {run.ratio:.3f}, "
-                f"median 1 − cos² of the {self.q} columns {np.median(1.0 - run.cos2):.2e}"
+                f"median 1 − cos² of the {self.q} columns {np.median(1.0 - run.cos2):.2e}, "
+                f"σ² {run.trace['sigma2'][-1]:.4g} (σ²_MLE {self.sigma2_mle:.4g})"
             )
         if len(self.runs) == 1:
             lines.append(f"joint-training runs not shown: {self.baseline_provenance}")
@@ -702,7 +716,8 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
             "ppca_rotated": linear_vae.off_diagonal_ratio(rotated),
             "ppca_mle": linear_vae.off_diagonal_ratio(mle),
         },
-        optimum=float(fit.log_likelihood), eigenvalues=spectrum.eigenvalues, method=method,
+        optimum=float(fit.log_likelihood), sigma2_mle=float(fit.sigma2),
+        eigenvalues=spectrum.eigenvalues, method=method,
         baseline_provenance=provenance, q=config.q, block=b,
     )  # fmt: skip
 
