@@ -401,9 +401,9 @@ class LikelihoodCurve:
             gap = (self.ppca_optimum - base.elbo)[used]
             parts.append(
                 f"{linear_baselines.LABELS[name]}, after {int(np.nanmax(base.steps)):,} steps "
-                f"per latent size ({np.nansum(base.cpu_seconds) / 60:.0f} min of CPU time for "
-                f"all {used.sum()}), ends between {gap.min():.2g} and {gap.max():.2g} nats per "
-                f"image below ℓ*(q)"
+                f"at each of the {used.sum()} latent sizes q > 0 "
+                f"({np.nansum(base.cpu_seconds[used]) / 60:.0f} min of CPU time in all), ends "
+                f"between {_nats(gap.min())} and {_nats(gap.max())} nats per image below ℓ*(q)"
             )
         return "; ".join(parts) + "."
 
@@ -433,6 +433,11 @@ class LikelihoodCurve:
         if self.baselines:
             lines.append(f"{', '.join(self.baselines)}: {self.baseline_provenance}")
         return "\n".join(lines)
+
+
+def _nats(value: float) -> str:
+    """A gap for prose: two significant digits, no exponent above 10."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
 
 
 def _method(encoder: str, optimiser: str) -> str:
@@ -632,6 +637,14 @@ class GramResult:
             float(np.median(miss[~near])) if (~near).any() else float("nan"),
         )
 
+    def alignment_summary(self, spacing: float) -> str:
+        """Per run, :meth:`misalignment` as one clause: near-tied columns, then the others."""
+        parts = []
+        for name, run in self.runs.items():
+            near, far = self.misalignment(name, spacing)
+            parts.append(f"{near:.2f} against {far:.2g} for {run.label}")
+        return "; ".join(parts)
+
     def ratio_path(self, run: str) -> tuple[float, float, float]:
         """The Gram ratio of ``run`` at the random start, at its largest, and at the end."""
         ratio = self.runs[run].trace["gram_ratio"]
@@ -641,7 +654,7 @@ class GramResult:
         """One clause per shipped joint-training run: steps, final gap and Gram ratio."""
         parts = [
             f"{run.label} ends, after {int(run.trace['steps'][-1]):,} steps, "
-            f"{self.optimum - run.trace['elbo'][-1]:.2g} nats below ℓ* with a Gram ratio of "
+            f"{_nats(self.optimum - run.trace['elbo'][-1])} nats below ℓ* with a Gram ratio of "
             f"{run.ratio:.2g}"
             for name, run in self.runs.items()
             if name != self.method
@@ -659,6 +672,19 @@ class GramResult:
             return None
         last_far = np.flatnonzero(~close)
         return int(trace["steps"][last_far[-1] + 1 if last_far.size else 0])
+
+    def sigma2_summary(self, within: float = 0.1) -> str:
+        """When each run's σ² settles within ``within`` of σ²_MLE(q) (:meth:`sigma2_steps`)."""
+        parts = []
+        for name, run in self.runs.items():
+            step = self.sigma2_steps(name, within)
+            when = (
+                f"after {step:,} steps"
+                if step is not None
+                else f"not within its {int(run.trace['steps'][-1]):,} steps"
+            )
+            parts.append(f"{run.label} {when}")
+        return "; ".join(parts)
 
     def summary(self) -> str:
         """Per run: final gap, Gram ratio, CPU time and the median misalignment of columns."""
