@@ -96,6 +96,7 @@ def test_gram_matrices_vae_is_diagonal_rotated_ppca_is_not():
     assert trace["gram_ratio"][-1] < 0.1 * trace["gram_ratio"][1]  # falls during training
     assert np.all(result.runs["profiled_lbfgs"].cos2 <= 1 + 1e-12)
     assert "gap" in result.summary()
+    assert result.sigma2_steps("profiled_lbfgs") is not None
     _close(plotting.plot_gram_matrices(result))
 
 

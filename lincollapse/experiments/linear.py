@@ -662,9 +662,9 @@ class LikelihoodCurve:
             gap = (self.ppca_optimum - base.elbo)[used]
             parts.append(
                 f"{linear_baselines.LABELS[name]}, after {int(np.nanmax(base.steps)):,} steps "
-                f"per latent size ({np.nansum(base.cpu_seconds) / 60:.0f} min of CPU time for "
-                f"all {used.sum()}), ends between {gap.min():.2g} and {gap.max():.2g} nats per "
-                f"image below ℓ*(q)"
+                f"at each of the {used.sum()} latent sizes q > 0 "
+                f"({np.nansum(base.cpu_seconds[used]) / 60:.0f} min of CPU time in all), ends "
+                f"between {_nats(gap.min())} and {_nats(gap.max())} nats per image below ℓ*(q)"
             )
         return "; ".join(parts) + "."
 
@@ -694,6 +694,11 @@ class LikelihoodCurve:
         if self.baselines:
             lines.append(f"{', '.join(self.baselines)}: {self.baseline_provenance}")
         return "\n".join(lines)
+
+
+def _nats(value: float) -> str:
+    """A gap for prose: two significant digits, no exponent above 10."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
 
 
 def _method(encoder: str, optimiser: str) -> str:
@@ -849,6 +854,8 @@ class GramResult:
         trainer), ``"ppca_rotated"``, ``"ppca_mle"``.
     optimum : float
         ℓ*(q), to turn recorded ELBOs into gaps.
+    sigma2_mle : float
+        σ²_MLE(q), the optimum's noise variance.
     eigenvalues : ndarray of shape (d,)
     method : str
     baseline_provenance : str
@@ -860,6 +867,7 @@ class GramResult:
     ppca_mle: np.ndarray
     off_diagonal_ratio: dict[str, float]
     optimum: float
+    sigma2_mle: float
     eigenvalues: np.ndarray
     method: str
     baseline_provenance: str
@@ -890,6 +898,14 @@ class GramResult:
             float(np.median(miss[~near])) if (~near).any() else float("nan"),
         )
 
+    def alignment_summary(self, spacing: float) -> str:
+        """Per run, :meth:`misalignment` as one clause: near-tied columns, then the others."""
+        parts = []
+        for name, run in self.runs.items():
+            near, far = self.misalignment(name, spacing)
+            parts.append(f"{near:.2f} against {far:.2g} for {run.label}")
+        return "; ".join(parts)
+
     def ratio_path(self, run: str) -> tuple[float, float, float]:
         """The Gram ratio of ``run`` at the random start, at its largest, and at the end."""
         ratio = self.runs[run].trace["gram_ratio"]
@@ -899,7 +915,7 @@ class GramResult:
         """One clause per shipped joint-training run: steps, final gap and Gram ratio."""
         parts = [
             f"{run.label} ends, after {int(run.trace['steps'][-1]):,} steps, "
-            f"{self.optimum - run.trace['elbo'][-1]:.2g} nats below ℓ* with a Gram ratio of "
+            f"{_nats(self.optimum - run.trace['elbo'][-1])} nats below ℓ* with a Gram ratio of "
             f"{run.ratio:.2g}"
             for name, run in self.runs.items()
             if name != self.method
@@ -907,6 +923,29 @@ class GramResult:
         if not parts:
             return f"(The joint-training runs are not shown: {self.baseline_provenance}.)"
         return "; ".join(parts) + "."
+
+    def sigma2_steps(self, run: str, within: float = 0.1) -> int | None:
+        """First recorded step at which σ² of ``run`` is within ``within`` (relative) of
+        σ²_MLE(q) and stays there; ``None`` if it never gets there."""
+        trace = self.runs[run].trace
+        close = np.abs(trace["sigma2"] / self.sigma2_mle - 1.0) <= within
+        if not close[-1]:
+            return None
+        last_far = np.flatnonzero(~close)
+        return int(trace["steps"][last_far[-1] + 1 if last_far.size else 0])
+
+    def sigma2_summary(self, within: float = 0.1) -> str:
+        """When each run's σ² settles within ``within`` of σ²_MLE(q) (:meth:`sigma2_steps`)."""
+        parts = []
+        for name, run in self.runs.items():
+            step = self.sigma2_steps(name, within)
+            when = (
+                f"after {step:,} steps"
+                if step is not None
+                else f"not within its {int(run.trace['steps'][-1]):,} steps"
+            )
+            parts.append(f"{run.label} {when}")
+        return "; ".join(parts)
 
     def summary(self) -> str:
         """Per run: final gap, Gram ratio, CPU time and the median misalignment of columns."""
@@ -916,7 +955,8 @@ class GramResult:
                 f"{name:<15} {int(run.trace['steps'][-1]):>5} steps, "
                 f"{run.cpu_seconds:6.0f} s CPU: gap "
                 f"{self.optimum - run.trace['elbo'][-1]:.2e} nats, Gram ratio {run.ratio:.3f}, "
-                f"median 1 − cos² of the {self.q} columns {np.median(1.0 - run.cos2):.2e}"
+                f"median 1 − cos² of the {self.q} columns {np.median(1.0 - run.cos2):.2e}, "
+                f"σ² {run.trace['sigma2'][-1]:.4g} (σ²_MLE {self.sigma2_mle:.4g})"
             )
         if len(self.runs) == 1:
             lines.append(f"joint-training runs not shown: {self.baseline_provenance}")
@@ -963,7 +1003,8 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
             "ppca_rotated": linear_vae.off_diagonal_ratio(rotated),
             "ppca_mle": linear_vae.off_diagonal_ratio(mle),
         },
-        optimum=float(fit.log_likelihood), eigenvalues=spectrum.eigenvalues, method=method,
+        optimum=float(fit.log_likelihood), sigma2_mle=float(fit.sigma2),
+        eigenvalues=spectrum.eigenvalues, method=method,
         baseline_provenance=provenance, q=config.q, block=b,
     )  # fmt: skip
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 from pathlib import Path
@@ -247,7 +248,7 @@ def train_baselines(
                     command or "python -m lincollapse.experiments.linear_baselines "
                     "--write-reference",
                     "cpu", time.perf_counter() - start,
-                    cpu_seconds=float(sum(np.nansum(arrays[f"{m}_cpu_seconds"]) for m in METHODS)),
+                    cpu_seconds=training_cpu_seconds(arrays),
                     complete=len(done) == len(order) * len(METHODS), done=list(done),
                 )  # fmt: skip
                 save_reference(
@@ -309,11 +310,21 @@ def baseline_runs(arrays: dict[str, np.ndarray], method: str) -> BaselineRuns:
     )  # fmt: skip
 
 
-def shipped_provenance(stem: Path, meta: dict) -> str:
+def training_cpu_seconds(arrays: dict[str, np.ndarray]) -> float:
+    """CPU time of every run so far, from its first recorded evaluation to its last."""
+    return float(
+        sum(
+            arrays[name][-1] - arrays[name][0]
+            for name in arrays
+            if re.fullmatch(r".+_q\d+_cpu_seconds", name)
+        )
+    )
+
+
+def shipped_provenance(stem: Path, meta: dict, arrays: dict[str, np.ndarray]) -> str:
     """One line: what computed the shipped runs, when, where, and how long it took."""
     info = meta.get("info", {})
-    cpu = info.get("cpu_seconds")
-    cpu = f"{cpu / 60:.0f} min of CPU time" if isinstance(cpu, (int, float)) else "?"
+    cpu = f"{training_cpu_seconds(arrays) / 60:.0f} min of CPU time for the training"
     return (
         f"precomputed by `{info.get('command', '?')}` on {meta.get('created', '?')[:10]} "
         f"({info.get('machine', '?')}, {info.get('threads', '?')} thread(s), {cpu}), shipped "
@@ -338,7 +349,7 @@ def load_baselines(
         return None, str(error)
     if not meta.get("info", {}).get("complete", False):
         return None, f"reference {stem.name} is incomplete (done: {meta['info'].get('done')})"
-    return {m: baseline_runs(arrays, m) for m in METHODS}, shipped_provenance(stem, meta)
+    return {m: baseline_runs(arrays, m) for m in METHODS}, shipped_provenance(stem, meta, arrays)
 
 
 def main(argv: list[str] | None = None) -> int:

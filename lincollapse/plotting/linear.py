@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
@@ -190,8 +191,20 @@ def plot_likelihood_vs_latent_size(result: LikelihoodCurve) -> Figure:
     return fig
 
 
+COSINE_FLOOR = 1e-3  # |cos| between columns below this is drawn as this (log colour scale)
+
+
+def column_cosines(gram: np.ndarray) -> np.ndarray:
+    """|cos(w_i, w_j)| = |G_ij| / √(G_ii G_jj) from a Gram matrix G = WᵀW (zero columns: 0)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    scale = np.outer(norms, norms)
+    return np.divide(np.abs(gram), scale, out=np.zeros_like(gram), where=scale > 0)
+
+
 def plot_gram_matrices(result: GramResult) -> Figure:
-    """Top: |WᵀW| of each trained linear VAE beside a rotated pPCA maximiser. Bottom: how
+    """Top: |cos| between the leading columns of each trained linear VAE (the Gram matrix WᵀW
+    normalised by the column norms) beside a rotated pPCA maximiser's. Bottom: how
     training got there — gap and Gram ratio against CPU time, and each column's misalignment
     with its nearest principal direction against how close that eigenvalue's neighbour is."""
     panels = [("ppca_rotated", "pPCA MLE, random rotation R", result.ppca_rotated)]
@@ -202,9 +215,10 @@ def plot_gram_matrices(result: GramResult) -> Figure:
         grid = fig.add_gridspec(2, 1, height_ratios=(1.0, 1.05))
         top = grid[0].subgridspec(1, len(panels)).subplots()
         bottom = grid[1].subgridspec(1, 3).subplots()
-        vmax = max(float(np.abs(g).max()) for _, _, g in panels) or 1.0
+        norm = LogNorm(vmin=COSINE_FLOOR, vmax=1.0)
         for ax, (key, title, gram) in zip(np.atleast_1d(top), panels, strict=True):
-            image = ax.imshow(np.abs(gram), cmap="Blues", vmin=0, vmax=vmax)
+            image = ax.imshow(np.maximum(column_cosines(gram), COSINE_FLOOR), cmap="Blues",
+                              norm=norm)  # fmt: skip
             ratio = result.off_diagonal_ratio.get(key)
             if ratio is None:
                 ratio = result.runs[key].ratio
@@ -212,15 +226,17 @@ def plot_gram_matrices(result: GramResult) -> Figure:
             ax.set_xlabel("latent j")
             ax.set_ylabel("latent i")
             ax.grid(False)
-        fig.colorbar(image, ax=list(np.atleast_1d(top)), label=r"$|W^\top W|_{ij}$", shrink=0.8)
+        fig.colorbar(image, ax=list(np.atleast_1d(top)), shrink=0.8,
+                     label=r"$|\cos(w_i, w_j)| = |W^\top W|_{ij} / \|w_i\| \|w_j\|$")  # fmt: skip
         gap_ax, ratio_ax, align_ax = bottom
         for name, run in result.runs.items():
             colour, marker = _style(name)
             cpu = run.trace["cpu_seconds"]
             seconds = np.maximum(cpu - cpu[0], 1e-2)  # from the first evaluation on
             gap = np.maximum(result.optimum - run.trace["elbo"], GAP_FLOOR)
-            gap_ax.plot(seconds, gap, "-", color=colour, lw=1.6, label=run.label)
-            ratio_ax.plot(seconds, run.trace["gram_ratio"], "-", color=colour, lw=1.6)
+            gap_ax.plot(seconds, gap, "-", color=colour, lw=1.6)
+            ratio_ax.plot(seconds, run.trace["gram_ratio"], "-", color=colour, lw=1.6,
+                          label=run.label)  # fmt: skip
             align_ax.plot(result.spacing(name), np.maximum(1.0 - run.cos2, 1e-8), marker,
                           color=colour, ms=4, mfc="none", mew=0.9, alpha=0.7)  # fmt: skip
         gap_ax.axhline(0.01, color=OPTIMUM, ls=":", lw=1.2)
@@ -230,7 +246,7 @@ def plot_gram_matrices(result: GramResult) -> Figure:
             ax.xaxis.set_minor_formatter(NullFormatter())
         gap_ax.set_xlabel("CPU time (s)")
         gap_ax.set_ylabel(rf"$\ell^*({result.q})$ − ELBO (nats per image)")
-        gap_ax.legend(loc="upper right", fontsize=7)
+        ratio_ax.legend(loc="upper right", fontsize=7)
         ratio_ax.set_xlabel("CPU time (s)")
         ratio_ax.set_ylabel(f"off-diagonal ratio, leading {result.block} latents")
         align_ax.set_xlabel(r"relative spacing of the matched $\lambda_i$ to its neighbours")
