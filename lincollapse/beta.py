@@ -39,14 +39,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from lincollapse.deep_vae import (
-    Architecture,
-    BatchedGaussianVAE,
-    collapse_thresholds,
-    gaussian_log_likelihood,
-    kl_per_dimension,
-)
-from lincollapse.linear_beta import LOG_2PI, check_beta, check_sigma2, effective_sigma2
+from lincollapse import gaussian
+from lincollapse.collapse import collapse_thresholds
+from lincollapse.deep_vae import Architecture, BatchedGaussianVAE
+from lincollapse.gaussian import LOG_2PI
+from lincollapse.linear_beta import check_beta, check_sigma2, effective_sigma2
 from lincollapse.training import maximise
 
 # check_beta, check_sigma2 and effective_sigma2 are lincollapse.linear_beta's, re-exported.
@@ -113,8 +110,8 @@ def gaussian_beta_elbo(
     """
     sigma2, beta = check_sigma2(sigma2), check_beta(beta)
     log_sigma2 = torch.tensor(math.log(sigma2), dtype=x.dtype, device=x.device)
-    log_lik = gaussian_log_likelihood(x, reconstruction, log_sigma2)
-    kl = kl_per_dimension(mean, torch.exp(logvar)).sum(-1)
+    log_lik = gaussian.log_likelihood((x - reconstruction).pow(2).sum(-1), x.shape[-1], log_sigma2)
+    kl = gaussian.kl_to_prior(mean, torch.exp(logvar)).sum(-1)
     return (log_lik - beta * kl).mean(-1)
 
 
@@ -324,7 +321,7 @@ class AnnealedRuns:
         βσ² (fixed noise) or the current optimal σ² (optimal noise).
     thresholds : ndarray (k, R, q)
         Per latent, the (1 − δ) order statistic of KL over the images
-        (:func:`lincollapse.deep_vae.collapse_thresholds`).
+        (:func:`lincollapse.collapse.collapse_thresholds`).
     kl_mean : ndarray (k, R, q)
     seconds : float
     delta : float
@@ -428,11 +425,12 @@ def train_annealed(
         z = mean + torch.exp(0.5 * logvar) * model._draw_noise(mean.shape, mean)
         reconstruction = model.decode(z)
         squared = (data - reconstruction).pow(2).sum(-1).mean(-1)  # (R,) mean over images
-        kl = kl_per_dimension(mean, torch.exp(logvar))  # (R, n, q)
+        kl = gaussian.kl_to_prior(mean, torch.exp(logvar))  # (R, n, q)
         kl_total = kl.sum(-1).mean(-1)
         # Optimal runs plug in σ² = squared / d; its gradient term vanishes at the optimum.
         log_noise = torch.where(optimal, torch.log(squared / d), log_sigma2)
-        log_lik = gaussian_log_likelihood(data, reconstruction, log_noise[:, None]).mean(-1)
+        squared_each = (data - reconstruction).pow(2).sum(-1)
+        log_lik = gaussian.log_likelihood(squared_each, d, log_noise[:, None]).mean(-1)
         if training:
             return log_lik - betas(state["step"]) * kl_total
         stash.update(kl=kl, squared=squared)

@@ -26,14 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lincollapse.collapse import collapsed_fraction_from_thresholds
 from lincollapse.data import load_mnist
-from lincollapse.deep_vae import (
-    LR_DECAYS,
-    TrainedRuns,
-    collapsed_fraction_from_thresholds,
-    resolve_device,
-    train_batched,
-)
+from lincollapse.deep_vae import LR_DECAYS, TrainedRuns, resolve_device, train_batched
 from lincollapse.references import PROBE_STEPS, Probe, load_shipped, shipped_provenance
 from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 

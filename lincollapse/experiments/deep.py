@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse.collapse import linear_collapse_prediction
+from lincollapse.collapse import collapsed_fraction_from_thresholds, linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_runs import (
     FAST_ARCHITECTURE,
@@ -50,12 +50,7 @@ from lincollapse.deep_runs import (
     plateau_range,
     run_key,
 )
-from lincollapse.deep_vae import (
-    Architecture,
-    TrainedRuns,
-    collapsed_fraction_from_thresholds,
-    resolve_device,
-)
+from lincollapse.deep_vae import Architecture, TrainedRuns, resolve_device
 from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig, preset_banner
 from lincollapse.references import reference_info, save_shipped

@@ -40,16 +40,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lincollapse.collapse import linear_collapse_prediction
-from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
-from lincollapse.deep_vae import (
-    Architecture,
-    GaussianVAE,
+from lincollapse.collapse import (
     collapse_thresholds,
     collapsed_fraction_from_thresholds,
-    kl_per_dimension,
+    linear_collapse_prediction,
 )
+from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
+from lincollapse.deep_vae import Architecture, GaussianVAE
 from lincollapse.experiments import figure
+from lincollapse.gaussian import kl_to_prior
 from lincollapse.references import (
     PROBE_ATOL,
     PROBE_RTOL,
@@ -266,7 +265,7 @@ class _Recorder:
             self.rows["elbo_test"].append(float(model.elbo(test)))
             for x, suffix in ((train, ""), (test, "_test")):
                 mean, variance = model.posterior(x)
-                kl = kl_per_dimension(mean, variance)
+                kl = kl_to_prior(mean, variance)
                 self.rows["thresholds" + suffix].append(collapse_thresholds(kl, DELTA))
                 if not suffix:
                     self.rows["kl_mean"].append(kl.mean(0).double().cpu().numpy())

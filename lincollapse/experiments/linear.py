@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse import collapse, linear_vae, ppca
+from lincollapse import collapse, gaussian, linear_vae, ppca
 from lincollapse.data import load_mnist
 from lincollapse.experiments import figure, linear_baselines
 from lincollapse.presets import ExperimentConfig
@@ -467,16 +467,15 @@ def maximise_fixed_sigma2(
     d = spectrum.d
     generator = torch.Generator().manual_seed(seed)
     W = torch.nn.Parameter(torch.randn(d, q, generator=generator, dtype=torch.float64) * 0.01)
-    identity = torch.eye(q, dtype=torch.float64)
     log_sigma2 = float(np.log(sigma2))
 
     def log_likelihood() -> torch.Tensor:  # (ppca-loglik), S = diag(λ)
-        M = W.T @ W + sigma2 * identity
+        M = gaussian.m_matrix(W, sigma2)
         chol = torch.linalg.cholesky(M)
         log_det_M = 2.0 * torch.log(chol.diagonal()).sum()
         projected = torch.cholesky_solve((W.T * eigenvalues) @ W, chol).diagonal().sum()
         return -0.5 * (
-            d * ppca.LOG_2PI + (d - q) * log_sigma2 + log_det_M
+            d * gaussian.LOG_2PI + (d - q) * log_sigma2 + log_det_M
             + (eigenvalues.sum() - projected) / sigma2
         )  # fmt: skip
 
