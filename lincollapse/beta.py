@@ -43,18 +43,17 @@ from lincollapse import gaussian
 from lincollapse.collapse import collapse_thresholds
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE
 from lincollapse.gaussian import LOG_2PI
-from lincollapse.linear_beta import check_beta, check_sigma2, effective_sigma2
+from lincollapse.linear_beta import effective_sigma2
 from lincollapse.training import maximise
+from lincollapse.validation import check_beta, check_sigma2
 
-# check_beta, check_sigma2 and effective_sigma2 are lincollapse.linear_beta's, re-exported.
+# effective_sigma2 is lincollapse.linear_beta's, re-exported.
 __all__ = [
     "AnnealedRuns",
     "EquivalenceCheck",
     "RunSpec",
     "beta_elbo_constant",
-    "check_beta",
     "check_equivalence",
-    "check_sigma2",
     "effective_sigma2",
     "gaussian_beta_elbo",
     "linear_warmup",
@@ -422,7 +421,7 @@ def train_annealed(
         if training:
             state["step"] += 1
         mean, logvar = model.encode(data)
-        z = mean + torch.exp(0.5 * logvar) * model._draw_noise(mean.shape, mean)
+        z = mean + torch.exp(0.5 * logvar) * model.draw_noise(mean.shape, mean)
         reconstruction = model.decode(z)
         squared = (data - reconstruction).pow(2).sum(-1).mean(-1)  # (R,) mean over images
         kl = gaussian.kl_to_prior(mean, torch.exp(logvar))  # (R, n, q)

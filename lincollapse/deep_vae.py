@@ -349,7 +349,7 @@ class BatchedGaussianVAE(nn.Module):
         mean, logvar = self.encode(x)
         return mean, torch.exp(logvar)
 
-    def _draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    def draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
         streams = self._noise if torch.is_grad_enabled() else self._eval_noise
         return torch.stack(
             [
@@ -365,7 +365,7 @@ class BatchedGaussianVAE(nn.Module):
         mean, logvar = self.encode(x)
         z = mean
         if sample:
-            z = mean + torch.exp(0.5 * logvar) * self._draw_noise(mean.shape, mean)
+            z = mean + torch.exp(0.5 * logvar) * self.draw_noise(mean.shape, mean)
         log_lik = _log_likelihood(x, self.decode(z), self.log_sigma2[:, None])
         kl = kl_from_logvar(mean, logvar).sum(-1)
         return (log_lik - kl).mean(-1), mean, logvar

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import gaussian, ppca
+from lincollapse import gaussian, ppca, validation
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.training import History, maximise
 
@@ -80,14 +80,7 @@ DTYPE = torch.float64
 def _as_points(x: torch.Tensor | np.ndarray, d: int | None = None) -> torch.Tensor:
     """x as a float64 tensor of shape (n, d), finite; errors name the fix."""
     x = torch.as_tensor(x, dtype=DTYPE)
-    if x.ndim != 2 or (d is not None and x.shape[1] != d):
-        want = f"(n, {d})" if d is not None else "(n, d)"
-        raise ValueError(
-            f"x must have shape {want}, got {tuple(x.shape)}; pass a batch of flattened "
-            "images (use x[None, :] for a single image)"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; remove or impute them first")
+    validation.check_points(x, d)
     return x
 
 
@@ -104,15 +97,6 @@ def _check_posterior(means: torch.Tensor, variances: torch.Tensor, q: int | None
         )
     if not bool((variances.detach() > 0).all()):
         raise ValueError("encoder variances must be > 0; parameterise them by their logarithm")
-
-
-def _check_sigma2(sigma2: float) -> float:
-    value = float(sigma2)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(
-            f"σ² must be a finite positive noise variance, got sigma2={sigma2!r}; pass a value > 0"
-        )
-    return value
 
 
 def _check_dims(d: int, q: int) -> None:
@@ -170,7 +154,7 @@ class LinearDecoder(nn.Module):
         if W.ndim != 2:
             raise ValueError(f"W must have shape (d, q), got {tuple(W.shape)}")
         _check_dims(W.shape[0], W.shape[1])
-        sigma2 = _check_sigma2(sigma2)
+        sigma2 = validation.check_sigma2(sigma2)
         self.W = nn.Parameter(W.clone())
         self.log_sigma2 = nn.Parameter(
             torch.tensor(math.log(sigma2), dtype=DTYPE), requires_grad=learn_sigma2

@@ -29,7 +29,7 @@ from torch import nn
 from lincollapse import gaussian, ppca, validation
 from lincollapse.gaussian import LOG_2PI
 from lincollapse.ppca import DataSpectrum
-from lincollapse.training import History, maximise
+from lincollapse.training import History, concatenate_histories, maximise
 
 __all__ = [
     "AscentTraining",
@@ -157,15 +157,15 @@ def elbo_terms(
     -------
     ELBOTerms
     """
-    _, covariance = ppca._moments(data)
+    _, covariance = ppca.sample_moments(data)
     d = covariance.shape[0]
-    W = ppca._check_loadings(W, d)
+    W = validation.check_loadings(W, d)
     q = W.shape[1]
     V = np.asarray(V, dtype=np.float64)
     if V.shape != (q, d):
         raise ValueError(f"V must have shape (q, d) = ({q}, {d}), got {V.shape}")
     D = _check_variances(D, q)
-    sigma2 = ppca._check_sigma2(sigma2)
+    sigma2 = validation.check_sigma2(sigma2)
     tensors = [torch.as_tensor(a, dtype=torch.float64) for a in (covariance, W, V, D, sigma2)]
     reconstruction, kl = (float(t) for t in analytic_elbo_terms(*tensors))
     return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
@@ -192,7 +192,7 @@ def optimal_encoder(W: np.ndarray, sigma2: float) -> tuple[np.ndarray, np.ndarra
     if W.ndim != 2:
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
     validation.check_finite_matrix(W, "W")
-    sigma2 = ppca._check_sigma2(sigma2)
+    sigma2 = validation.check_sigma2(sigma2)
     return gaussian.optimal_encoder(W, sigma2)  # (lvae-optimal-encoder)
 
 
@@ -217,7 +217,7 @@ def elbo_gap(W: np.ndarray, sigma2: float) -> float:
     if W.ndim != 2:
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
     validation.check_finite_matrix(W, "W")
-    sigma2 = ppca._check_sigma2(sigma2)
+    sigma2 = validation.check_sigma2(sigma2)
     M = gaussian.m_matrix(W, sigma2)
     _, log_det = np.linalg.slogdet(M)
     return 0.5 * (float(np.sum(np.log(np.diag(M)))) - float(log_det))  # (lvae-elbo-gap)
@@ -299,7 +299,7 @@ class LinearVAE(nn.Module):
         super().__init__()
         if d < 1 or q < 0 or q >= d:
             raise ValueError(f"need d >= 1 and 0 <= q < d, got d={d}, q={q}")
-        sigma2 = ppca._check_sigma2(sigma2)
+        sigma2 = validation.check_sigma2(sigma2)
         generator = torch.Generator().manual_seed(seed)
         W = torch.randn(d, q, generator=generator, dtype=dtype) * init_scale
         V = torch.randn(q, d, generator=generator, dtype=dtype) * init_scale
@@ -425,10 +425,7 @@ class LinearVAE(nn.Module):
 
     def _check_points(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = self._as_tensor(x)
-        if x.ndim != 2 or x.shape[1] != self.d:
-            raise ValueError(f"x must have shape (n, {self.d}), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinite values; remove or impute them first")
+        validation.check_points(x, self.d)
         return x
 
 
@@ -577,8 +574,8 @@ def train_linear_vae(
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
     spectrum = data if isinstance(data, DataSpectrum) else ppca.data_spectrum(data)
     d = spectrum.d
-    q = ppca._check_q(q, spectrum.eigenvalues, require_rank=False)
-    sigma2_init = ppca._check_sigma2(sigma2_init)
+    q = validation.check_q(q, spectrum.eigenvalues)
+    sigma2_init = validation.check_sigma2(sigma2_init)
     if learn_sigma2:
         optimum = ppca.max_log_likelihood(spectrum, q)  # raises RankDeficientError for q >= r
     else:
@@ -612,7 +609,7 @@ def train_linear_vae(
         )
         model.mean.copy_(torch.as_tensor(spectrum.mean, dtype=torch.float64))
     else:
-        _rotate_model(model, eigenvectors.T)  # into the eigenbasis: S = diag(λ)
+        rotate_model(model, eigenvectors.T)  # into the eigenbasis: S = diag(λ)
         if encoder == "learned":
             histories.append(
                 _run(
@@ -646,10 +643,10 @@ def train_linear_vae(
                         **options,
                     )  # fmt: skip
                 )
-        _rotate_model(model, eigenvectors)  # back to pixels
+        rotate_model(model, eigenvectors)  # back to pixels
         model.mean.copy_(torch.as_tensor(spectrum.mean, dtype=torch.float64))
 
-    history = _concatenate(histories)
+    history = concatenate_histories(histories)
     covariance = torch.as_tensor(spectrum.covariance, dtype=torch.float64, device=device)
     with torch.no_grad():
         elbo = float(model.elbo(covariance))
@@ -895,7 +892,7 @@ def ascend_elbo(
             "ascend_elbo takes the data (n, d), not a DataSpectrum: it never uses the "
             "eigendecomposition of S"
         )
-    mean, covariance = ppca._moments(data)
+    mean, covariance = ppca.sample_moments(data)
     d = covariance.shape[0]
     variances = np.diag(covariance)
     support = variances > d * np.finfo(np.float64).eps * variances.max(initial=0.0)  # non-constant
@@ -906,7 +903,7 @@ def ascend_elbo(
             f"got {q!r}"
         )
     q = int(q)
-    sigma2_init = ppca._check_sigma2(sigma2_init)
+    sigma2_init = validation.check_sigma2(sigma2_init)
     if learn_sigma2 and q >= (rank := covariance_rank(covariance)):
         raise ppca.RankDeficientError(
             f"q={q} is at or above the numerical rank r={rank} of the sample covariance; the "
@@ -1109,7 +1106,7 @@ def _apply(operator: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _rotate_model(model: LinearVAE, basis: torch.Tensor) -> None:
+def rotate_model(model: LinearVAE, basis: torch.Tensor) -> None:
     """Change data coordinates x → Bᵀx... as W → B W, V → V Bᵀ (B orthogonal, (d, d))."""
     model.W.copy_(basis @ model.W)
     model.V.copy_(model.V @ basis.T)
@@ -1127,22 +1124,6 @@ def _run(objective, parameters: list[nn.Parameter], *, steps: int, **options) ->
 def _trainable(parameters) -> list[nn.Parameter]:
     """Parameters an optimiser can move (L-BFGS cannot handle an empty or all-empty list)."""
     return [p for p in parameters if p.requires_grad and p.numel() > 0]
-
-
-def _concatenate(histories: list[History]) -> History:
-    if not histories:
-        return History(np.zeros(1, dtype=int), np.full(1, np.nan), 0.0, 0)
-    steps, values, offset = [histories[0].steps[:1]], [histories[0].values[:1]], 0
-    for history in histories:
-        steps.append(history.steps[1:] + offset)
-        values.append(history.values[1:])
-        offset += int(history.steps[-1])
-    return History(
-        steps=np.concatenate(steps),
-        values=np.concatenate(values),
-        seconds=sum(h.seconds for h in histories),
-        evaluations=sum(h.evaluations for h in histories),
-    )
 
 
 def _check_variances(D: np.ndarray, q: int) -> np.ndarray:

@@ -281,3 +281,20 @@ def seconds_per_step(history: History) -> float:
     """Mean wall time of one optimiser step."""
     n = int(history.steps[-1]) if history.steps.size else 0
     return history.seconds / n if n else math.nan
+
+
+def concatenate_histories(histories: list[History]) -> History:
+    """One :class:`History` of runs made one after another (steps continue, times add up)."""
+    if not histories:
+        return History(np.zeros(1, dtype=int), np.full(1, np.nan), 0.0, 0)
+    steps, values, offset = [histories[0].steps[:1]], [histories[0].values[:1]], 0
+    for history in histories:
+        steps.append(history.steps[1:] + offset)
+        values.append(history.values[1:])
+        offset += int(history.steps[-1])
+    return History(
+        steps=np.concatenate(steps),
+        values=np.concatenate(values),
+        seconds=sum(h.seconds for h in histories),
+        evaluations=sum(h.evaluations for h in histories),
+    )

@@ -18,7 +18,7 @@ from torch.distributions import Normal, kl_divergence
 
 from lincollapse import beta as B
 from lincollapse import linear_beta as L
-from lincollapse import linear_vae, ppca
+from lincollapse import linear_vae, ppca, validation
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE, GaussianVAE, train_batched
 from lincollapse.results_cache import ResultsCache
 
@@ -284,7 +284,7 @@ def test_annealed_and_optimal_runs_record_their_noise():
     data = torch.tensor(x, dtype=torch.float64)
     with torch.no_grad():
         mean, logvar = model.encode(data)
-        eps = model._draw_noise(mean.shape, mean)
+        eps = model.draw_noise(mean.shape, mean)
         recon = model.decode(mean + torch.exp(0.5 * logvar) * eps)
         kl = (0.5 * (mean**2 + torch.exp(logvar) - 1 - logvar)).sum(-1).mean()
     from lincollapse.deep_vae import optimal_sigma2
@@ -311,9 +311,9 @@ def test_runs_round_trip_through_arrays():
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "x", None])
 def test_bad_beta_and_sigma2_are_clear_errors(bad):
     with pytest.raises(ValueError, match="beta"):
-        B.check_beta(bad)
+        validation.check_beta(bad)
     with pytest.raises(ValueError, match="sigma2"):
-        B.check_sigma2(bad)
+        validation.check_sigma2(bad)
     with pytest.raises(ValueError, match="beta"):
         B.beta_elbo_constant(10, 1.0, bad)
     with pytest.raises(ValueError, match="sigma2"):

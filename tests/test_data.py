@@ -10,11 +10,11 @@ import pytest
 from lincollapse.data import (
     DATA_DIR_ENV_VAR,
     MNISTDataError,
-    check_data,
     covariance_eigenvalues,
     load_mnist,
     sample_covariance,
 )
+from lincollapse.validation import check_data
 
 
 def write_idx(folder, n=30, *, train=True, gz=False, seed=1, corrupt=None):
