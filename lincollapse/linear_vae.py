@@ -369,36 +369,6 @@ class LinearVAE(nn.Module):
         means = (x - self.mean) @ self.V.T
         return means, self.D.expand(x.shape[0], self.q)
 
-    def reconstruction_sample(
-        self, x: torch.Tensor | np.ndarray, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Single-sample reparameterised estimate of E_q log p(x | z), averaged over rows.
-
-        z = V(x − μ) + D^{1/2} ξ with ξ ~ N(0, I), one ξ per data point; unbiased for
-        (lvae-recon) and differentiable in every parameter (the "stochastic" ELBO's
-        reconstruction term; its KL stays analytic).
-
-        Parameters
-        ----------
-        x : Tensor or ndarray of shape (n, d)
-        generator : torch.Generator, optional
-
-        Returns
-        -------
-        Tensor of shape ()
-        """
-        x = self._check_points(x)
-        centred = x - self.mean
-        noise = torch.randn(
-            x.shape[0], self.q, generator=generator, dtype=x.dtype, device="cpu"
-        ).to(x.device)
-        z = centred @ self.V.T + noise * torch.sqrt(self.D)
-        residual = centred - z @ self.W.T
-        log_p = gaussian.log_likelihood(
-            residual.square().sum(dim=1), self.d, self.log_sigma2, self.sigma2
-        )
-        return log_p.mean()
-
     @torch.no_grad()
     def set_optimal_encoder(self) -> None:
         """Set (V, D) to their optimum for the current (W, σ²), equation (lvae-optimal-encoder)."""

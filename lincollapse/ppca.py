@@ -50,7 +50,6 @@ __all__ = [
     "sigma2_mle",
     "spectrum_from_covariance",
     "stationary_point",
-    "w_mle",
 ]
 
 
@@ -97,13 +96,8 @@ class DataSpectrum:
         return float(self.eigenvalues.sum())
 
     @property
-    def rank_tolerance(self) -> float:
-        """Eigenvalues at or below d · ε_machine · λ_1 count as zero (numpy's ``matrix_rank``)."""
-        return numerical_rank(self.eigenvalues)[1]
-
-    @property
     def numerical_rank(self) -> int:
-        """Number of eigenvalues above :attr:`rank_tolerance` (≈ 585 for 1000 MNIST images)."""
+        """Number of eigenvalues above d · ε_machine · λ_1 (≈ 585 for 1000 MNIST images)."""
         return numerical_rank(self.eigenvalues)[0]
 
 
@@ -305,27 +299,6 @@ def sigma2_mle(eigenvalues: np.ndarray | DataSpectrum, q: int) -> float:
     eigenvalues = eigenvalues_of(eigenvalues)
     q = validation.check_q(q, eigenvalues, numerical_rank(eigenvalues)[0])
     return float(eigenvalues[q:].mean())  # (ppca-sigma-mle)
-
-
-def w_mle(spectrum: DataSpectrum, q: int, sigma2: float | None = None) -> np.ndarray:
-    """W_MLE = U_q (Λ_q − σ² I)^{1/2}, the rotation R taken as the identity.
-
-    Chapter *Probabilistic PCA*, equation (ppca-mle). With ``sigma2`` given (fixed σ²), see
-    :func:`fixed_sigma2_maximiser`, which also zeroes the columns with λ_j ≤ σ².
-
-    Parameters
-    ----------
-    spectrum : DataSpectrum
-    q : int
-    sigma2 : float, optional
-        Defaults to σ²_MLE(q).
-
-    Returns
-    -------
-    ndarray of shape (d, q)
-    """
-    sigma2 = sigma2_mle(spectrum, q) if sigma2 is None else validation.check_sigma2(sigma2)
-    return fixed_sigma2_maximiser(spectrum, q, sigma2)
 
 
 def max_log_likelihood(eigenvalues: np.ndarray | DataSpectrum, q: int) -> float:

@@ -258,23 +258,10 @@ def _check_finite(value: torch.Tensor, name: str, run_names: Sequence[str] | Non
     )
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress_bar(total: int, name: str, show: bool):
-    if not show:
-        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=name, leave=False, mininterval=0.5)
+    return tqdm(total=total, desc=name, leave=False, mininterval=0.5, disable=not show)
 
 
 def seconds_per_step(history: History) -> float:

@@ -195,10 +195,6 @@ class DeepVAEConfig(ExperimentConfig):
         """(σ², learned) of every run of the grid figures."""
         return [(s, False) for s in self.sigma2_fixed] + [(s, True) for s in self.sigma2_learned]
 
-    def run_steps(self) -> int:
-        """Optimiser steps of all grid runs together (for time projections)."""
-        return self.steps * len(self.runs())
-
 
 def paper_runs_cached(config_changes: dict[str, Any] | None = None) -> bool:
     """True when every grid run of the ``paper`` preset is in the cache (nothing is computed)."""
