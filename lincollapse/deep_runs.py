@@ -36,7 +36,12 @@ if TYPE_CHECKING:
     from lincollapse.experiments.deep import DeepVAEConfig
 
 # The code that computes a run; the data enter the keys by content hash instead of by code.
-COMPUTING_MODULES = ("lincollapse.deep_vae", "lincollapse.training")
+COMPUTING_MODULES = (
+    "lincollapse.collapse",
+    "lincollapse.deep_vae",
+    "lincollapse.gaussian",
+    "lincollapse.training",
+)
 # The smoke-test model of every deep-VAE experiment's ``fast`` preset.
 FAST_ARCHITECTURE = {"n": 200, "latent": 8, "encoder_hidden": (32, 16), "decoder_hidden": (16, 32)}
 

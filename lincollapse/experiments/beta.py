@@ -4,7 +4,7 @@ Two figures:
 
 ``linear-beta-collapse``
     The linear β-VAE on MNIST, trained on its own β-weighted objective for a grid of β at a fixed
-    σ², against the closed form at noise βσ² (:mod:`lincollapse.linear_beta`): collapsed latents
+    σ², against the closed form at noise βσ² (:mod:`lincollapse.linear_beta_vae`): collapsed latents
     against β, and the trained decoder's squared singular values against max(0, λ_j − βσ²).
 ``kl-annealing``
     Deep Gaussian VAEs at a collapsing σ², trained with and without a linear KL warm-up (same
@@ -20,7 +20,8 @@ Two figures:
         python -m lincollapse.experiments.beta --long --preset book --write-reference
 
 The deep runs go through :mod:`lincollapse.results_cache` (one entry per configuration,
-fingerprinted by the code of :mod:`lincollapse.beta`, :mod:`lincollapse.deep_vae` and
+fingerprinted by the code of :mod:`lincollapse.kl_annealing`, :mod:`lincollapse.deep_vae`,
+:mod:`lincollapse.gaussian`, :mod:`lincollapse.collapse` and
 :mod:`lincollapse.training`), so a rebuild of the book reads them instead of retraining.
 """
 
@@ -37,13 +38,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse.beta import AnnealedRuns, RunSpec, train_annealed
 from lincollapse.collapse import linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_runs import FAST_ARCHITECTURE, TOLERANCE, data_for, plateau_range
 from lincollapse.deep_vae import Architecture, resolve_device
 from lincollapse.experiments import figure
-from lincollapse.linear_beta import (
+from lincollapse.kl_annealing import AnnealedRuns, RunSpec, train_annealed
+from lincollapse.linear_beta_vae import (
     collapsed_latents,
     optimal_rates,
     optimal_singular_values,
@@ -62,7 +63,13 @@ from lincollapse.references import (
 from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
 CHAPTER = "beta_annealing"
-COMPUTING_MODULES = ("lincollapse.beta", "lincollapse.deep_vae", "lincollapse.training")
+COMPUTING_MODULES = (
+    "lincollapse.collapse",
+    "lincollapse.deep_vae",
+    "lincollapse.gaussian",
+    "lincollapse.kl_annealing",
+    "lincollapse.training",
+)
 # Its own binding (not deep's imported by value), so patching one module never leaks into the other.
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
@@ -76,11 +83,11 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 class MnistLinearBetaConfig(ExperimentConfig):
     """The linear β-VAE on MNIST; defaults are the ``book`` preset.
 
-    ``book``: the book's 1000 images in [0, 1], q = 50 latents, σ² = 1/2 (the noise of a loss
-    "sum of squared errors + β·KL", see :func:`lincollapse.beta.loss_effective_sigma2`), 14 values
-    of β from 0.05 to 20 (so βσ² runs from 0.025 to 10, across λ_1 ≈ 5.3 down to λ_50),
-    each trained for 300 L-BFGS steps with the β-optimal encoder, the latents rotated every 20.
-    ``paper``: q = 200 and 25 values of β. ``fast``: 200 images, q = 5, four β.
+    ``book``: the book's 1000 images in [0, 1], q = 50 latents, σ² = 1/2 (the noise of a loss "sum
+    of squared errors + β·KL", see :func:`lincollapse.beta_elbo.loss_effective_sigma2`), 14 values
+    of β from 0.05 to 20 (so βσ² runs from 0.025 to 10, across λ_1 ≈ 5.3 down to λ_50), each trained
+    for 300 L-BFGS steps with the β-optimal encoder, the latents rotated every 20. ``paper``: q =
+    200 and 25 values of β. ``fast``: 200 images, q = 5, four β.
 
     Attributes
     ----------
@@ -89,7 +96,7 @@ class MnistLinearBetaConfig(ExperimentConfig):
         The fixed observation noise of the β-objective.
     betas : tuple of float
     steps, rotate_every : int
-        Training of each model (:func:`lincollapse.linear_beta.train_linear_beta_vae` with
+        Training of each model (:func:`lincollapse.linear_beta_vae.train_linear_beta_vae` with
         ``encoder="optimal"``): L-BFGS steps, and steps between rotations of the latents.
     seed : int
         Seed of the random initial decoder.

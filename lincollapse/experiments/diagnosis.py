@@ -3,7 +3,7 @@
 The chapter's decision procedure asks four questions of a VAE whose latents collapsed: is it the
 noise σ² (or β), the encoder, the optimiser, or the data size? Each question is answered with
 measurements the package already has (:mod:`lincollapse.collapse`,
-:func:`lincollapse.beta.loss_effective_sigma2`,
+:func:`lincollapse.beta_elbo.loss_effective_sigma2`,
 :func:`lincollapse.collapse.linear_collapse_prediction`,
 :func:`lincollapse.deep_vae.optimal_sigma2`, :func:`lincollapse.linear_vae.optimal_encoder`,
 :func:`lincollapse.data.covariance_eigenvalues`). Each function below runs one step on a small
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lincollapse import collapse, linear_vae, ppca
-from lincollapse.beta import loss_effective_sigma2
+from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.data import covariance_eigenvalues, load_mnist, numerical_rank
 from lincollapse.deep_vae import optimal_sigma2
 from lincollapse.presets import ExperimentConfig
@@ -57,9 +57,9 @@ class DiagnosisConfig(ExperimentConfig):
     """Linear VAEs on MNIST, one per loss convention, seed or step budget.
 
     ``conventions`` are (mse reduction, KL reduction) pairs of
-    :func:`lincollapse.beta.loss_effective_sigma2`; the first is the "patient" (PyTorch's default
-    ``mse_loss``), the second the model whose encoder and optimiser are examined. ``n`` training
-    images and ``n_heldout`` others are drawn together (seed ``seed``) and split at random.
+    :func:`lincollapse.beta_elbo.loss_effective_sigma2`; the first is the "patient" (PyTorch's
+    default ``mse_loss``), the second the model whose encoder and optimiser are examined. ``n``
+    training images and ``n_heldout`` others are drawn together (seed ``seed``) and split at random.
     """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {

@@ -10,10 +10,10 @@ whatever the encoder:
   and with a single-sample reparameterised estimate of it (KL analytic in both), from the same
   initialisation with the same optimiser; plus the variance of the single-sample gradient.
 * :func:`encoder_comparison` — a linear decoder with the linear, deep-linear and ReLU-MLP
-  encoders of :mod:`lincollapse.encoders`.
+  encoders of :mod:`lincollapse.linear_decoder_vae`.
 
-Every run is :func:`lincollapse.encoders.train_vae` (Adam, full batch, σ² learned from 1) and
-every recorded ELBO is the analytic one, evaluated in float64 on all images.
+Every run is :func:`lincollapse.linear_decoder_vae.train_vae` (Adam, full batch, σ² learned from 1)
+and every recorded ELBO is the analytic one, evaluated in float64 on all images.
 
 Presets: ``book`` (the defaults) uses q = 20 on 1000 images so that both chapters run in a few
 minutes on a 2-core CPU; ``paper`` uses q = 200, Adam lr 1e-3 and 12,000 steps (the official
@@ -37,14 +37,14 @@ import numpy as np
 import torch
 
 from lincollapse.data import load_mnist
-from lincollapse.encoders import (
+from lincollapse.experiments import figure
+from lincollapse.linear_decoder_vae import (
     ENCODER_KINDS,
     LinearDecoderVAE,
     covariance_eigenvalues,
     first_step_within,
     train_vae,
 )
-from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig, preset_banner
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)

@@ -27,7 +27,8 @@ with their decoder variance η_dec = σ². Contents:
 - :func:`train_linear_beta_vae`, which trains the β-objective itself (encoder learned jointly, or
   kept at :func:`beta_optimal_encoder`) and returns a :class:`LinearBetaFit`.
 
-The general equivalence for any decoder lives in :mod:`lincollapse.beta`. Everything is float64.
+The general equivalence for any decoder lives in :mod:`lincollapse.beta_elbo`. Everything is
+float64.
 
 References
 ----------

@@ -56,7 +56,6 @@ __all__ = [
     "LinearDecoderVAE",
     "LinearEncoder",
     "MLPEncoder",
-    "covariance_eigenvalues",
     "elbo",
     "first_step_within",
     "kl_per_image",
