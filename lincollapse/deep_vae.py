@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -436,12 +437,18 @@ class LoopedGaussianVAE(nn.Module):
         return torch.stack([m.elbo(xr, sample=sample) for m, xr in per_run])
 
 
-def choose_layout(layout: str = "auto", device: str | torch.device | None = "auto") -> str:
+def choose_layout(
+    layout: str = "auto", device: str | torch.device | None = "auto", load: float | None = None
+) -> str:
     """``"loop"`` or ``"batched"``: the layout that trains R runs fastest here.
 
-    ``"auto"`` picks ``batched`` on an accelerator and on a CPU with one torch thread, and
-    ``loop`` on a CPU with several threads (measured by ``python -m lincollapse bench deep``:
-    on 2 cores the loop is ≈ 1.1–1.2× faster, on one thread the batched model is).
+    ``"auto"`` picks ``batched`` on an accelerator, on a CPU with one torch thread, and on a
+    busy CPU (1-minute load average ``load``, default :func:`os.getloadavg`, above the number of
+    cores), and ``loop`` on an otherwise idle CPU with several threads. Measured by ``python -m
+    lincollapse bench deep`` on 2 cores: idle, the loop is ≈ 1.1–1.2× faster with 2 threads and
+    the batched model with 1; at load 6–7 the batched model was faster with 2 threads too
+    (1.06× at the book's widths, 1.36× at the paper's). The choice changes speed only: both
+    layouts compute the same numbers, and no cache key depends on it.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -449,7 +456,9 @@ def choose_layout(layout: str = "auto", device: str | torch.device | None = "aut
         return layout
     if resolve_device(device).type != "cpu" or torch.get_num_threads() == 1:
         return "batched"
-    return "loop"
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return "batched" if load > (os.cpu_count() or 1) else "loop"
 
 
 def build_runs(

@@ -101,8 +101,15 @@ def test_layout_choice(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert choose_layout("auto", "cpu") == "batched"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert choose_layout("auto", "cpu", load=0.5) == "loop"  # idle: the loop
+    assert choose_layout("auto", "cpu", load=6.0) == "batched"  # busy: batched
+    monkeypatch.setattr("os.getloadavg", lambda: (1.0, 1.0, 1.0))
     assert choose_layout("auto", "cpu") == "loop"
+    monkeypatch.setattr("os.getloadavg", lambda: (7.0, 1.0, 1.0))
+    assert choose_layout("auto", "cpu") == "batched"
     assert choose_layout("batched", "cpu") == "batched"
+    assert choose_layout("loop", "cpu", load=7.0) == "loop"
     with pytest.raises(ValueError, match="layout"):
         choose_layout("stacked", "cpu")
 

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 
-from lincollapse import ppca  # noqa: E402
+from lincollapse import linear_vae, ppca  # noqa: E402
 from lincollapse.experiments import linear as experiments  # noqa: E402
 from lincollapse.experiments import linear_baselines, load_all  # noqa: E402
 from lincollapse.plotting import linear as plotting  # noqa: E402
@@ -163,11 +163,10 @@ def test_baselines_are_written_incrementally_and_validated(fast_baselines):
     # an incomplete reference (the job was stopped) is not used
     stem = linear_baselines.reference_path("fast")
     _, data_id = linear_baselines.mnist_data(config.n, config.seed)
-    from lincollapse.results_cache import save_reference
+    from lincollapse.references import save_shipped
 
     key = linear_baselines.reference_key(config, data_id)
-    fingerprint = linear_baselines.computing_fingerprint()
-    save_reference(stem, key, arrays, fingerprint, {"complete": False, "done": []})
+    save_shipped(stem, key, arrays, lambda: {"x": np.zeros(1)}, {"complete": False, "done": []})
     runs, reason = linear_baselines.load_baselines(config)
     assert runs is None and "incomplete" in reason
     # nor one for another configuration
@@ -214,6 +213,34 @@ def test_shipped_baselines_are_current():
         assert run.gram.shape == (config.block, config.block)
     assert np.all(runs["adam"].steps == config.adam_steps)
     assert runs["adam"].traces[config.gram_q]["steps"][-1] == config.adam_gram_steps
+    # behaviour: the code now replays the runs' first steps as the code that made them did
+    from lincollapse.references import verify_behaviour
+
+    verify_behaviour(
+        stem, lambda: linear_baselines.behaviour_probe(config),
+        command="python -m lincollapse.experiments.linear_baselines --write-reference --threads 1",
+    )  # fmt: skip
+
+
+def test_baselines_probe_catches_a_change_of_numerics(fast_baselines, monkeypatch):
+    """A probe recorded by the code now passes; a change of the start (σ² initialised 0.1 %
+    higher) fails it — so a shipped reference goes stale when the training's numbers change."""
+    from lincollapse.references import verify_behaviour
+    from lincollapse.results_cache import ReferenceResultError
+
+    config, _, _ = fast_baselines
+    stem = linear_baselines.reference_path("fast")
+    probe = lambda: linear_baselines.behaviour_probe(config)  # noqa: E731
+    verify_behaviour(stem, probe)
+    original = linear_vae.ascend_elbo
+
+    def perturbed(*args, **kwargs):
+        kwargs["sigma2_init"] = kwargs.get("sigma2_init", 1.0) * 1.001
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(linear_vae, "ascend_elbo", perturbed)
+    with pytest.raises(ReferenceResultError, match="stale"):
+        verify_behaviour(stem, probe)
 
 
 def test_elbo_gap_along_rotation():

@@ -412,10 +412,11 @@ def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
     return store().load(spec.key())
 
 
-# The order the queue trains runs in: the first seed of the baseline and the pixel-scale
-# ablation before second seeds, ablations before the rest of the grid.
-PRIORITY = (("baseline", 0), ("logit", 0), ("baseline", 1), ("logit", 1), ("learned", 0),
-            ("learned", 1), ("grid_fixed", 0), ("grid_learned", 0), ("data_size", 0),
+# The order the queue trains runs in: the first seed of the baseline and of each ablation
+# before second seeds, ablations before the rest of the grid; the data-size runs (4× the cost
+# per step) late.
+PRIORITY = (("baseline", 0), ("logit", 0), ("baseline", 1), ("learned", 0), ("logit", 1),
+            ("learned", 1), ("data_size", 0), ("grid_fixed", 0), ("grid_learned", 0),
             ("data_size", 1))  # fmt: skip
 
 
