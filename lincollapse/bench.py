@@ -92,13 +92,13 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
     """Benchmark the linear VAE's trainers for ``preset``; print the table; return CPU seconds.
 
     Per latent size of the figure *likelihood vs latent size*: the chapter's trainer
-    (:func:`~lincollapse.linear_vae.ascend_elbo` with the preset's options: no
+    (:func:`~lincollapse.linear_vae_training.ascend_elbo` with the preset's options: no
     eigendecomposition, no rotation) and the rotation fast path (:data:`FAST_PATH`). Columns:
     optimiser steps, ELBO evaluations, CPU and wall seconds, GFLOP/s (analytic count / CPU
     time), the gap ℓ*(q) − ELBO, and the off-diagonal ratio of the leading Gram block of W.
     CPU time is what one free core would take with one thread; wall time depends on the load.
     """
-    from lincollapse import linear_vae, ppca
+    from lincollapse import linear_vae, linear_vae_training, ppca
     from lincollapse.data import load_mnist
     from lincollapse.experiments.linear import LikelihoodVsLatentSizeConfig
 
@@ -128,17 +128,19 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
         f"{'GFLOP/s':>8} {'gap':>10} {'Gram ratio':>10}"
     )
     totals = {"ascend_elbo": [0.0, 0.0, 0.0], "fast path": [0.0, 0.0, 0.0]}
-    linear_vae.ascend_elbo(data.images, 0, steps=1, progress=False)  # warm-up: torch, scipy
+    linear_vae_training.ascend_elbo(
+        data.images, 0, steps=1, progress=False
+    )  # warm-up: torch, scipy
     for q in config.latent_sizes:
         best = ppca.max_log_likelihood(spectrum, q)
-        trained = linear_vae.ascend_elbo(
+        trained = linear_vae_training.ascend_elbo(
             data.images, q, progress=False, **dict(config.ascent_options())
         )
         flops = linear_flops_per_evaluation(active, q, trained.optimiser, trained.encoder,
                                             basis="pixels")  # fmt: skip
         rows = [("ascend_elbo", trained, trained.cpu_seconds, flops, trained.gram_ratio)]
         cpu_start = time.process_time()
-        fast = linear_vae.train_linear_vae(
+        fast = linear_vae_training.train_linear_vae(
             spectrum, q, seed=config.train_seed, progress=False, **FAST_PATH
         )
         fast_flops = linear_flops_per_evaluation(spectrum.d, q, fast.optimiser, fast.encoder)

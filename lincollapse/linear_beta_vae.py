@@ -48,12 +48,12 @@ import torch
 from lincollapse import gaussian, ppca, validation
 from lincollapse.gaussian import LOG_2PI
 from lincollapse.linear_vae import (
-    ENCODERS,
     LinearVAE,
     analytic_elbo_terms,
     optimal_encoder,
     rotate_model,
 )
+from lincollapse.linear_vae_training import ENCODERS
 from lincollapse.ppca import DataSpectrum
 from lincollapse.training import History, concatenate_histories, maximise
 from lincollapse.validation import check_beta, check_sigma2

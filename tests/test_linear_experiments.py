@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 
-from lincollapse import linear_vae, ppca  # noqa: E402
+from lincollapse import linear_vae_training, ppca  # noqa: E402
 from lincollapse.experiments import linear as experiments  # noqa: E402
 from lincollapse.experiments import linear_baselines, load_all  # noqa: E402
 from lincollapse.plotting import linear as plotting  # noqa: E402
@@ -104,10 +104,10 @@ def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions):
     """Both figures' trainings run with every eigendecomposition and SVD made to raise.
 
     The evaluation around them (ℓ*(q), the pPCA maximisers, the alignment of columns) may
-    decompose S; only the calls of :func:`linear_vae.ascend_elbo` are guarded.
+    decompose S; only the calls of :func:`linear_vae_training.ascend_elbo` are guarded.
     """
     calls = []
-    original = experiments.linear_vae.ascend_elbo
+    original = experiments.linear_vae_training.ascend_elbo
 
     def guarded(data, q, **options):
         with no_decompositions():
@@ -115,7 +115,7 @@ def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions):
         calls.append(q)
         return trained
 
-    monkeypatch.setattr(experiments.linear_vae, "ascend_elbo", guarded)
+    monkeypatch.setattr(experiments.linear_vae_training, "ascend_elbo", guarded)
     experiments._ascend.cache_clear()
     try:
         curve = experiments.likelihood_vs_latent_size(
@@ -232,13 +232,13 @@ def test_baselines_probe_catches_a_change_of_numerics(fast_baselines, monkeypatc
     stem = linear_baselines.reference_path("fast")
     probe = lambda: linear_baselines.behaviour_probe(config)  # noqa: E731
     verify_behaviour(stem, probe)
-    original = linear_vae.ascend_elbo
+    original = linear_vae_training.ascend_elbo
 
     def perturbed(*args, **kwargs):
         kwargs["sigma2_init"] = kwargs.get("sigma2_init", 1.0) * 1.001
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(linear_vae, "ascend_elbo", perturbed)
+    monkeypatch.setattr(linear_vae_training, "ascend_elbo", perturbed)
     with pytest.raises(ReferenceResultError, match="stale"):
         verify_behaviour(stem, probe)
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse import collapse, gaussian, linear_vae, ppca
+from lincollapse import collapse, gaussian, linear_vae, linear_vae_training, ppca
 from lincollapse.data import load_mnist
 from lincollapse.experiments import figure, linear_baselines
 from lincollapse.presets import ExperimentConfig
@@ -531,14 +531,14 @@ def ppca_collapsed_columns(config: CollapsedColumnsConfig | None = None) -> Coll
 
 @functools.lru_cache(maxsize=16)
 def _ascend(n: int, seed: int, q: int, options: tuple[tuple[str, Any], ...]):
-    """:func:`linear_vae.ascend_elbo` on the chapter's data, cached: the Gram figure's run is
-    one of the likelihood figure's (same data, q and options), trained once per kernel."""
+    """:func:`linear_vae_training.ascend_elbo` on the chapter's data, cached: the Gram figure's
+    run is one of the likelihood figure's (same data, q and options), trained once per kernel."""
     images, _ = _mnist_spectrum(n, seed)
-    return linear_vae.ascend_elbo(images, q, **dict(options))
+    return linear_vae_training.ascend_elbo(images, q, **dict(options))
 
 
 class _AscentOptions:
-    """Mixin of the two configurations trained with :func:`linear_vae.ascend_elbo`."""
+    """Mixin of the two configurations trained with :func:`linear_vae_training.ascend_elbo`."""
 
     def ascent_options(self) -> tuple[tuple[str, Any], ...]:
         return (
@@ -558,14 +558,14 @@ _ADAM_PAPER = {
 class LikelihoodVsLatentSizeConfig(ExperimentConfig, _AscentOptions):
     """Train one linear VAE per latent size from a random start; compare with exact pPCA.
 
-    ``book``: :func:`lincollapse.linear_vae.ascend_elbo` — L-BFGS on ELBO*(W, σ²), the encoder
-    in closed form, no eigendecomposition or rotation — for q ∈ {0, 50, …, 300} on 1000 images,
-    until a window of ``record_every`` steps gains less than ``tolerance`` nats per image (at
-    most ``steps``). ``paper``: Adam, lr 1e-3, 12,000 full-batch steps per q, every parameter
+    ``book``: :func:`lincollapse.linear_vae_training.ascend_elbo` — L-BFGS on ELBO*(W, σ²), the
+    encoder in closed form, no eigendecomposition or rotation — for q ∈ {0, 50, …, 300} on 1000
+    images, until a window of ``record_every`` steps gains less than ``tolerance`` nats per image
+    (at most ``steps``). ``paper``: Adam, lr 1e-3, 12,000 full-batch steps per q, every parameter
     learned (the official notebook's settings). ``fast``: 300 images, q ∈ {0, 20, 40}.
     ``baselines``: the preset of the shipped joint-training runs to attach
-    (:mod:`lincollapse.experiments.linear_baselines`), when they match the data and latent
-    sizes; ``None`` for none.
+    (:mod:`lincollapse.experiments.linear_baselines`), when they match the data and latent sizes;
+    ``None`` for none.
     """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -606,7 +606,7 @@ class LikelihoodCurve:
     ppca_optimum : ndarray of shape (k,)
         ℓ*(q), equation (ppca-max-loglik), nats per image.
     elbo : ndarray of shape (k,)
-        Final analytic ELBO of the linear VAE trained by :func:`linear_vae.ascend_elbo`.
+        Final analytic ELBO of the linear VAE trained by :func:`linear_vae_training.ascend_elbo`.
     fixed_sigma2_loglik : ndarray of shape (k,)
         Average log-likelihood of pPCA with σ² = σ²_MLE(reference_q) and the fixed-σ²
         maximiser as W (columns with λ_j ≤ σ² zero).
@@ -1185,7 +1185,7 @@ def collapse_metric(config: CollapseMetricConfig | None = None) -> CollapseMetri
     epsilons = np.linspace(0.0, config.epsilon_max, config.n_epsilons)
     fractions, predicted, mean_kl, gaps = [], [], [], []
     for sigma2 in config.sigma2_values:
-        trained = linear_vae.train_linear_vae(
+        trained = linear_vae_training.train_linear_vae(
             spectrum, config.q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
             seed=config.train_seed, learn_sigma2=False, sigma2_init=sigma2,
         )  # fmt: skip

@@ -1,9 +1,9 @@
 """Shipped comparison runs of the chapter *The linear VAE*: the paper's Adam and joint L-BFGS.
 
-The chapter's figures *likelihood vs latent size* and *Gram matrices* are computed when the book
-is built, with :func:`lincollapse.linear_vae.ascend_elbo` (L-BFGS on ELBO*(W, σ²), the encoder
-in closed form). Beside them it shows two ways of training *all* of (W, V, D, σ²) jointly, too
-slow to repeat at every build, so they are computed once and shipped in ``results/``:
+The chapter's figures *likelihood vs latent size* and *Gram matrices* are computed when the book is
+built, with :func:`lincollapse.linear_vae_training.ascend_elbo` (L-BFGS on ELBO*(W, σ²), the encoder
+in closed form). Beside them it shows two ways of training *all* of (W, V, D, σ²) jointly, too slow
+to repeat at every build, so they are computed once and shipped in ``results/``:
 
 ``adam``
     Adam at the paper's settings: learning rate 1e-3, full batch, analytic ELBO, σ² learned from
@@ -11,7 +11,7 @@ slow to repeat at every build, so they are computed once and shipped in ``result
 ``joint_lbfgs``
     Full-batch L-BFGS (strong-Wolfe line search) on the same joint objective.
 
-Both are :func:`~lincollapse.linear_vae.ascend_elbo` with ``encoder="learned"``: no
+Both are :func:`~lincollapse.linear_vae_training.ascend_elbo` with ``encoder="learned"``: no
 eigendecomposition, no rotation, from the same seeded random start. Every latent size of the
 figure is trained (q = ``gram_q`` first); each run records the ELBO, the CPU time and the
 off-diagonal ratio of the leading Gram block along the way, and the run at ``gram_q`` keeps the
@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse import linear_vae, ppca, references
+from lincollapse import linear_vae_training, ppca, references
 from lincollapse.presets import ExperimentConfig
 from lincollapse.references import PROBE_STEPS, load_shipped, reference_info, save_shipped
 from lincollapse.results_cache import ReferenceResultError
@@ -99,7 +99,8 @@ class LinearBaselinesConfig(ExperimentConfig):
     train_seed: int = 0
 
     def training_options(self, method: str, q: int) -> dict[str, Any]:
-        """Keyword arguments of :func:`~lincollapse.linear_vae.ascend_elbo` for ``method``."""
+        """Keyword arguments of :func:`~lincollapse.linear_vae_training.ascend_elbo` for
+        ``method``."""
         encoder, optimiser = METHODS[method]
         adam = optimiser == "adam"
         adam_steps = self.adam_gram_steps if q == self.gram_q else self.adam_steps
@@ -144,7 +145,7 @@ def behaviour_probe(config: LinearBaselinesConfig) -> dict[str, np.ndarray]:
     for method in METHODS:
         options = config.training_options(method, config.gram_q)
         options.update(steps=PROBE_STEPS, record_every=1, progress=False)
-        run = linear_vae.ascend_elbo(images, config.gram_q, **options)
+        run = linear_vae_training.ascend_elbo(images, config.gram_q, **options)
         probe[f"{method}_elbo"] = np.asarray(run.trace.elbo, dtype=np.float64)
         probe[f"{method}_sigma2"] = np.asarray(run.trace.sigma2, dtype=np.float64)
         probe[f"{method}_w_norm"] = np.asarray([torch.linalg.norm(run.model.W).item()])
@@ -214,7 +215,7 @@ def train_baselines(
     start = time.perf_counter()
     for q in order:
         for method in METHODS:
-            run = linear_vae.ascend_elbo(
+            run = linear_vae_training.ascend_elbo(
                 images, q, progress=progress, **config.training_options(method, q)
             )
             j = sizes.index(q)
