@@ -4,7 +4,7 @@ Subcommands
 -----------
 ``linear``
     Trains the linear VAE for every latent size of the figure *likelihood vs latent size*
-    (:class:`lincollapse.experiments.linear.LikelihoodVsLatentSizeConfig` for the preset) with
+    (:class:`lincollapse.experiments.linear_vae.LikelihoodVsLatentSizeConfig` for the preset) with
     the figure's trainer (``ascend_elbo``: no eigendecomposition, no rotation) and with the
     rotation-aided fast path, and prints, per q and trainer: steps, ELBO evaluations, CPU and
     wall seconds, achieved GFLOP/s (from an analytic count of one ELBO-and-gradient
@@ -100,7 +100,7 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
     """
     from lincollapse import linear_vae, linear_vae_training, ppca
     from lincollapse.data import load_mnist
-    from lincollapse.experiments.linear import LikelihoodVsLatentSizeConfig
+    from lincollapse.experiments.linear_vae import LikelihoodVsLatentSizeConfig
 
     config = LikelihoodVsLatentSizeConfig.for_preset(preset)
     data = load_mnist(config.n, seed=config.seed)

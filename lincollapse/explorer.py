@@ -415,9 +415,9 @@ class PPCA2DExplorer(SliderFigure):
 
     Attributes
     ----------
-    result : lincollapse.experiments.linear.PPCA2DResult
+    result : lincollapse.experiments.ppca.PPCA2DResult
     sigma2_slider : ipywidgets.FloatLogSlider
-    state : lincollapse.experiments.linear.PPCA2DState
+    state : lincollapse.experiments.ppca.PPCA2DState
         The model drawn last.
     """
 
@@ -522,8 +522,8 @@ def explore_ppca_2d(
 
     Parameters
     ----------
-    result : lincollapse.experiments.linear.PPCA2DResult
-        From :func:`lincollapse.experiments.linear.ppca_2d_example`.
+    result : lincollapse.experiments.ppca.PPCA2DResult
+        From :func:`lincollapse.experiments.ppca.ppca_2d_example`.
     sigma2 : float, optional
         Initial σ² of the slider (default σ²_MLE = λ_2).
     sigma2_range : (float, float), optional
