@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ from lincollapse.references import (
     save_shipped,
     shipped_provenance,
 )
+from lincollapse.reporting import Report
 from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
 CHAPTER = "beta_annealing"
@@ -321,7 +323,7 @@ class AnnealingConfig(ExperimentConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class AnnealingResult:
+class AnnealingResult(Report):
     """Collapse during training with and without KL warm-up, and with the optimal σ².
 
     Attributes
@@ -372,6 +374,57 @@ class AnnealingResult:
         """Per seed: latents collapsed in only one of the annealed and constant runs, (S,)."""
         seeds = sorted({s.seed for s in self.runs.specs if s.noise != "optimal"})
         return differing_latents(self.runs, self.epsilon, seeds)
+
+    def table(self) -> str:
+        """Final collapsed fraction, ELBO and effective σ² of every run; the annealing effect, the
+        linear counts, the step at which half of the latents are collapsed again, and the latents
+        that differ between annealed and constant runs."""
+        optimal = self.kind == "optimal"
+        lines = [
+            f"{'run':<36} {'final collapsed':>16} {'final ELBO (β = 1)':>19} {'final σ²_eff':>13}"
+        ]
+        for r, label in enumerate(self.labels):
+            lines.append(
+                f"{label:<36} {self.final_fraction[r]:>16.3f} {self.final_elbo[r]:>19.1f} "
+                f"{self.final_sigma2[r]:>13.4g}"
+            )
+        effect = ", ".join(f"{e:+.3f}" for e in self.annealing_effect)
+        counts = ", ".join(f"{c:.3f}" for c in self.linear_count_optimal[optimal])
+        half = self.half_collapsed_steps()
+        steps = ", ".join(f"{label}: {h:g}" for label, h in zip(self.labels, half, strict=True))
+        differing = ", ".join(map(str, self.differing_latents()))
+        lines += [
+            f"annealed − constant, final collapsed fraction per seed: {effect}",
+            f"linear count at σ² = {self.sigma2:g}: {self.linear_count:.3f}; at the optimal "
+            f"run's final σ²: {counts}",
+            f"step at which half of the latents are collapsed: {steps}",
+            f"latents collapsed in only one of the annealed and constant runs, per seed: "
+            f"{differing} of {self.latent}",
+        ]
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, Any]:
+        """Means over seeds per kind of run (constant, annealed, optimal) that the prose quotes."""
+        constant, annealed = self.kind == "constant", self.kind == "annealed"
+        optimal = self.kind == "optimal"
+        half = self.half_collapsed_steps()
+        elbo = self.final_elbo
+        return {
+            "half_constant": float(half[constant].mean()),
+            "half_annealed": float(half[annealed].mean()),
+            "constant_final": float(self.final_fraction[constant].mean()),
+            "annealed_final": float(self.final_fraction[annealed].mean()),
+            "effect_max": float(np.abs(self.annealing_effect).max()),
+            "differing": int(self.differing_latents().max()),
+            "elbo_gap": float(elbo[annealed].mean() - elbo[constant].mean()),
+            "optimal_sigma2": float(self.final_sigma2[optimal].mean()),
+            "optimal_final": float(self.final_fraction[optimal].mean()),
+            "optimal_linear": float(self.linear_count_optimal[optimal].mean()),
+            "optimal_elbo": float(elbo[optimal].mean()),
+            "constant_elbo": float(elbo[constant].mean()),
+            "steps": self.steps,
+            "warmup": self.warmup,
+        }
 
     def half_collapsed_steps(self) -> np.ndarray:
         """First recorded step at which half of each run's latents are collapsed again, after
@@ -540,7 +593,7 @@ def long_annealing_runs(
 
 
 @dataclasses.dataclass(frozen=True)
-class AnnealingConvergence:
+class AnnealingConvergence(Report):
     """The book preset's annealing runs against long runs of the same models.
 
     Attributes
@@ -601,6 +654,84 @@ class AnnealingConvergence:
     def agrees(self, kind: str) -> bool:
         """|gap| ≤ tolerance for ``kind`` (False without long runs)."""
         return bool(abs(self.gap[kind]) <= self.tolerance)
+
+    def table(self) -> str:
+        """The book runs against the long runs: prefix check, end states per kind, the annealing
+        effect and ELBO advantage per seed, and the latents that differ (empty without long
+        runs)."""
+        if not self.long_available:
+            return ""
+        lines = [
+            f"book runs = first steps of the long runs: largest difference in collapsed fraction "
+            f"{self.prefix_difference:.3g}",
+            f"{'kind':<9} {'book end':>9} {'long end':>9} {'gap':>7} {'long, last 25 % range':>22}",
+        ]
+        for kind in KINDS:
+            lines.append(
+                f"{kind:<9} {self.book_end[kind]:>9.3f} {self.long_end[kind]:>9.3f} "
+                f"{self.gap[kind]:>+7.3f} {self.plateau_range[kind]:>22.3f}"
+            )
+        lines.append(
+            "annealed − constant at the end, per seed: collapsed fraction "
+            + ", ".join(f"{e:+.3f}" for e in self.annealing_effect)
+            + "; ELBO "
+            + ", ".join(f"{a:+.1f}" for a in self.elbo_advantage[-1])
+            + " nats"
+        )
+        lines.append(
+            "latents collapsed in only one of the two long runs, per seed: "
+            + ", ".join(map(str, self.differing_latents()))
+        )
+        return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """Whether the book preset's end state agrees with the long runs, in one paragraph."""
+        preset = self.book.preset
+        bad = [k for k in ("constant", "annealed") if not self.agrees(k)]
+        if not self.long_available:
+            text = "The long runs are ABSENT, so the book preset's end state is unchecked: "
+            text += self.provenance
+        elif not bad:
+            text = (
+                f"With and without the warm-up, the {preset} preset's final collapsed fraction "
+                f"agrees with the long runs within {self.tolerance:g}."
+            )
+        else:
+            text = (
+                f"The {preset} preset does NOT agree with the long runs within "
+                f"{self.tolerance:g} for the {' and '.join(bad)} runs."
+            )
+        if self.long_available and not self.agrees("optimal"):
+            text += (
+                f" The optimal-σ² run does NOT: it ends {self.gap['optimal']:+.3f} from the "
+                f"long runs, so its book-preset number is a snapshot of a run in motion."
+            )
+        return text
+
+    def glue_values(self) -> dict[str, Any]:
+        """End states, gaps and plateau ranges per kind, the annealing effect, the differing
+        latents and ELBO advantages, the verdict and the long runs' length (NaN or a dash
+        without long runs)."""
+        values: dict[str, Any] = {}
+        for kind in KINDS:
+            values[f"long_{kind}"] = self.long_end[kind] if self.long_available else math.nan
+            values[f"gap_{kind}"] = self.gap[kind] if self.long_available else math.nan
+            values[f"plateau_{kind}"] = (
+                self.plateau_range[kind] if self.long_available else math.nan
+            )
+        if self.long_available:
+            book_row = list(self.long.steps).index(self.book.steps)
+            values["long_effect_max"] = float(np.abs(self.annealing_effect).max())
+            values["long_differing"] = int(self.differing_latents().max())
+            values["long_elbo_gap_book"] = float(self.elbo_advantage[book_row].mean())
+            values["long_elbo_gap_end"] = float(self.elbo_advantage[-1].mean())
+        else:
+            for name in ("long_effect_max", "long_elbo_gap_book", "long_elbo_gap_end"):
+                values[name] = math.nan
+            values["long_differing"] = "—"
+        values["long_verdict"] = self.verdict()
+        values["long_steps"] = f"{int(self.long.steps[-1]):,}" if self.long_available else "—"
+        return values
 
     def long_fraction_at(self, kind: str, step: int) -> float:
         """Mean over seeds of the long runs' collapsed fraction of ``kind`` at record ``step``."""
