@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from lincollapse import ppca
 from lincollapse.data import load_mnist
+from lincollapse.ppca import DataSpectrum, data_spectrum
 from lincollapse.presets import ExperimentConfig
 
 FAST_MNIST = {"n": 300}  # the ``fast`` preset's number of MNIST images in the linear chapters
@@ -97,10 +97,10 @@ def figure(
 
 
 @functools.lru_cache(maxsize=4)
-def mnist_with_spectrum(n: int, seed: int) -> tuple[np.ndarray, ppca.DataSpectrum]:
+def mnist_with_spectrum(n: int, seed: int) -> tuple[np.ndarray, DataSpectrum]:
     """Images and their spectrum, cached: several figures of the linear chapters share the data."""
     images = load_mnist(n, seed=seed).images
-    return images, ppca.data_spectrum(images)
+    return images, data_spectrum(images)
 
 
 def load_all() -> dict[str, FigureSpec]:
