@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lincollapse import linear_beta_vae, linear_vae, ppca  # noqa: E402
-from lincollapse.experiments import beyond, load_all  # noqa: E402
+from lincollapse.experiments import beyond_the_paper as beyond  # noqa: E402
+from lincollapse.experiments import load_all
 from lincollapse.plotting import beyond as plotting  # noqa: E402
 
 SPECTRUM = np.array([8.0, 5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1])

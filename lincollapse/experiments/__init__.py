@@ -112,7 +112,7 @@ def load_all() -> dict[str, FigureSpec]:
 
 # One module per chapter; add yours here.
 _MODULES = (
-    "mnist",
+    "mnist_data",
     "deep",
     "deep_study",
     "ppca",
@@ -120,5 +120,5 @@ _MODULES = (
     "posterior_collapse",
     "training_linear",
     "beta",
-    "beyond",
+    "beyond_the_paper",
 )
