@@ -18,12 +18,11 @@ class Report:
         """The numbers the chapter quotes, by glue name without the chapter's prefix."""
         raise NotImplementedError
 
-    def glue_all(self, prefix: str = "") -> dict[str, Any]:
-        """Glue every value of :meth:`glue_values` as ``prefix + name`` (not displayed where
-        the cell runs); returns the values."""
+    def glue_all(self, prefix: str = "") -> None:
+        """Glue every value of :meth:`glue_values` as ``prefix + name``, not displayed where the
+        cell runs (and returning nothing, so that a cell ending with it shows nothing either)."""
         from myst_nb import glue
 
         values = self.glue_values()
         for name, value in values.items():
             glue(prefix + name, value, display=False)
-        return values

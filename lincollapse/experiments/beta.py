@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.collapse import linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_runs import FAST_ARCHITECTURE, TOLERANCE, data_for, plateau_range
@@ -127,7 +128,7 @@ class MnistLinearBetaConfig(ExperimentConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class MnistLinearBetaResult:
+class MnistLinearBetaResult(Report):
     """Trained linear β-VAEs against the closed form at noise βσ².
 
     Attributes
@@ -168,6 +169,132 @@ class MnistLinearBetaResult:
     epsilon: float
     seconds: float
     preset: str
+
+    @property
+    def mismatch(self) -> int:
+        """Values of β where the trained count of collapsed latents differs from the closed
+        form's."""
+        return int(np.sum(self.trained_collapsed != self.predicted_collapsed))
+
+    @property
+    def max_kl_error(self) -> float:
+        """max |trained − closed-form| KL per latent over all β and latents, nats."""
+        return float(np.abs(self.trained_kl - self.optimum_kl).max())
+
+    def table(self) -> str:
+        """Per β: βσ², the linear count, the closed form's and the trained counts at ε; then the
+        largest errors against the closed form."""
+        lines = [
+            f"q = {self.latent}, σ² = {self.sigma2:g}, {self.betas.size} values of β, "
+            f"trained in {self.seconds:.0f} s",
+            f"{'β':>7} {'βσ²':>7} {'#{λ_j ≤ βσ²}':>13} {'closed form, KL<ε':>18} "
+            f"{'trained, KL<ε':>14}",
+        ]
+        rows = zip(
+            self.betas,
+            self.theory_collapsed,
+            self.predicted_collapsed,
+            self.trained_collapsed,
+            strict=True,
+        )
+        for beta, theory, predicted, trained in rows:
+            lines.append(
+                f"{beta:>7.3g} {beta * self.sigma2:>7.3g} {theory:>13d} {predicted:>18d} "
+                f"{trained:>14d}"
+            )
+        lines.append(
+            f"largest |trained − closed form|: squared singular value "
+            f"{self.max_singular_error:.1e}, KL per latent {self.max_kl_error:.1e} nats; β with a "
+            f"different count: {self.mismatch}"
+        )
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, Any]:
+        """The largest errors against the closed form, the mismatches and q."""
+        return {
+            "sv_error": self.max_singular_error,
+            "kl_error": self.max_kl_error,
+            "mismatch": self.mismatch,
+            "latent": self.latent,
+        }
+
+
+# Loss conventions: the effective noise of a squared-error loss
+LOSS_CONVENTIONS = (
+    ("mean", "mse_loss(mean) + KL (sum latents, mean batch)", "mean", "batchmean"),
+    ("sum", "mse_loss(sum) + KL (sum latents, sum batch)", "sum", "sum"),
+    ("meanmean", "mse_loss(mean) + KL (mean latents, mean batch)", "mean", "mean"),
+    ("sumbatch", "mse_loss(sum) + KL (sum latents, mean batch)", "sum", "batchmean"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConventions(Report):
+    """The σ² that common ways of writing "squared error + KL" assume, and the linear count there.
+
+    Attributes
+    ----------
+    eigenvalues : ndarray (d,)
+        Of the images' sample covariance, decreasing.
+    names, labels : tuple of str
+        Of the conventions (:data:`LOSS_CONVENTIONS`).
+    sigma2 : ndarray (k,)
+        The effective σ² of each (:func:`lincollapse.beta_elbo.loss_effective_sigma2`).
+    collapsed : ndarray (k,) of int
+        Linear count of collapsed latents at that σ² (of ``latent``).
+    d, latent, batch_size : int
+    """
+
+    eigenvalues: np.ndarray
+    names: tuple[str, ...]
+    labels: tuple[str, ...]
+    sigma2: np.ndarray
+    collapsed: np.ndarray
+    d: int
+    latent: int
+    batch_size: int
+
+    def table(self) -> str:
+        """λ_1, then one row per convention: its effective σ² and the linear count there."""
+        lines = [
+            f"λ_1 = {self.eigenvalues[0]:.2f}; batch size n = {self.batch_size} where it matters",
+            f"{'loss':<50} {'σ²_eff':>10} {'collapsed of 200 (linear)':>26}",
+        ]
+        for label, sigma2, collapsed in zip(self.labels, self.sigma2, self.collapsed, strict=True):
+            lines.append(f"{label:<50} {sigma2:>10.4g} {collapsed:>26d}")
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, Any]:
+        """``mse_sigma2_<name>``, ``mse_collapsed_<name>`` per convention, and ``lambda_1``."""
+        values: dict[str, Any] = {}
+        for name, sigma2, collapsed in zip(self.names, self.sigma2, self.collapsed, strict=True):
+            values[f"mse_sigma2_{name}"] = float(sigma2)
+            values[f"mse_collapsed_{name}"] = int(collapsed)
+        values["lambda_1"] = float(self.eigenvalues[0])
+        return values
+
+
+def loss_conventions(
+    eigenvalues: np.ndarray, d: int = 784, latent: int = 200, batch_size: int = 128
+) -> LossConventions:
+    """:class:`LossConventions` of :data:`LOSS_CONVENTIONS` for data with these eigenvalues."""
+    sigma2s, counts = [], []
+    for _, _, mse, kl in LOSS_CONVENTIONS:
+        sigma2 = loss_effective_sigma2(
+            d, mse_reduction=mse, kl_reduction=kl, batch_size=batch_size, latent=latent
+        )
+        sigma2s.append(sigma2)
+        counts.append(int(collapsed_latents(eigenvalues, latent, sigma2, 1.0).sum()))
+    return LossConventions(
+        eigenvalues=np.asarray(eigenvalues),
+        names=tuple(c[0] for c in LOSS_CONVENTIONS),
+        labels=tuple(c[1] for c in LOSS_CONVENTIONS),
+        sigma2=np.asarray(sigma2s, dtype=np.float64),
+        collapsed=np.asarray(counts),
+        d=d,
+        latent=latent,
+        batch_size=batch_size,
+    )
 
 
 @figure(
