@@ -31,7 +31,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from lincollapse.linear_decoder_vae import (
     train_vae,
 )
 from lincollapse.presets import ExperimentConfig, preset_banner
+from lincollapse.reporting import Report
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sample estimate"}
@@ -188,7 +189,7 @@ class GradientVariance:
 
 
 @dataclasses.dataclass
-class StochasticELBOResult:
+class StochasticELBOResult(Report):
     """Training curves of the linear VAE with the analytic and the single-sample ELBO.
 
     Attributes
@@ -227,6 +228,32 @@ class StochasticELBOResult:
     def table(self) -> str:
         """Final gap (mean ± sd over seeds) and steps to 1 and 0.1 nat, per estimator."""
         return _curves_table(self, ("analytic", "sample"), ESTIMATOR_LABELS)
+
+    def glue_values(self) -> dict[str, Any]:
+        """Per estimator the final gap (mean ± sd over seeds) and the steps to 1 and 0.1 nat;
+        the gradient's noise-to-signal ratio and noise norm at the first and last checkpoint;
+        the step budget. All as the text the chapter shows."""
+        values: dict[str, Any] = {}
+        for estimator in ("analytic", "sample"):
+            gaps = self.final_gaps(estimator)
+            values[f"{estimator}-gap"] = f"{gaps.mean():.3f} ± {gaps.std(ddof=1):.3f}"
+            values[f"{estimator}-1"] = _describe_steps(self.steps_to(estimator, 1.0))
+            values[f"{estimator}-01"] = _describe_steps(self.steps_to(estimator, 0.1))
+        ratio, noise = self.gradient.noise_to_signal, self.gradient.noise_norm
+        values["ratio-first"] = f"{ratio[0]:.2g}"
+        values["ratio-last"] = f"{ratio[-1]:.2g}"
+        values["noise-first"] = f"{noise[0]:.3g}"
+        values["noise-last"] = f"{noise[-1]:.3g}"
+        values["steps"] = f"{self.config.steps:,}"
+        return values
+
+
+def _describe_steps(steps: list[int | None]) -> str:
+    """Mean steps over seeds, or how many seeds never got there."""
+    reached = [s for s in steps if s is not None]
+    if len(reached) == len(steps):
+        return f"{int(np.mean(steps)):,} steps (mean over seeds)"
+    return f"not reached by {len(steps) - len(reached)} of {len(steps)} seeds"
 
 
 def _curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:
