@@ -195,7 +195,7 @@ def test_figures_show_the_shipped_baselines(fast_baselines):
 def test_shipped_baselines_are_current():
     """The committed joint-training runs match the book preset and the training code now.
 
-    Regenerate with ``python -m lincollapse.linear_baselines --write-reference
+    Regenerate with ``python -m lincollapse.experiments.linear_baselines --write-reference
     --threads 1`` (see ``results/README.md``).
     """
     config = linear_baselines.LinearBaselinesConfig.for_preset("book")
@@ -205,7 +205,9 @@ def test_shipped_baselines_are_current():
     runs, provenance = linear_baselines.load_baselines(config)
     assert runs is not None, provenance
     assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 2e6
-    assert provenance.startswith("precomputed by `python -m lincollapse.linear_baselines")
+    assert provenance.startswith(
+        "precomputed by `python -m lincollapse.experiments.linear_baselines"
+    )
     for run in runs.values():
         assert np.all(np.isfinite(run.elbo))
         assert run.gram.shape == (config.block, config.block)
@@ -216,7 +218,7 @@ def test_shipped_baselines_are_current():
 
     verify_behaviour(
         stem, lambda: linear_baselines.behaviour_probe(config),
-        command="python -m lincollapse.linear_baselines --write-reference --threads 1",
+        command="python -m lincollapse.experiments.linear_baselines --write-reference --threads 1",
     )  # fmt: skip
 
 
