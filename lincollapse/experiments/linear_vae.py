@@ -18,6 +18,7 @@ import numpy as np
 from lincollapse import linear_vae, linear_vae_training, ppca
 from lincollapse.experiments import FAST_MNIST, figure, linear_baselines, mnist_with_spectrum
 from lincollapse.presets import ExperimentConfig
+from lincollapse.reporting import Report
 
 # --------------------------------------------------------------------------------------------
 # Linear VAE: likelihood against latent size
@@ -332,7 +333,7 @@ class GramRun:
 
 
 @dataclasses.dataclass(frozen=True)
-class GramResult:
+class GramResult(Report):
     """Gram matrices of trained linear VAEs and of pPCA maximisers, and how training got there.
 
     Attributes
@@ -440,6 +441,29 @@ class GramResult:
             )
             parts.append(f"{run.label} {when}")
         return "; ".join(parts)
+
+    def glue_values(self, spacing: float = 0.03, within: float = 0.1) -> dict[str, Any]:
+        """The numbers the chapter quotes: q and the block, the off-diagonal ratios (rotated
+        pPCA; the trained run at its start, peak and end), CPU time, ELBO gap, the baselines'
+        and alignment summaries (columns within ``spacing`` of their principal direction), |log
+        σ²_MLE| and when σ² came within ``within`` of it."""
+        start, peak, end = self.ratio_path(self.method)
+        return {
+            "q": self.q,
+            "block": self.block,
+            "rotated_ratio": self.off_diagonal_ratio["ppca_rotated"],
+            "vae_ratio": end,
+            "start_ratio": start,
+            "peak_ratio": peak,
+            "cpu": self.runs[self.method].cpu_seconds,
+            "gap": self.elbo_gap,
+            "baselines": self.baseline_summary(),
+            "spacing_percent": 100 * spacing,
+            "alignment": self.alignment_summary(spacing),
+            "log_sigma2": float(abs(np.log(self.sigma2_mle))),
+            "sigma2_within": 100 * within,
+            "sigma2_steps": self.sigma2_summary(within),
+        }
 
     def summary(self) -> str:
         """Per run: final gap, Gram ratio, CPU time and the median misalignment of columns."""
