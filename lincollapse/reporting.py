@@ -14,15 +14,16 @@ from typing import Any
 class Report:
     """Mixin of result objects whose numbers a chapter glues into its prose (myst-nb)."""
 
-    def glue_values(self) -> dict[str, Any]:
+    def glue_values(self, **options: Any) -> dict[str, Any]:
         """The numbers the chapter quotes, by glue name without the chapter's prefix."""
         raise NotImplementedError
 
-    def glue_all(self, prefix: str = "") -> None:
-        """Glue every value of :meth:`glue_values` as ``prefix + name``, not displayed where the
-        cell runs (and returning nothing, so that a cell ending with it shows nothing either)."""
+    def glue_all(self, prefix: str = "", **options: Any) -> None:
+        """Glue every value of :meth:`glue_values` (called with ``options``) as
+        ``prefix + name``, not displayed where the cell runs (and returning nothing, so that a
+        cell ending with it shows nothing either)."""
         from myst_nb import glue
 
-        values = self.glue_values()
+        values = self.glue_values(**options)
         for name, value in values.items():
             glue(prefix + name, value, display=False)
