@@ -49,7 +49,7 @@ from torch import nn
 
 from lincollapse import gaussian, validation
 from lincollapse.collapse import collapse_thresholds, collapsed_fraction_from_thresholds
-from lincollapse.training import History, maximise
+from lincollapse.training import History, Recorder, maximise
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -586,22 +586,24 @@ def train_batched(
     layout = choose_layout(layout, device)
     model = build_runs(arch, sigma2s, learned, seed, layout=layout, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
-    records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     names = [
         f"sigma2={s:g} ({'learned' if v else 'fixed'})"
         for s, v in zip(model.sigma2_init, model.learned, strict=True)
     ]
 
-    def record(step: int) -> None:
+    def measure(step: int) -> dict[str, np.ndarray]:
         mean, logvar = model.encode(data)
         kl = kl_from_logvar(mean, logvar)
         kl_mean = kl.mean(-2).double().cpu().numpy()
-        records.append((collapse_thresholds(kl, delta), kl_mean, model.sigma2))
+        thresholds = collapse_thresholds(kl, delta)
+        return {"thresholds": thresholds, "kl_mean": kl_mean, "sigma2": model.sigma2}
+
+    recorder = Recorder(measure)
 
     history: History = maximise(
         lambda: model.elbo(data), model.parameters(), steps=steps, lr=lr,
         record_every=record_every, name="deep VAE", run_names=names, progress=progress,
-        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps), on_record=record,
+        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps), on_record=recorder,
     )  # fmt: skip
     values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
     return TrainedRuns(
@@ -609,9 +611,9 @@ def train_batched(
         learned=np.asarray(model.learned),
         steps=history.steps,
         elbo=values,
-        sigma2=np.stack([r[2] for r in records]),
-        thresholds=np.stack([r[0] for r in records]),
-        kl_mean=np.stack([r[1] for r in records]),
+        sigma2=recorder.stack("sigma2"),
+        thresholds=recorder.stack("thresholds"),
+        kl_mean=recorder.stack("kl_mean"),
         seconds=history.seconds,
         delta=delta,
         layout=layout,

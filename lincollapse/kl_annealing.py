@@ -19,7 +19,7 @@ import torch
 from lincollapse import gaussian
 from lincollapse.collapse import collapse_thresholds
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE
-from lincollapse.training import maximise
+from lincollapse.training import Recorder, maximise
 from lincollapse.validation import check_sigma2
 
 __all__ = ["NOISE_MODES", "AnnealedRuns", "RunSpec", "linear_warmup", "train_annealed"]
@@ -186,7 +186,6 @@ def train_annealed(
     log_sigma2 = model.log_sigma2.detach()
     state = {"step": 0}
     stash: dict[str, torch.Tensor] = {}
-    records: list[tuple[np.ndarray, ...]] = []
 
     def betas(step: int) -> torch.Tensor:
         return torch.tensor([b(step) for b in schedules], dtype=dtype, device=model.device_)
@@ -210,31 +209,31 @@ def train_annealed(
         stash.update(kl=kl, squared=squared)
         return log_lik - kl_total
 
-    def record(step: int) -> None:
+    def measure(step: int) -> dict[str, np.ndarray]:
         beta = betas(step)
         noise = torch.where(optimal, stash["squared"] / d, beta * torch.exp(log_sigma2))
-        records.append(
-            (
-                collapse_thresholds(stash["kl"], delta),
-                stash["kl"].mean(-2).double().cpu().numpy(),
-                beta.double().cpu().numpy(),
-                noise.double().cpu().numpy(),
-            )
-        )
+        return {
+            "thresholds": collapse_thresholds(stash["kl"], delta),
+            "kl_mean": stash["kl"].mean(-2).double().cpu().numpy(),
+            "beta": beta.double().cpu().numpy(),
+            "effective_sigma2": noise.double().cpu().numpy(),
+        }
+
+    recorder = Recorder(measure)
 
     history = maximise(
         objective, model.parameters(), steps=steps, lr=lr, record_every=record_every,
         name="deep VAE (KL annealing)", run_names=[s.label for s in specs], progress=progress,
-        on_record=record,
+        on_record=recorder,
     )  # fmt: skip
     return AnnealedRuns(
         specs=specs,
         steps=history.steps,
         elbo=np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1),
-        beta=np.stack([r[2] for r in records]),
-        effective_sigma2=np.stack([r[3] for r in records]),
-        thresholds=np.stack([r[0] for r in records]),
-        kl_mean=np.stack([r[1] for r in records]),
+        beta=recorder.stack("beta"),
+        effective_sigma2=recorder.stack("effective_sigma2"),
+        thresholds=recorder.stack("thresholds"),
+        kl_mean=recorder.stack("kl_mean"),
         seconds=history.seconds,
         delta=delta,
     )

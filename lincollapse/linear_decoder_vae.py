@@ -45,7 +45,7 @@ from torch import nn
 
 from lincollapse import gaussian, ppca, validation
 from lincollapse.data import covariance_eigenvalues
-from lincollapse.training import History, maximise
+from lincollapse.training import History, Recorder, maximise
 
 __all__ = [
     "ENCODER_KINDS",
@@ -692,18 +692,20 @@ def train_vae(
     model = reference if dtype == DTYPE else copy.deepcopy(reference).to(dtype)
     x_train = x.to(dtype)
     generator = torch.Generator().manual_seed(seed + 10_000 if noise_seed is None else noise_seed)
-    recorded: list[float] = []
     wanted = set(int(c) for c in checkpoints)
 
     def objective() -> torch.Tensor:
         return _elbo(x_train, model.encoder, model.decoder, estimator, generator)
 
-    def on_record(step: int) -> None:
+    def measure(step: int) -> dict[str, float]:
         if model is not reference and step > 0:
             reference.load_state_dict(model.state_dict())  # copies into float64
-        recorded.append(float(_elbo(x, reference.encoder, reference.decoder, "analytic", None)))
+        elbo = float(_elbo(x, reference.encoder, reference.decoder, "analytic", None))
         if step in wanted and on_checkpoint is not None:
             on_checkpoint(step, reference)
+        return {"elbo": elbo}
+
+    recorder = Recorder(measure)
 
     start = time.perf_counter()
     history: History = maximise(
@@ -716,12 +718,12 @@ def train_vae(
         name=f"{kind} encoder, {estimator} ELBO, seed {seed}",
         progress=progress,
         lr_schedule=lr_schedule,
-        on_record=on_record,
+        on_record=recorder,
     )
     return EncoderTraining(
         model=reference,
         steps=history.steps,
-        elbo=np.asarray(recorded),
+        elbo=recorder.array("elbo"),
         objective=np.asarray(history.values, dtype=np.float64),
         optimum=float(optimum),
         kind=kind,

@@ -28,7 +28,7 @@ from lincollapse.linear_vae import (
     rotate_model,
 )
 from lincollapse.ppca import DataSpectrum
-from lincollapse.training import History, concatenate_histories, maximise
+from lincollapse.training import History, Recorder, concatenate_histories, maximise
 
 __all__ = [
     "ENCODERS",
@@ -507,14 +507,17 @@ def ascend_elbo(
 
         parameters = _trainable(model_k.parameters())
 
-    seconds, cpu_seconds, ratios, sigma2 = [], [], [], []
     clock, cpu_clock = time.perf_counter(), time.process_time()
 
-    def on_record(step: int) -> None:
-        seconds.append(time.perf_counter() - clock)
-        cpu_seconds.append(time.process_time() - cpu_clock)
-        ratios.append(off_diagonal_ratio(leading_gram(model_k.W, block)))
-        sigma2.append(float(model_k.sigma2))
+    def measure(step: int) -> dict[str, float]:
+        return {
+            "seconds": time.perf_counter() - clock,
+            "cpu_seconds": time.process_time() - cpu_clock,
+            "gram_ratio": off_diagonal_ratio(leading_gram(model_k.W, block)),
+            "sigma2": float(model_k.sigma2),
+        }
+
+    on_record = Recorder(measure)
 
     if parameters and steps > 0:
         history = maximise(
@@ -543,11 +546,11 @@ def ascend_elbo(
         elbo = float(model.elbo(torch.as_tensor(covariance, device=model.W.device)))
     trace = TrainingTrace(
         steps=np.asarray(history.steps, dtype=np.int64),
-        seconds=np.asarray(seconds, dtype=np.float64),
-        cpu_seconds=np.asarray(cpu_seconds, dtype=np.float64),
+        seconds=on_record.array("seconds", np.float64),
+        cpu_seconds=on_record.array("cpu_seconds", np.float64),
         elbo=np.asarray(history.values, dtype=np.float64),
-        gram_ratio=np.asarray(ratios, dtype=np.float64),
-        sigma2=np.asarray(sigma2, dtype=np.float64),
+        gram_ratio=on_record.array("gram_ratio", np.float64),
+        sigma2=on_record.array("sigma2", np.float64),
     )
     return AscentTraining(
         model=model, elbo=elbo, trace=trace, q=q, encoder=encoder, optimiser=optimiser,

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +66,30 @@ def progress_enabled() -> bool:
     if "ipykernel" in sys.modules:
         return True
     return sys.stderr.isatty()
+
+
+class Recorder:
+    """What a trainer measures at every record of :func:`maximise` (its ``on_record``).
+
+    ``measure(step)`` returns a dict of named measurements (arrays or numbers); the recorder
+    keeps one dict per record and hands them back stacked, :meth:`stack`, or as one array,
+    :meth:`array`.
+    """
+
+    def __init__(self, measure: Callable[[int], dict[str, Any]]) -> None:
+        self.measure = measure
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, step: int) -> None:
+        self.records.append(self.measure(step))
+
+    def stack(self, name: str) -> np.ndarray:
+        """``name`` of every record, stacked along a new first axis."""
+        return np.stack([record[name] for record in self.records])
+
+    def array(self, name: str, dtype: Any = None) -> np.ndarray:
+        """``name`` of every record (numbers) as one array."""
+        return np.asarray([record[name] for record in self.records], dtype=dtype)
 
 
 def maximise(
