@@ -54,7 +54,7 @@ RESERVED: dict[str, tuple[str, str]] = {
         "β weighs the KL in a Gaussian ELBO; the weight against a squared error is κ = 2σ²",
     ),
     "mu-encoder-mean": (
-        r"\\mu_\\phi|\\mu\s*\(x\)|\\mu_[ij]\s*(\(x\)|\^2|=\s*0)",
+        r"\\mu_\\phi|\\mu\s*\(x\)|\\mu_[ij]\s*(\(x\)|\^2|=\s*0)|\\mu\s*\\sim|\\tfrac12\s*\\mu\^2",
         "μ is the decoder's offset (μ̂ the data mean); the encoder's mean is m(x)",
     ),
     "xi-not-noise": (
