@@ -289,19 +289,37 @@ def check_fixed_sigma2_counts(collapsed_at_sigma2_1: int, collapsed_at_q100: int
 # --------------------------------------------------------------------------------------------
 
 
-def check_selbo_decay(constant_gap: float, decayed_gap: float) -> bool:
+def check_selbo_decay(constant_gap: float, decayed_gap: float, analytic_gap: float) -> bool:
     """``ex-selbo-decay``: final gaps ℓ*(q) − ELBO (nats per image) of the single-sample runs with a
-    constant and with a decaying learning rate. The decay must lower the noise floor."""
+    constant and with a decaying learning rate, and of the analytic run with the same seed.
+
+    The comparison only means something once the constant-rate run has reached its noise floor,
+    i.e. the analytic run ended much closer to the optimum (at most half its gap). Short runs
+    (the ``fast`` preset) have not: the check then says so and returns ``False`` without judging.
+    Otherwise the decay must lower the floor.
+    """
     name = "ex-selbo-decay"
     constant = _number(constant_gap, name, "constant_gap")
     decayed = _number(decayed_gap, name, "decayed_gap")
-    for label, value in (("constant_gap", constant), ("decayed_gap", decayed)):
+    analytic = _number(analytic_gap, name, "analytic_gap")
+    for label, value in (
+        ("constant_gap", constant),
+        ("decayed_gap", decayed),
+        ("analytic_gap", analytic),
+    ):
         if value < -1e-6:
             _fail(
                 name,
                 f"{label} is negative: no ELBO exceeds ℓ*(q); measure the gap as "
                 "ℓ*(q) − ELBO with the analytic ELBO",
             )
+    if not analytic <= 0.5 * constant:
+        print(
+            f"… {name}: inconclusive — the analytic run is about as far from the optimum as the "
+            "single-sample one, so these runs stop before the noise floor; train longer "
+            "(the book preset) to see what the decay does"
+        )
+        return False
     if not decayed < constant:
         _fail(
             name,

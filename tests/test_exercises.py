@@ -117,12 +117,15 @@ def test_fixed_sigma2_counts(spectrum):
         ex.check_fixed_sigma2_counts(50 - first, second)  # active instead of collapsed
 
 
-def test_selbo_decay():
-    assert ex.check_selbo_decay(0.8, 0.05)
+def test_selbo_decay(capsys):
+    assert ex.check_selbo_decay(0.8, 0.05, 0.01)
     with pytest.raises(ex.ExerciseCheckError, match="closer to the optimum"):
-        ex.check_selbo_decay(0.05, 0.8)
+        ex.check_selbo_decay(0.05, 0.8, 0.01)
     with pytest.raises(ex.ExerciseCheckError, match="negative"):
-        ex.check_selbo_decay(0.8, -0.5)
+        ex.check_selbo_decay(0.8, -0.5, 0.01)
+    # Runs stopped long before the floor (the fast preset): no verdict either way.
+    assert ex.check_selbo_decay(570.8, 637.1, 570.6) is False
+    assert "inconclusive" in capsys.readouterr().out
 
 
 def test_lde_amortisation():
