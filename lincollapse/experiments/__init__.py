@@ -62,6 +62,7 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "posterior_collapse": 20,
         "ppca": 32,  # 2026-11-30, with the 2-D example; chapter alone, machine busy
         "mnist_data": 6,
+        "notation": 3,  # 2026-11-30, loads 200 images
         "diagnosis": 23,  # 2026-11-30, chapter alone, machine busy
         "checks": 13,  # 2026-11-30, after the deep chapter cached its runs (as in the build)
     },

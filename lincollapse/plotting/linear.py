@@ -121,7 +121,7 @@ def plot_ppca_landscape(result: LandscapeResult) -> Figure:
             lam = result.eigenvalues
             ax.set_title(f"σ² = {sigma2:g} (λ₂ = {lam[1]:g}, λ₃ = {lam[2]:g}): {kind}", fontsize=9)
             ax.set_xlabel(r"$\eta$ (along unused $u_3$)")
-            ax.set_ylabel(r"$\varepsilon$ (along unused $u_2$)")
+            ax.set_ylabel(r"$h$ (along unused $u_2$)")
             fig.colorbar(filled, ax=ax, label="Δ average log-likelihood (nats)")
     return fig
 
