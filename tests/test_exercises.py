@@ -167,7 +167,9 @@ def test_beta_linear(spectrum):
     weighted = linear_beta_vae.train_linear_beta_vae(
         spectrum, 10, 0.5, 4.0, encoder="optimal", steps=200
     )
-    plain = linear_beta_vae.train_linear_beta_vae(spectrum, 10, 2.0, 1.0, encoder="optimal", steps=200)
+    plain = linear_beta_vae.train_linear_beta_vae(
+        spectrum, 10, 2.0, 1.0, encoder="optimal", steps=200
+    )
     answer = (weighted.squared_singular_values, plain.squared_singular_values)
     assert ex.check_beta_linear(*answer, weighted.objective, plain.objective)
     with pytest.raises(ex.ExerciseCheckError, match="beta-equivalence"):
@@ -202,7 +204,9 @@ def test_effective_sigma2():
 
 
 def test_beta_diagnosis(spectrum):
-    fit = linear_beta_vae.train_linear_beta_vae(spectrum, 40, 1 / 8, 4.0, encoder="optimal", steps=100)
+    fit = linear_beta_vae.train_linear_beta_vae(
+        spectrum, 40, 1 / 8, 4.0, encoder="optimal", steps=100
+    )
     measured = int(np.sum(fit.rates < 1e-3))
     effective = round(float(linear_collapse_prediction(spectrum.eigenvalues, 0.5, 40)) * 40)
     plain = round(float(linear_collapse_prediction(spectrum.eigenvalues, 1 / 8, 40)) * 40)
