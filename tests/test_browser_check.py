@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lincollapse import browser_check, build_book
+from tools import browser_check, build_book
 
 BAD_PAGE = r"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bad</title>
@@ -132,7 +132,7 @@ def test_book_build_serves_mathjax_from_the_book(tmp_path):
     sphinx = yaml.safe_load(config_path.read_text())["sphinx"]
     assert sphinx["config"]["mathjax_path"] == build_book.MATHJAX_PATH
     assert sphinx["config"]["lincollapse_extra_static"] == [str(static.resolve())]
-    assert "lincollapse.build_book" in sphinx["extra_extensions"]
+    assert sphinx["local_extensions"] == {"tools.build_book": str(build_book.TOOLS_PARENT)}
     assert "KL" in sphinx["config"]["mathjax3_config"]["tex"]["macros"]
 
 

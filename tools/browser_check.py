@@ -1,6 +1,6 @@
 """Open every page of the built book in headless Chromium and fail on what a reader would see.
 
-``python -m lincollapse.browser_check [_build/html]`` (what ``make browser-check`` runs) serves
+``python -m tools.browser_check [_build/html]`` (what ``make browser-check`` runs) serves
 the HTML on 127.0.0.1, opens each page in headless Chromium and fails when a page has
 
 - a JavaScript error (uncaught exception, ``console.error``, a resource that failed to load);
