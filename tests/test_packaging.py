@@ -79,3 +79,4 @@ def test_the_import_check_sees_tooling_imports():
     tools = ROOT / "tools"
     assert {"jupytext", "nbval", "pytest"} <= imported_top_levels(tools / "nbval_jupytext.py")
     assert "yaml" in imported_top_levels(tools / "build_book.py")  # imported inside functions
+    assert "playwright" in imported_top_levels(tools / "browser_check.py")
