@@ -691,7 +691,9 @@ def _kernel_environment(preset: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.build_book", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("root", nargs="?", default=".", help="the book's root folder")
     parser.add_argument("--builder", default="html", choices=("html", "pdflatex", "latex"))
     parser.add_argument(
