@@ -4,7 +4,7 @@ Subcommands
 -----------
 ``linear``
     Trains the linear VAE for every latent size of the figure *likelihood vs latent size*
-    (:class:`lincollapse.experiments.linear.LikelihoodVsLatentSizeConfig` for the preset) with
+    (:class:`lincollapse.experiments.linear_vae.LikelihoodVsLatentSizeConfig` for the preset) with
     the figure's trainer (``ascend_elbo``: no eigendecomposition, no rotation) and with the
     rotation-aided fast path, and prints, per q and trainer: steps, ELBO evaluations, CPU and
     wall seconds, achieved GFLOP/s (from an analytic count of one ELBO-and-gradient
@@ -89,15 +89,15 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
     """Benchmark the linear VAE's trainers for ``preset``; print the table; return CPU seconds.
 
     Per latent size of the figure *likelihood vs latent size*: the chapter's trainer
-    (:func:`~lincollapse.linear_vae.ascend_elbo` with the preset's options: no
+    (:func:`~lincollapse.linear_vae_training.ascend_elbo` with the preset's options: no
     eigendecomposition, no rotation) and the rotation fast path (:data:`FAST_PATH`). Columns:
     optimiser steps, ELBO evaluations, CPU and wall seconds, GFLOP/s (analytic count / CPU
     time), the gap ℓ*(q) − ELBO, and the off-diagonal ratio of the leading Gram block of W.
     CPU time is what one free core would take with one thread; wall time depends on the load.
     """
-    from lincollapse import linear_vae, ppca
+    from lincollapse import linear_vae, linear_vae_training, ppca
     from lincollapse.data import load_mnist
-    from lincollapse.experiments.linear import LikelihoodVsLatentSizeConfig
+    from lincollapse.experiments.linear_vae import LikelihoodVsLatentSizeConfig
 
     config = LikelihoodVsLatentSizeConfig.for_preset(preset)
     data = load_mnist(config.n, seed=config.seed)
@@ -125,17 +125,19 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
         f"{'GFLOP/s':>8} {'gap':>10} {'Gram ratio':>10}"
     )
     totals = {"ascend_elbo": [0.0, 0.0, 0.0], "fast path": [0.0, 0.0, 0.0]}
-    linear_vae.ascend_elbo(data.images, 0, steps=1, progress=False)  # warm-up: torch, scipy
+    linear_vae_training.ascend_elbo(
+        data.images, 0, steps=1, progress=False
+    )  # warm-up: torch, scipy
     for q in config.latent_sizes:
         best = ppca.max_log_likelihood(spectrum, q)
-        trained = linear_vae.ascend_elbo(
+        trained = linear_vae_training.ascend_elbo(
             data.images, q, progress=False, **dict(config.ascent_options())
         )
         flops = linear_flops_per_evaluation(active, q, trained.optimiser, trained.encoder,
                                             basis="pixels")  # fmt: skip
         rows = [("ascend_elbo", trained, trained.cpu_seconds, flops, trained.gram_ratio)]
         cpu_start = time.process_time()
-        fast = linear_vae.train_linear_vae(
+        fast = linear_vae_training.train_linear_vae(
             spectrum, q, seed=config.train_seed, progress=False, **FAST_PATH
         )
         fast_flops = linear_flops_per_evaluation(spectrum.d, q, fast.optimiser, fast.encoder)
@@ -304,7 +306,8 @@ def benchmark(
 def format_benchmark(rows: Sequence[BenchmarkRow]) -> str:
     """The benchmark as a plain-text table: both layouts side by side."""
     lines = [
-        f"threads: {torch.get_num_threads()}; s/step = one Adam step of all runs of the preset",
+        f"threads: {torch.get_num_threads()}; load average {_load():.1f} on {os.cpu_count()} "
+        "cores (the layout `auto` picks depends on it); s/step = one Adam step of all runs",
         f"{'preset':<7} {'runs':>4} {'loop s/step':>11} {'batched':>8} {'loop/bat':>8} "
         f"{'GFLOP/s loop':>12} {'batched':>8} {'bmm':>6} {'chosen':>7} {'grid':>7} {'long':>7}",
     ]
@@ -317,6 +320,10 @@ def format_benchmark(rows: Sequence[BenchmarkRow]) -> str:
             f"{_duration(row.convergence_seconds):>7}"
         )
     return "\n".join(lines)
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _duration(seconds: float) -> str:

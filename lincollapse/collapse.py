@@ -1,19 +1,76 @@
 """Measuring posterior collapse: per-dimension KLs and the (ε, δ)-collapse metric.
 
 Chapter *Posterior collapse*, equations (collapse-kl-dim) and (collapse-metric). Works for any
-encoder with Gaussian marginals N(μ_i(x), s_i²(x)) per latent dimension.
+encoder with Gaussian marginals N(μ_i(x), s_i²(x)) per latent dimension, on numpy arrays or
+torch tensors (of any dtype and device).
+
+The metric has one implementation, :func:`collapse_thresholds`: per latent, the order
+statistic of its KLs above which it counts as collapsed. :func:`collapsed_mask`,
+:func:`collapsed_fraction` and the training records of :mod:`lincollapse.deep_vae` and
+:mod:`lincollapse.kl_annealing` all compare those thresholds with ε.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+
+from lincollapse import gaussian
 
 __all__ = [
+    "collapse_quantile_index",
+    "collapse_thresholds",
     "collapsed_fraction",
+    "collapsed_fraction_from_thresholds",
     "collapsed_mask",
     "encoder_collapsed_fraction",
     "gaussian_kl_per_dimension",
+    "linear_collapse_prediction",
 ]
+
+
+def collapse_quantile_index(n: int, delta: float) -> int:
+    """The order statistic k (1-based) such that "≥ (1 − δ)·n of the n KLs are < ε" ⇔ KL_(k) < ε."""
+    if not 0 <= delta < 1:
+        raise ValueError(f"delta must be in [0, 1), got {delta}")
+    return max(1, math.ceil(round((1.0 - delta) * n, 9)))
+
+
+def collapse_thresholds(kl: torch.Tensor | np.ndarray, delta: float = 0.01) -> np.ndarray:
+    """Per latent, the smallest ε above which it is (ε, δ)-collapsed.
+
+    Latent i is (ε, δ)-collapsed when P_x[KL_i(x) < ε] ≥ 1 − δ, i.e. when at least
+    k = ⌈(1 − δ)·n⌉ of the n images have KL_i < ε, i.e. when the k-th smallest KL_i is < ε.
+    That order statistic is returned, so the collapsed fraction at any ε is
+    ``mean(thresholds < ε)`` (:func:`collapsed_fraction_from_thresholds`).
+
+    Parameters
+    ----------
+    kl : array of shape (..., n, q)
+        Per-image, per-latent KL to the prior.
+    delta : float
+        Fraction of images allowed to exceed ε.
+
+    Returns
+    -------
+    ndarray of shape (..., q), float64
+    """
+    kl = torch.as_tensor(kl)
+    k = collapse_quantile_index(kl.shape[-2], delta)
+    values = torch.kthvalue(kl.detach(), k, dim=-2).values
+    return values.double().cpu().numpy()
+
+
+def collapsed_fraction_from_thresholds(
+    thresholds: np.ndarray, epsilons: np.ndarray | Sequence[float] | float
+) -> np.ndarray:
+    """Fraction of latents with threshold < ε: shape ``thresholds.shape[:-1] + eps.shape``."""
+    eps = np.asarray(epsilons, dtype=np.float64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    return (t[..., None] < eps.reshape(-1)).mean(axis=-2).reshape(t.shape[:-1] + eps.shape)
 
 
 def gaussian_kl_per_dimension(means: np.ndarray, variances: np.ndarray) -> np.ndarray:
@@ -47,8 +104,7 @@ def gaussian_kl_per_dimension(means: np.ndarray, variances: np.ndarray) -> np.nd
         raise ValueError("means and variances must be finite (no NaN or inf)")
     if np.any(variances <= 0):
         raise ValueError("variances must be > 0; pass variances, not log-variances")
-    variances = np.broadcast_to(variances, means.shape)
-    return 0.5 * (np.square(means) + variances - 1.0 - np.log(variances))  # (collapse-kl-dim)
+    return gaussian.kl_to_prior(means, np.broadcast_to(variances, means.shape))
 
 
 def collapsed_mask(kl: np.ndarray, epsilons: float | np.ndarray, delta: float = 0.01) -> np.ndarray:
@@ -83,9 +139,7 @@ def collapsed_mask(kl: np.ndarray, epsilons: float | np.ndarray, delta: float = 
     epsilons = np.atleast_1d(np.asarray(epsilons, dtype=np.float64))
     if epsilons.ndim != 1 or not np.all(np.isfinite(epsilons)) or np.any(epsilons < 0):
         raise ValueError("epsilons must be a finite non-negative scalar or 1-D array")
-    # fraction of points below each ε, for each dimension: (m, q), vectorised over ε
-    below = (kl[None, :, :] < epsilons[:, None, None]).mean(axis=1)
-    mask = below >= 1.0 - delta  # (collapse-metric)
+    mask = collapse_thresholds(kl, delta)[None, :] < epsilons[:, None]  # (collapse-metric)
     return mask[0] if scalar else mask
 
 
@@ -141,7 +195,7 @@ def encoder_collapsed_fraction(
 
     See Also
     --------
-    lincollapse.deep_vae.collapse_thresholds : the same metric in torch, as per-latent thresholds.
+    collapse_thresholds : the metric as per-latent thresholds, for many ε at once.
     """
     return collapsed_fraction(gaussian_kl_per_dimension(means, variances), epsilons, delta)
 

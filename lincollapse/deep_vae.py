@@ -32,24 +32,25 @@ Each run owns three ``torch.Generator`` streams derived from its seed: initialis
 training noise, and evaluation noise (used when gradients are off, so that recording
 progress does not change the training trajectory).
 
-Collapse is measured from the encoder's (mean, variance): see :func:`kl_per_dimension` and
-:func:`collapse_thresholds`.
+Collapse is measured from the encoder's (mean, log-variance): see :func:`kl_from_logvar` and
+:func:`lincollapse.collapse.collapse_thresholds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import validation
-from lincollapse.training import History, maximise
+from lincollapse import gaussian, validation
+from lincollapse.collapse import collapse_thresholds, collapsed_fraction_from_thresholds
+from lincollapse.training import History, Recorder, maximise
 
-LOG_2PI = math.log(2.0 * math.pi)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
@@ -138,66 +139,15 @@ def _initial_weights(arch: Architecture, seed: int) -> list[tuple[torch.Tensor, 
     return [_uniform_init(a, b, generator) for a, b in arch.encoder_shapes + arch.decoder_shapes]
 
 
-def gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_sigma2: torch.Tensor
-) -> torch.Tensor:
-    """log N(x; mean, σ² I) summed over the last axis (pixels), in nats.
-
-    ``log_sigma2`` broadcasts against ``x.shape[:-1]`` (a scalar, or one value per run (R, 1)).
-    """
-    d = x.shape[-1]
-    squared = (x - mean).pow(2).sum(-1)
-    return -0.5 * (squared * torch.exp(-log_sigma2) + d * (LOG_2PI + log_sigma2))
+def _log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, σ² I) summed over the pixels; ``log_sigma2`` broadcasts against
+    ``x.shape[:-1]`` (a scalar, or one value per run (R, 1))."""
+    return gaussian.log_likelihood((x - mean).pow(2).sum(-1), x.shape[-1], log_sigma2)
 
 
-def kl_per_dimension(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """KL(N(μ_i, s_i²) ‖ N(0, 1)) = ½(μ_i² + s_i² − 1 − log s_i²), elementwise."""
-    return 0.5 * (mean.pow(2) + variance - 1.0 - torch.log(variance))
-
-
-def _kl_from_logvar(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (mean.pow(2) + torch.exp(logvar) - 1.0 - logvar)
-
-
-def collapse_quantile_index(n: int, delta: float) -> int:
-    """The order statistic k (1-based) such that "≥ (1 − δ)·n of the n KLs are < ε" ⇔ KL_(k) < ε."""
-    if not 0 <= delta < 1:
-        raise ValueError(f"delta must be in [0, 1), got {delta}")
-    return max(1, math.ceil(round((1.0 - delta) * n, 9)))
-
-
-def collapse_thresholds(kl: torch.Tensor | np.ndarray, delta: float = 0.01) -> np.ndarray:
-    """Per latent, the smallest ε above which it is (ε, δ)-collapsed.
-
-    Latent i is (ε, δ)-collapsed when P_x[KL_i(x) < ε] ≥ 1 − δ, i.e. when at least
-    k = ⌈(1 − δ)·n⌉ of the n images have KL_i < ε, i.e. when the k-th smallest KL_i is < ε.
-    That order statistic is returned, so the collapsed fraction at any ε is
-    ``mean(thresholds < ε)`` (:func:`collapsed_fraction_from_thresholds`).
-
-    Parameters
-    ----------
-    kl : array of shape (..., n, q)
-        Per-image, per-latent KL to the prior.
-    delta : float
-        Fraction of images allowed to exceed ε.
-
-    Returns
-    -------
-    ndarray of shape (..., q), float64
-    """
-    kl = torch.as_tensor(kl)
-    k = collapse_quantile_index(kl.shape[-2], delta)
-    values = torch.kthvalue(kl.detach(), k, dim=-2).values
-    return values.double().cpu().numpy()
-
-
-def collapsed_fraction_from_thresholds(
-    thresholds: np.ndarray, epsilons: np.ndarray | Sequence[float] | float
-) -> np.ndarray:
-    """Fraction of latents with threshold < ε: shape ``thresholds.shape[:-1] + eps.shape``."""
-    eps = np.asarray(epsilons, dtype=np.float64)
-    t = np.asarray(thresholds, dtype=np.float64)
-    return (t[..., None] < eps.reshape(-1)).mean(axis=-2).reshape(t.shape[:-1] + eps.shape)
+def kl_from_logvar(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ_i, s_i²) ‖ N(0, 1)) per latent from the encoder's (mean, log-variance)."""
+    return gaussian.kl_to_prior(mean, torch.exp(logvar), logvar)
 
 
 def optimal_sigma2(
@@ -298,8 +248,8 @@ class GaussianVAE(nn.Module):
             noise = self._noise if torch.is_grad_enabled() else self._eval_noise
             eps = torch.randn(mean.shape, generator=noise, device=mean.device, dtype=mean.dtype)
             z = mean + torch.exp(0.5 * logvar) * eps
-        log_lik = gaussian_log_likelihood(x, self.decode(z), self.log_sigma2)
-        kl = _kl_from_logvar(mean, logvar).sum(-1)
+        log_lik = _log_likelihood(x, self.decode(z), self.log_sigma2)
+        kl = kl_from_logvar(mean, logvar).sum(-1)
         return (log_lik - kl).mean()
 
 
@@ -400,7 +350,7 @@ class BatchedGaussianVAE(nn.Module):
         mean, logvar = self.encode(x)
         return mean, torch.exp(logvar)
 
-    def _draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    def draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
         streams = self._noise if torch.is_grad_enabled() else self._eval_noise
         return torch.stack(
             [
@@ -416,9 +366,9 @@ class BatchedGaussianVAE(nn.Module):
         mean, logvar = self.encode(x)
         z = mean
         if sample:
-            z = mean + torch.exp(0.5 * logvar) * self._draw_noise(mean.shape, mean)
-        log_lik = gaussian_log_likelihood(x, self.decode(z), self.log_sigma2[:, None])
-        kl = _kl_from_logvar(mean, logvar).sum(-1)
+            z = mean + torch.exp(0.5 * logvar) * self.draw_noise(mean.shape, mean)
+        log_lik = _log_likelihood(x, self.decode(z), self.log_sigma2[:, None])
+        kl = kl_from_logvar(mean, logvar).sum(-1)
         return (log_lik - kl).mean(-1), mean, logvar
 
     def elbo(self, x: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
@@ -487,12 +437,18 @@ class LoopedGaussianVAE(nn.Module):
         return torch.stack([m.elbo(xr, sample=sample) for m, xr in per_run])
 
 
-def choose_layout(layout: str = "auto", device: str | torch.device | None = "auto") -> str:
+def choose_layout(
+    layout: str = "auto", device: str | torch.device | None = "auto", load: float | None = None
+) -> str:
     """``"loop"`` or ``"batched"``: the layout that trains R runs fastest here.
 
-    ``"auto"`` picks ``batched`` on an accelerator and on a CPU with one torch thread, and
-    ``loop`` on a CPU with several threads (measured by ``python -m lincollapse bench deep``:
-    on 2 cores the loop is ≈ 1.1–1.2× faster, on one thread the batched model is).
+    ``"auto"`` picks ``batched`` on an accelerator, on a CPU with one torch thread, and on a
+    busy CPU (1-minute load average ``load``, default :func:`os.getloadavg`, above the number of
+    cores), and ``loop`` on an otherwise idle CPU with several threads. Measured by ``python -m
+    lincollapse bench deep`` on 2 cores: idle, the loop is ≈ 1.1–1.2× faster with 2 threads and
+    the batched model with 1; at load 6–7 the batched model was faster with 2 threads too
+    (1.06× at the book's widths, 1.36× at the paper's). The choice changes speed only: both
+    layouts compute the same numbers, and no cache key depends on it.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -500,7 +456,9 @@ def choose_layout(layout: str = "auto", device: str | torch.device | None = "aut
         return layout
     if resolve_device(device).type != "cpu" or torch.get_num_threads() == 1:
         return "batched"
-    return "loop"
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return "batched" if load > (os.cpu_count() or 1) else "loop"
 
 
 def build_runs(
@@ -537,7 +495,8 @@ class TrainedRuns:
         σ² at the record steps (constant for fixed runs).
     thresholds : ndarray (k, R, q)
         Per latent, the (1 − δ) order statistic of KL over the images
-        (:func:`collapse_thresholds`); collapsed fraction at ε = ``mean(thresholds < ε)``.
+        (:func:`~lincollapse.collapse.collapse_thresholds`); collapsed fraction at ε =
+        ``mean(thresholds < ε)``.
     kl_mean : ndarray (k, R, q)
         KL per latent averaged over the images, at the record steps.
     seconds : float
@@ -627,22 +586,24 @@ def train_batched(
     layout = choose_layout(layout, device)
     model = build_runs(arch, sigma2s, learned, seed, layout=layout, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
-    records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     names = [
         f"sigma2={s:g} ({'learned' if v else 'fixed'})"
         for s, v in zip(model.sigma2_init, model.learned, strict=True)
     ]
 
-    def record(step: int) -> None:
+    def measure(step: int) -> dict[str, np.ndarray]:
         mean, logvar = model.encode(data)
-        kl = _kl_from_logvar(mean, logvar)
+        kl = kl_from_logvar(mean, logvar)
         kl_mean = kl.mean(-2).double().cpu().numpy()
-        records.append((collapse_thresholds(kl, delta), kl_mean, model.sigma2))
+        thresholds = collapse_thresholds(kl, delta)
+        return {"thresholds": thresholds, "kl_mean": kl_mean, "sigma2": model.sigma2}
+
+    recorder = Recorder(measure)
 
     history: History = maximise(
         lambda: model.elbo(data), model.parameters(), steps=steps, lr=lr,
         record_every=record_every, name="deep VAE", run_names=names, progress=progress,
-        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps), on_record=record,
+        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps), on_record=recorder,
     )  # fmt: skip
     values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
     return TrainedRuns(
@@ -650,9 +611,9 @@ def train_batched(
         learned=np.asarray(model.learned),
         steps=history.steps,
         elbo=values,
-        sigma2=np.stack([r[2] for r in records]),
-        thresholds=np.stack([r[0] for r in records]),
-        kl_mean=np.stack([r[1] for r in records]),
+        sigma2=recorder.stack("sigma2"),
+        thresholds=recorder.stack("thresholds"),
+        kl_mean=recorder.stack("kl_mean"),
         seconds=history.seconds,
         delta=delta,
         layout=layout,

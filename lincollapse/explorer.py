@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse import ppca
+from lincollapse import ppca, validation
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, house_style, new_figure
 
 __all__ = [
@@ -64,9 +64,9 @@ def collapsed_columns(
     Column j is u_j √(λ_j − σ²) when λ_j > σ² (kept) and zero when λ_j ≤ σ² (collapsed); see
     :func:`lincollapse.ppca.fixed_sigma2_maximiser`.
     """
-    eigenvalues = ppca._eigenvalues(eigenvalues)
-    q = ppca._check_q(q, eigenvalues, require_rank=False)
-    sigma2 = ppca._check_sigma2(sigma2)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
+    q = validation.check_q(q, eigenvalues)
+    sigma2 = validation.check_sigma2(sigma2)
     top = eigenvalues[:q]
     return np.flatnonzero(top > sigma2), np.flatnonzero(top <= sigma2)
 
@@ -103,8 +103,8 @@ def zero_column_landscape(
     ndarray of shape (g, h)
         Nats per data point; ``[i, k]`` is at (ε_i, η_k).
     """
-    eigenvalues = ppca._eigenvalues(eigenvalues)
-    sigma2 = ppca._check_sigma2(sigma2)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
+    sigma2 = validation.check_sigma2(sigma2)
     d = eigenvalues.size
     if not (0 <= a < d and 0 <= b < d) or a == b:
         raise ValueError(
@@ -188,7 +188,7 @@ def explorer_state(
     -------
     ExplorerState
     """
-    eigenvalues = ppca._eigenvalues(eigenvalues)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
     kept, collapsed = collapsed_columns(eigenvalues, q, sigma2)
     if q < 1:
         raise ValueError("q must be >= 1 to have a column to probe")
@@ -415,9 +415,9 @@ class PPCA2DExplorer(SliderFigure):
 
     Attributes
     ----------
-    result : lincollapse.experiments.linear.PPCA2DResult
+    result : lincollapse.experiments.ppca.PPCA2DResult
     sigma2_slider : ipywidgets.FloatLogSlider
-    state : lincollapse.experiments.linear.PPCA2DState
+    state : lincollapse.experiments.ppca.PPCA2DState
         The model drawn last.
     """
 
@@ -475,9 +475,9 @@ def explore_sigma2(
     -------
     SigmaExplorer or matplotlib Figure
     """
-    eigenvalues = ppca._eigenvalues(eigenvalues)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
     d = eigenvalues.size
-    q = ppca._check_q(q, eigenvalues, require_rank=False)
+    q = validation.check_q(q, eigenvalues)
     if q < 1:
         raise ValueError("q must be >= 1")
     q_max = min(d - 1, max(2 * q, 100)) if q_max is None else int(q_max)
@@ -496,12 +496,12 @@ def explore_sigma2(
     if sigma2_range is None:
         floor = eigenvalues[q_max - 1] if eigenvalues[q_max - 1] > 0 else positive[-1]
         sigma2_range = (floor / 10.0, 2.0 * eigenvalues[0])
-    low, high = (ppca._check_sigma2(v) for v in sigma2_range)
+    low, high = (validation.check_sigma2(v) for v in sigma2_range)
     if not low < high:
         raise ValueError(f"sigma2_range must be increasing, got {sigma2_range}")
     if sigma2 is None:
         sigma2 = sorted(sigma2_values)[len(sigma2_values) // 2]
-    start = float(np.clip(ppca._check_sigma2(sigma2), low, high))
+    start = float(np.clip(validation.check_sigma2(sigma2), low, high))
     explorer = SigmaExplorer(eigenvalues, q=q, sigma2=start, sigma2_range=(low, high), q_max=q_max)
     if display:
         from IPython.display import display as show
@@ -522,8 +522,8 @@ def explore_ppca_2d(
 
     Parameters
     ----------
-    result : lincollapse.experiments.linear.PPCA2DResult
-        From :func:`lincollapse.experiments.linear.ppca_2d_example`.
+    result : lincollapse.experiments.ppca.PPCA2DResult
+        From :func:`lincollapse.experiments.ppca.ppca_2d_example`.
     sigma2 : float, optional
         Initial σ² of the slider (default σ²_MLE = λ_2).
     sigma2_range : (float, float), optional
@@ -546,10 +546,10 @@ def explore_ppca_2d(
         return plot_ppca_2d(result)
     if sigma2_range is None:
         sigma2_range = (float(result.sweep_sigma2[0]), float(result.sweep_sigma2[-1]))
-    low, high = (ppca._check_sigma2(v) for v in sigma2_range)
+    low, high = (validation.check_sigma2(v) for v in sigma2_range)
     if not low < high:
         raise ValueError(f"sigma2_range must be increasing, got {sigma2_range}")
-    start = result.sigma2_mle if sigma2 is None else ppca._check_sigma2(sigma2)
+    start = result.sigma2_mle if sigma2 is None else validation.check_sigma2(sigma2)
     explorer = PPCA2DExplorer(
         result, sigma2=float(np.clip(start, low, high)), sigma2_range=(low, high)
     )

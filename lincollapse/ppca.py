@@ -25,7 +25,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lincollapse.data import check_data, numerical_rank
+from lincollapse import gaussian, validation
+from lincollapse.data import numerical_rank
+from lincollapse.gaussian import LOG_2PI
+from lincollapse.validation import RankDeficientError, check_data
 
 __all__ = [
     "DataSpectrum",
@@ -34,6 +37,7 @@ __all__ = [
     "RankDeficientError",
     "collapsed_column_count",
     "data_spectrum",
+    "eigenvalues_of",
     "fit",
     "fixed_sigma2_maximiser",
     "average_log_likelihood",
@@ -42,17 +46,11 @@ __all__ = [
     "max_log_likelihood",
     "perturbation_change",
     "posterior",
+    "sample_moments",
     "sigma2_mle",
     "spectrum_from_covariance",
     "stationary_point",
-    "w_mle",
 ]
-
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-class RankDeficientError(ValueError):
-    """q is at or above the numerical rank of the sample covariance, so σ²_MLE would be 0."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,13 +96,8 @@ class DataSpectrum:
         return float(self.eigenvalues.sum())
 
     @property
-    def rank_tolerance(self) -> float:
-        """Eigenvalues at or below d · ε_machine · λ_1 count as zero (numpy's ``matrix_rank``)."""
-        return numerical_rank(self.eigenvalues)[1]
-
-    @property
     def numerical_rank(self) -> int:
-        """Number of eigenvalues above :attr:`rank_tolerance` (≈ 585 for 1000 MNIST images)."""
+        """Number of eigenvalues above d · ε_machine · λ_1 (≈ 585 for 1000 MNIST images)."""
         return numerical_rank(self.eigenvalues)[0]
 
 
@@ -139,9 +132,9 @@ def spectrum_from_covariance(
     n : int, default 0
         Number of points behind S, if known (0 = unknown; only used for totals).
     """
-    covariance = _check_covariance(covariance)
+    covariance = validation.check_covariance(covariance)
     d = covariance.shape[0]
-    mean = np.zeros(d) if mean is None else _check_vector(mean, d, "mean")
+    mean = np.zeros(d) if mean is None else validation.check_vector(mean, d, "mean")
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1]
     return DataSpectrum(
@@ -178,8 +171,8 @@ def marginal_covariance(W: np.ndarray, sigma2: float) -> np.ndarray:
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2:
         raise ValueError(f"W must have shape (d, q), got {W.shape}")
-    W = _check_loadings(W, W.shape[0])
-    return W @ W.T + _check_sigma2(sigma2) * np.eye(W.shape[0])  # (ppca-marginal)
+    W = validation.check_loadings(W, W.shape[0])
+    return W @ W.T + validation.check_sigma2(sigma2) * np.eye(W.shape[0])  # (ppca-marginal)
 
 
 def log_likelihood_from_covariance(covariance: np.ndarray, W: np.ndarray, sigma2: float) -> float:
@@ -211,12 +204,12 @@ def log_likelihood_from_covariance(covariance: np.ndarray, W: np.ndarray, sigma2
     float
         Nats per data point.
     """
-    covariance = _check_covariance(covariance)
+    covariance = validation.check_covariance(covariance)
     d = covariance.shape[0]
-    W = _check_loadings(W, d)
-    sigma2 = _check_sigma2(sigma2)
+    W = validation.check_loadings(W, d)
+    sigma2 = validation.check_sigma2(sigma2)
     q = W.shape[1]
-    M = W.T @ W + sigma2 * np.eye(q)
+    M = gaussian.m_matrix(W, sigma2)
     chol = np.linalg.cholesky(M)
     log_det_M = 2.0 * np.sum(np.log(np.diag(chol)))
     log_det_C = (d - q) * math.log(sigma2) + log_det_M  # determinant lemma
@@ -256,14 +249,14 @@ def average_log_likelihood(
     --------
     log_likelihood_from_covariance : the same, given S_μ directly.
     """
-    sample_mean, covariance = _moments(data)
+    sample_mean, covariance = sample_moments(data)
     if mean is not None:
-        offset = sample_mean - _check_vector(mean, sample_mean.shape[0], "mean")
+        offset = sample_mean - validation.check_vector(mean, sample_mean.shape[0], "mean")
         covariance = covariance + np.outer(offset, offset)  # S_μ = S + (μ̂ − μ)(μ̂ − μ)ᵀ
     return log_likelihood_from_covariance(covariance, W, sigma2)
 
 
-def _moments(data: np.ndarray | DataSpectrum) -> tuple[np.ndarray, np.ndarray]:
+def sample_moments(data: np.ndarray | DataSpectrum) -> tuple[np.ndarray, np.ndarray]:
     """Sample mean (d,) and 1/n sample covariance (d, d) of data or of a spectrum."""
     if isinstance(data, DataSpectrum):
         return data.mean, data.covariance
@@ -271,6 +264,14 @@ def _moments(data: np.ndarray | DataSpectrum) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=0)
     centred = x - mean
     return mean, centred.T @ centred / x.shape[0]
+
+
+def eigenvalues_of(eigenvalues: np.ndarray | DataSpectrum) -> np.ndarray:
+    """The eigenvalues of a :class:`DataSpectrum`, or an array of them checked
+    (:func:`lincollapse.validation.check_eigenvalues`): float64, descending, clipped at 0."""
+    if isinstance(eigenvalues, DataSpectrum):
+        return eigenvalues.eigenvalues
+    return validation.check_eigenvalues(eigenvalues)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,30 +296,9 @@ def sigma2_mle(eigenvalues: np.ndarray | DataSpectrum, q: int) -> float:
     RankDeficientError
         q at or above the numerical rank r of S (σ²_MLE would be 0 and ℓ* infinite).
     """
-    eigenvalues = _eigenvalues(eigenvalues)
-    q = _check_q(q, eigenvalues)
+    eigenvalues = eigenvalues_of(eigenvalues)
+    q = validation.check_q(q, eigenvalues, numerical_rank(eigenvalues)[0])
     return float(eigenvalues[q:].mean())  # (ppca-sigma-mle)
-
-
-def w_mle(spectrum: DataSpectrum, q: int, sigma2: float | None = None) -> np.ndarray:
-    """W_MLE = U_q (Λ_q − σ² I)^{1/2}, the rotation R taken as the identity.
-
-    Chapter *Probabilistic PCA*, equation (ppca-mle). With ``sigma2`` given (fixed σ²), see
-    :func:`fixed_sigma2_maximiser`, which also zeroes the columns with λ_j ≤ σ².
-
-    Parameters
-    ----------
-    spectrum : DataSpectrum
-    q : int
-    sigma2 : float, optional
-        Defaults to σ²_MLE(q).
-
-    Returns
-    -------
-    ndarray of shape (d, q)
-    """
-    sigma2 = sigma2_mle(spectrum, q) if sigma2 is None else _check_sigma2(sigma2)
-    return fixed_sigma2_maximiser(spectrum, q, sigma2)
 
 
 def max_log_likelihood(eigenvalues: np.ndarray | DataSpectrum, q: int) -> float:
@@ -339,7 +319,7 @@ def max_log_likelihood(eigenvalues: np.ndarray | DataSpectrum, q: int) -> float:
     float
         Nats per data point.
     """
-    eigenvalues = _eigenvalues(eigenvalues)
+    eigenvalues = eigenvalues_of(eigenvalues)
     d = eigenvalues.shape[0]
     noise = sigma2_mle(eigenvalues, q)
     return (
@@ -436,7 +416,7 @@ def stationary_point(
         Repeated or out-of-range indices, or an eigenvector with λ_i ≤ σ² (whose column would
         be zero: pass None instead).
     """
-    sigma2 = _check_sigma2(sigma2)
+    sigma2 = validation.check_sigma2(sigma2)
     used = [i for i in columns if i is not None]
     if len(set(used)) != len(used):
         raise ValueError(f"eigenvector indices must be distinct, got {list(columns)}")
@@ -476,8 +456,8 @@ def fixed_sigma2_maximiser(spectrum: DataSpectrum, q: int, sigma2: float) -> np.
     -------
     ndarray of shape (d, q)
     """
-    sigma2 = _check_sigma2(sigma2)
-    q = _check_q(q, spectrum.eigenvalues, require_rank=False)
+    sigma2 = validation.check_sigma2(sigma2)
+    q = validation.check_q(q, spectrum.eigenvalues)
     excess = np.clip(spectrum.eigenvalues[:q] - sigma2, 0.0, None)
     return spectrum.eigenvectors[:, :q] * np.sqrt(excess)  # zero columns where λ_j ≤ σ²
 
@@ -488,9 +468,9 @@ def collapsed_column_count(eigenvalues: np.ndarray | DataSpectrum, q: int, sigma
     Chapter *Probabilistic PCA*, theorem ``thm-ppca-fixed-sigma2``: the rank of the global
     maximiser is #{j ≤ q : λ_j > σ²}.
     """
-    eigenvalues = _eigenvalues(eigenvalues)
-    q = _check_q(q, eigenvalues, require_rank=False)
-    return int(np.count_nonzero(eigenvalues[:q] <= _check_sigma2(sigma2)))
+    eigenvalues = eigenvalues_of(eigenvalues)
+    q = validation.check_q(q, eigenvalues)
+    return int(np.count_nonzero(eigenvalues[:q] <= validation.check_sigma2(sigma2)))
 
 
 def perturbation_change(
@@ -517,7 +497,7 @@ def perturbation_change(
     n : int, default 1
         Number of data points (1 gives the change of the average log-likelihood).
     """
-    sigma2 = _check_sigma2(sigma2)
+    sigma2 = validation.check_sigma2(sigma2)
     return 0.5 * n * np.square(epsilon) * (np.asarray(eigenvalue) - sigma2) / sigma2**2
 
 
@@ -559,107 +539,14 @@ def posterior(x: np.ndarray, W: np.ndarray, sigma2: float, mean: np.ndarray) -> 
     -------
     PPCAPosterior
     """
-    x = _check_points(x)
+    x = np.asarray(x, dtype=np.float64)
+    validation.check_points(x)
     d = x.shape[1]
-    W = _check_loadings(W, d)
-    sigma2 = _check_sigma2(sigma2)
-    mean = _check_vector(mean, d, "mean")
-    M = W.T @ W + sigma2 * np.eye(W.shape[1])
+    W = validation.check_loadings(W, d)
+    sigma2 = validation.check_sigma2(sigma2)
+    mean = validation.check_vector(mean, d, "mean")
+    M = gaussian.m_matrix(W, sigma2)
     return PPCAPosterior(
         mean=np.linalg.solve(M, W.T @ (x - mean).T).T,  # (ppca-posterior)
         covariance=sigma2 * np.linalg.inv(M),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------
-
-
-def _check_sigma2(sigma2: float) -> float:
-    if isinstance(sigma2, (str, bytes, bool, np.bool_)):
-        raise ValueError(f"sigma2 must be a number, got {sigma2!r} ({type(sigma2).__name__})")
-    value = float(sigma2)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(
-            f"σ² must be a finite positive noise variance, got sigma2={sigma2!r}; "
-            "pass a value > 0 (σ² = 0 makes C singular)"
-        )
-    return value
-
-
-def _check_covariance(covariance: np.ndarray) -> np.ndarray:
-    array = np.asarray(covariance, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] != array.shape[1]:
-        raise ValueError(f"covariance must be a square (d, d) matrix, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("covariance contains NaN or infinite values; check the data")
-    if not np.allclose(array, array.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(array).max())):
-        raise ValueError("covariance must be symmetric; pass (S + S.T) / 2")
-    return array
-
-
-def _check_loadings(W: np.ndarray, d: int) -> np.ndarray:
-    array = np.asarray(W, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] != d:
-        raise ValueError(
-            f"W must have shape (d, q) = ({d}, q), got {array.shape}; use W.reshape(d, 0) for q = 0"
-        )
-    if array.shape[1] >= d:
-        raise ValueError(f"W has q={array.shape[1]} columns; pPCA needs q < d={d}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("W contains NaN or infinite values")
-    return array
-
-
-def _check_vector(vector: np.ndarray, d: int, name: str) -> np.ndarray:
-    array = np.asarray(vector, dtype=np.float64)
-    if array.shape != (d,):
-        raise ValueError(f"{name} must have shape ({d},), got {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
-
-
-def _check_points(x: np.ndarray) -> np.ndarray:
-    array = np.asarray(x, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"x must have shape (n, d), got {array.shape}; use x[None, :] for one")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("x contains NaN or infinite values; remove or impute them first")
-    return array
-
-
-def _eigenvalues(eigenvalues: np.ndarray | DataSpectrum) -> np.ndarray:
-    if isinstance(eigenvalues, DataSpectrum):
-        return eigenvalues.eigenvalues
-    array = np.asarray(eigenvalues, dtype=np.float64)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"eigenvalues must be a non-empty 1-D array, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("eigenvalues contain NaN or infinite values")
-    if np.any(np.diff(array) > 1e-12 * max(1.0, float(np.abs(array).max()))):
-        raise ValueError("eigenvalues must be sorted in descending order (λ_1 ≥ λ_2 ≥ …)")
-    return np.clip(array, 0.0, None)
-
-
-def _numerical_rank(eigenvalues: np.ndarray) -> int:
-    return numerical_rank(eigenvalues)[0]
-
-
-def _check_q(q: int, eigenvalues: np.ndarray, *, require_rank: bool = True) -> int:
-    if isinstance(q, bool) or not isinstance(q, (int, np.integer)):
-        raise ValueError(f"q must be an integer latent dimension, got {q!r}")
-    d = eigenvalues.shape[0]
-    if q < 0:
-        raise ValueError(f"q must be >= 0, got q={q}")
-    if q >= d:
-        raise ValueError(f"q must be < d={d} (pPCA needs at least one noise dimension), got q={q}")
-    if require_rank:
-        rank = _numerical_rank(eigenvalues)
-        if q >= rank:
-            raise RankDeficientError(
-                f"q={q} is at or above the numerical rank r={rank} of the sample covariance; "
-                f"σ²_MLE would be 0 — choose q < r or fix σ²"
-            )
-    return int(q)

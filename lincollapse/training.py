@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +66,30 @@ def progress_enabled() -> bool:
     if "ipykernel" in sys.modules:
         return True
     return sys.stderr.isatty()
+
+
+class Recorder:
+    """What a trainer measures at every record of :func:`maximise` (its ``on_record``).
+
+    ``measure(step)`` returns a dict of named measurements (arrays or numbers); the recorder
+    keeps one dict per record and hands them back stacked, :meth:`stack`, or as one array,
+    :meth:`array`.
+    """
+
+    def __init__(self, measure: Callable[[int], dict[str, Any]]) -> None:
+        self.measure = measure
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, step: int) -> None:
+        self.records.append(self.measure(step))
+
+    def stack(self, name: str) -> np.ndarray:
+        """``name`` of every record, stacked along a new first axis."""
+        return np.stack([record[name] for record in self.records])
+
+    def array(self, name: str, dtype: Any = None) -> np.ndarray:
+        """``name`` of every record (numbers) as one array."""
+        return np.asarray([record[name] for record in self.records], dtype=dtype)
 
 
 def maximise(
@@ -258,26 +283,30 @@ def _check_finite(value: torch.Tensor, name: str, run_names: Sequence[str] | Non
     )
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress_bar(total: int, name: str, show: bool):
-    if not show:
-        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=name, leave=False, mininterval=0.5)
+    return tqdm(total=total, desc=name, leave=False, mininterval=0.5, disable=not show)
 
 
 def seconds_per_step(history: History) -> float:
     """Mean wall time of one optimiser step."""
     n = int(history.steps[-1]) if history.steps.size else 0
     return history.seconds / n if n else math.nan
+
+
+def concatenate_histories(histories: list[History]) -> History:
+    """One :class:`History` of runs made one after another (steps continue, times add up)."""
+    if not histories:
+        return History(np.zeros(1, dtype=int), np.full(1, np.nan), 0.0, 0)
+    steps, values, offset = [histories[0].steps[:1]], [histories[0].values[:1]], 0
+    for history in histories:
+        steps.append(history.steps[1:] + offset)
+        values.append(history.values[1:])
+        offset += int(history.steps[-1])
+    return History(
+        steps=np.concatenate(steps),
+        values=np.concatenate(values),
+        seconds=sum(h.seconds for h in histories),
+        evaluations=sum(h.evaluations for h in histories),
+    )

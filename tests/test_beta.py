@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from lincollapse import beta as B
-from lincollapse import linear_beta as L
-from lincollapse import linear_vae, ppca
+from lincollapse import beta_elbo as B
+from lincollapse import kl_annealing as KA
+from lincollapse import linear_beta_vae as L
+from lincollapse import linear_vae, ppca, validation
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE, GaussianVAE, train_batched
 from lincollapse.results_cache import ResultsCache
 
@@ -245,16 +246,16 @@ def test_linear_count_on_mnist_is_the_eigenvalue_count():
 
 
 def test_linear_warmup():
-    beta = B.linear_warmup(4)
+    beta = KA.linear_warmup(4)
     assert [beta(t) for t in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert B.linear_warmup(0)(0) == 1.0
+    assert KA.linear_warmup(0)(0) == 1.0
 
 
 def test_constant_beta_run_is_the_deep_vae_run():
     """β = 1 with fixed σ² is the deep chapter's training: same trajectory, to float64 round-off."""
     x = torch.rand(30, TINY.data_dim, generator=torch.Generator().manual_seed(9)).numpy()
     kwargs = dict(steps=12, lr=5e-3, record_every=4, dtype=torch.float64, device="cpu")
-    ours = B.train_annealed(x, TINY, [B.RunSpec(0.2, 0, "fixed", 5)], **kwargs)
+    ours = KA.train_annealed(x, TINY, [KA.RunSpec(0.2, 0, "fixed", 5)], **kwargs)
     theirs = train_batched(x, TINY, [0.2], False, seed=5, **kwargs)
     np.testing.assert_array_equal(ours.steps, theirs.steps)
     np.testing.assert_allclose(ours.elbo, theirs.elbo, rtol=1e-10)
@@ -265,11 +266,11 @@ def test_constant_beta_run_is_the_deep_vae_run():
 def test_annealed_and_optimal_runs_record_their_noise():
     x = torch.rand(30, TINY.data_dim, generator=torch.Generator().manual_seed(9)).numpy()
     specs = [
-        B.RunSpec(0.2, 0, "fixed", 5),
-        B.RunSpec(0.2, 8, "fixed", 5),
-        B.RunSpec(0.2, 0, "optimal", 5),
+        KA.RunSpec(0.2, 0, "fixed", 5),
+        KA.RunSpec(0.2, 8, "fixed", 5),
+        KA.RunSpec(0.2, 0, "optimal", 5),
     ]
-    runs = B.train_annealed(
+    runs = KA.train_annealed(
         x, TINY, specs, steps=12, lr=5e-3, record_every=4, dtype=torch.float64, device="cpu"
     )
     np.testing.assert_allclose(runs.beta[:, 1], [0.0, 0.5, 1.0, 1.0])
@@ -284,7 +285,7 @@ def test_annealed_and_optimal_runs_record_their_noise():
     data = torch.tensor(x, dtype=torch.float64)
     with torch.no_grad():
         mean, logvar = model.encode(data)
-        eps = model._draw_noise(mean.shape, mean)
+        eps = model.draw_noise(mean.shape, mean)
         recon = model.decode(mean + torch.exp(0.5 * logvar) * eps)
         kl = (0.5 * (mean**2 + torch.exp(logvar) - 1 - logvar)).sum(-1).mean()
     from lincollapse.deep_vae import optimal_sigma2
@@ -297,10 +298,10 @@ def test_annealed_and_optimal_runs_record_their_noise():
 
 def test_runs_round_trip_through_arrays():
     x = torch.rand(20, TINY.data_dim, generator=torch.Generator().manual_seed(2)).numpy()
-    runs = B.train_annealed(
-        x, TINY, [B.RunSpec(0.5, 3, "fixed", 1)], steps=4, record_every=2, device="cpu"
+    runs = KA.train_annealed(
+        x, TINY, [KA.RunSpec(0.5, 3, "fixed", 1)], steps=4, record_every=2, device="cpu"
     )
-    again = B.AnnealedRuns.from_arrays(runs.arrays())
+    again = KA.AnnealedRuns.from_arrays(runs.arrays())
     assert again.specs == runs.specs
     np.testing.assert_array_equal(again.thresholds, runs.thresholds)
 
@@ -311,15 +312,15 @@ def test_runs_round_trip_through_arrays():
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "x", None])
 def test_bad_beta_and_sigma2_are_clear_errors(bad):
     with pytest.raises(ValueError, match="beta"):
-        B.check_beta(bad)
+        validation.check_beta(bad)
     with pytest.raises(ValueError, match="sigma2"):
-        B.check_sigma2(bad)
+        validation.check_sigma2(bad)
     with pytest.raises(ValueError, match="beta"):
         B.beta_elbo_constant(10, 1.0, bad)
     with pytest.raises(ValueError, match="sigma2"):
         B.effective_sigma2(bad, 1.0)
     with pytest.raises(ValueError):
-        B.RunSpec(bad)
+        KA.RunSpec(bad)
 
 
 def test_other_bad_inputs():
@@ -327,15 +328,15 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="beta"):
         _package_beta_elbo(model, x, eps, 1.0, 0.0)
     with pytest.raises(ValueError, match="warmup"):
-        B.linear_warmup(-3)
+        KA.linear_warmup(-3)
     with pytest.raises(ValueError, match="noise"):
-        B.RunSpec(1.0, noise="learned")
+        KA.RunSpec(1.0, noise="learned")
     with pytest.raises(ValueError, match="q"):
         L.train_linear_beta_vae(_synthetic(EIGENVALUES), 0, 1.0, 1.0, encoder="optimal")
     with pytest.raises(ValueError, match="encoder"):
         L.train_linear_beta_vae(_synthetic(EIGENVALUES), 2, 1.0, 1.0, encoder="exact")
     with pytest.raises(ValueError, match="run"):
-        B.train_annealed(np.zeros((3, 12)), TINY, [], steps=2)
+        KA.train_annealed(np.zeros((3, 12)), TINY, [], steps=2)
 
 
 # ------------------------------------------------------------------------- the chapter's figures
@@ -487,12 +488,12 @@ def test_differing_latents_counts_the_symmetric_difference_not_the_fraction():
     differ in 2 latents although the fraction difference is 0."""
     from lincollapse.experiments.beta import differing_latents
 
-    specs = [B.RunSpec(0.1, 0, "fixed", 0), B.RunSpec(0.1, 5, "fixed", 0),
-             B.RunSpec(0.1, 0, "optimal", 0)]  # fmt: skip
+    specs = [KA.RunSpec(0.1, 0, "fixed", 0), KA.RunSpec(0.1, 5, "fixed", 0),
+             KA.RunSpec(0.1, 0, "optimal", 0)]  # fmt: skip
     thresholds = np.array(
         [[[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]]
     )  # one record, (k, R, q): constant collapses {0, 1}, annealed {0, 2}
-    runs = B.AnnealedRuns(
+    runs = KA.AnnealedRuns(
         specs=specs, steps=np.array([10]), elbo=np.zeros((1, 3)), beta=np.ones((1, 3)),
         effective_sigma2=np.full((1, 3), 0.1), thresholds=thresholds, kl_mean=thresholds,
         seconds=0.0, delta=0.01,

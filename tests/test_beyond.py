@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lincollapse import linear_beta, linear_vae, ppca  # noqa: E402
-from lincollapse.experiments import beyond, load_all  # noqa: E402
+from lincollapse import linear_beta_vae, linear_vae, ppca  # noqa: E402
+from lincollapse.experiments import beyond_the_paper as beyond  # noqa: E402
+from lincollapse.experiments import load_all
 from lincollapse.plotting import beyond as plotting  # noqa: E402
 
 SPECTRUM = np.array([8.0, 5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1])
@@ -21,7 +22,7 @@ SPECTRUM = np.array([8.0, 5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1])
 
 @pytest.fixture(scope="module")
 def data() -> np.ndarray:
-    x, _ = linear_beta.synthetic_data(SPECTRUM, 400, seed=0)
+    x, _ = linear_beta_vae.synthetic_data(SPECTRUM, 400, seed=0)
     return x
 
 
@@ -44,24 +45,24 @@ def test_closed_form_matches_a_trained_linear_beta_vae(data, beta):
     checked against pPCA separately).
     """
     q, sigma2 = 6, 1.0
-    run = linear_beta.train_linear_beta_vae(
+    run = linear_beta_vae.train_linear_beta_vae(
         data, q, sigma2, beta, encoder="learned", steps=1500, seed=1
     )
     spectrum = ppca.data_spectrum(data)
-    closed = linear_beta.optimal_singular_values(spectrum, q, sigma2, beta)
+    closed = linear_beta_vae.optimal_singular_values(spectrum, q, sigma2, beta)
     assert run.objective <= run.optimum + 1e-9
     assert run.gap < 1e-7
     np.testing.assert_allclose(run.singular_values, closed, atol=5e-3)
-    collapsed = linear_beta.collapsed_latents(spectrum, q, sigma2, beta)
+    collapsed = linear_beta_vae.collapsed_latents(spectrum, q, sigma2, beta)
     assert np.all(run.singular_values[collapsed] < 1e-3)
     assert np.all(run.singular_values[~collapsed] > 0.1)
     np.testing.assert_allclose(
-        run.rates, linear_beta.optimal_rates(spectrum, q, sigma2, beta), atol=1e-3
+        run.rates, linear_beta_vae.optimal_rates(spectrum, q, sigma2, beta), atol=1e-3
     )
 
 
 def test_adam_reaches_the_same_optimum(data):
-    run = linear_beta.train_linear_beta_vae(
+    run = linear_beta_vae.train_linear_beta_vae(
         data,
         4,
         1.0,
@@ -73,7 +74,7 @@ def test_adam_reaches_the_same_optimum(data):
         seed=2,
         tolerance=None,
     )
-    closed = linear_beta.optimal_singular_values(ppca.data_spectrum(data), 4, 1.0, 2.5)
+    closed = linear_beta_vae.optimal_singular_values(ppca.data_spectrum(data), 4, 1.0, 2.5)
     np.testing.assert_allclose(run.singular_values, closed, atol=1e-2)
     assert run.gap < 1e-4
 
@@ -85,14 +86,14 @@ def test_beta_one_reduces_to_fixed_sigma2_ppca(data, sigma2):
     q = 6
     W = ppca.fixed_sigma2_maximiser(spectrum, q, sigma2)
     np.testing.assert_allclose(
-        linear_beta.optimal_singular_values(spectrum, q, sigma2, 1.0),
+        linear_beta_vae.optimal_singular_values(spectrum, q, sigma2, 1.0),
         np.linalg.norm(W, axis=0),
         atol=1e-12,
     )
-    assert linear_beta.optimal_beta_elbo(spectrum, q, sigma2, 1.0) == pytest.approx(
+    assert linear_beta_vae.optimal_beta_elbo(spectrum, q, sigma2, 1.0) == pytest.approx(
         ppca.average_log_likelihood(spectrum, W, sigma2), abs=1e-10
     )
-    assert linear_beta.collapsed_latents(spectrum, q, sigma2).sum() == (
+    assert linear_beta_vae.collapsed_latents(spectrum, q, sigma2).sum() == (
         ppca.collapsed_column_count(spectrum, q, sigma2)
     )
 
@@ -108,39 +109,41 @@ def test_optimum_value_is_the_elbo_of_the_closed_form_parameters(data, beta):
     terms = linear_vae.elbo_terms(spectrum, W, V, D, sigma2)
     value = terms.reconstruction - beta * terms.kl
     assert value == pytest.approx(
-        linear_beta.optimal_beta_elbo(spectrum, q, sigma2, beta), abs=1e-10
+        linear_beta_vae.optimal_beta_elbo(spectrum, q, sigma2, beta), abs=1e-10
     )
     # and the per-latent KL at the optimum is ½ log(λ_j / βσ²)₊ (beyond-beta-rate)
     kl = 0.5 * (D - np.log(D) + np.einsum("id,de,ie->i", V, spectrum.covariance, V) - 1.0)
-    np.testing.assert_allclose(kl, linear_beta.optimal_rates(spectrum, q, sigma2, beta), atol=1e-12)
+    np.testing.assert_allclose(
+        kl, linear_beta_vae.optimal_rates(spectrum, q, sigma2, beta), atol=1e-12
+    )
 
 
 def test_beta_and_sigma2_enter_only_through_their_product():
-    a = linear_beta.optimal_singular_values(SPECTRUM, 6, 0.5, 4.0)
-    b = linear_beta.optimal_singular_values(SPECTRUM, 6, 2.0, 1.0)
+    a = linear_beta_vae.optimal_singular_values(SPECTRUM, 6, 0.5, 4.0)
+    b = linear_beta_vae.optimal_singular_values(SPECTRUM, 6, 2.0, 1.0)
     np.testing.assert_array_equal(a, b)
     expected = np.sqrt(np.clip(SPECTRUM[:6] - 2.0, 0, None))
     np.testing.assert_allclose(a, expected, atol=1e-15)
-    assert linear_beta.collapsed_latents(SPECTRUM, 6, 0.5, 4.0).tolist() == [
+    assert linear_beta_vae.collapsed_latents(SPECTRUM, 6, 0.5, 4.0).tolist() == [
         False, False, False, True, True, True]  # fmt: skip
 
 
 def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="β must be a finite positive"):
-        linear_beta.optimal_singular_values(SPECTRUM, 3, 1.0, 0.0)
+        linear_beta_vae.optimal_singular_values(SPECTRUM, 3, 1.0, 0.0)
     with pytest.raises(ValueError, match="β must be"):
-        linear_beta.optimal_rates(SPECTRUM, 3, 1.0, math.nan)
+        linear_beta_vae.optimal_rates(SPECTRUM, 3, 1.0, math.nan)
     with pytest.raises(ValueError, match="σ²"):
-        linear_beta.optimal_beta_elbo(SPECTRUM, 3, -1.0, 1.0)
+        linear_beta_vae.optimal_beta_elbo(SPECTRUM, 3, -1.0, 1.0)
     with pytest.raises(ValueError, match="q must be < d"):
-        linear_beta.collapsed_latents(SPECTRUM, 10, 1.0, 1.0)
+        linear_beta_vae.collapsed_latents(SPECTRUM, 10, 1.0, 1.0)
     with pytest.raises(ValueError, match="descending"):
-        linear_beta.optimal_singular_values(SPECTRUM[::-1], 3, 1.0)
+        linear_beta_vae.optimal_singular_values(SPECTRUM[::-1], 3, 1.0)
     with pytest.raises(ValueError, match="n must be an integer > d"):
-        linear_beta.synthetic_data(SPECTRUM, 5)
-    x, _ = linear_beta.synthetic_data(SPECTRUM, 50)
+        linear_beta_vae.synthetic_data(SPECTRUM, 5)
+    x, _ = linear_beta_vae.synthetic_data(SPECTRUM, 50)
     with pytest.raises(ValueError, match="q must be >= 1"):
-        linear_beta.train_linear_beta_vae(x, 0, 1.0, 1.0)
+        linear_beta_vae.train_linear_beta_vae(x, 0, 1.0, 1.0)
 
 
 def test_exact_inference_collapse_figure():

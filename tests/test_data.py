@@ -10,11 +10,11 @@ import pytest
 from lincollapse.data import (
     DATA_DIR_ENV_VAR,
     MNISTDataError,
-    check_data,
     covariance_eigenvalues,
     load_mnist,
     sample_covariance,
 )
+from lincollapse.validation import check_data
 
 
 def write_idx(folder, n=30, *, train=True, gz=False, seed=1, corrupt=None):
@@ -165,7 +165,7 @@ def test_rank_of_1000_images_is_below_both_simple_bounds():
     """Exercise ex-mnist-rank: for N = 50 and 200 the rank is N − 1; at N = 1000 neither N − 1
     nor d − #constant pixels binds (585 < 621 < 999), so the old answer 'the constant pixels
     bind' was wrong. Ranks from numpy's matrix_rank of the centred images."""
-    from lincollapse.experiments.mnist import MNISTConfig, mnist_spectrum
+    from lincollapse.experiments.mnist_data import MNISTConfig, mnist_spectrum
 
     for n in (50, 200, 1000):
         x = load_mnist(n, seed=0).images

@@ -87,6 +87,7 @@ def test_initialisation_is_pytorch_linear_default():
     fan_in, fan_out = 400, 300
     arch = study.Architecture(fan_in, fan_out // 2, (), ())
     weight, bias = _initial_weights(arch, seed=0)[0]
+    torch.manual_seed(0)  # the layer draws from the global generator: the same draw every run
     layer = torch.nn.Linear(fan_in, fan_out)  # its own reset_parameters, PyTorch's default
     for ours, theirs in ((weight, layer.weight), (bias, layer.bias)):
         bound = 1 / np.sqrt(fan_in)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lincollapse.collapse import collapse_thresholds, collapsed_fraction_from_thresholds
 from lincollapse.deep_vae import (
     Architecture,
     BatchedGaussianVAE,
@@ -17,13 +18,11 @@ from lincollapse.deep_vae import (
     UnknownDeviceError,
     build_runs,
     choose_layout,
-    collapse_thresholds,
-    collapsed_fraction_from_thresholds,
-    kl_per_dimension,
     optimal_sigma2,
     resolve_device,
     train_batched,
 )
+from lincollapse.gaussian import kl_to_prior
 from lincollapse.training import TrainingDivergedError, maximise
 
 matplotlib.use("Agg")
@@ -36,13 +35,6 @@ def data() -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- collapse metric
-
-
-def test_kl_per_dimension_known_values():
-    mean = torch.tensor([[0.0, 1.0, 0.0, 2.0]])
-    variance = torch.tensor([[1.0, 1.0, math.e, 0.5]])
-    expected = [0.0, 0.5, 0.5 * (math.e - 2.0), 0.5 * (4.0 + 0.5 - 1.0 - math.log(0.5))]
-    np.testing.assert_allclose(kl_per_dimension(mean, variance)[0].numpy(), expected, rtol=1e-6)
 
 
 def _constructed_encoder(n: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,30 +52,14 @@ def _constructed_encoder(n: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_collapsed_fraction_on_constructed_encoder():
     mean, variance = _constructed_encoder()
-    thresholds = collapse_thresholds(kl_per_dimension(mean, variance), delta=0.01)
+    thresholds = collapse_thresholds(kl_to_prior(mean, variance), delta=0.01)
     np.testing.assert_allclose(thresholds, [0.0, 1.0, 0.0, 5.0], atol=1e-12)
     fraction = collapsed_fraction_from_thresholds(thresholds, [0.0, 0.5, 2.0, 6.0])
     # KL < ε is strict: nothing is collapsed at ε = 0.
     np.testing.assert_allclose(fraction, [0.0, 0.5, 0.75, 1.0])
     # with δ = 0 the one-image outlier of latent 2 counts
-    strict = collapse_thresholds(kl_per_dimension(mean, variance), delta=0.0)
+    strict = collapse_thresholds(kl_to_prior(mean, variance), delta=0.0)
     np.testing.assert_allclose(strict, [0.0, 1.0, 5.0, 5.0], atol=1e-12)
-
-
-def test_thresholds_agree_with_the_collapse_module():
-    """The batched torch metric used during training equals the book's reference metric."""
-    collapse = pytest.importorskip("lincollapse.collapse")
-    generator = torch.Generator().manual_seed(0)
-    mean = torch.randn(300, 12, generator=generator, dtype=torch.float64) * 0.3
-    variance = torch.rand(300, 12, generator=generator, dtype=torch.float64) * 0.5 + 0.6
-    eps = np.linspace(0, 0.5, 41)
-    ours = collapsed_fraction_from_thresholds(
-        collapse_thresholds(kl_per_dimension(mean, variance)), eps
-    )
-    kl = collapse.gaussian_kl_per_dimension(mean.numpy(), variance.numpy())
-    np.testing.assert_allclose(kl, kl_per_dimension(mean, variance).numpy(), rtol=1e-12)
-    theirs = collapse.collapsed_fraction(kl, eps, delta=0.01)
-    np.testing.assert_allclose(ours, theirs)
 
 
 # ----------------------------------------------------------------------------- model
@@ -125,8 +101,15 @@ def test_layout_choice(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert choose_layout("auto", "cpu") == "batched"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert choose_layout("auto", "cpu", load=0.5) == "loop"  # idle: the loop
+    assert choose_layout("auto", "cpu", load=6.0) == "batched"  # busy: batched
+    monkeypatch.setattr("os.getloadavg", lambda: (1.0, 1.0, 1.0))
     assert choose_layout("auto", "cpu") == "loop"
+    monkeypatch.setattr("os.getloadavg", lambda: (7.0, 1.0, 1.0))
+    assert choose_layout("auto", "cpu") == "batched"
     assert choose_layout("batched", "cpu") == "batched"
+    assert choose_layout("loop", "cpu", load=7.0) == "loop"
     with pytest.raises(ValueError, match="layout"):
         choose_layout("stacked", "cpu")
 
@@ -462,7 +445,7 @@ def test_shipped_reference_goes_stale_when_the_numerics_change(monkeypatch):
 
     config = deep.DeepVAEConfig.for_preset("book")
     stem = deep.convergence_reference_path("book")
-    original = deep_vae._kl_from_logvar
-    monkeypatch.setattr(deep_vae, "_kl_from_logvar", lambda m, v: 1.001 * original(m, v))
+    original = deep_vae.kl_from_logvar
+    monkeypatch.setattr(deep_vae, "kl_from_logvar", lambda m, v: 1.001 * original(m, v))
     with pytest.raises(ReferenceResultError, match="stale.*regenerate"):
         verify_behaviour(stem, deep.convergence_probe(config))

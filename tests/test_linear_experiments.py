@@ -11,9 +11,11 @@ from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 
-from lincollapse import ppca  # noqa: E402
-from lincollapse.experiments import linear as experiments  # noqa: E402
-from lincollapse.experiments import linear_baselines, load_all  # noqa: E402
+from lincollapse import linear_vae_training, ppca  # noqa: E402
+from lincollapse.experiments import linear_baselines, load_all, mnist_with_spectrum  # noqa: E402
+from lincollapse.experiments import linear_vae as lv  # noqa: E402
+from lincollapse.experiments import posterior_collapse as pc  # noqa: E402
+from lincollapse.experiments import ppca as pp  # noqa: E402
 from lincollapse.plotting import linear as plotting  # noqa: E402
 
 LINEAR_FIGURES = {
@@ -44,7 +46,7 @@ def test_figures_are_registered_with_presets_and_plots():
 
 
 def test_landscape_saddle_and_maximum():
-    result = experiments.ppca_landscape(experiments.PPCALandscapeConfig.for_preset("fast"))
+    result = pp.ppca_landscape(pp.PPCALandscapeConfig.for_preset("fast"))
     saddle, maximum = result.exact
     middle = result.epsilon.size // 2
     assert result.kind == ("saddle", "local maximum")
@@ -59,10 +61,10 @@ def test_landscape_saddle_and_maximum():
 
 
 def test_collapsed_columns_check_matches_the_count():
-    config = experiments.CollapsedColumnsConfig.for_preset(
+    config = pp.CollapsedColumnsConfig.for_preset(
         "fast", q=20, check_sigma2=(1.0, 0.3), check_steps=80, grid_size=9
     )
-    result = experiments.ppca_collapsed_columns(config)
+    result = pp.ppca_collapsed_columns(config)
     np.testing.assert_array_equal(result.check_trained, result.check_predicted)
     assert np.all(np.diff(result.collapsed) >= 0)
     assert result.collapsed[-1] == 20
@@ -70,10 +72,10 @@ def test_collapsed_columns_check_matches_the_count():
 
 
 def test_likelihood_curve():
-    config = experiments.LikelihoodVsLatentSizeConfig.for_preset(
+    config = lv.LikelihoodVsLatentSizeConfig.for_preset(
         "fast", latent_sizes=(0, 10, 20), reference_q=10, steps=400
     )
-    curve = experiments.likelihood_vs_latent_size(config)
+    curve = lv.likelihood_vs_latent_size(config)
     assert curve.method == "profiled_lbfgs" and curve.baselines == {}
     assert np.all(np.abs(curve.gap) < 1e-2)
     assert np.all(curve.fixed_sigma2_loglik <= curve.ppca_optimum + 1e-9)
@@ -83,8 +85,8 @@ def test_likelihood_curve():
 
 
 def test_gram_matrices_vae_is_diagonal_rotated_ppca_is_not():
-    config = experiments.GramMatricesConfig.for_preset("fast", q=10, block=6, steps=400)
-    result = experiments.gram_matrices(config)
+    config = lv.GramMatricesConfig.for_preset("fast", q=10, block=6, steps=400)
+    result = lv.gram_matrices(config)
     assert result.vae.shape == (6, 6)
     assert list(result.runs) == ["profiled_lbfgs"]
     # 400 steps on 300 images: far from rotated pPCA, not yet diagonal to 1e-2 (near-ties in
@@ -104,10 +106,10 @@ def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions):
     """Both figures' trainings run with every eigendecomposition and SVD made to raise.
 
     The evaluation around them (ℓ*(q), the pPCA maximisers, the alignment of columns) may
-    decompose S; only the calls of :func:`linear_vae.ascend_elbo` are guarded.
+    decompose S; only the calls of :func:`linear_vae_training.ascend_elbo` are guarded.
     """
     calls = []
-    original = experiments.linear_vae.ascend_elbo
+    original = linear_vae_training.ascend_elbo
 
     def guarded(data, q, **options):
         with no_decompositions():
@@ -115,15 +117,13 @@ def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions):
         calls.append(q)
         return trained
 
-    monkeypatch.setattr(experiments.linear_vae, "ascend_elbo", guarded)
-    experiments._ascend.cache_clear()
+    monkeypatch.setattr(linear_vae_training, "ascend_elbo", guarded)
+    lv._ascend.cache_clear()
     try:
-        curve = experiments.likelihood_vs_latent_size(
-            experiments.LikelihoodVsLatentSizeConfig.for_preset("fast")
-        )
-        grams = experiments.gram_matrices(experiments.GramMatricesConfig.for_preset("fast"))
+        curve = lv.likelihood_vs_latent_size(lv.LikelihoodVsLatentSizeConfig.for_preset("fast"))
+        grams = lv.gram_matrices(lv.GramMatricesConfig.for_preset("fast"))
     finally:
-        experiments._ascend.cache_clear()
+        lv._ascend.cache_clear()
     assert sorted(calls) == sorted(curve.latent_sizes.tolist())  # the Gram run is shared
     assert grams.q in calls
     assert np.all(np.abs(curve.gap) < 0.05)
@@ -146,7 +146,7 @@ def test_baselines_are_written_incrementally_and_validated(fast_baselines):
     runs, provenance = linear_baselines.load_baselines(config)
     assert runs is not None, provenance
     assert "linear_vae_baselines_fast.npz" in provenance
-    _, spectrum = experiments._mnist_spectrum(config.n, config.seed)
+    _, spectrum = mnist_with_spectrum(config.n, config.seed)
     best = np.array([ppca.max_log_likelihood(spectrum, q) for q in config.latent_sizes])
     for run in runs.values():
         np.testing.assert_array_equal(run.latent_sizes, config.latent_sizes)
@@ -163,11 +163,10 @@ def test_baselines_are_written_incrementally_and_validated(fast_baselines):
     # an incomplete reference (the job was stopped) is not used
     stem = linear_baselines.reference_path("fast")
     _, data_id = linear_baselines.mnist_data(config.n, config.seed)
-    from lincollapse.results_cache import save_reference
+    from lincollapse.references import save_shipped
 
     key = linear_baselines.reference_key(config, data_id)
-    fingerprint = linear_baselines.computing_fingerprint()
-    save_reference(stem, key, arrays, fingerprint, {"complete": False, "done": []})
+    save_shipped(stem, key, arrays, lambda: {"x": np.zeros(1)}, {"complete": False, "done": []})
     runs, reason = linear_baselines.load_baselines(config)
     assert runs is None and "incomplete" in reason
     # nor one for another configuration
@@ -177,8 +176,8 @@ def test_baselines_are_written_incrementally_and_validated(fast_baselines):
 
 def test_figures_show_the_shipped_baselines(fast_baselines):
     config, _, _ = fast_baselines
-    curve = experiments.likelihood_vs_latent_size(
-        experiments.LikelihoodVsLatentSizeConfig.for_preset(
+    curve = lv.likelihood_vs_latent_size(
+        lv.LikelihoodVsLatentSizeConfig.for_preset(
             "fast", latent_sizes=(0, 20), reference_q=20, baselines="fast"
         )
     )
@@ -186,8 +185,8 @@ def test_figures_show_the_shipped_baselines(fast_baselines):
     assert curve.baselines["adam"].elbo.shape == (2,)
     assert "adam" in curve.table()
     _close(plotting.plot_likelihood_vs_latent_size(curve))
-    grams = experiments.gram_matrices(
-        experiments.GramMatricesConfig.for_preset("fast", block=config.block, baselines="fast")
+    grams = lv.gram_matrices(
+        lv.GramMatricesConfig.for_preset("fast", block=config.block, baselines="fast")
     )
     assert list(grams.runs) == ["profiled_lbfgs", *linear_baselines.METHODS]
     _close(plotting.plot_gram_matrices(grams))
@@ -214,12 +213,38 @@ def test_shipped_baselines_are_current():
         assert run.gram.shape == (config.block, config.block)
     assert np.all(runs["adam"].steps == config.adam_steps)
     assert runs["adam"].traces[config.gram_q]["steps"][-1] == config.adam_gram_steps
+    # behaviour: the code now replays the runs' first steps as the code that made them did
+    from lincollapse.references import verify_behaviour
+
+    verify_behaviour(
+        stem, lambda: linear_baselines.behaviour_probe(config),
+        command="python -m lincollapse.experiments.linear_baselines --write-reference --threads 1",
+    )  # fmt: skip
+
+
+def test_baselines_probe_catches_a_change_of_numerics(fast_baselines, monkeypatch):
+    """A probe recorded by the code now passes; a change of the start (σ² initialised 0.1 %
+    higher) fails it — so a shipped reference goes stale when the training's numbers change."""
+    from lincollapse.references import verify_behaviour
+    from lincollapse.results_cache import ReferenceResultError
+
+    config, _, _ = fast_baselines
+    stem = linear_baselines.reference_path("fast")
+    probe = lambda: linear_baselines.behaviour_probe(config)  # noqa: E731
+    verify_behaviour(stem, probe)
+    original = linear_vae_training.ascend_elbo
+
+    def perturbed(*args, **kwargs):
+        kwargs["sigma2_init"] = kwargs.get("sigma2_init", 1.0) * 1.001
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(linear_vae_training, "ascend_elbo", perturbed)
+    with pytest.raises(ReferenceResultError, match="stale"):
+        verify_behaviour(stem, probe)
 
 
 def test_elbo_gap_along_rotation():
-    result = experiments.elbo_gap_along_rotation(
-        experiments.ElboGapConfig.for_preset("fast", n_angles=9, q=4)
-    )
+    result = lv.elbo_gap_along_rotation(lv.ElboGapConfig.for_preset("fast", n_angles=9, q=4))
     np.testing.assert_allclose(result.gap, result.gap_formula, atol=1e-9)
     np.testing.assert_allclose(result.log_likelihood, result.optimum, rtol=1e-12)
     at_quarter_turns = np.isclose(np.mod(result.theta, np.pi / 2), 0) | np.isclose(
@@ -231,10 +256,10 @@ def test_elbo_gap_along_rotation():
 
 
 def test_collapse_metric_matches_the_eigenvalue_count():
-    config = experiments.CollapseMetricConfig.for_preset(
+    config = pc.CollapseMetricConfig.for_preset(
         "fast", q=20, sigma2_values=(2.0, 1.0), steps=100, n_epsilons=21
     )
-    result = experiments.collapse_metric(config)
+    result = pc.collapse_metric(config)
     assert result.fractions.shape == (2, 21)
     assert np.all(result.predicted > 0)
     index = np.searchsorted(result.epsilons, 0.1)
@@ -247,10 +272,10 @@ def test_collapse_metric_reports_the_epsilon_it_reads():
     and that is the ε the chapter must print (it used to print 0.01)."""
     import dataclasses
 
-    config = experiments.CollapseMetricConfig.for_preset("fast")
+    config = pc.CollapseMetricConfig.for_preset("fast")
     grid = np.linspace(0.0, config.epsilon_max, config.n_epsilons)
     fractions = np.arange(2 * grid.size, dtype=float).reshape(2, grid.size)
-    result = experiments.CollapseMetricResult(
+    result = pc.CollapseMetricResult(
         epsilons=grid, sigma2_values=np.array([0.1, 0.03]), fractions=fractions,
         predicted=np.zeros(2), mean_kl=np.zeros((2, config.q)), elbo_gap=np.zeros(2),
         q=config.q, delta=config.delta,
@@ -258,7 +283,7 @@ def test_collapse_metric_reports_the_epsilon_it_reads():
     used, values = result.fraction_at(0.01)
     assert used == pytest.approx(0.05) and used == grid[grid >= 0.01][0]
     np.testing.assert_array_equal(values, fractions[:, 1])
-    book = experiments.CollapseMetricConfig.for_preset("book")
+    book = pc.CollapseMetricConfig.for_preset("book")
     book_grid = np.linspace(0.0, book.epsilon_max, book.n_epsilons)
     on_book_grid = dataclasses.replace(
         result, epsilons=book_grid, fractions=np.zeros((2, book_grid.size))
@@ -275,7 +300,7 @@ def test_bench_linear_prints_both_trainers():
     total = bench.bench_linear("fast", out=lines.append)
     rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
     trainers = [" ".join(row[1:-7]) for row in rows]
-    config = experiments.LikelihoodVsLatentSizeConfig.for_preset("fast")
+    config = lv.LikelihoodVsLatentSizeConfig.for_preset("fast")
     assert trainers == ["ascend_elbo", "fast path"] * len(config.latent_sizes)
     gaps = np.array([float(row[-2]) for row in rows])
     ratios = np.array([float(row[-1]) for row in rows])

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lincollapse import ppca
-from lincollapse.experiments.linear import maximise_fixed_sigma2
+from lincollapse.experiments.ppca import maximise_fixed_sigma2
 
 
 def _data(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lincollapse import explorer, ppca  # noqa: E402
-from lincollapse.experiments import linear as experiments  # noqa: E402
 from lincollapse.experiments import load_all  # noqa: E402
+from lincollapse.experiments import ppca as experiments  # noqa: E402
 from lincollapse.plotting import linear as plotting  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lincollapse.training import TrainingDivergedError, maximise
+from lincollapse.training import Recorder, TrainingDivergedError, maximise
 
 TARGET = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
 
@@ -89,3 +89,14 @@ def test_training_in_chunks_equals_one_call():
     assert state["state"][0]["step"] == 30
     with pytest.raises(ValueError, match="start_step"):
         maximise(objective, [w_chunks], steps=5, start_step=6)
+
+
+def test_recorder_keeps_one_measurement_per_record():
+    w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    recorder = Recorder(lambda step: {"step": step, "w": w.detach().numpy().copy()})
+    objective = lambda: -(w - 1.0).square().sum()  # noqa: E731
+    history = maximise(objective, [w], steps=6, lr=0.1, record_every=2, on_record=recorder)
+    np.testing.assert_array_equal(recorder.array("step"), history.steps)
+    assert recorder.stack("w").shape == (history.steps.size, 2)
+    np.testing.assert_array_equal(recorder.stack("w")[0], [0.0, 0.0])  # before the first step
+    assert recorder.stack("w")[-1, 0] > 0.5  # moved towards the maximum at 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lincollapse import encoders, ppca
+from lincollapse import data, linear_decoder_vae, ppca
 from lincollapse.experiments import load_all
 from lincollapse.experiments import training_linear as tl
 from lincollapse.plotting import training_linear as plots
@@ -40,11 +40,11 @@ def _images(n: int) -> np.ndarray:
 # --- training improves the ELBO ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", encoders.ENCODER_KINDS)
-@pytest.mark.parametrize("estimator", encoders.ESTIMATORS)
+@pytest.mark.parametrize("kind", linear_decoder_vae.ENCODER_KINDS)
+@pytest.mark.parametrize("estimator", linear_decoder_vae.ESTIMATORS)
 def test_fast_training_improves_the_elbo(kind, estimator):
     x = _images(100)
-    run = encoders.train_vae(
+    run = linear_decoder_vae.train_vae(
         x, 3, kind=kind, estimator=estimator, steps=30, lr=5e-3, record_every=10, hidden=(8,)
     )
     assert run.elbo.shape == run.steps.shape == (4,)
@@ -57,8 +57,8 @@ def test_fast_training_improves_the_elbo(kind, estimator):
 
 def test_float32_training_records_float64_elbo():
     x = _images(100)
-    run32 = encoders.train_vae(x, 3, steps=20, record_every=10, dtype=torch.float32)
-    run64 = encoders.train_vae(x, 3, steps=20, record_every=10)
+    run32 = linear_decoder_vae.train_vae(x, 3, steps=20, record_every=10, dtype=torch.float32)
+    run64 = linear_decoder_vae.train_vae(x, 3, steps=20, record_every=10)
     assert run32.model.decoder.W.dtype == torch.float64
     assert run32.elbo[0] == run64.elbo[0]  # same initialisation, both evaluated in float64
     np.testing.assert_allclose(run32.elbo, run64.elbo, rtol=1e-3)
@@ -66,7 +66,7 @@ def test_float32_training_records_float64_elbo():
 
 def test_checkpoints_are_called_at_recorded_steps():
     seen = []
-    encoders.train_vae(
+    linear_decoder_vae.train_vae(
         _images(50), 2, steps=20, record_every=5, checkpoints=(0, 10, 20),
         on_checkpoint=lambda step, model: seen.append((step, type(model).__name__)),
     )  # fmt: skip
@@ -109,11 +109,11 @@ def test_covariance_eigenvalues_match_numpy():
     x = np.random.default_rng(1).normal(size=(7, 10))
     expected = np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1]
     np.testing.assert_allclose(
-        encoders.covariance_eigenvalues(x), np.clip(expected, 0, None), atol=1e-12
+        data.covariance_eigenvalues(x), np.clip(expected, 0, None), atol=1e-12
     )
     y = np.random.default_rng(2).normal(size=(30, 6))
     np.testing.assert_allclose(
-        encoders.covariance_eigenvalues(y),
+        data.covariance_eigenvalues(y),
         np.linalg.eigvalsh(np.cov(y.T, bias=True))[::-1],
         atol=1e-12,
     )
@@ -121,8 +121,8 @@ def test_covariance_eigenvalues_match_numpy():
 
 def test_first_step_within():
     steps = np.array([0, 10, 20, 30])
-    assert encoders.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1) == 20
-    assert encoders.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1) is None
+    assert linear_decoder_vae.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1) == 20
+    assert linear_decoder_vae.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1) is None
 
 
 def test_tables_say_not_reached(stochastic):
@@ -136,7 +136,7 @@ def test_tables_say_not_reached(stochastic):
 
 
 def test_encoder_comparison_shapes(comparison):
-    assert comparison.kinds == encoders.ENCODER_KINDS
+    assert comparison.kinds == linear_decoder_vae.ENCODER_KINDS
     for kind in comparison.kinds:
         assert comparison.elbo[kind].shape == (3, comparison.steps.size)
         assert np.all(comparison.elbo[kind][:, -1] > comparison.elbo[kind][:, 0])

@@ -7,11 +7,18 @@ can list it with its chapter and plotting function. Plotting lives in :mod:`linc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from lincollapse.data import load_mnist
+from lincollapse.ppca import DataSpectrum, data_spectrum
 from lincollapse.presets import ExperimentConfig
+
+FAST_MNIST = {"n": 300}  # the ``fast`` preset's number of MNIST images in the linear chapters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +100,13 @@ def figure(
     return register
 
 
+@functools.lru_cache(maxsize=4)
+def mnist_with_spectrum(n: int, seed: int) -> tuple[np.ndarray, DataSpectrum]:
+    """Images and their spectrum, cached: several figures of the linear chapters share the data."""
+    images = load_mnist(n, seed=seed).images
+    return images, data_spectrum(images)
+
+
 def load_all() -> dict[str, FigureSpec]:
     """Import every experiment module so that :data:`FIGURES` is complete."""
     for module in _MODULES:
@@ -101,4 +115,14 @@ def load_all() -> dict[str, FigureSpec]:
 
 
 # One module per chapter; add yours here.
-_MODULES = ("mnist", "deep", "deep_study", "linear", "training_linear", "beta", "beyond")
+_MODULES = (
+    "mnist_data",
+    "deep",
+    "deep_study",
+    "ppca",
+    "linear_vae",
+    "posterior_collapse",
+    "training_linear",
+    "beta",
+    "beyond_the_paper",
+)

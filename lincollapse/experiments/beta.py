@@ -4,7 +4,7 @@ Two figures:
 
 ``linear-beta-collapse``
     The linear β-VAE on MNIST, trained on its own β-weighted objective for a grid of β at a fixed
-    σ², against the closed form at noise βσ² (:mod:`lincollapse.linear_beta`): collapsed latents
+    σ², against the closed form at noise βσ² (:mod:`lincollapse.linear_beta_vae`): collapsed latents
     against β, and the trained decoder's squared singular values against max(0, λ_j − βσ²).
 ``kl-annealing``
     Deep Gaussian VAEs at a collapsing σ², trained with and without a linear KL warm-up (same
@@ -20,13 +20,15 @@ Two figures:
         python -m lincollapse.experiments.beta --long --preset book --write-reference
 
 The deep runs go through :mod:`lincollapse.results_cache` (one entry per configuration,
-fingerprinted by the code of :mod:`lincollapse.beta`, :mod:`lincollapse.deep_vae` and
+fingerprinted by the code of :mod:`lincollapse.kl_annealing`, :mod:`lincollapse.deep_vae`,
+:mod:`lincollapse.gaussian`, :mod:`lincollapse.collapse` and
 :mod:`lincollapse.training`), so a rebuild of the book reads them instead of retraining.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,13 +37,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse.beta import AnnealedRuns, RunSpec, train_annealed
+from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.collapse import linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_runs import FAST_ARCHITECTURE, TOLERANCE, data_for, plateau_range
 from lincollapse.deep_vae import Architecture, resolve_device
 from lincollapse.experiments import figure
-from lincollapse.linear_beta import (
+from lincollapse.kl_annealing import AnnealedRuns, RunSpec, train_annealed
+from lincollapse.linear_beta_vae import (
     collapsed_latents,
     optimal_rates,
     optimal_singular_values,
@@ -57,10 +60,17 @@ from lincollapse.references import (
     save_shipped,
     shipped_provenance,
 )
+from lincollapse.reporting import Report
 from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
 CHAPTER = "beta_annealing"
-COMPUTING_MODULES = ("lincollapse.beta", "lincollapse.deep_vae", "lincollapse.training")
+COMPUTING_MODULES = (
+    "lincollapse.collapse",
+    "lincollapse.deep_vae",
+    "lincollapse.gaussian",
+    "lincollapse.kl_annealing",
+    "lincollapse.training",
+)
 # Its own binding (not deep's imported by value), so patching one module never leaks into the other.
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
@@ -74,11 +84,11 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 class MnistLinearBetaConfig(ExperimentConfig):
     """The linear β-VAE on MNIST; defaults are the ``book`` preset.
 
-    ``book``: the book's 1000 images in [0, 1], q = 50 latents, σ² = 1/2 (the noise of a loss
-    "sum of squared errors + β·KL", see :func:`lincollapse.beta.loss_effective_sigma2`), 14 values
-    of β from 0.05 to 20 (so βσ² runs from 0.025 to 10, across λ_1 ≈ 5.3 down to λ_50),
-    each trained for 300 L-BFGS steps with the β-optimal encoder, the latents rotated every 20.
-    ``paper``: q = 200 and 25 values of β. ``fast``: 200 images, q = 5, four β.
+    ``book``: the book's 1000 images in [0, 1], q = 50 latents, σ² = 1/2 (the noise of a loss "sum
+    of squared errors + β·KL", see :func:`lincollapse.beta_elbo.loss_effective_sigma2`), 14 values
+    of β from 0.05 to 20 (so βσ² runs from 0.025 to 10, across λ_1 ≈ 5.3 down to λ_50), each trained
+    for 300 L-BFGS steps with the β-optimal encoder, the latents rotated every 20. ``paper``: q =
+    200 and 25 values of β. ``fast``: 200 images, q = 5, four β.
 
     Attributes
     ----------
@@ -87,7 +97,7 @@ class MnistLinearBetaConfig(ExperimentConfig):
         The fixed observation noise of the β-objective.
     betas : tuple of float
     steps, rotate_every : int
-        Training of each model (:func:`lincollapse.linear_beta.train_linear_beta_vae` with
+        Training of each model (:func:`lincollapse.linear_beta_vae.train_linear_beta_vae` with
         ``encoder="optimal"``): L-BFGS steps, and steps between rotations of the latents.
     seed : int
         Seed of the random initial decoder.
@@ -116,7 +126,7 @@ class MnistLinearBetaConfig(ExperimentConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class MnistLinearBetaResult:
+class MnistLinearBetaResult(Report):
     """Trained linear β-VAEs against the closed form at noise βσ².
 
     Attributes
@@ -157,6 +167,132 @@ class MnistLinearBetaResult:
     epsilon: float
     seconds: float
     preset: str
+
+    @property
+    def mismatch(self) -> int:
+        """Values of β where the trained count of collapsed latents differs from the closed
+        form's."""
+        return int(np.sum(self.trained_collapsed != self.predicted_collapsed))
+
+    @property
+    def max_kl_error(self) -> float:
+        """max |trained − closed-form| KL per latent over all β and latents, nats."""
+        return float(np.abs(self.trained_kl - self.optimum_kl).max())
+
+    def table(self) -> str:
+        """Per β: βσ², the linear count, the closed form's and the trained counts at ε; then the
+        largest errors against the closed form."""
+        lines = [
+            f"q = {self.latent}, σ² = {self.sigma2:g}, {self.betas.size} values of β, "
+            f"trained in {self.seconds:.0f} s",
+            f"{'β':>7} {'βσ²':>7} {'#{λ_j ≤ βσ²}':>13} {'closed form, KL<ε':>18} "
+            f"{'trained, KL<ε':>14}",
+        ]
+        rows = zip(
+            self.betas,
+            self.theory_collapsed,
+            self.predicted_collapsed,
+            self.trained_collapsed,
+            strict=True,
+        )
+        for beta, theory, predicted, trained in rows:
+            lines.append(
+                f"{beta:>7.3g} {beta * self.sigma2:>7.3g} {theory:>13d} {predicted:>18d} "
+                f"{trained:>14d}"
+            )
+        lines.append(
+            f"largest |trained − closed form|: squared singular value "
+            f"{self.max_singular_error:.1e}, KL per latent {self.max_kl_error:.1e} nats; β with a "
+            f"different count: {self.mismatch}"
+        )
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, Any]:
+        """The largest errors against the closed form, the mismatches and q."""
+        return {
+            "sv_error": self.max_singular_error,
+            "kl_error": self.max_kl_error,
+            "mismatch": self.mismatch,
+            "latent": self.latent,
+        }
+
+
+# Loss conventions: the effective noise of a squared-error loss
+LOSS_CONVENTIONS = (
+    ("mean", "mse_loss(mean) + KL (sum latents, mean batch)", "mean", "batchmean"),
+    ("sum", "mse_loss(sum) + KL (sum latents, sum batch)", "sum", "sum"),
+    ("meanmean", "mse_loss(mean) + KL (mean latents, mean batch)", "mean", "mean"),
+    ("sumbatch", "mse_loss(sum) + KL (sum latents, mean batch)", "sum", "batchmean"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConventions(Report):
+    """The σ² that common ways of writing "squared error + KL" assume, and the linear count there.
+
+    Attributes
+    ----------
+    eigenvalues : ndarray (d,)
+        Of the images' sample covariance, decreasing.
+    names, labels : tuple of str
+        Of the conventions (:data:`LOSS_CONVENTIONS`).
+    sigma2 : ndarray (k,)
+        The effective σ² of each (:func:`lincollapse.beta_elbo.loss_effective_sigma2`).
+    collapsed : ndarray (k,) of int
+        Linear count of collapsed latents at that σ² (of ``latent``).
+    d, latent, batch_size : int
+    """
+
+    eigenvalues: np.ndarray
+    names: tuple[str, ...]
+    labels: tuple[str, ...]
+    sigma2: np.ndarray
+    collapsed: np.ndarray
+    d: int
+    latent: int
+    batch_size: int
+
+    def table(self) -> str:
+        """λ_1, then one row per convention: its effective σ² and the linear count there."""
+        lines = [
+            f"λ_1 = {self.eigenvalues[0]:.2f}; batch size n = {self.batch_size} where it matters",
+            f"{'loss':<50} {'σ²_eff':>10} {'collapsed of 200 (linear)':>26}",
+        ]
+        for label, sigma2, collapsed in zip(self.labels, self.sigma2, self.collapsed, strict=True):
+            lines.append(f"{label:<50} {sigma2:>10.4g} {collapsed:>26d}")
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, Any]:
+        """``mse_sigma2_<name>``, ``mse_collapsed_<name>`` per convention, and ``lambda_1``."""
+        values: dict[str, Any] = {}
+        for name, sigma2, collapsed in zip(self.names, self.sigma2, self.collapsed, strict=True):
+            values[f"mse_sigma2_{name}"] = float(sigma2)
+            values[f"mse_collapsed_{name}"] = int(collapsed)
+        values["lambda_1"] = float(self.eigenvalues[0])
+        return values
+
+
+def loss_conventions(
+    eigenvalues: np.ndarray, d: int = 784, latent: int = 200, batch_size: int = 128
+) -> LossConventions:
+    """:class:`LossConventions` of :data:`LOSS_CONVENTIONS` for data with these eigenvalues."""
+    sigma2s, counts = [], []
+    for _, _, mse, kl in LOSS_CONVENTIONS:
+        sigma2 = loss_effective_sigma2(
+            d, mse_reduction=mse, kl_reduction=kl, batch_size=batch_size, latent=latent
+        )
+        sigma2s.append(sigma2)
+        counts.append(int(collapsed_latents(eigenvalues, latent, sigma2, 1.0).sum()))
+    return LossConventions(
+        eigenvalues=np.asarray(eigenvalues),
+        names=tuple(c[0] for c in LOSS_CONVENTIONS),
+        labels=tuple(c[1] for c in LOSS_CONVENTIONS),
+        sigma2=np.asarray(sigma2s, dtype=np.float64),
+        collapsed=np.asarray(counts),
+        d=d,
+        latent=latent,
+        batch_size=batch_size,
+    )
 
 
 @figure(
@@ -312,7 +448,7 @@ class AnnealingConfig(ExperimentConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class AnnealingResult:
+class AnnealingResult(Report):
     """Collapse during training with and without KL warm-up, and with the optimal σ².
 
     Attributes
@@ -363,6 +499,57 @@ class AnnealingResult:
         """Per seed: latents collapsed in only one of the annealed and constant runs, (S,)."""
         seeds = sorted({s.seed for s in self.runs.specs if s.noise != "optimal"})
         return differing_latents(self.runs, self.epsilon, seeds)
+
+    def table(self) -> str:
+        """Final collapsed fraction, ELBO and effective σ² of every run; the annealing effect, the
+        linear counts, the step at which half of the latents are collapsed again, and the latents
+        that differ between annealed and constant runs."""
+        optimal = self.kind == "optimal"
+        lines = [
+            f"{'run':<36} {'final collapsed':>16} {'final ELBO (β = 1)':>19} {'final σ²_eff':>13}"
+        ]
+        for r, label in enumerate(self.labels):
+            lines.append(
+                f"{label:<36} {self.final_fraction[r]:>16.3f} {self.final_elbo[r]:>19.1f} "
+                f"{self.final_sigma2[r]:>13.4g}"
+            )
+        effect = ", ".join(f"{e:+.3f}" for e in self.annealing_effect)
+        counts = ", ".join(f"{c:.3f}" for c in self.linear_count_optimal[optimal])
+        half = self.half_collapsed_steps()
+        steps = ", ".join(f"{label}: {h:g}" for label, h in zip(self.labels, half, strict=True))
+        differing = ", ".join(map(str, self.differing_latents()))
+        lines += [
+            f"annealed − constant, final collapsed fraction per seed: {effect}",
+            f"linear count at σ² = {self.sigma2:g}: {self.linear_count:.3f}; at the optimal "
+            f"run's final σ²: {counts}",
+            f"step at which half of the latents are collapsed: {steps}",
+            f"latents collapsed in only one of the annealed and constant runs, per seed: "
+            f"{differing} of {self.latent}",
+        ]
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, Any]:
+        """Means over seeds per kind of run (constant, annealed, optimal) that the prose quotes."""
+        constant, annealed = self.kind == "constant", self.kind == "annealed"
+        optimal = self.kind == "optimal"
+        half = self.half_collapsed_steps()
+        elbo = self.final_elbo
+        return {
+            "half_constant": float(half[constant].mean()),
+            "half_annealed": float(half[annealed].mean()),
+            "constant_final": float(self.final_fraction[constant].mean()),
+            "annealed_final": float(self.final_fraction[annealed].mean()),
+            "effect_max": float(np.abs(self.annealing_effect).max()),
+            "differing": int(self.differing_latents().max()),
+            "elbo_gap": float(elbo[annealed].mean() - elbo[constant].mean()),
+            "optimal_sigma2": float(self.final_sigma2[optimal].mean()),
+            "optimal_final": float(self.final_fraction[optimal].mean()),
+            "optimal_linear": float(self.linear_count_optimal[optimal].mean()),
+            "optimal_elbo": float(elbo[optimal].mean()),
+            "constant_elbo": float(elbo[constant].mean()),
+            "steps": self.steps,
+            "warmup": self.warmup,
+        }
 
     def half_collapsed_steps(self) -> np.ndarray:
         """First recorded step at which half of each run's latents are collapsed again, after
@@ -531,7 +718,7 @@ def long_annealing_runs(
 
 
 @dataclasses.dataclass(frozen=True)
-class AnnealingConvergence:
+class AnnealingConvergence(Report):
     """The book preset's annealing runs against long runs of the same models.
 
     Attributes
@@ -592,6 +779,84 @@ class AnnealingConvergence:
     def agrees(self, kind: str) -> bool:
         """|gap| ≤ tolerance for ``kind`` (False without long runs)."""
         return bool(abs(self.gap[kind]) <= self.tolerance)
+
+    def table(self) -> str:
+        """The book runs against the long runs: prefix check, end states per kind, the annealing
+        effect and ELBO advantage per seed, and the latents that differ (empty without long
+        runs)."""
+        if not self.long_available:
+            return ""
+        lines = [
+            f"book runs = first steps of the long runs: largest difference in collapsed fraction "
+            f"{self.prefix_difference:.3g}",
+            f"{'kind':<9} {'book end':>9} {'long end':>9} {'gap':>7} {'long, last 25 % range':>22}",
+        ]
+        for kind in KINDS:
+            lines.append(
+                f"{kind:<9} {self.book_end[kind]:>9.3f} {self.long_end[kind]:>9.3f} "
+                f"{self.gap[kind]:>+7.3f} {self.plateau_range[kind]:>22.3f}"
+            )
+        lines.append(
+            "annealed − constant at the end, per seed: collapsed fraction "
+            + ", ".join(f"{e:+.3f}" for e in self.annealing_effect)
+            + "; ELBO "
+            + ", ".join(f"{a:+.1f}" for a in self.elbo_advantage[-1])
+            + " nats"
+        )
+        lines.append(
+            "latents collapsed in only one of the two long runs, per seed: "
+            + ", ".join(map(str, self.differing_latents()))
+        )
+        return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """Whether the book preset's end state agrees with the long runs, in one paragraph."""
+        preset = self.book.preset
+        bad = [k for k in ("constant", "annealed") if not self.agrees(k)]
+        if not self.long_available:
+            text = "The long runs are ABSENT, so the book preset's end state is unchecked: "
+            text += self.provenance
+        elif not bad:
+            text = (
+                f"With and without the warm-up, the {preset} preset's final collapsed fraction "
+                f"agrees with the long runs within {self.tolerance:g}."
+            )
+        else:
+            text = (
+                f"The {preset} preset does NOT agree with the long runs within "
+                f"{self.tolerance:g} for the {' and '.join(bad)} runs."
+            )
+        if self.long_available and not self.agrees("optimal"):
+            text += (
+                f" The optimal-σ² run does NOT: it ends {self.gap['optimal']:+.3f} from the "
+                f"long runs, so its book-preset number is a snapshot of a run in motion."
+            )
+        return text
+
+    def glue_values(self) -> dict[str, Any]:
+        """End states, gaps and plateau ranges per kind, the annealing effect, the differing
+        latents and ELBO advantages, the verdict and the long runs' length (NaN or a dash
+        without long runs)."""
+        values: dict[str, Any] = {}
+        for kind in KINDS:
+            values[f"long_{kind}"] = self.long_end[kind] if self.long_available else math.nan
+            values[f"gap_{kind}"] = self.gap[kind] if self.long_available else math.nan
+            values[f"plateau_{kind}"] = (
+                self.plateau_range[kind] if self.long_available else math.nan
+            )
+        if self.long_available:
+            book_row = list(self.long.steps).index(self.book.steps)
+            values["long_effect_max"] = float(np.abs(self.annealing_effect).max())
+            values["long_differing"] = int(self.differing_latents().max())
+            values["long_elbo_gap_book"] = float(self.elbo_advantage[book_row].mean())
+            values["long_elbo_gap_end"] = float(self.elbo_advantage[-1].mean())
+        else:
+            for name in ("long_effect_max", "long_elbo_gap_book", "long_elbo_gap_end"):
+                values[name] = math.nan
+            values["long_differing"] = "—"
+        values["long_verdict"] = self.verdict()
+        values["long_steps"] = f"{int(self.long.steps[-1]):,}" if self.long_available else "—"
+        return values
 
     def long_fraction_at(self, kind: str, step: int) -> float:
         """Mean over seeds of the long runs' collapsed fraction of ``kind`` at record ``step``."""

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lincollapse.collapse import linear_collapse_prediction
+from lincollapse.collapse import collapsed_fraction_from_thresholds, linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.deep_runs import (
     FAST_ARCHITECTURE,
@@ -47,15 +47,11 @@ from lincollapse.deep_runs import (
     plateau_range,
     run_key,
 )
-from lincollapse.deep_vae import (
-    Architecture,
-    TrainedRuns,
-    collapsed_fraction_from_thresholds,
-    resolve_device,
-)
+from lincollapse.deep_vae import Architecture, TrainedRuns, lr_multiplier, resolve_device
 from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig, preset_banner
 from lincollapse.references import reference_info, save_shipped
+from lincollapse.reporting import Report
 
 CHAPTER = "deep_vae"
 PAPER_GRID = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0001)
@@ -197,10 +193,6 @@ class DeepVAEConfig(ExperimentConfig):
         """(σ², learned) of every run of the grid figures."""
         return [(s, False) for s in self.sigma2_fixed] + [(s, True) for s in self.sigma2_learned]
 
-    def run_steps(self) -> int:
-        """Optimiser steps of all grid runs together (for time projections)."""
-        return self.steps * len(self.runs())
-
 
 def paper_runs_cached(config_changes: dict[str, Any] | None = None) -> bool:
     """True when every grid run of the ``paper`` preset is in the cache (nothing is computed)."""
@@ -226,7 +218,7 @@ def _resolve(config: DeepVAEConfig | None, use_paper_cache: bool) -> tuple[DeepV
 
 
 @dataclasses.dataclass(frozen=True)
-class CollapseCurves:
+class CollapseCurves(Report):
     """Collapsed fraction against ε for each σ² (fixed or learned).
 
     Attributes
@@ -261,6 +253,49 @@ class CollapseCurves:
     preset: str
     provenance: str
     sources: tuple[str, ...]
+
+    def _at(self, epsilon: float) -> np.ndarray:
+        return self.fraction[:, np.searchsorted(self.epsilons, epsilon)]
+
+    def travel(self) -> float:
+        """Σ_t lr_t of the runs' schedule: how far Adam can move log σ² (about lr per step)."""
+        shown = DeepVAEConfig.for_preset(self.preset)  # the preset whose runs these are
+        multiplier = lr_multiplier(shown.lr_decay, shown.steps) or (lambda step: 1.0)
+        return shown.lr * sum(multiplier(t) for t in range(1, shown.steps + 1))
+
+    def sigma2_table(self, epsilon: float) -> str:
+        """Per run: initial and final σ², |Δ log σ²|, final ELBO and collapsed fraction at ε;
+        then the travel of Adam for the schedule."""
+        lines = [
+            f"{'σ² init':>8} {'final σ²':>10} {'|Δ log σ²|':>11} {'final ELBO':>11} "
+            f"{'collapsed (ε = ' + f'{epsilon:g})':>18}"
+        ]
+        rows = zip(
+            self.sigma2_init, self.final_sigma2, self.final_elbo, self._at(epsilon), strict=True
+        )
+        for s0, s1, elbo, frac in rows:
+            lines.append(
+                f"{s0:>8g} {s1:>10.3g} {abs(np.log(s1 / s0)):>11.2f} {elbo:>11.1f} {frac:>18.3f}"
+            )
+        lines.append(f"typical travel of Adam for this schedule: Σ_t lr_t = {self.travel():.2f}")
+        return "\n".join(lines)
+
+    def glue_values(self, epsilon: float) -> dict[str, Any]:
+        """Per run (named by its initial σ², e.g. ``final_sigma2_0p01``): final σ², collapsed
+        fraction at ε and |Δ log σ²| (the schedule's travel is :meth:`travel`)."""
+        values: dict[str, Any] = {}
+        for s0, s1, frac in zip(
+            self.sigma2_init, self.final_sigma2, self._at(epsilon), strict=True
+        ):
+            values[sigma2_key("final_sigma2", s0)] = float(s1)
+            values[sigma2_key("fraction", s0)] = float(frac)
+            values[sigma2_key("travel", s0)] = float(abs(np.log(s1 / s0)))
+        return values
+
+
+def sigma2_key(name: str, sigma2: float) -> str:
+    """Glue name for a value at one σ², e.g. ``fraction_0p01``."""
+    return f"{name}_{sigma2:g}".replace(".", "p").replace("-", "m")
 
 
 def _grid_runs(config: DeepVAEConfig, runs, device) -> tuple[TrainedRuns, list[str]]:

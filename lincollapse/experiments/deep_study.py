@@ -38,16 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lincollapse.collapse import linear_collapse_prediction
-from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
-from lincollapse.deep_vae import (
-    Architecture,
-    GaussianVAE,
+from lincollapse.collapse import (
     collapse_thresholds,
     collapsed_fraction_from_thresholds,
-    kl_per_dimension,
+    linear_collapse_prediction,
 )
+from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
+from lincollapse.deep_vae import Architecture, GaussianVAE
 from lincollapse.experiments import figure
+from lincollapse.gaussian import kl_to_prior
 from lincollapse.references import (
     PROBE_ATOL,
     PROBE_RTOL,
@@ -264,7 +263,7 @@ class _Recorder:
             self.rows["elbo_test"].append(float(model.elbo(test)))
             for x, suffix in ((train, ""), (test, "_test")):
                 mean, variance = model.posterior(x)
-                kl = kl_per_dimension(mean, variance)
+                kl = kl_to_prior(mean, variance)
                 self.rows["thresholds" + suffix].append(collapse_thresholds(kl, DELTA))
                 if not suffix:
                     self.rows["kl_mean"].append(kl.mean(0).double().cpu().numpy())
@@ -411,10 +410,11 @@ def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
     return store().load(spec.key())
 
 
-# The order the queue trains runs in: the first seed of the baseline and the pixel-scale
-# ablation before second seeds, ablations before the rest of the grid.
-PRIORITY = (("baseline", 0), ("logit", 0), ("baseline", 1), ("logit", 1), ("learned", 0),
-            ("learned", 1), ("grid_fixed", 0), ("grid_learned", 0), ("data_size", 0),
+# The order the queue trains runs in: the first seed of the baseline and of each ablation
+# before second seeds, ablations before the rest of the grid; the data-size runs (4× the cost
+# per step) late.
+PRIORITY = (("baseline", 0), ("logit", 0), ("baseline", 1), ("learned", 0), ("logit", 1),
+            ("learned", 1), ("data_size", 0), ("grid_fixed", 0), ("grid_learned", 0),
             ("data_size", 1))  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 The chapter's decision procedure asks four questions of a VAE whose latents collapsed: is it the
 noise σ² (or β), the encoder, the optimiser, or the data size? Each question is answered with
 measurements the package already has (:mod:`lincollapse.collapse`,
-:func:`lincollapse.beta.loss_effective_sigma2`,
+:func:`lincollapse.beta_elbo.loss_effective_sigma2`,
 :func:`lincollapse.collapse.linear_collapse_prediction`,
 :func:`lincollapse.deep_vae.optimal_sigma2`, :func:`lincollapse.linear_vae.optimal_encoder`,
 :func:`lincollapse.data.covariance_eigenvalues`). Each function below runs one step on a small
@@ -11,7 +11,7 @@ problem — linear VAEs on MNIST, the one model where every answer can be checke
 form — and returns a result whose ``table()`` prints what it measured and whose
 ``glue_values()`` names the numbers the chapter's prose quotes. There are no figures here.
 
-The linear VAEs are trained by :func:`lincollapse.linear_vae.ascend_elbo` with a *learned*
+The linear VAEs are trained by :func:`lincollapse.linear_vae_training.ascend_elbo` with a *learned*
 encoder: gradient steps (L-BFGS) on all of W, V, D (and σ² where it is learned) from a random
 start, with no closed-form encoder, eigendecomposition or rotation inside the training. The
 closed forms enter only as references: the best value of the objective, the linear count and the
@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse import collapse, linear_vae, ppca
-from lincollapse.beta import loss_effective_sigma2
+from lincollapse import collapse, linear_vae, linear_vae_training, ppca
+from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.data import covariance_eigenvalues, load_mnist, numerical_rank
 from lincollapse.deep_vae import optimal_sigma2
 from lincollapse.presets import ExperimentConfig
@@ -57,9 +57,9 @@ class DiagnosisConfig(ExperimentConfig):
     """Linear VAEs on MNIST, one per loss convention, seed or step budget.
 
     ``conventions`` are (mse reduction, KL reduction) pairs of
-    :func:`lincollapse.beta.loss_effective_sigma2`; the first is the "patient" (PyTorch's default
-    ``mse_loss``), the second the model whose encoder and optimiser are examined. ``n`` training
-    images and ``n_heldout`` others are drawn together (seed ``seed``) and split at random.
+    :func:`lincollapse.beta_elbo.loss_effective_sigma2`; the first is the "patient" (PyTorch's
+    default ``mse_loss``), the second the model whose encoder and optimiser are examined. ``n``
+    training images and ``n_heldout`` others are drawn together (seed ``seed``) and split at random.
     """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -125,7 +125,7 @@ def _train(
 ) -> _Run:
     """A linear VAE with a learned encoder on the training split; ``sigma2=None`` learns σ²."""
     x, _, spectrum = _split(n, n_heldout, seed)
-    trained = linear_vae.ascend_elbo(
+    trained = linear_vae_training.ascend_elbo(
         x, latent, encoder="learned", optimiser="lbfgs", steps=steps, seed=train_seed,
         tolerance=tolerance, learn_sigma2=sigma2 is None,
         sigma2_init=1.0 if sigma2 is None else sigma2,

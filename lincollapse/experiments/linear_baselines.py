@@ -1,9 +1,9 @@
 """Shipped comparison runs of the chapter *The linear VAE*: the paper's Adam and joint L-BFGS.
 
-The chapter's figures *likelihood vs latent size* and *Gram matrices* are computed when the book
-is built, with :func:`lincollapse.linear_vae.ascend_elbo` (L-BFGS on ELBO*(W, σ²), the encoder
-in closed form). Beside them it shows two ways of training *all* of (W, V, D, σ²) jointly, too
-slow to repeat at every build, so they are computed once and shipped in ``results/``:
+The chapter's figures *likelihood vs latent size* and *Gram matrices* are computed when the book is
+built, with :func:`lincollapse.linear_vae_training.ascend_elbo` (L-BFGS on ELBO*(W, σ²), the encoder
+in closed form). Beside them it shows two ways of training *all* of (W, V, D, σ²) jointly, too slow
+to repeat at every build, so they are computed once and shipped in ``results/``:
 
 ``adam``
     Adam at the paper's settings: learning rate 1e-3, full batch, analytic ELBO, σ² learned from
@@ -11,7 +11,7 @@ slow to repeat at every build, so they are computed once and shipped in ``result
 ``joint_lbfgs``
     Full-batch L-BFGS (strong-Wolfe line search) on the same joint objective.
 
-Both are :func:`~lincollapse.linear_vae.ascend_elbo` with ``encoder="learned"``: no
+Both are :func:`~lincollapse.linear_vae_training.ascend_elbo` with ``encoder="learned"``: no
 eigendecomposition, no rotation, from the same seeded random start. Every latent size of the
 figure is trained (q = ``gram_q`` first); each run records the ELBO, the CPU time and the
 off-diagonal ratio of the leading Gram block along the way, and the run at ``gram_q`` keeps the
@@ -32,17 +32,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
-from lincollapse import linear_vae, ppca
+from lincollapse import linear_vae_training, ppca, references
 from lincollapse.presets import ExperimentConfig
-from lincollapse.results_cache import (
-    ReferenceResultError,
-    load_reference,
-    save_reference,
-    source_fingerprint,
-)
+from lincollapse.references import PROBE_STEPS, load_shipped, reference_info, save_shipped
+from lincollapse.results_cache import ReferenceResultError
 
-COMPUTING_MODULES = ("lincollapse.linear_vae", "lincollapse.training")
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 # method → (encoder, optimiser) of ascend_elbo, and its label in figures
 METHODS = {"adam": ("learned", "adam"), "joint_lbfgs": ("learned", "lbfgs")}
@@ -101,7 +97,8 @@ class LinearBaselinesConfig(ExperimentConfig):
     train_seed: int = 0
 
     def training_options(self, method: str, q: int) -> dict[str, Any]:
-        """Keyword arguments of :func:`~lincollapse.linear_vae.ascend_elbo` for ``method``."""
+        """Keyword arguments of :func:`~lincollapse.linear_vae_training.ascend_elbo` for
+        ``method``."""
         encoder, optimiser = METHODS[method]
         adam = optimiser == "adam"
         adam_steps = self.adam_gram_steps if q == self.gram_q else self.adam_steps
@@ -136,9 +133,21 @@ def reference_path(preset: str) -> Path:
     return RESULTS_DIR / f"linear_vae_baselines_{preset}"
 
 
-def computing_fingerprint() -> str:
-    """Source fingerprint of the code that trains the runs."""
-    return source_fingerprint(COMPUTING_MODULES)
+def behaviour_probe(config: LinearBaselinesConfig) -> dict[str, np.ndarray]:
+    """The first :data:`~lincollapse.references.PROBE_STEPS` steps of every method at
+    ``gram_q``, replayed (float64, CPU) from the runs' own start: the ELBO and σ² after each step
+    and the final W's Frobenius norm. A shipped reference is current while the code reproduces
+    them (:func:`lincollapse.references.verify_behaviour`)."""
+    images, _ = mnist_data(config.n, config.seed)
+    probe: dict[str, np.ndarray] = {}
+    for method in METHODS:
+        options = config.training_options(method, config.gram_q)
+        options.update(steps=PROBE_STEPS, record_every=1, progress=False)
+        run = linear_vae_training.ascend_elbo(images, config.gram_q, **options)
+        probe[f"{method}_elbo"] = np.asarray(run.trace.elbo, dtype=np.float64)
+        probe[f"{method}_sigma2"] = np.asarray(run.trace.sigma2, dtype=np.float64)
+        probe[f"{method}_w_norm"] = np.asarray([torch.linalg.norm(run.model.W).item()])
+    return probe
 
 
 def column_alignment(W: np.ndarray, spectrum: ppca.DataSpectrum) -> tuple[np.ndarray, np.ndarray]:
@@ -188,8 +197,6 @@ def train_baselines(
     With ``write_reference`` the arrays so far are written to ``results/`` after every run,
     with ``info["complete"]`` false until the last (see :func:`load_baselines`).
     """
-    from lincollapse.experiments.deep import reference_info
-
     config = config or LinearBaselinesConfig.for_preset()
     images, data_id = mnist_data(config.n, config.seed)
     spectrum = ppca.data_spectrum(images)  # for the evaluation of alignment only
@@ -202,10 +209,11 @@ def train_baselines(
             arrays[f"{method}_{field}"] = np.full(len(sizes), np.nan)
     order = [config.gram_q, *(q for q in sizes if q != config.gram_q)]
     done: list[str] = []
+    probe = behaviour_probe(config) if write_reference else {}
     start = time.perf_counter()
     for q in order:
         for method in METHODS:
-            run = linear_vae.ascend_elbo(
+            run = linear_vae_training.ascend_elbo(
                 images, q, progress=progress, **config.training_options(method, q)
             )
             j = sizes.index(q)
@@ -248,9 +256,9 @@ def train_baselines(
                     cpu_seconds=training_cpu_seconds(arrays),
                     complete=len(done) == len(order) * len(METHODS), done=list(done),
                 )  # fmt: skip
-                save_reference(
+                save_shipped(
                     reference_path(config.preset), reference_key(config, data_id), arrays,
-                    computing_fingerprint(), info,
+                    lambda: probe, info,
                 )  # fmt: skip
     return arrays
 
@@ -320,13 +328,8 @@ def training_cpu_seconds(arrays: dict[str, np.ndarray]) -> float:
 
 def shipped_provenance(stem: Path, meta: dict, arrays: dict[str, np.ndarray]) -> str:
     """One line: what computed the shipped runs, when, where, and how long it took."""
-    info = meta.get("info", {})
-    cpu = f"{training_cpu_seconds(arrays) / 60:.0f} min of CPU time for the training"
-    return (
-        f"precomputed by `{info.get('command', '?')}` on {meta.get('created', '?')[:10]} "
-        f"({info.get('machine', '?')}, {info.get('threads', '?')} thread(s), {cpu}), shipped "
-        f"as {stem.parent.name}/{stem.name}.npz"
-    )
+    cpu = training_cpu_seconds(arrays) / 60
+    return f"{references.shipped_provenance(stem, meta)}; {cpu:.0f} min of CPU for the training"
 
 
 def load_baselines(
@@ -334,14 +337,15 @@ def load_baselines(
 ) -> tuple[dict[str, BaselineRuns] | None, str]:
     """The shipped runs of ``config`` (validated) and their provenance, or ``(None, reason)``.
 
-    Validation (:func:`~lincollapse.results_cache.load_reference`): checksums, the
-    configuration and data, the fingerprint of the training code, and completeness.
+    Validation (:func:`~lincollapse.references.load_shipped`): checksums, the configuration
+    and data, and completeness. Staleness is checked by the tests, which replay the reference's
+    behaviour probe (:func:`behaviour_probe`).
     """
     config = config or LinearBaselinesConfig.for_preset("book")
     _, data_id = mnist_data(config.n, config.seed)
     stem = reference_path(config.preset)
     try:
-        arrays, meta = load_reference(stem, reference_key(config, data_id), computing_fingerprint())
+        arrays, meta = load_shipped(stem, reference_key(config, data_id))
     except ReferenceResultError as error:
         return None, str(error)
     if not meta.get("info", {}).get("complete", False):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.beyond import ExactCollapseResult, SyntheticLinearBetaResult
+from lincollapse.experiments.beyond_the_paper import ExactCollapseResult, SyntheticLinearBetaResult
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 

@@ -13,13 +13,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from lincollapse.experiments.linear import (
+from lincollapse.experiments.linear_vae import ElboGapResult, GramResult, LikelihoodCurve
+from lincollapse.experiments.posterior_collapse import CollapseMetricResult
+from lincollapse.experiments.ppca import (
     CollapsedColumnsResult,
-    CollapseMetricResult,
-    ElboGapResult,
-    GramResult,
     LandscapeResult,
-    LikelihoodCurve,
     PPCA2DResult,
     PPCA2DState,
 )

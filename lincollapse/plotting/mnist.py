@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.mnist import SpectrumResult
+from lincollapse.experiments.mnist_data import SpectrumResult
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, house_style, new_figure
 
 

@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import ppca
+from lincollapse import gaussian, ppca, validation
 from lincollapse.data import covariance_eigenvalues
-from lincollapse.training import History, maximise
+from lincollapse.training import History, Recorder, maximise
 
 __all__ = [
     "ENCODER_KINDS",
@@ -56,10 +56,9 @@ __all__ = [
     "LinearDecoderVAE",
     "LinearEncoder",
     "MLPEncoder",
-    "covariance_eigenvalues",
     "elbo",
     "first_step_within",
-    "kl_to_prior",
+    "kl_per_image",
     "make_encoder",
     "make_vae",
     "reconstruction_analytic",
@@ -67,7 +66,6 @@ __all__ = [
     "train_vae",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
 ENCODER_KINDS = ("linear", "deep-linear", "mlp")
 ESTIMATORS = ("analytic", "sample")
 DTYPE = torch.float64
@@ -81,14 +79,7 @@ DTYPE = torch.float64
 def _as_points(x: torch.Tensor | np.ndarray, d: int | None = None) -> torch.Tensor:
     """x as a float64 tensor of shape (n, d), finite; errors name the fix."""
     x = torch.as_tensor(x, dtype=DTYPE)
-    if x.ndim != 2 or (d is not None and x.shape[1] != d):
-        want = f"(n, {d})" if d is not None else "(n, d)"
-        raise ValueError(
-            f"x must have shape {want}, got {tuple(x.shape)}; pass a batch of flattened "
-            "images (use x[None, :] for a single image)"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; remove or impute them first")
+    validation.check_points(x, d)
     return x
 
 
@@ -105,15 +96,6 @@ def _check_posterior(means: torch.Tensor, variances: torch.Tensor, q: int | None
         )
     if not bool((variances.detach() > 0).all()):
         raise ValueError("encoder variances must be > 0; parameterise them by their logarithm")
-
-
-def _check_sigma2(sigma2: float) -> float:
-    value = float(sigma2)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(
-            f"σ² must be a finite positive noise variance, got sigma2={sigma2!r}; pass a value > 0"
-        )
-    return value
 
 
 def _check_dims(d: int, q: int) -> None:
@@ -171,7 +153,7 @@ class LinearDecoder(nn.Module):
         if W.ndim != 2:
             raise ValueError(f"W must have shape (d, q), got {tuple(W.shape)}")
         _check_dims(W.shape[0], W.shape[1])
-        sigma2 = _check_sigma2(sigma2)
+        sigma2 = validation.check_sigma2(sigma2)
         self.W = nn.Parameter(W.clone())
         self.log_sigma2 = nn.Parameter(
             torch.tensor(math.log(sigma2), dtype=DTYPE), requires_grad=learn_sigma2
@@ -459,10 +441,10 @@ def _reconstruction_sample(x, means, variances, decoder: LinearDecoder, generato
 
 
 def _log_gaussian(squared_error: torch.Tensor, decoder: LinearDecoder) -> torch.Tensor:
-    return -0.5 * squared_error / decoder.sigma2 - 0.5 * decoder.d * (LOG_2PI + decoder.log_sigma2)
+    return gaussian.log_likelihood(squared_error, decoder.d, decoder.log_sigma2, decoder.sigma2)
 
 
-def kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+def kl_per_image(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, diag s²) ‖ N(0, I)) for each row, equation (lvae-kl) with a per-image variance.
 
     ½ Σ_i [μ_i² + s_i² − 1 − log s_i²].
@@ -472,11 +454,7 @@ def kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
     Tensor of shape (n,)
     """
     _check_posterior(means, variances)
-    return _kl_to_prior(means, variances)
-
-
-def _kl_to_prior(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (means.square() + variances - 1.0 - torch.log(variances)).sum(dim=1)
+    return gaussian.kl_to_prior(means, variances).sum(dim=1)
 
 
 def elbo(
@@ -511,7 +489,7 @@ def _elbo_from(x, means, variances, decoder, estimator, generator) -> torch.Tens
         reconstruction = _reconstruction_analytic(x, means, variances, decoder)
     else:
         reconstruction = _reconstruction_sample(x, means, variances, decoder, generator)
-    return (reconstruction - _kl_to_prior(means, variances)).mean()
+    return (reconstruction - gaussian.kl_to_prior(means, variances).sum(dim=1)).mean()
 
 
 def _check_estimator(estimator: str) -> None:
@@ -714,18 +692,20 @@ def train_vae(
     model = reference if dtype == DTYPE else copy.deepcopy(reference).to(dtype)
     x_train = x.to(dtype)
     generator = torch.Generator().manual_seed(seed + 10_000 if noise_seed is None else noise_seed)
-    recorded: list[float] = []
     wanted = set(int(c) for c in checkpoints)
 
     def objective() -> torch.Tensor:
         return _elbo(x_train, model.encoder, model.decoder, estimator, generator)
 
-    def on_record(step: int) -> None:
+    def measure(step: int) -> dict[str, float]:
         if model is not reference and step > 0:
             reference.load_state_dict(model.state_dict())  # copies into float64
-        recorded.append(float(_elbo(x, reference.encoder, reference.decoder, "analytic", None)))
+        elbo = float(_elbo(x, reference.encoder, reference.decoder, "analytic", None))
         if step in wanted and on_checkpoint is not None:
             on_checkpoint(step, reference)
+        return {"elbo": elbo}
+
+    recorder = Recorder(measure)
 
     start = time.perf_counter()
     history: History = maximise(
@@ -738,12 +718,12 @@ def train_vae(
         name=f"{kind} encoder, {estimator} ELBO, seed {seed}",
         progress=progress,
         lr_schedule=lr_schedule,
-        on_record=on_record,
+        on_record=recorder,
     )
     return EncoderTraining(
         model=reference,
         steps=history.steps,
-        elbo=np.asarray(recorded),
+        elbo=recorder.array("elbo"),
         objective=np.asarray(history.values, dtype=np.float64),
         optimum=float(optimum),
         kind=kind,

@@ -27,7 +27,8 @@ with their decoder variance η_dec = σ². Contents:
 - :func:`train_linear_beta_vae`, which trains the β-objective itself (encoder learned jointly, or
   kept at :func:`beta_optimal_encoder`) and returns a :class:`LinearBetaFit`.
 
-The general equivalence for any decoder lives in :mod:`lincollapse.beta`. Everything is float64.
+The general equivalence for any decoder lives in :mod:`lincollapse.beta_elbo`. Everything is
+float64.
 
 References
 ----------
@@ -44,24 +45,23 @@ import time
 import numpy as np
 import torch
 
-from lincollapse import ppca
+from lincollapse import gaussian, ppca, validation
+from lincollapse.gaussian import LOG_2PI
 from lincollapse.linear_vae import (
-    ENCODERS,
     LinearVAE,
-    _concatenate,
-    _rotate_model,
     analytic_elbo_terms,
     optimal_encoder,
+    rotate_model,
 )
+from lincollapse.linear_vae_training import ENCODERS
 from lincollapse.ppca import DataSpectrum
-from lincollapse.training import History, maximise
+from lincollapse.training import History, concatenate_histories, maximise
+from lincollapse.validation import check_beta, check_sigma2
 
 __all__ = [
     "ENCODERS",
     "LinearBetaFit",
     "beta_optimal_encoder",
-    "check_beta",
-    "check_sigma2",
     "collapsed_latents",
     "effective_sigma2",
     "linear_beta_objective",
@@ -72,37 +72,10 @@ __all__ = [
     "train_linear_beta_vae",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
-
 
 # --------------------------------------------------------------------------------------------
 # β, σ² and the effective noise βσ²
 # --------------------------------------------------------------------------------------------
-
-
-def _positive(value: object, message: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0.0:
-        raise ValueError(message)
-    return number
-
-
-def check_beta(beta: float) -> float:
-    """Return β as a float if it is finite and > 0, else raise a ValueError saying why."""
-    return _positive(
-        beta,
-        f"β must be a finite positive KL weight, got beta={beta!r}: β = 1 is the plain ELBO, "
-        "β = 0 drops the KL term (an autoencoder with no prior and an unbounded encoder "
-        "variance) and β < 0 rewards a large KL",
-    )
-
-
-def check_sigma2(sigma2: float) -> float:
-    """Return σ² as a float if it is finite and > 0, else raise a ValueError saying why."""
-    return _positive(sigma2, f"σ² must be a finite positive noise variance, got sigma2={sigma2!r}")
 
 
 def effective_sigma2(sigma2: float, beta: float) -> float:
@@ -116,8 +89,8 @@ def effective_sigma2(sigma2: float, beta: float) -> float:
 
 
 def _top_q(eigenvalues: np.ndarray | DataSpectrum, q: int) -> np.ndarray:
-    eigenvalues = ppca._eigenvalues(eigenvalues)
-    q = ppca._check_q(q, eigenvalues, require_rank=False)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
+    q = validation.check_q(q, eigenvalues)
     return eigenvalues[:q]
 
 
@@ -183,8 +156,8 @@ def optimal_beta_elbo(
 
         max ELBO_β = β ℓ_s + (β d / 2) log(2π s) − (d / 2) log(2π σ²).
     """
-    eigenvalues = ppca._eigenvalues(eigenvalues)
-    q = ppca._check_q(q, eigenvalues, require_rank=False)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
+    q = validation.check_q(q, eigenvalues)
     beta, sigma2 = check_beta(beta), check_sigma2(sigma2)
     d = eigenvalues.size
     s = beta * sigma2
@@ -241,8 +214,7 @@ def _beta_encoder(W: torch.Tensor, noise: float) -> tuple[torch.Tensor, torch.Te
     """(beta-encoder) with M_β = WᵀW + noise·I, noise = βσ²; differentiable in W."""
     # noise as a tensor: float / Tensor would multiply by the reciprocal (another rounding)
     noise = torch.as_tensor(noise, dtype=W.dtype, device=W.device)
-    M = W.T @ W + noise * torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
-    return torch.linalg.solve(M, W.T), noise / M.diagonal()
+    return gaussian.optimal_encoder(W, noise)
 
 
 def beta_optimal_encoder(
@@ -287,7 +259,7 @@ def synthetic_data(
     basis : ndarray of shape (d, d)
         U, orthogonal; column j is the direction of variance λ_j.
     """
-    eigenvalues = ppca._eigenvalues(eigenvalues)
+    eigenvalues = ppca.eigenvalues_of(eigenvalues)
     d = eigenvalues.size
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= d:
         raise ValueError(f"n must be an integer > d = {d} (to whiten the noise), got n={n!r}")
@@ -424,7 +396,7 @@ def train_linear_beta_vae(
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
     beta, sigma2 = check_beta(beta), check_sigma2(sigma2)
     spectrum = data if isinstance(data, DataSpectrum) else ppca.data_spectrum(data)
-    q = ppca._check_q(q, spectrum.eigenvalues, require_rank=False)
+    q = validation.check_q(q, spectrum.eigenvalues)
     if q == 0:
         raise ValueError("q must be >= 1: a linear β-VAE with no latents has nothing to train")
     learned = encoder == "learned"
@@ -461,7 +433,7 @@ def train_linear_beta_vae(
             with torch.no_grad():  # latents by decreasing ‖w_j‖, WᵀW diagonal
                 _, rotation = torch.linalg.eigh(model.W.T @ model.W)
                 model.W.copy_(model.W @ rotation.flip(1))
-        history = _concatenate(histories)
+        history = concatenate_histories(histories)
     with torch.no_grad():
         value = float(objective())
         V, D = encoder_parameters()
@@ -469,7 +441,7 @@ def train_linear_beta_vae(
         if not learned:  # store the optimal encoder, and go back to data coordinates
             model.V.copy_(V)
             model.log_D.copy_(torch.log(D))
-            _rotate_model(model, torch.as_tensor(spectrum.eigenvectors, dtype=torch.float64))
+            rotate_model(model, torch.as_tensor(spectrum.eigenvectors, dtype=torch.float64))
         W = model.W.numpy()
     order = np.argsort(-np.linalg.norm(W, axis=0), kind="stable")
     return LinearBetaFit(

@@ -1,4 +1,4 @@
-"""Tests of lincollapse.encoders against independent computations.
+"""Tests of lincollapse.linear_decoder_vae against independent computations.
 
 References: the linear VAE's closed-form ELBO from the sample covariance
 (``linear_vae.elbo_terms``), pPCA's closed-form maximum (``ppca``), ``torch.distributions`` and
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lincollapse import encoders, linear_vae, ppca
+from lincollapse import linear_decoder_vae, linear_vae, ppca
 
 D, Q, N = 12, 3, 40
 
@@ -25,9 +25,9 @@ def data() -> np.ndarray:
     return rng.normal(size=(N, D)) @ basis * 0.3 + rng.normal(size=D)
 
 
-def _random_linear_vae(x: np.ndarray, seed: int = 1) -> encoders.LinearDecoderVAE:
+def _random_linear_vae(x: np.ndarray, seed: int = 1) -> linear_decoder_vae.LinearDecoderVAE:
     """A linear-encoder VAE with non-trivial W, V, D, σ² (not the small initialisation)."""
-    model = encoders.make_vae("linear", x, Q, seed=seed, sigma2=0.7)
+    model = linear_decoder_vae.make_vae("linear", x, Q, seed=seed, sigma2=0.7)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         model.decoder.W.copy_(torch.randn(D, Q, generator=g, dtype=torch.float64))
@@ -36,9 +36,11 @@ def _random_linear_vae(x: np.ndarray, seed: int = 1) -> encoders.LinearDecoderVA
     return model
 
 
-def _random_amortised(kind: str, x: np.ndarray, seed: int = 2) -> encoders.LinearDecoderVAE:
+def _random_amortised(
+    kind: str, x: np.ndarray, seed: int = 2
+) -> linear_decoder_vae.LinearDecoderVAE:
     """An amortised encoder whose variances genuinely depend on x."""
-    model = encoders.make_vae(kind, x, Q, seed=seed, hidden=(8, 8), sigma2=0.5)
+    model = linear_decoder_vae.make_vae(kind, x, Q, seed=seed, hidden=(8, 8), sigma2=0.5)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         head = model.encoder.log_variance_head
@@ -60,8 +62,10 @@ def test_linear_encoder_elbo_equals_closed_form(data):
     x = torch.as_tensor(data)
     means, variances = model.encoder(x)
     with torch.no_grad():
-        recon = encoders.reconstruction_analytic(x, means, variances, model.decoder).mean()
-        kl = encoders.kl_to_prior(means, variances).mean()
+        recon = linear_decoder_vae.reconstruction_analytic(
+            x, means, variances, model.decoder
+        ).mean()
+        kl = linear_decoder_vae.kl_per_image(means, variances).mean()
     assert float(recon) == pytest.approx(terms.reconstruction, abs=1e-10, rel=1e-12)
     assert float(kl) == pytest.approx(terms.kl, abs=1e-10, rel=1e-12)
     assert model.elbo(x).item() == pytest.approx(terms.elbo, abs=1e-10, rel=1e-12)
@@ -69,7 +73,7 @@ def test_linear_encoder_elbo_equals_closed_form(data):
 
 def test_linear_encoder_starts_like_linear_vae(data):
     """Same seed, same draws: make_vae("linear") initialises W and V as LinearVAE does."""
-    model = encoders.make_vae("linear", data, Q, seed=7)
+    model = linear_decoder_vae.make_vae("linear", data, Q, seed=7)
     reference = linear_vae.LinearVAE(D, Q, seed=7)
     assert torch.equal(model.decoder.W, reference.W)
     assert torch.equal(model.encoder.V, reference.V)
@@ -80,24 +84,12 @@ def test_elbo_at_ppca_optimum_with_optimal_encoder_is_max_loglik(data):
     """Theorem: ELBO = ℓ*(q) at W_MLE with the optimal linear encoder (lvae-optimal-encoder)."""
     fit = ppca.fit(data, Q)
     V, Dvar = linear_vae.optimal_encoder(fit.W, fit.sigma2)
-    model = encoders.make_vae("linear", data, Q, sigma2=fit.sigma2)
+    model = linear_decoder_vae.make_vae("linear", data, Q, sigma2=fit.sigma2)
     with torch.no_grad():
         model.decoder.W.copy_(torch.as_tensor(fit.W))
         model.encoder.V.copy_(torch.as_tensor(V))
         model.encoder.log_D.copy_(torch.log(torch.as_tensor(Dvar)))
     assert model.elbo(torch.as_tensor(data)).item() == pytest.approx(fit.log_likelihood, abs=1e-9)
-
-
-def test_kl_matches_torch_distributions():
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(5, 4, generator=g, dtype=torch.float64)
-    variances = torch.exp(torch.randn(5, 4, generator=g, dtype=torch.float64))
-    q = torch.distributions.Normal(means, variances.sqrt())
-    p = torch.distributions.Normal(torch.zeros_like(means), torch.ones_like(means))
-    expected = torch.distributions.kl_divergence(q, p).sum(dim=1)
-    torch.testing.assert_close(
-        encoders.kl_to_prior(means, variances), expected, rtol=1e-12, atol=1e-12
-    )
 
 
 def test_analytic_reconstruction_matches_torch_log_prob_at_zero_variance(data):
@@ -106,7 +98,7 @@ def test_analytic_reconstruction_matches_torch_log_prob_at_zero_variance(data):
     x = torch.as_tensor(data)
     means, _ = model.encoder(x)
     tiny = torch.full_like(means, 1e-300)
-    value = encoders.reconstruction_analytic(x, means, tiny, model.decoder)
+    value = linear_decoder_vae.reconstruction_analytic(x, means, tiny, model.decoder)
     loc = means @ model.decoder.W.T + model.decoder.centre
     scale = torch.sqrt(model.decoder.sigma2).expand_as(loc)
     expected = torch.distributions.Normal(loc, scale).log_prob(x).sum(dim=1)
@@ -122,11 +114,11 @@ def test_single_sample_reconstruction_is_unbiased(data, kind):
     x = torch.as_tensor(data)
     with torch.no_grad():
         means, variances = model.encoder(x)
-        analytic = encoders.reconstruction_analytic(x, means, variances, model.decoder)
+        analytic = linear_decoder_vae.reconstruction_analytic(x, means, variances, model.decoder)
         g = torch.Generator().manual_seed(11)
         draws = torch.stack(
             [
-                encoders.reconstruction_sample(x, means, variances, model.decoder, g)
+                linear_decoder_vae.reconstruction_sample(x, means, variances, model.decoder, g)
                 for _ in range(3000)
             ]
         )  # (K, n)
@@ -167,9 +159,9 @@ def test_sample_estimator_is_reproducible_with_a_generator(data):
 # --- encoders --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", encoders.ENCODER_KINDS)
+@pytest.mark.parametrize("kind", linear_decoder_vae.ENCODER_KINDS)
 def test_encoder_shapes_and_positive_variances(data, kind):
-    model = encoders.make_vae(kind, data, Q, seed=0, hidden=(8,))
+    model = linear_decoder_vae.make_vae(kind, data, Q, seed=0, hidden=(8,))
     means, variances = model.encoder(torch.as_tensor(data))
     assert means.shape == variances.shape == (N, Q)
     assert means.dtype == torch.float64
@@ -190,7 +182,7 @@ def test_deep_linear_mean_is_affine_and_variance_input_dependent(data):
 def test_mlp_with_width_2q_represents_the_linear_encoder(data):
     """ReLU(u) − ReLU(−u) = u: an MLP of widths ≥ 2q contains encoder (a) exactly."""
     linear = _random_linear_vae(data).encoder
-    mlp = encoders.MLPEncoder(D, Q, hidden=(2 * Q, 2 * Q), centre=linear.centre)
+    mlp = linear_decoder_vae.MLPEncoder(D, Q, hidden=(2 * Q, 2 * Q), centre=linear.centre)
     V = linear.V.detach()
     eye = torch.eye(Q, dtype=torch.float64)
     with torch.no_grad():
@@ -207,7 +199,10 @@ def test_mlp_with_width_2q_represents_the_linear_encoder(data):
 
 
 def test_make_vae_shares_the_decoder_initialisation_across_kinds(data):
-    decoders = [encoders.make_vae(k, data, Q, seed=4).decoder.W for k in encoders.ENCODER_KINDS]
+    decoders = [
+        linear_decoder_vae.make_vae(k, data, Q, seed=4).decoder.W
+        for k in linear_decoder_vae.ENCODER_KINDS
+    ]
     for W in decoders[1:]:
         assert torch.equal(W, decoders[0])
 
@@ -222,53 +217,53 @@ def test_gram_is_w_transpose_w(data):
 
 
 def test_wrong_shapes_are_rejected(data):
-    model = encoders.make_vae("linear", data, Q)
+    model = linear_decoder_vae.make_vae("linear", data, Q)
     with pytest.raises(ValueError, match=r"shape \(n, 12\)"):
         model.elbo(torch.zeros(5, D + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="x\\[None, :\\]"):
         model.encoder(torch.zeros(D, dtype=torch.float64))
     means = torch.zeros(4, Q, dtype=torch.float64)
     with pytest.raises(ValueError, match="both have shape"):
-        encoders.kl_to_prior(means, torch.ones(4, Q + 1, dtype=torch.float64))
+        linear_decoder_vae.kl_per_image(means, torch.ones(4, Q + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="same latent dimension"):
-        encoders.reconstruction_analytic(
+        linear_decoder_vae.reconstruction_analytic(
             torch.as_tensor(data[:4]), torch.zeros(4, Q + 1, dtype=torch.float64),
             torch.ones(4, Q + 1, dtype=torch.float64), model.decoder,
         )  # fmt: skip
     with pytest.raises(ValueError, match="1 <= q < d"):
-        encoders.make_vae("linear", data, D)
+        linear_decoder_vae.make_vae("linear", data, D)
 
 
 def test_nan_and_nonpositive_values_are_rejected(data):
-    model = encoders.make_vae("mlp", data, Q, hidden=(8,))
+    model = linear_decoder_vae.make_vae("mlp", data, Q, hidden=(8,))
     bad = torch.as_tensor(data).clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         model.elbo(bad)
     with pytest.raises(ValueError, match="NaN"):
-        encoders.train_vae(bad.numpy(), Q, steps=1)
+        linear_decoder_vae.train_vae(bad.numpy(), Q, steps=1)
     with pytest.raises(ValueError, match="> 0"):
-        encoders.kl_to_prior(torch.zeros(2, Q), -torch.ones(2, Q))
+        linear_decoder_vae.kl_per_image(torch.zeros(2, Q), -torch.ones(2, Q))
     for sigma2 in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="σ²"):
-            encoders.make_vae("linear", data, Q, sigma2=sigma2)
+            linear_decoder_vae.make_vae("linear", data, Q, sigma2=sigma2)
 
 
 def test_unknown_names_are_rejected(data):
     with pytest.raises(ValueError, match="choose one of linear, deep-linear, mlp"):
-        encoders.make_encoder("conv", D, Q)
+        linear_decoder_vae.make_encoder("conv", D, Q)
     with pytest.raises(ValueError, match="choose one of analytic, sample"):
-        encoders.make_vae("linear", data, Q).elbo(torch.as_tensor(data), "two-sample")
+        linear_decoder_vae.make_vae("linear", data, Q).elbo(torch.as_tensor(data), "two-sample")
     with pytest.raises(ValueError, match="positive widths"):
-        encoders.make_encoder("mlp", D, Q, hidden=())
+        linear_decoder_vae.make_encoder("mlp", D, Q, hidden=())
     with pytest.raises(ValueError, match="float32 or torch.float64"):
-        encoders.train_vae(data, Q, steps=1, dtype=torch.int64)
+        linear_decoder_vae.train_vae(data, Q, steps=1, dtype=torch.int64)
 
 
 def test_rank_deficient_q_is_rejected():
     x = np.random.default_rng(0).normal(size=(4, D))  # rank 3 after centring
     with pytest.raises(ppca.RankDeficientError):
-        encoders.train_vae(x, 3, steps=1)
+        linear_decoder_vae.train_vae(x, 3, steps=1)
 
 
 # --- the noise at the optimum (chapter *Stochastic vs analytic ELBO*) ---------------------------
@@ -280,7 +275,7 @@ def _linear_vae_at_fixed_sigma2_optimum(x: np.ndarray, sigma2: float):
     assert spectrum.eigenvalues[Q - 1] > sigma2
     W = ppca.fixed_sigma2_maximiser(spectrum, Q, sigma2)
     V, Dvar = linear_vae.optimal_encoder(W, sigma2)
-    model = encoders.make_vae("linear", x, Q, sigma2=sigma2, learn_sigma2=False)
+    model = linear_decoder_vae.make_vae("linear", x, Q, sigma2=sigma2, learn_sigma2=False)
     with torch.no_grad():
         model.decoder.W.copy_(torch.as_tensor(W))
         model.encoder.V.copy_(torch.as_tensor(V))
@@ -299,7 +294,7 @@ def test_single_sample_variance_at_the_optimum_is_bounded_by_half_q(data):
             means, variances = model.encoder(x)
             g = torch.Generator().manual_seed(3)
             draws = torch.stack(
-                [encoders.reconstruction_sample(x, means, variances, model.decoder, g)
+                [linear_decoder_vae.reconstruction_sample(x, means, variances, model.decoder, g)
                  for _ in range(4000)]
             )  # fmt: skip
         measured = float(draws.var(dim=0).mean())

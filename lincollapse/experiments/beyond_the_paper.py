@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lincollapse import linear_beta, ppca
+from lincollapse import linear_beta_vae, ppca
 from lincollapse.experiments import figure
 from lincollapse.presets import ExperimentConfig
 
@@ -28,7 +28,7 @@ class SyntheticLinearBetaConfig(ExperimentConfig):
     """Train a linear β-VAE (σ² fixed) per β on synthetic data with the spectrum ``eigenvalues``.
 
     The data are ``n`` points whose sample covariance has exactly that spectrum
-    (:func:`lincollapse.linear_beta.synthetic_data`). No βσ² equals an eigenvalue: at equality
+    (:func:`lincollapse.linear_beta_vae.synthetic_data`). No βσ² equals an eigenvalue: at equality
     the collapsed direction is flat to second order and gradient methods converge slowly.
     ``book`` and ``paper`` train with L-BFGS (deterministic full-batch objective); ``fast``
     trains two β with fewer steps.
@@ -123,24 +123,26 @@ def linear_beta_optimum(
 ) -> SyntheticLinearBetaResult:
     """Trained linear β-VAE decoders against the closed form √(max(0, λ_j − βσ²)), per β."""
     config = config or SyntheticLinearBetaConfig.for_preset()
-    x, _ = linear_beta.synthetic_data(
+    x, _ = linear_beta_vae.synthetic_data(
         np.asarray(config.eigenvalues), config.n, seed=config.data_seed
     )
     spectrum = ppca.data_spectrum(x)
     trained, closed, rates, closed_rates, gaps, counts, predicted, seconds = ([] for _ in range(8))
     for beta in config.betas:
-        run = linear_beta.train_linear_beta_vae(
+        run = linear_beta_vae.train_linear_beta_vae(
             spectrum, config.q, config.sigma2, beta, encoder="learned",
             optimiser=config.optimiser, steps=config.steps, seed=config.train_seed,
         )  # fmt: skip
         trained.append(run.singular_values)
-        closed.append(linear_beta.optimal_singular_values(spectrum, config.q, config.sigma2, beta))
+        closed.append(
+            linear_beta_vae.optimal_singular_values(spectrum, config.q, config.sigma2, beta)
+        )
         rates.append(run.rates)
-        closed_rates.append(linear_beta.optimal_rates(spectrum, config.q, config.sigma2, beta))
+        closed_rates.append(linear_beta_vae.optimal_rates(spectrum, config.q, config.sigma2, beta))
         gaps.append(run.gap)
         counts.append(int(np.count_nonzero(run.singular_values < config.column_tolerance)))
         predicted.append(
-            int(linear_beta.collapsed_latents(spectrum, config.q, config.sigma2, beta).sum())
+            int(linear_beta_vae.collapsed_latents(spectrum, config.q, config.sigma2, beta).sum())
         )
         seconds.append(run.seconds)
     grid = np.geomspace(min(config.betas) / 2, max(config.betas) * 1.5, 400)
@@ -158,7 +160,7 @@ def linear_beta_optimum(
         beta_grid=grid,
         closed_form_grid=np.asarray(
             [
-                linear_beta.optimal_singular_values(spectrum, config.q, config.sigma2, b)
+                linear_beta_vae.optimal_singular_values(spectrum, config.q, config.sigma2, b)
                 for b in grid
             ]
         ),  # fmt: skip
@@ -238,7 +240,9 @@ class ExactCollapseResult:
 def exact_inference_collapse(config: ExactCollapseConfig | None = None) -> ExactCollapseResult:
     """pPCA's collapsed latent: log p(x | z) flat along it, exact posterior equal to the prior."""
     config = config or ExactCollapseConfig.for_preset()
-    x, _ = linear_beta.synthetic_data(np.asarray(config.eigenvalues), config.n, seed=config.seed)
+    x, _ = linear_beta_vae.synthetic_data(
+        np.asarray(config.eigenvalues), config.n, seed=config.seed
+    )
     spectrum = ppca.data_spectrum(x)
     W = ppca.fixed_sigma2_maximiser(spectrum, config.q, config.sigma2)
     norms = np.linalg.norm(W, axis=0)
