@@ -352,6 +352,8 @@ def documented_commands() -> list[str]:
 @pytest.mark.parametrize("command", documented_commands())
 def test_every_documented_command_parses(command):
     module, *argv = command.split()
+    if any(word.isupper() for word in argv):  # a placeholder: python -m lincollapse COMMAND --help
+        return
     if module != "lincollapse":
         assert module in MODULE_COMMANDS, f"{module} cannot be run with python -m"
         argv = [*MODULE_COMMANDS[module], *argv]
