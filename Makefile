@@ -22,11 +22,11 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)  ## create .venv and install everything (done by book and test)
 
 book: $(STAMP)  ## build the executed HTML book in _build/html (LINCOLLAPSE_PRESET=book)
-	LINCOLLAPSE_PRESET=$${LINCOLLAPSE_PRESET:-book} $(BIN)/python -m lincollapse.build_book
+	LINCOLLAPSE_PRESET=$${LINCOLLAPSE_PRESET:-book} $(BIN)/python -m tools.build_book
 
 test: $(STAMP)  ## lint, unit tests, and every chapter re-executed under nbval (fast preset)
-	$(BIN)/ruff check lincollapse tests
-	$(BIN)/ruff format --check lincollapse tests
+	$(BIN)/ruff check lincollapse tests tools
+	$(BIN)/ruff format --check lincollapse tests tools
 	LINCOLLAPSE_PRESET=fast $(BIN)/python -m pytest -n $(JOBS) --dist loadfile \
 		--nbval-lax --nbval-current-env -p no:cacheprovider tests book
 
@@ -38,8 +38,8 @@ chapters: $(STAMP)  ## chapters only, under nbval (fast preset)
 		--nbval-lax --nbval-current-env -p no:cacheprovider book
 
 format: $(STAMP)  ## apply ruff's formatting and safe fixes
-	$(BIN)/ruff format lincollapse tests
-	$(BIN)/ruff check --fix lincollapse tests
+	$(BIN)/ruff format lincollapse tests tools
+	$(BIN)/ruff check --fix lincollapse tests tools
 
 bench: $(STAMP)  ## print the benchmark tables
 	$(BIN)/python -m lincollapse bench
@@ -47,10 +47,10 @@ bench: $(STAMP)  ## print the benchmark tables
 .PHONY: browser-check pdf
 
 browser-check: $(STAMP)  ## check every page of _build/html in headless Chromium (after make book)
-	$(BIN)/python -m lincollapse.browser_check _build/html
+	$(BIN)/python -m tools.browser_check _build/html
 
 pdf: $(STAMP)  ## optional: the book as a PDF (needs pdflatex and latexmk; not part of CI)
-	LINCOLLAPSE_PRESET=$${LINCOLLAPSE_PRESET:-book} $(BIN)/python -m lincollapse.build_book --builder pdflatex
+	LINCOLLAPSE_PRESET=$${LINCOLLAPSE_PRESET:-book} $(BIN)/python -m tools.build_book --builder pdflatex
 
 clean:  ## remove build outputs (keeps .venv and the results cache)
 	rm -rf _build

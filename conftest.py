@@ -11,4 +11,4 @@ from lincollapse.threads import environment_for_tests
 
 os.environ.update(environment_for_tests())
 
-pytest_plugins = ["lincollapse.testing"]
+pytest_plugins = ["tools.nbval_jupytext"]

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m lincollapse.bench <subcommand> [--preset book]``.
+"""Benchmarks: ``python -m lincollapse bench <subcommand> [--preset book]``.
 
 Subcommands
 -----------
@@ -28,12 +28,10 @@ Subcommands
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -47,7 +45,6 @@ import torch
 from lincollapse.deep_runs import data_for
 from lincollapse.deep_vae import build_runs, choose_layout
 from lincollapse.experiments.deep import DeepVAEConfig
-from lincollapse.presets import ENV_VAR, PRESETS, UnknownPresetError, current_preset
 
 
 def linear_flops_per_evaluation(
@@ -171,64 +168,6 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
 
 
 SUBCOMMANDS: dict[str, Callable[[str], float]] = {"linear": bench_linear}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, …), got {text!r}")
-    return value
-
-
-def plain_text(rst: str) -> str:
-    """``rst`` without reStructuredText markup (roles, literals, emphasis), for ``--help``."""
-    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", rst)
-    text = re.sub(r"``([^`]+)``", r"\1", text)
-    text = re.sub(r"(?<![\w*])\*([A-Za-z][^*\n]*?)\*(?![\w*])", r"\1", text)
-    return re.sub(r"\n-{3,}\n", "\n", text)
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m lincollapse.bench") -> int:
-    """Command-line entry point; ``prog`` is the program name that ``--help`` shows."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=plain_text(__doc__.replace("python -m lincollapse.bench", prog)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("subcommand", choices=sorted(SUBCOMMANDS))
-    parser.add_argument(
-        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR} or book"
-    )
-    parser.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch intra-op threads (default: the thread policy's, lincollapse.threads)",
-    )
-    parser.add_argument(
-        "--figure",
-        action="append",
-        default=None,
-        help=f"threads only: a figure to time (repeatable; default: {', '.join(THREAD_FIGURES)})",
-    )
-    parser.add_argument(
-        "--repeat", type=_positive_int, default=3, help="threads only: runs per variant (3)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        preset = args.preset or current_preset()
-    except UnknownPresetError as error:
-        parser.exit(2, f"{prog}: error: {ENV_VAR}: {error}\n")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.subcommand == "threads":
-        bench_threads(preset, figures=args.figure or THREAD_FIGURES, repeat=args.repeat)
-    else:
-        SUBCOMMANDS[args.subcommand](preset)
-    return 0
 
 
 def bench_training(preset: str, out: Callable[[str], None] = print) -> float:
@@ -416,10 +355,6 @@ def _load() -> str:
 
 
 SUBCOMMANDS["deep"] = bench_deep
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 THREAD_FIGURES = ("ppca-collapsed-vs-sigma2", "likelihood-vs-latent-size")

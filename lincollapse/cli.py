@@ -1,4 +1,4 @@
-"""The command line: ``python -m lincollapse {list,run,bench}`` (also installed as ``lincollapse``).
+"""The command line: ``python -m lincollapse COMMAND`` (also installed as ``lincollapse``).
 
 ``list``
     every registered figure with its chapter, paper figure and the cost of each preset;
@@ -9,8 +9,18 @@
     else ``$LINCOLLAPSE_PRESET``, else ``book``. ``DIR`` (and the results cache, for figures
     that train) is checked before computing; if a write still fails afterwards, the data go to
     a rescue folder (:func:`lincollapse.storage.rescue_directory`) that the error names;
-``bench [ARGS...]``
-    the benchmark tables (``lincollapse.bench``; ``bench --help`` lists its options).
+``bench {linear,training,deep,threads}``
+    the benchmark tables of :mod:`lincollapse.bench`;
+``study {train,status,ship,ship-traversal}``
+    the deep chapter's converged σ² study (:mod:`lincollapse.experiments.deep_study`): train its
+    runs resumably, show their state, ship them to ``results/``;
+``train {deep,annealing,linear-baselines}``
+    the long runs behind a chapter's shipped results (deep-VAE convergence study and grid, KL
+    annealing, the linear VAE's joint-training baselines), optionally writing the reference.
+
+This is the package's only command line. ``python -m lincollapse.experiments.deep_study ARGS``
+(and ``...deep``, ``...beta``, ``...linear_baselines``), the commands recorded in shipped results,
+still work: each module hands its arguments to :func:`main_for_module`.
 
 Progress bars follow :func:`lincollapse.training.progress_enabled`: shown to a person at a
 terminal, quiet under CI (``CI`` set) and when output goes to a pipe or a file. Threads follow
@@ -21,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import inspect
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -92,18 +102,125 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"output folder (default: {DEFAULT_OUT})",
     )
 
-    commands.add_parser(
+    from lincollapse import bench
+
+    bench_parser = commands.add_parser(
         "bench",
-        help="print the benchmark tables (arguments go to lincollapse.bench)",
-        add_help=False,
+        help="print a benchmark table: " + ", ".join(sorted(bench.SUBCOMMANDS)),
+        description=plain_text(bench.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    bench_parser.add_argument("subcommand", choices=sorted(bench.SUBCOMMANDS))
+    bench_parser.add_argument(
+        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR}, else book"
+    )
+    bench_parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: the thread policy's, lincollapse.threads)",
+    )
+    bench_parser.add_argument(
+        "--figure",
+        action="append",
+        default=None,
+        help="threads only: a figure to time (repeatable; default: "
+        + ", ".join(bench.THREAD_FIGURES)
+        + ")",
+    )
+    bench_parser.add_argument(
+        "--repeat", type=positive_int, default=3, help="threads only: runs per variant (3)"
+    )
+
+    from lincollapse.experiments import deep_study
+
+    study = commands.add_parser(
+        "study",
+        help="train, inspect and ship the deep chapter's converged σ² study",
+        description="Train, inspect and ship the deep chapter's converged σ² study "
+        "(lincollapse.experiments.deep_study). train: every unfinished run of the groups, "
+        "resumably (several processes may train at once); status: finished / in progress / "
+        "waiting, per run; ship: write results/deep_study_<group>; ship-traversal: write "
+        "results/deep_traversal.",
+    )
+    study.add_argument("action", choices=("train", "status", "ship", "ship-traversal"))
+    study.add_argument(
+        "--group",
+        action="append",
+        choices=sorted(deep_study.GROUPS),
+        help="group(s) to train or ship (default: all, in order)",
+    )
+    study.add_argument("--threads", type=positive_int, default=None, help="torch threads (1)")
+    study.add_argument("--progress", action="store_true", help="progress bars even into a file")
+
+    train = commands.add_parser(
+        "train",
+        help="train the long runs behind a chapter's shipped results",
+        description="Train the long runs behind a chapter's shipped results (filling the "
+        "results cache); with --write-reference, write them into results/.",
+    )
+    runs = train.add_subparsers(dest="runs", metavar="RUNS", required=True)
+    deep = runs.add_parser(
+        "deep",
+        help="the deep-VAE convergence study (long runs) and/or the σ² grid",
+        description="Train the deep-VAE long runs (convergence study) and/or the grid runs; "
+        "with --write-reference, write results/deep_convergence_<preset>.{npz,json}.",
+    )
+    deep.add_argument("--convergence", action="store_true", help="the long runs (the default)")
+    deep.add_argument("--grid", action="store_true", help="the grid runs")
+    deep.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="steps of the long runs (default: the preset's convergence_steps)",
+    )
+    annealing = runs.add_parser(
+        "annealing",
+        help="the KL-annealing long runs",
+        description="Train the KL-annealing long runs; with --write-reference, write "
+        "results/kl_annealing_long_<preset>.{npz,json}.",
+    )
+    annealing.add_argument("--long", action="store_true", help="the long runs (the default)")
+    baselines = runs.add_parser(
+        "linear-baselines",
+        help="the linear VAE's joint-training runs (Adam at the paper's settings, L-BFGS)",
+        description="Train the linear VAE's joint-training comparison runs (Adam at the "
+        "paper's settings, joint L-BFGS); with --write-reference, write "
+        "results/linear_vae_baselines_<preset>. The paper preset trains the book's runs.",
+    )
+    for sub in (deep, annealing, baselines):
+        sub.add_argument("--preset", default="book", choices=PRESETS, help="default: book")
+        if sub is not baselines:
+            sub.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
+        sub.add_argument("--write-reference", action="store_true", help="write the shipped results")
+        sub.add_argument("--threads", type=positive_int, default=None, help="torch threads")
+        sub.add_argument("--progress", action="store_true", help="progress bars even into a file")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1, else an error that says so."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, …), got {text!r}")
+    return value
+
+
+def plain_text(rst: str) -> str:
+    """``rst`` without reStructuredText markup (roles, literals, emphasis), for ``--help``."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", rst)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*([A-Za-z][^*\n]*?)\*(?![\w*])", r"\1", text)
+    return re.sub(r"\n-{3,}\n", "\n", text)
+
+
+def main(argv: list[str] | None = None, *, typed: str | None = None) -> int:
+    """Run one command; ``typed`` is the command line as the user typed it (for provenance)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # everything after `bench` belongs to lincollapse.bench
-        return _bench(argv[1:])
+    typed = typed or " ".join(["python -m lincollapse", *argv])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -111,18 +228,45 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "run":
             return _run(args.figure, args.preset, args.device, args.out)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "study":
+            return _study(args, typed)
+        if args.command == "train":
+            return _train(args, typed)
     except CLIError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
     except KeyboardInterrupt:
+        kept = "nothing was written to --out. " if args.command == "run" else ""
         print(
-            f"\n{parser.prog} {args.command}: interrupted; nothing was written to --out. Training "
-            "runs that had finished are in the results cache: run the same command again to "
-            "continue from them.",
+            f"\n{parser.prog} {args.command}: interrupted; {kept}Training runs that had "
+            "finished are in the results cache: run the same command again to continue from them.",
             file=sys.stderr,
         )
         return 130
     parser.print_help(sys.stderr)
     return 2
+
+
+#: Modules that still run as ``python -m MODULE ARGS`` (the commands recorded in shipped results
+#: and quoted in the README), and the command each stands for (``python -m lincollapse COMMAND``).
+MODULE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "lincollapse.experiments.deep_study": ("study",),
+    "lincollapse.experiments.deep": ("train", "deep"),
+    "lincollapse.experiments.beta": ("train", "annealing"),
+    "lincollapse.experiments.linear_baselines": ("train", "linear-baselines"),
+}
+
+
+def main_for_module(module: str, argv: list[str] | None = None) -> int:
+    """``python -m MODULE ARGS``, run as ``python -m lincollapse COMMAND ARGS``.
+
+    What such a command writes records it as typed (``python -m
+    lincollapse.experiments.deep_study ship ...``), as the shipped results already do.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = list(MODULE_COMMANDS[module])
+    return main([*command, *argv], typed=" ".join([f"python -m {module}", *argv]))
 
 
 def _figures() -> dict[str, Any]:
@@ -360,13 +504,91 @@ def _jsonable(item: Any) -> Any:
     return repr(item)
 
 
-def _bench(argv: list[str]) -> int:
-    try:
-        bench = importlib.import_module("lincollapse.bench")
-    except ModuleNotFoundError as error:
-        if error.name != "lincollapse.bench":
-            raise
-        print("python -m lincollapse bench: lincollapse.bench is not available", file=sys.stderr)
-        return 2
-    status = bench.main(argv, prog="python -m lincollapse bench")
-    return int(status or 0)
+def _bench(args: argparse.Namespace) -> int:
+    from lincollapse import bench
+
+    preset = _resolve_preset(args.preset)
+    if args.threads is not None:
+        _set_torch_threads(args.threads)
+    if args.subcommand == "threads":
+        bench.bench_threads(preset, figures=args.figure or bench.THREAD_FIGURES, repeat=args.repeat)
+    else:
+        bench.SUBCOMMANDS[args.subcommand](preset)
+    return 0
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _study(args: argparse.Namespace, typed: str) -> int:
+    from lincollapse.experiments import deep_study
+    from lincollapse.references import ReferenceResultError
+
+    _set_torch_threads(args.threads or 1)
+    groups = args.group or list(deep_study.GROUPS)
+    if args.action == "train":
+        progress = args.progress or None
+        deep_study.train_queue(groups, progress=progress, log=lambda m: print(m, flush=True))
+    elif args.action == "status":
+        deep_study.status()
+    elif args.action == "ship-traversal":
+        print("shipped", deep_study.ship_traversal(typed))
+    else:
+        for group in groups:
+            try:
+                print("shipped", deep_study.ship_group(group, typed))
+            except ReferenceResultError as error:
+                print(f"not shipped: {error}")
+    return 0
+
+
+def _train(args: argparse.Namespace, typed: str) -> int:
+    if args.threads:
+        _set_torch_threads(args.threads)
+    progress = args.progress or None
+    if args.runs == "deep":
+        from lincollapse.experiments import deep
+
+        if args.convergence or not args.grid:
+            arrays, sources = deep.run_convergence_study(
+                args.preset,
+                args.device,
+                write_reference=args.write_reference,
+                command=typed,
+                progress=progress,
+                steps=args.steps,
+            )
+            print(deep.convergence_summary(arrays, args.preset))
+            print(sources)
+        if args.grid:
+            from lincollapse.deep_runs import load_or_train
+
+            config = deep.DeepVAEConfig.for_preset(args.preset)
+            _, sources = load_or_train(config, config.runs(), device=args.device, progress=progress)
+            print("\n".join(sources))
+    elif args.runs == "annealing":
+        from lincollapse.experiments import beta
+
+        runs, provenance = beta.run_long_annealing(
+            args.preset,
+            args.device,
+            write_reference=args.write_reference,
+            command=typed,
+            progress=progress,
+        )
+        print(beta.long_annealing_summary(runs, args.preset))
+        print(provenance)
+    else:
+        from lincollapse.experiments import linear_baselines
+
+        preset = "book" if args.preset == "paper" else args.preset
+        linear_baselines.train_baselines(
+            linear_baselines.LinearBaselinesConfig.for_preset(preset),
+            write_reference=args.write_reference,
+            command=typed,
+            progress=progress,
+        )
+    return 0

@@ -1,7 +1,8 @@
 """The browser check has teeth, and the offline-maths wiring of the book build is in place.
 
-The browser tests open two hand-written pages in headless Chromium: one with every defect the
-check looks for, one clean. They are skipped where no Chromium is installed (``.ci/run``
+The browser tests open hand-written pages in headless Chromium (Debian's, driven by Playwright):
+one with every defect the check looks for, one clean, and a pair that differ only in whether
+the figure's caption is numbered. They are skipped where no Chromium is installed (``.ci/run``
 installs Debian's before running the tests).
 """
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lincollapse import browser_check, build_book
+from tools import browser_check, build_book
 
 BAD_PAGE = r"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bad</title>
@@ -26,6 +27,9 @@ BAD_PAGE = r"""<!doctype html>
 <pre>code may contain $HOME and \(escapes\)</pre>
 <img src="missing.png" alt="missing">
 <img src="transparent.png" alt="transparent figure">
+<figure id="unnumbered"><img src="opaque.png" alt="captioned, no number">
+<figcaption><p><span class="caption-text">A caption without a number.</span></p></figcaption>
+</figure>
 <script>console.error("console boom");</script>
 <script>throw new Error("uncaught boom");</script>
 </main></body></html>
@@ -38,9 +42,28 @@ GOOD_PAGE = """<!doctype html>
 <div class="proof admonition"><p>Its proof.</p></div>
 <div class="exercise admonition"><p>An exercise.</p></div>
 <div class="solution dropdown admonition"><p>Its solution.</p></div>
-<img src="opaque.png" alt="opaque figure">
+<figure class="align-default" id="fig-opaque"><img src="opaque.png" alt="opaque figure">
+<figcaption><p><span class="caption-number">Fig. 1 </span>
+<span class="caption-text">An opaque figure.</span></p></figcaption></figure>
 </main></body></html>
 """
+
+# A figure as a notebook cell draws it (myst-nb), with and without a numbered caption.
+CELL_FIGURE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title></head><body><main><article>
+<section id="results"><h2>Results<a class="headerlink" href="#results">#</a></h2>
+{figure}
+</section></article></main></body></html>
+"""
+OUTPUT = """<div class="cell_output docutils container"><div class="output text_plain">
+<img alt="../_images/cell.png" src="opaque.png"></div></div>"""
+CAPTIONED = CELL_FIGURE.format(
+    title="captioned",
+    figure=f"""<figure class="align-default" id="fig-cell">{OUTPUT}
+<figcaption><p><span class="caption-number">Fig. 7 </span>
+<span class="caption-text">What the cell drew.</span></p></figcaption></figure>""",
+)
+UNCAPTIONED = CELL_FIGURE.format(title="uncaptioned", figure=OUTPUT)
 
 SOURCE = """
 ```{prf:theorem}
@@ -71,6 +94,8 @@ def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("site")
     (root / "bad.html").write_text(BAD_PAGE)
     (root / "good.html").write_text(GOOD_PAGE)
+    (root / "captioned.html").write_text(CAPTIONED)
+    (root / "uncaptioned.html").write_text(UNCAPTIONED)
     (root / "_sources").mkdir()
     (root / "_sources" / "bad.md").write_text(SOURCE)
     (root / "_sources" / "good.md").write_text(SOURCE)
@@ -83,6 +108,8 @@ def site(tmp_path_factory) -> Path:
 def reports(site, tmp_path_factory) -> dict[str, browser_check.PageReport]:
     if browser_check.find_chromium() is None:
         pytest.skip("no Chromium (apt-get install chromium); .ci/run installs it")
+    if (missing := browser_check.playwright_missing()) is not None:
+        pytest.skip(missing)
     shots = tmp_path_factory.mktemp("screenshots")
     return {r.page: r for r in browser_check.check_site(site, shots)}
 
@@ -108,6 +135,9 @@ def test_clean_page_passes_and_is_screenshotted(reports):
         "math: not typeset",
         "image: does not load: missing.png",
         "transparent figure: transparent.png",
+        "figure without a numbered caption: transparent.png",
+        "figure without a numbered caption: missing.png",
+        "figure without a numbered caption: opaque.png",
         "blocks: 1 theorem directive(s) in the source, 0 rendered",
         "blocks: 1 exercise directive(s) in the source, 0 rendered",
         "blocks: 1 solution directive(s) in the source, 0 rendered",
@@ -116,6 +146,14 @@ def test_clean_page_passes_and_is_screenshotted(reports):
 def test_each_defect_is_reported(reports, expected):
     problems = reports["bad.html"].problems
     assert any(problem.startswith(expected) for problem in problems), "\n".join(problems)
+
+
+def test_a_figure_needs_a_numbered_caption(reports):
+    assert reports["captioned.html"].problems == []
+    assert reports["captioned.html"].stats["figures"] == 1
+    assert reports["uncaptioned.html"].problems == [
+        "figure without a numbered caption: opaque.png (section “Results”)"
+    ]
 
 
 def test_code_is_not_mistaken_for_raw_tex(reports):
@@ -132,7 +170,7 @@ def test_book_build_serves_mathjax_from_the_book(tmp_path):
     sphinx = yaml.safe_load(config_path.read_text())["sphinx"]
     assert sphinx["config"]["mathjax_path"] == build_book.MATHJAX_PATH
     assert sphinx["config"]["lincollapse_extra_static"] == [str(static.resolve())]
-    assert "lincollapse.build_book" in sphinx["extra_extensions"]
+    assert sphinx["local_extensions"] == {"tools.build_book": str(build_book.TOOLS_PARENT)}
     assert "KL" in sphinx["config"]["mathjax3_config"]["tex"]["macros"]
 
 

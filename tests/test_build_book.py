@@ -11,7 +11,8 @@ import jupytext
 import pytest
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-from lincollapse.build_book import (
+from lincollapse.experiments import CHAPTER_SECONDS
+from tools.build_book import (
     CELL_TIMEOUT_VAR,
     build_summary,
     cell_timeout,
@@ -21,7 +22,6 @@ from lincollapse.build_book import (
     locate_cell,
     write_build_config,
 )
-from lincollapse.experiments import CHAPTER_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "deep_vae.md"

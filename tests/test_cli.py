@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
+import ast
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lincollapse.cli import main
+from lincollapse.cli import MODULE_COMMANDS, build_parser, main, main_for_module
 from lincollapse.experiments import load_all
 
 
@@ -42,13 +45,20 @@ def test_subcommand_help(command, capsys):
     assert f"python -m lincollapse {command}" in out
 
 
-def test_bench_help_is_forwarded(capsys):
-    if importlib.util.find_spec("lincollapse.bench") is None:
-        status, _, err = run_main(["bench"], capsys)
-        assert status == 2 and "not available" in err
-    else:
-        status, out, _ = run_main(["bench", "--help"], capsys)
-        assert status == 0 and "usage" in out
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench"],
+        ["study"],
+        ["train", "deep"],
+        ["train", "annealing"],
+        ["train", "linear-baselines"],
+    ],
+)
+def test_every_command_has_help(command, capsys):
+    status, out, _ = run_main([*command, "--help"], capsys)
+    assert status == 0
+    assert out.startswith("usage: python -m lincollapse " + " ".join(command))
 
 
 def test_list_shows_every_figure_with_chapter_and_costs(capsys):
@@ -92,7 +102,10 @@ def test_run_writes_the_figure_and_its_data(tmp_path, capsys):
         (["run", "no-such-figure"], sorted(load_all())),
         (["run", "mnist-spectrum", "--preset", "huge"], ["fast", "book", "paper"]),
         (["run", "mnist-spectrum", "--device", "tpu"], ["cpu", "cuda", "auto"]),
-        (["frobnicate"], ["list", "run", "bench"]),
+        (["frobnicate"], ["list", "run", "bench", "study", "train"]),
+        (["study", "train", "--group", "nope"], ["baseline", "logit", "learned"]),
+        (["study", "retrain"], ["train", "status", "ship", "ship-traversal"]),
+        (["train", "deep", "--preset", "huge"], ["fast", "book", "paper"]),
     ],
 )
 def test_bad_arguments_list_the_valid_choices(argv, choices, capsys, tmp_path):
@@ -305,3 +318,144 @@ def test_interrupt_says_what_was_kept(tmp_path, capsys, monkeypatch):
         pytest.fail("the interrupt escaped as a traceback")
     assert status == 130 and "interrupted" in err and "results cache" in err
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ one command-line tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_command_line_is_the_only_main():
+    """No module of the package but cli.py parses a command line or defines ``main``."""
+    for path in sorted((ROOT / "lincollapse").rglob("*.py")):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "main" not in functions and "argparse" not in imports, path
+
+
+def documented_commands() -> list[str]:
+    """Every ``python -m lincollapse...`` command in the README, the chapters and results/."""
+    texts = [ROOT / "README.md", ROOT / "results" / "README.md"]
+    texts += sorted((ROOT / "book").glob("*.md")) + sorted((ROOT / "results").glob("*.json"))
+    found = set()
+    for path in texts:
+        for match in re.finditer(
+            r"python -m (lincollapse[\w.]*)((?: +-{0,2}[\w.=/-]+)*)", path.read_text()
+        ):
+            found.add((match.group(1) + match.group(2)).strip())
+    return sorted(found)
+
+
+@pytest.mark.parametrize("command", documented_commands())
+def test_every_documented_command_parses(command):
+    module, *argv = command.split()
+    if any(word.isupper() for word in argv):  # a placeholder: python -m lincollapse COMMAND --help
+        return
+    if module != "lincollapse":
+        assert module in MODULE_COMMANDS, f"{module} cannot be run with python -m"
+        argv = [*MODULE_COMMANDS[module], *argv]
+    if not argv or argv in (["run"], ["bench"]):  # named in prose without arguments
+        return
+    build_parser().parse_args(argv)
+
+
+def test_the_documents_quote_the_old_module_commands():
+    """The test above covers what it must: the shipped results' commands, the README's."""
+    commands = documented_commands()
+    for module in MODULE_COMMANDS:
+        assert any(c.startswith(module + " ") for c in commands), module
+    assert "lincollapse.experiments.deep_study train --threads 1" in commands
+
+
+@pytest.fixture
+def torch_threads():
+    """torch, with its thread count restored after the test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(threads)
+
+
+def shipped_command(name: str) -> str:
+    return json.loads((ROOT / "results" / f"{name}.json").read_text())["info"]["command"]
+
+
+@pytest.mark.parametrize(
+    ("shipped", "function", "module"),
+    [
+        ("deep_study_baseline", "ship_group", "lincollapse.experiments.deep_study"),
+        ("deep_traversal", "ship_traversal", "lincollapse.experiments.deep_study"),
+        ("deep_convergence_book", "run_convergence_study", "lincollapse.experiments.deep"),
+        ("deep_convergence_paper", "run_convergence_study", "lincollapse.experiments.deep"),
+        ("kl_annealing_long_book", "run_long_annealing", "lincollapse.experiments.beta"),
+        (
+            "linear_vae_baselines_book",
+            "train_baselines",
+            "lincollapse.experiments.linear_baselines",
+        ),
+    ],
+)
+def test_old_module_commands_run_and_record_themselves_as_typed(
+    shipped, function, module, monkeypatch, torch_threads
+):
+    """``python -m MODULE ARGS`` (as in a shipped result's provenance) reaches the same code,
+    with the arguments it had, and what it writes records the same command."""
+    target = importlib.import_module(module)
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise KeyboardInterrupt  # stop here: nothing is trained
+
+    monkeypatch.setattr(target, function, record)
+    command = shipped_command(shipped)
+    prefix = f"python -m {module} "
+    assert command.startswith(prefix)
+    status = main_for_module(module, command.removeprefix(prefix).split())
+    assert status == 130 and len(calls) == 1
+    args, kwargs = calls[0]
+    recorded = kwargs.get("command", args[-1] if args else None)
+    assert recorded == command
+    if "--preset" in command:
+        preset = command.split("--preset ")[1].split()[0]
+        assert getattr(args[0], "preset", args[0]) == preset
+    if "--write-reference" in command:
+        assert kwargs["write_reference"] is True
+
+
+def test_study_train_keeps_its_options(monkeypatch, torch_threads):
+    from lincollapse.experiments import deep_study
+
+    calls = []
+    monkeypatch.setattr(deep_study, "train_queue", lambda groups, **kw: calls.append((groups, kw)))
+    argv = ["train", "--group", "logit", "--group", "baseline", "--threads", "2", "--progress"]
+    assert main_for_module("lincollapse.experiments.deep_study", argv) == 0
+    assert torch_threads.get_num_threads() == 2
+    assert main_for_module("lincollapse.experiments.deep_study", ["train"]) == 0
+    assert torch_threads.get_num_threads() == 1  # the study's default
+    assert calls[0][0] == ["logit", "baseline"] and calls[0][1]["progress"] is True
+    assert calls[1][0] == list(deep_study.GROUPS) and calls[1][1]["progress"] is None
+
+
+def test_the_study_module_still_runs_as_a_program(tmp_path):
+    """``python -m lincollapse.experiments.deep_study status``, as the README shows, on an empty
+    store: every run of every group is waiting (and the module, run as a script and imported by
+    name, registers its figures once)."""
+    from lincollapse.experiments.deep_study import GROUPS
+
+    env = os.environ | {"LINCOLLAPSE_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lincollapse.experiments.deep_study", "status"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == sum(len(specs) for specs in GROUPS.values())
+    assert all(line.endswith("waiting") for line in lines)

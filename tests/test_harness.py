@@ -52,12 +52,15 @@ def make_book(folder: Path, body: str) -> Path:
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    """``command`` in ``cwd``, with the repository root importable (for ``tools``)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONPATH": path}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def build(folder: Path, **env: str) -> tuple[int, str]:
     result = subprocess.run(
-        [sys.executable, "-m", "lincollapse.build_book", str(folder), "--mathjax", "cdn"],
+        [sys.executable, "-m", "tools.build_book", str(folder), "--mathjax", "cdn"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ | env,
     )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
@@ -112,7 +115,7 @@ def test_nbval_fails_on_a_failing_cell(tmp_path, body, fails):
         "-m",
         "pytest",
         "-p",
-        "lincollapse.testing",
+        "tools.nbval_jupytext",
         "-p",
         "no:cacheprovider",
         "--nbval-lax",

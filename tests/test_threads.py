@@ -69,7 +69,7 @@ def test_the_command_line_applies_the_policy_before_numpy_and_torch_load():
 
 
 def test_the_book_kernels_get_the_policy(monkeypatch):
-    from lincollapse.build_book import _kernel_environment
+    from tools.build_book import _kernel_environment
 
     for variable in THREAD_VARIABLES:
         monkeypatch.delenv(variable, raising=False)

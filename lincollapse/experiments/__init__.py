@@ -86,6 +86,10 @@ def figure(
     """Register an experiment function as the computation behind figure ``name``."""
 
     def register(compute: Callable[..., Any]) -> Callable[..., Any]:
+        if compute.__module__ == "__main__":
+            # The module runs as a script (``python -m lincollapse.experiments.deep``): it hands
+            # over to lincollapse.cli, which imports it by name, and that import registers.
+            return compute
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is registered twice")
         summary = (compute.__doc__ or "").strip().splitlines()[0] if compute.__doc__ else ""

@@ -27,10 +27,8 @@ fingerprinted by the code of :mod:`lincollapse.kl_annealing`, :mod:`lincollapse.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -980,37 +978,19 @@ def run_long_annealing(
     return runs, provenance
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train the KL-annealing long runs (filling the results cache); optionally "
-        "write the shipped reference results/kl_annealing_long_<preset>.{npz,json}."
-    )
-    parser.add_argument("--long", action="store_true", help="train the long runs (the default)")
-    parser.add_argument("--preset", default="book", choices=("fast", "book", "paper"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--write-reference", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--progress", action="store_true", help="progress bar even into a file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m lincollapse.experiments.beta " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    runs, provenance = run_long_annealing(
-        args.preset, args.device, write_reference=args.write_reference, command=command,
-        progress=args.progress or None,
-    )  # fmt: skip
-    config = AnnealingConfig.for_preset(args.preset)
-    fraction = runs.collapsed_fraction(config.epsilon)
+def long_annealing_summary(runs: AnnealedRuns, preset: str) -> str:
+    """Per run, the collapsed fraction at the last records of the long annealing runs."""
+    fraction = runs.collapsed_fraction(AnnealingConfig.for_preset(preset).epsilon)
+    lines = []
     for r, spec in enumerate(runs.specs):
         tail = ", ".join(
             f"{step}: {f:.3f}" for step, f in zip(runs.steps[-4:], fraction[-4:, r], strict=True)
         )
-        print(f"{spec.label}: collapsed fraction at the last records {tail}")
-    print(provenance)
-    return 0
+        lines.append(f"{spec.label}: collapsed fraction at the last records {tail}")
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command in results/kl_annealing_long_*.json; see lincollapse.cli
+    from lincollapse.cli import main_for_module
+
+    raise SystemExit(main_for_module(__spec__.name))

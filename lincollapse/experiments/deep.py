@@ -22,14 +22,11 @@ a 2-core CPU (see the class docstring); ``fast`` is a seconds-long smoke test.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from lincollapse.collapse import collapsed_fraction_from_thresholds, linear_collapse_prediction
 from lincollapse.data import covariance_eigenvalues
@@ -786,57 +783,23 @@ def run_convergence_study(
     return arrays, "; ".join(dict.fromkeys(sources))
 
 
-# --------------------------------------------------------------------------- benchmark
+# ---------------------------------------------------------------- summary of the long runs
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train the deep-VAE long runs (convergence study) and/or the grid runs, "
-        "filling the results cache; optionally write the shipped reference results."
-    )
-    parser.add_argument("--preset", default="book", choices=("fast", "book", "paper"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--convergence", action="store_true", help="train the long runs")
-    parser.add_argument("--grid", action="store_true", help="train the grid runs")
-    parser.add_argument(
-        "--write-reference", action="store_true",
-        help="write results/deep_convergence_<preset>.{npz,json} from the long runs",
-    )  # fmt: skip
-    parser.add_argument(
-        "--steps", type=int, default=None,
-        help="steps of the long runs (default: the preset's convergence_steps)",
-    )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--progress", action="store_true", help="progress bar even into a file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not (args.convergence or args.grid):
-        args.convergence = True
-    if args.convergence:
-        command = "python -m lincollapse.experiments.deep " + " ".join(
-            a for a in (argv if argv is not None else sys.argv[1:])
+def convergence_summary(arrays: dict[str, np.ndarray], preset: str) -> str:
+    """Per σ², the collapsed fraction at the last records of the long runs (one line each)."""
+    e = _epsilon_index(DeepVAEConfig.for_preset(preset).summary_epsilon)
+    lines = []
+    for c, s in enumerate(arrays["sigma2"]):
+        tail = ", ".join(
+            f"{step}: {f:.3f}"
+            for step, f in zip(arrays["steps"][-5:], arrays["fraction"][-5:, c, e], strict=True)
         )
-        arrays, sources = run_convergence_study(
-            args.preset, args.device, write_reference=args.write_reference, command=command,
-            progress=args.progress or None, steps=args.steps,
-        )  # fmt: skip
-        e = _epsilon_index(DeepVAEConfig.for_preset(args.preset).summary_epsilon)
-        for c, s in enumerate(arrays["sigma2"]):
-            tail = ", ".join(
-                f"{step}: {f:.3f}"
-                for step, f in zip(arrays["steps"][-5:], arrays["fraction"][-5:, c, e], strict=True)
-            )
-            print(f"sigma2={s:g}: collapsed fraction at the last records {tail}")
-        print(sources)
-    if args.grid:
-        config = DeepVAEConfig.for_preset(args.preset)
-        _, sources = load_or_train(
-            config, config.runs(), device=args.device, progress=args.progress or None
-        )
-        print("\n".join(sources))
-    return 0
+        lines.append(f"sigma2={s:g}: collapsed fraction at the last records {tail}")
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command in results/deep_convergence_*.json; see lincollapse.cli
+    from lincollapse.cli import main_for_module
+
+    raise SystemExit(main_for_module(__spec__.name))

@@ -26,12 +26,10 @@ shipped as ``results/deep_study_<group>.{npz,json}`` with its behaviour probe
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -1190,7 +1188,7 @@ def latent_traversal() -> LatentTraversal | None:
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------- status
 
 
 def status(log=print) -> None:
@@ -1210,38 +1208,7 @@ def status(log=print) -> None:
             log(f"{group:<13} {spec.label:<40} {state}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lincollapse.experiments.deep_study",
-        description="Train, inspect and ship the deep chapter's converged σ² study.",
-    )
-    parser.add_argument("action", choices=("train", "status", "ship", "ship-traversal"))
-    parser.add_argument("--group", action="append", choices=sorted(GROUPS),
-                        help="group(s) to train or ship (default: all, in order)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads or 1)
-    groups = args.group or list(GROUPS)
-    if args.action == "train":
-        train_queue(groups, progress=args.progress or None, log=lambda m: print(m, flush=True))
-    elif args.action == "status":
-        status()
-    elif args.action == "ship-traversal":
-        print(
-            "shipped", ship_traversal("python -m lincollapse.experiments.deep_study ship-traversal")
-        )
-    else:
-        command = "python -m lincollapse.experiments.deep_study " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
-        for group in groups:
-            try:
-                print("shipped", ship_group(group, command))
-            except ReferenceResultError as error:
-                print(f"not shipped: {error}")
-    return 0
+if __name__ == "__main__":  # the command in README and results/deep_study_*.json: lincollapse.cli
+    from lincollapse.cli import main_for_module
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_for_module(__spec__.name))

@@ -25,10 +25,8 @@ until the last)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -355,28 +353,7 @@ def load_baselines(
     return {m: baseline_runs(arrays, m) for m in METHODS}, shipped_provenance(stem, meta, arrays)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train the linear VAE's joint-training comparison runs (Adam at the paper's "
-        "settings, joint L-BFGS); optionally write results/linear_vae_baselines_<preset>."
-    )
-    parser.add_argument("--preset", default="book", choices=("fast", "book", "paper"))
-    parser.add_argument("--write-reference", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--progress", action="store_true", help="progress bars even into a file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m lincollapse.experiments.linear_baselines " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    preset = "book" if args.preset == "paper" else args.preset
-    train_baselines(
-        LinearBaselinesConfig.for_preset(preset), write_reference=args.write_reference,
-        command=command.strip(), progress=args.progress or None,
-    )  # fmt: skip
-    return 0
+if __name__ == "__main__":  # the command in results/linear_vae_baselines_*.json: lincollapse.cli
+    from lincollapse.cli import main_for_module
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main_for_module(__spec__.name))

@@ -19,13 +19,11 @@ Presets: ``book`` (the defaults) uses q = 20 on 1000 images so that both chapter
 minutes on a 2-core CPU; ``paper`` uses q = 200, Adam lr 1e-3 and 12,000 steps (the official
 notebook's) and the reproductions' 1024-512 encoders; ``fast`` is a seconds-long smoke test.
 
-Timing and fidelity table of a preset: ``python -m lincollapse.bench training --preset book``
-(or ``python -m lincollapse.experiments.training_linear --bench``).
+Timing and fidelity table of a preset: ``python -m lincollapse bench training --preset book``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
@@ -592,22 +590,3 @@ def benchmark(preset: str | None = None) -> str:
         f"total {end - start:.1f} s, load average {os.getloadavg()[0]:.2f} at end",
     ]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", action="store_true", help="time both experiments")
-    parser.add_argument("--preset", default=None, help="fast, book or paper (default: current)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.bench:
-        parser.print_help()
-        return 0
-    print(benchmark(args.preset), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
 nbval collects only ``.ipynb`` files. With this plugin, a ``.md`` file whose front matter has a
 ``kernelspec`` (a Jupytext MyST notebook) is collected too, converted in memory by jupytext:
 nothing is written next to the chapter. Enabled by the root ``conftest.py``; use it elsewhere
-with ``pytest -p lincollapse.testing --nbval-lax ...``.
+with ``pytest -p tools.nbval_jupytext --nbval-lax ...`` from the repository root.
 """
 
 from __future__ import annotations

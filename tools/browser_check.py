@@ -1,7 +1,7 @@
 """Open every page of the built book in headless Chromium and fail on what a reader would see.
 
-``python -m lincollapse.browser_check [_build/html]`` (what ``make browser-check`` runs) serves
-the HTML on 127.0.0.1, opens each page in headless Chromium and fails when a page has
+``python -m tools.browser_check [_build/html]`` (what ``make browser-check`` runs) serves the HTML
+on 127.0.0.1, opens each page in headless Chromium and fails when a page has
 
 - a JavaScript error (uncaught exception, ``console.error``, a resource that failed to load);
 - a request that leaves the machine (anything but 127.0.0.1 and ``data:``/``blob:`` URLs);
@@ -10,32 +10,28 @@ the HTML on 127.0.0.1, opens each page in headless Chromium and fails when a pag
   undefined macro drawn in red);
 - an image that does not load (``naturalWidth == 0``), or a figure with transparent pixels (it
   would be unreadable in dark mode);
+- an image in the chapter that is not in a ``<figure>`` with a numbered caption (``Fig. N``), or
+  such a figure without one: every figure of the book is captioned and can be referred to;
 - fewer theorem/lemma/proof/exercise/solution blocks than its MyST source has directives (the
   source is the copy Sphinx keeps in ``_sources/``).
 
 It saves a light and a dark (``data-theme="dark"``) full-page screenshot of each page in
-``_build/screenshots``. Chromium is Debian's (``apt-get install chromium``), driven over the
-DevTools protocol through a pipe (``--remote-debugging-pipe``): no driver, no browser download,
-no Python dependency. Every host but 127.0.0.1 resolves to nothing, so no page can reach the
-network, and any attempt is reported.
+``_build/screenshots``. Chromium is Debian's (``apt-get install chromium``), driven by Playwright
+(PyPI ``playwright``) through ``executable_path``: no browser download. Every host but 127.0.0.1
+resolves to nothing, so no page can reach the network, and any attempt is reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
-import fcntl
 import functools
 import http.server
 import json
 import os
-import queue
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -44,29 +40,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
+# Added to Playwright's own flags (it already runs headless, without sandbox, sync, extensions,
+# first-run and background networking).
+CHROMIUM_ARGS = (
     "--disable-gpu",
     "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
     "--disable-quic",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--disable-features=Translate,MediaRouter,OptimizationHints",
-    "--password-store=basic",
-    "--use-mock-keychain",
-    "--hide-scrollbars",
-    "--mute-audio",
     "--force-color-profile=srgb",
+    "--hide-scrollbars",
     # No page may reach the network: every other host fails at once, and the attempt is
     # still seen (and reported) as a request.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--remote-debugging-pipe",
 )
 # Console errors that are not the book's: pydata-sphinx-theme logs this on a reader's first
 # visit (nothing stored in localStorage yet), then falls back to "auto" as intended.
@@ -116,7 +100,8 @@ def expected_blocks(source: str) -> Counter:
 PAGE_PROBE = r"""
 (async () => {
   const report = {mathjax: "absent", rawTex: [], unrendered: [], mathErrors: [],
-                  brokenImages: [], transparentImages: [], blocks: {}, counts: {}};
+                  brokenImages: [], transparentImages: [], uncaptioned: [], blocks: {},
+                  counts: {}};
   const MJ = window.MathJax;
   if (MJ && MJ.startup && MJ.startup.promise) {
     try { await MJ.startup.promise; report.mathjax = "typeset"; }
@@ -192,6 +177,26 @@ PAGE_PROBE = r"""
       }
     } catch (e) { /* cross-origin: already reported as a network request */ }
   }
+  // Figures: every image of the article sits in a <figure> whose caption has a number.
+  const article = document.querySelector("article") || content;
+  const numbered = fig => !!fig && [...fig.querySelectorAll("figcaption .caption-number")]
+    .some(el => /\d/.test(el.textContent));
+  const where = el => {
+    const heading = el.closest("section")?.querySelector("h1, h2, h3, h4, h5, h6");
+    return heading ? " (section “" + heading.textContent.replace(/[#¶]\s*$/, "").trim() + "”)" : "";
+  };
+  const figureImages = [...article.querySelectorAll("img")];
+  report.counts.figures = figureImages.length;
+  for (const img of figureImages) {
+    if (!numbered(img.closest("figure"))) {
+      report.uncaptioned.push(img.getAttribute("src") + where(img));
+    }
+  }
+  for (const fig of article.querySelectorAll("figure")) {
+    if (!fig.querySelector("img") && !numbered(fig)) {
+      report.uncaptioned.push("<figure" + (fig.id ? " id=" + fig.id : "") + ">" + where(fig));
+    }
+  }
   // Theorem-like, exercise and solution blocks.
   const kinds = KINDS;
   for (const el of document.querySelectorAll("div.proof")) {
@@ -217,7 +222,7 @@ DARK_MODE = """
 
 
 class BrowserError(RuntimeError):
-    """Chromium is missing, died, or did not answer."""
+    """Chromium or Playwright is missing, or the browser failed."""
 
 
 def find_chromium(explicit: str | None = None) -> str | None:
@@ -228,112 +233,13 @@ def find_chromium(explicit: str | None = None) -> str | None:
     return None
 
 
-class Chromium:
-    """Headless Chromium spoken to over the DevTools protocol on fds 3 and 4."""
-
-    def __init__(self, executable: str) -> None:
-        self._profile = tempfile.TemporaryDirectory(prefix="lincollapse-chromium-")
-        to_browser_r, to_browser_w = os.pipe()
-        from_browser_r, from_browser_w = os.pipe()
-        # Chromium reads commands on fd 3 and writes replies on fd 4: move our ends above 10
-        # first so that dup2 into 3/4 in the child cannot clobber one with the other.
-        child_in = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
-        child_out = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-
-        def map_fds() -> None:
-            os.dup2(child_in, 3)
-            os.dup2(child_out, 4)
-
-        command = [executable, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}"]
-        command += [f"--window-size={WIDTH},{HEIGHT}", "about:blank"]
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=map_fds,
-            pass_fds=(3, 4),
-        )
-        os.close(child_in)
-        os.close(child_out)
-        self._write = to_browser_w
-        self._messages: queue.Queue = queue.Queue()
-        self._next_id = 0
-        self.events: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, args=(from_browser_r,), daemon=True).start()
-        self.version = self.send("Browser.getVersion")["product"]
-
-    def _read(self, fd: int) -> None:
-        buffer = b""
-        with os.fdopen(fd, "rb", buffering=0) as stream:
-            while chunk := stream.read(1 << 20):
-                buffer += chunk
-                *messages, buffer = buffer.split(b"\0")
-                for message in messages:
-                    self._messages.put(json.loads(message))
-        self._messages.put(None)
-
-    def send(
-        self, method: str, params: dict | None = None, session: str | None = None, timeout=60.0
-    ) -> dict[str, Any]:
-        """Send one command and wait for its answer, keeping the events that arrive meanwhile."""
-        self._next_id += 1
-        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._write, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._next_message(deadline, method)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise BrowserError(f"{method}: {reply['error'].get('message')}")
-                return reply.get("result", {})
-            if "method" in reply:
-                self.events.append(reply)
-
-    def wait_for(self, method: str, session: str, timeout: float) -> None:
-        """Wait for the event ``method`` of ``session`` (already received counts)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if event["method"] == method and event.get("sessionId") == session:
-                    return
-            seen = len(self.events)
-            reply = self._next_message(deadline, method)
-            if "method" in reply:
-                self.events.append(reply)
-
-    def _next_message(self, deadline: float, waiting_for: str) -> dict[str, Any]:
-        try:
-            reply = self._messages.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise BrowserError(f"Chromium did not answer {waiting_for} in time") from None
-        if reply is None:
-            raise BrowserError(f"Chromium exited (code {self._process.poll()})")
-        return reply
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=10)
-        except (BrowserError, OSError):
-            pass
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        os.close(self._write)
-        self._profile.cleanup()
-
-    def __enter__(self) -> Chromium:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def playwright_missing() -> str | None:
+    """Why Playwright cannot be used here (a sentence with the fix), or ``None``."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the Python package playwright is not installed; pip install -r requirements.txt"
+    return None
 
 
 @dataclasses.dataclass
@@ -396,8 +302,45 @@ def _browser_initiated(url: str, origin: str) -> bool:
     return url == origin + "favicon.ico"
 
 
+class _Events:
+    """What a page reports while it loads and runs: errors, console messages, requests."""
+
+    def __init__(self, page: Any, origin: str) -> None:
+        self.problems: list[str] = []
+        self.origin = origin
+        page.on("pageerror", self._page_error)
+        page.on("console", self._console)
+        page.on("request", self._request)
+        page.on("response", self._response)
+
+    def _page_error(self, error: Any) -> None:
+        name = getattr(error, "name", "") or "Error"
+        message = str(getattr(error, "message", error)).splitlines()[0]
+        self.problems.append(f"javascript: uncaught {name}: {message}")
+
+    def _console(self, message: Any) -> None:
+        if message.type not in ("error", "assert"):
+            return
+        url = (message.location or {}).get("url", "")
+        if _browser_initiated(url, self.origin):
+            return
+        self.problems.append(f"javascript: console.{message.type}: {message.text[:200]}")
+
+    def _request(self, request: Any) -> None:
+        if not _is_local(request.url, self.origin):
+            self.problems.append(f"network: request to {request.url}")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400 and not _browser_initiated(response.url, self.origin):
+            self.problems.append(f"network: HTTP {response.status} for {response.url}")
+
+    def found(self) -> list[str]:
+        problems = [p for p in self.problems if not any(n.search(p) for n in KNOWN_NOISE)]
+        return list(dict.fromkeys(problems))  # keep order, drop repeats
+
+
 def check_page(
-    browser: Chromium,
+    browser: Any,
     url: str,
     origin: str,
     name: str,
@@ -405,79 +348,59 @@ def check_page(
     screenshots: Path | None,
     redirect: str | None = None,
 ) -> PageReport:
-    """Open ``url`` in a fresh tab and check it; see the module docstring for what fails."""
+    """Open ``url`` in a fresh browser context and check it (the module docstring: what fails)."""
+    from playwright.sync_api import Error as PlaywrightError
+
     start = time.perf_counter()
     problems: list[str] = []
     shots: list[str] = []
     if redirect:
         return PageReport(name, problems, {"redirect": redirect}, shots, 0.0)
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
-        "sessionId"
-    ]
-    first_event = len(browser.events)
+    context = browser.new_context(
+        viewport={"width": WIDTH, "height": HEIGHT}, device_scale_factor=1, service_workers="block"
+    )
+    report: dict[str, Any] = {}
     try:
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            browser.send(f"{domain}.enable", session=session)
-        browser.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
-            session=session,
-        )
-        navigation = browser.send("Page.navigate", {"url": url}, session=session)
-        if navigation.get("errorText"):
-            problems.append(f"load: {navigation['errorText']}")
+        page = context.new_page()
+        page.set_default_timeout(PAGE_TIMEOUT_S * 1000)
+        events = _Events(page, origin)
+        try:
+            page.goto(url, wait_until="load")
+        except PlaywrightError as error:
+            problems.append(f"load: {str(error).splitlines()[0]}")
         else:
-            browser.wait_for("Page.loadEventFired", session, PAGE_TIMEOUT_S)
-        report = json.loads(_evaluate(browser, session, PAGE_PROBE))
-        problems += _page_problems(report, source)
-        if screenshots is not None:
-            stem = name.removesuffix(".html").replace("/", "__")
-            for mode in ("light", "dark"):
-                if mode == "dark":
-                    _evaluate(browser, session, DARK_MODE)
-                path = screenshots / f"{stem}.{mode}.png"
-                _screenshot(browser, session, report["height"], path)
-                shots.append(str(path))
-        browser.send("Runtime.evaluate", {"expression": "1"}, session=session)  # flush events
+            try:
+                report = json.loads(page.evaluate(PAGE_PROBE))
+            except PlaywrightError as error:
+                raise BrowserError(f"{name}: probe failed: {error}") from error
+            problems += _page_problems(report, source)
+            if screenshots is not None:
+                stem = name.removesuffix(".html").replace("/", "__")
+                for mode in ("light", "dark"):
+                    if mode == "dark":
+                        page.evaluate(DARK_MODE)
+                    path = screenshots / f"{stem}.{mode}.png"
+                    _screenshot(page, report["height"], path)
+                    shots.append(str(path))
+            page.evaluate("1")  # let pending console messages and errors arrive
+        problems += events.found()
     finally:
-        events = [e for e in browser.events[first_event:] if e.get("sessionId") == session]
-        del browser.events[first_event:]
-        browser.send("Target.closeTarget", {"targetId": target})
-    problems += _event_problems(events, origin)
-    stats = {"math": report.get("counts", {}).get("math", 0), "mathjax": report.get("mathjax")}
-    stats |= {"images": report.get("counts", {}).get("images", 0), "blocks": report.get("blocks")}
+        context.close()
+    counts = report.get("counts", {})
+    stats = {"math": counts.get("math", 0), "mathjax": report.get("mathjax")}
+    stats |= {"images": counts.get("images", 0), "figures": counts.get("figures", 0)}
+    stats["blocks"] = report.get("blocks")
     return PageReport(name, problems, stats, shots, time.perf_counter() - start)
 
 
-def _evaluate(browser: Chromium, session: str, expression: str) -> Any:
-    result = browser.send(
-        "Runtime.evaluate",
-        {"expression": expression, "awaitPromise": True, "returnByValue": True},
-        session=session,
-        timeout=PAGE_TIMEOUT_S,
-    )
-    if "exceptionDetails" in result:
-        details = result["exceptionDetails"]
-        raise BrowserError(f"probe failed: {details.get('exception', {}).get('description')}")
-    return result["result"].get("value")
-
-
-def _screenshot(browser: Chromium, session: str, height: int, path: Path) -> None:
+def _screenshot(page: Any, height: int, path: Path) -> None:
     height = max(HEIGHT, min(int(height), MAX_SCREENSHOT_HEIGHT))
-    shot = browser.send(
-        "Page.captureScreenshot",
-        {
-            "format": "png",
-            "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1},
-        },
-        session=session,
-        timeout=PAGE_TIMEOUT_S,
+    image = page.screenshot(
+        full_page=True, clip={"x": 0, "y": 0, "width": WIDTH, "height": height}, type="png"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(base64.b64decode(shot["data"]))
+    tmp.write_bytes(image)
     os.replace(tmp, path)
 
 
@@ -490,6 +413,7 @@ def _page_problems(report: dict[str, Any], source: str | None) -> list[str]:
     problems += [f"raw TeX: {text}" for text in report["rawTex"][:10]]
     problems += [f"image: does not load: {src}" for src in report["brokenImages"]]
     problems += [f"transparent figure: {src}" for src in report["transparentImages"]]
+    problems += [f"figure without a numbered caption: {src}" for src in report["uncaptioned"]]
     if source is not None:
         rendered = Counter(report["blocks"])
         for kind, expected in sorted(expected_blocks(source).items()):
@@ -499,34 +423,6 @@ def _page_problems(report: dict[str, Any], source: str | None) -> list[str]:
                     f"{rendered[kind]} rendered"
                 )
     return problems
-
-
-def _event_problems(events: list[dict[str, Any]], origin: str) -> list[str]:
-    problems = []
-    for event in events:
-        method, params = event["method"], event.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            details = params.get("exceptionDetails", {})
-            text = details.get("exception", {}).get("description") or details.get("text")
-            problems.append(f"javascript: uncaught {str(text).splitlines()[0]}")
-        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
-            problems.append(f"javascript: console.{params['type']}: {text[:200]}")
-        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-            entry = params["entry"]
-            if _browser_initiated(entry.get("url", ""), origin):
-                continue
-            problems.append(f"javascript: {entry.get('text')} {entry.get('url', '')}".strip())
-        elif method == "Network.requestWillBeSent":
-            request_url = params["request"]["url"]
-            if not _is_local(request_url, origin):
-                problems.append(f"network: request to {request_url}")
-        elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
-            response = params["response"]
-            if not _browser_initiated(response["url"], origin):
-                problems.append(f"network: HTTP {response['status']} for {response['url']}")
-    problems = [p for p in problems if not any(noise.search(p) for noise in KNOWN_NOISE)]
-    return list(dict.fromkeys(problems))  # keep order, drop repeats
 
 
 def check_site(
@@ -545,32 +441,46 @@ def check_site(
             "no Chromium found (tried $CHROMIUM, " + ", ".join(CHROMIUM_NAMES) + "); install "
             "Debian's: apt-get update && apt-get install -y chromium"
         )
+    if (missing := playwright_missing()) is not None:
+        raise BrowserError(missing)
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
     html_dir = html_dir.resolve()
     pages = pages if pages is not None else list_pages(html_dir)
     server = _serve(html_dir)
     origin = f"http://127.0.0.1:{server.server_address[1]}/"
     reports = []
     try:
-        with Chromium(executable) as browser:
-            if progress:
-                print(f"{browser.version}, serving {html_dir} at {origin}", flush=True)
-            for page in pages:
-                name = page.relative_to(html_dir).as_posix()
-                redirect = REDIRECT.search(page.read_text(encoding="utf-8", errors="replace"))
-                report = check_page(
-                    browser,
-                    origin + name,
-                    origin,
-                    name,
-                    _source_of(page, html_dir, source_root),
-                    screenshots,
-                    redirect.group(1) if redirect else None,
+        with sync_playwright() as playwright:
+            try:
+                browser = playwright.chromium.launch(
+                    executable_path=executable, args=list(CHROMIUM_ARGS), timeout=60_000
                 )
-                if redirect and not (page.parent / redirect.group(1)).is_file():
-                    report.problems.append(f"redirect: {redirect.group(1)} does not exist")
-                reports.append(report)
+            except PlaywrightError as error:
+                raise BrowserError(f"{executable} did not start: {error}") from error
+            try:
                 if progress:
-                    print(_format(report), flush=True)
+                    print(f"Chromium {browser.version}, serving {html_dir} at {origin}", flush=True)
+                for page in pages:
+                    name = page.relative_to(html_dir).as_posix()
+                    redirect = REDIRECT.search(page.read_text(encoding="utf-8", errors="replace"))
+                    report = check_page(
+                        browser,
+                        origin + name,
+                        origin,
+                        name,
+                        _source_of(page, html_dir, source_root),
+                        screenshots,
+                        redirect.group(1) if redirect else None,
+                    )
+                    if redirect and not (page.parent / redirect.group(1)).is_file():
+                        report.problems.append(f"redirect: {redirect.group(1)} does not exist")
+                    reports.append(report)
+                    if progress:
+                        print(_format(report), flush=True)
+            finally:
+                browser.close()
     finally:
         server.shutdown()
         server.server_close()
@@ -596,7 +506,9 @@ def _format(report: PageReport) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.browser_check", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("html", nargs="?", default="_build/html", help="the built HTML folder")
     parser.add_argument(
         "--screenshots",

@@ -1,4 +1,4 @@
-"""Build the executed book: ``python -m lincollapse.build_book [ROOT]`` (what ``make book`` runs).
+"""Build the executed book: ``python -m tools.build_book [ROOT]`` (what ``make book`` runs).
 
 myst-nb's execution cache keys on a notebook's code cells only, so an edit to ``lincollapse``
 would otherwise leave stale outputs in the book. This script points the cache at a folder
@@ -44,11 +44,15 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lincollapse
 from lincollapse.presets import ENV_VAR, current_preset
 from lincollapse.results_cache import LOG_ENV_VAR as CACHE_LOG_VAR
 from lincollapse.threads import policy_environment
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(lincollapse.__file__).resolve().parent
+# The folder that holds ``tools/``: Sphinx imports this module (as ``tools.build_book``) from it.
+TOOLS_PARENT = Path(__file__).resolve().parents[1]
+EXTENSION = "tools.build_book"
 
 MATHJAX_VERSION = "3.2.2"
 MATHJAX_NPM = f"mathjax@{MATHJAX_VERSION}"
@@ -104,7 +108,7 @@ def ensure_mathjax(root: Path) -> Path:
         f"could not fetch MathJax {MATHJAX_VERSION} for offline maths ("
         + "; ".join(failures)
         + "). Install Node.js's npm, or let pip reach PyPI, or build with "
-        "`python -m lincollapse.build_book --mathjax cdn` (maths then needs the network)."
+        "`python -m tools.build_book --mathjax cdn` (maths then needs the network)."
     )
 
 
@@ -214,7 +218,11 @@ def write_build_config(root: Path, preset: str, mathjax_static: Path | None = No
     execute["cache"] = str(cache_dir.resolve())
     execute["timeout"] = cell_timeout(preset, execute.get("timeout"))
     sphinx = config.setdefault("sphinx", {})
-    sphinx["extra_extensions"] = [*(sphinx.get("extra_extensions") or []), "lincollapse.build_book"]
+    # A local extension: jupyter-book puts TOOLS_PARENT on Sphinx's sys.path to import it.
+    sphinx["local_extensions"] = {
+        **(sphinx.get("local_extensions") or {}),
+        EXTENSION: str(TOOLS_PARENT),
+    }
     sphinx_config = sphinx.get("config") or {}
     sphinx["config"] = sphinx_config
     sphinx_config["lincollapse_status_file"] = str((root / STATUS_FILE).resolve())
@@ -683,7 +691,9 @@ def _kernel_environment(preset: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.build_book", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("root", nargs="?", default=".", help="the book's root folder")
     parser.add_argument("--builder", default="html", choices=("html", "pdflatex", "latex"))
     parser.add_argument(
