@@ -115,6 +115,19 @@ def test_a_timeout_message_says_how_to_lift_the_timeout():
     assert f"{CELL_TIMEOUT_VAR}=none" in message and "LINCOLLAPSE_PRESET=fast" in message
 
 
+def test_a_dead_kernel_is_not_blamed_on_memory_alone():
+    """A kernel killed by an interrupt (the user's Ctrl-C, a job killed halfway) dies as one
+    killed for memory does: the message names both and says to rerun, not only to free memory."""
+    from nbclient.exceptions import DeadKernelError
+
+    failure = describe_failure(
+        DeadKernelError("Kernel died"), docname="book/deep_vae", title="Deep VAEs", source=None
+    )
+    message = failure_message({"failure": failure, "chapters": [{"executed": True}]})
+    assert "interrupt" in message and "out of memory" in message
+    assert "fix:   rerun `make book`" in message
+
+
 def test_the_summary_counts_chapters_and_cache_traffic():
     status = {"chapters": [{"executed": True}, {"executed": False}, {"executed": False}]}
     line = build_summary(status, {"hit": 22, "saved": 0}, 75.0)

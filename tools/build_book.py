@@ -462,7 +462,10 @@ def describe_failure(
             f"({describe_timeout(timeout)})"
         )
     elif kind == "DeadKernelError":
-        cause = "DeadKernelError: the kernel died (most often: the machine ran out of memory)"
+        cause = (
+            "DeadKernelError: the kernel died (it was killed: by an interrupt, or by the "
+            "system when the machine ran out of memory)"
+        )
     else:
         cause = f"{kind}: {text.splitlines()[0] if text else ''}"
     cell = locate_cell(Path(source), text) if source and Path(source).is_file() else None
@@ -549,7 +552,7 @@ def failure_message(status: dict[str, Any], cache: dict[str, int] | None = None)
         )
     elif kind == "DeadKernelError":
         fix = (
-            f"free memory (close other programs) and {rerun}; "
+            f"{rerun} (if memory ran out, close other programs first); "
             "`LINCOLLAPSE_PRESET=fast make book` needs far less"
         )
     elif kind == "CellExecutionError":
