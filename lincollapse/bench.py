@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m lincollapse.b
     )
     parser.add_argument("subcommand", choices=sorted(SUBCOMMANDS))
     parser.add_argument(
-        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR} or book"
+        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR} or reader"
     )
     parser.add_argument(
         "--threads",

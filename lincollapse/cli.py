@@ -6,9 +6,10 @@
     computes one figure's data with the package function the book calls, and writes the figure
     (``FIGURE.png``) and its data (``FIGURE.npz`` for arrays, ``FIGURE.json`` for scalars and
     the configuration) into ``DIR``, each file written atomically. The preset is ``--preset``,
-    else ``$LINCOLLAPSE_PRESET``, else ``book``. ``DIR`` (and the results cache, for figures
-    that train) is checked before computing; if a write still fails afterwards, the data go to
-    a rescue folder (:func:`lincollapse.storage.rescue_directory`) that the error names;
+    else ``$LINCOLLAPSE_PRESET``, else ``reader`` (:mod:`lincollapse.presets`). ``DIR`` (and
+    the results cache, for figures that train) is checked before computing; if a write still
+    fails afterwards, the data go to a rescue folder
+    (:func:`lincollapse.storage.rescue_directory`) that the error names;
 ``bench [ARGS...]``
     the benchmark tables (``lincollapse.bench``; ``bench --help`` lists its options).
 
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRESETS,
         default=None,
         help=f"experiment size: fast (seconds, smoke test), book, paper (use a GPU); "
-        f"default: ${ENV_VAR}, else book",
+        f"default: ${ENV_VAR}, else reader (the book's configurations, reading shipped "
+        "results where the book's training is long)",
     )
     run.add_argument(
         "--device",
@@ -168,7 +170,7 @@ def _check_device(device: str | None) -> None:
 
 
 def _resolve_preset(preset: str | None) -> str:
-    """``--preset``, else ``$LINCOLLAPSE_PRESET`` (validated), else ``book``."""
+    """``--preset``, else ``$LINCOLLAPSE_PRESET`` (validated), else ``reader``."""
     if preset is not None:
         return preset
     try:

@@ -32,6 +32,9 @@ class FigureSpec:
     def cost(self, preset: str) -> str | None:
         """The recorded cost of ``preset`` (see :attr:`costs`), or ``None`` if unknown."""
         costs = self.costs or getattr(self.config, "COSTS", None) or {}
+        if preset == "reader" and preset not in costs:
+            reads = self.config is not None and "reader" in self.config.OVERRIDES
+            return None if reads else costs.get("book")  # otherwise reader computes as book
         return costs.get(preset)
 
     def plot_function(self) -> Callable[..., Any]:
@@ -59,6 +62,20 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "checks": 13,  # 2026-11-30, after the deep chapter cached its runs (as in the build)
     },
 }
+
+
+#: CPU cores of the measurements in :data:`CHAPTER_SECONDS`, per preset.
+CHAPTER_COST_CORES: dict[str, int] = {"book": 2, "reader": 1, "fast": 2, "paper": 2}
+
+
+def chapter_figure_costs(chapter: str, preset: str) -> list[tuple[str, str]]:
+    """``(figure, recorded cost at preset)`` of every registered figure of ``chapter`` whose
+    cost is recorded, in registration order."""
+    rows = []
+    for spec in load_all().values():
+        if spec.chapter == chapter and (cost := spec.cost(preset)) is not None:
+            rows.append((spec.name, cost))
+    return rows
 
 
 def chapter_seconds(chapter: str, preset: str) -> float | None:

@@ -1,0 +1,241 @@
+"""What the ``reader`` preset reads instead of training, and the full rerun of a chapter.
+
+A reader who opens a chapter in Jupyter (``$LINCOLLAPSE_PRESET`` unset, so the ``reader``
+preset) gets every figure of the book within about a minute on one CPU core. Most experiments
+fit that budget and run exactly as in the ``book`` preset. The few that do not — the deep
+VAE's grid runs, the stochastic-ELBO runs and the encoder comparison, whose configs carry an
+``OVERRIDES["reader"]`` entry — read the ``book`` preset's own results from ``results/reader/``
+instead of training: the same numbers the rendered book computes, not a shortened run.
+
+``results/reader/`` is a :class:`~lincollapse.results_cache.ResultsCache` folder: each entry is
+validated on load (checksums, the exact ``book`` configuration, and the source fingerprint of
+the modules that compute it). An entry that is missing or stale is not used: the experiment is
+then computed as in the ``book`` preset (slow, and the chapter says so).
+``tests/test_reader.py`` fails when an entry is stale, so that it is regenerated
+(``python -m lincollapse.reader ship``).
+
+:func:`full_rerun` is the chapter cell that recomputes, on request, what the page read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from lincollapse.presets import READER, ExperimentConfig, chapter_cost
+from lincollapse.results_cache import ResultsCache, source_fingerprint
+
+READER_DIR = Path(__file__).resolve().parents[1] / "results" / "reader"
+SHIP_COMMAND = "python -m lincollapse.reader ship"
+#: What ``results/reader/`` holds: the deep VAE's grid runs (chapter *Deep Gaussian VAEs*), the
+#: stochastic-ELBO runs and the encoder comparison (their chapters), all of the ``book`` preset.
+SHIPPED = ("deep", "stochastic", "encoders")
+
+ResultT = TypeVar("ResultT")
+
+
+def reader_store(fingerprint: str) -> ResultsCache:
+    """The shipped ``book`` results in ``results/reader/``, for code with ``fingerprint``."""
+    return ResultsCache(READER_DIR, fingerprint=fingerprint)
+
+
+# ------------------------------------------------------------------ results as plain arrays
+
+
+def result_arrays(result: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """The fields of dataclass ``result`` as named arrays (``config`` left out).
+
+    Arrays and numbers are stored as they are; a ``dict`` field ``f`` with string keys becomes
+    ``f:key`` entries; a nested dataclass ``g`` becomes ``g.field`` entries.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for field in dataclasses.fields(result):
+        if field.name == "config":
+            continue
+        value = getattr(result, field.name)
+        name = prefix + field.name
+        if dataclasses.is_dataclass(value):
+            arrays.update(result_arrays(value, name + "."))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str) or ":" in key:
+                    raise TypeError(f"{name}: only string keys without ':' can be stored")
+                arrays[f"{name}:{key}"] = np.asarray(item)
+        else:
+            arrays[name] = np.asarray(value)
+    return arrays
+
+
+def _value(array: np.ndarray, hint: Any) -> Any:
+    if hint is float:
+        return float(array)
+    if hint is int:
+        return int(array)
+    return np.array(array)
+
+
+def result_from_arrays(cls: type[ResultT], arrays: dict[str, np.ndarray], **extra: Any) -> ResultT:
+    """Inverse of :func:`result_arrays` for dataclass ``cls``; ``extra`` fills ``config``."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = dict(extra)
+    for field in dataclasses.fields(cls):
+        if field.name in values:
+            continue
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            sub = {k[len(field.name) + 1 :]: v for k, v in arrays.items()
+                   if k.startswith(field.name + ".")}  # fmt: skip
+            values[field.name] = result_from_arrays(hint, sub)
+        elif typing.get_origin(hint) is dict:
+            item_hint = typing.get_args(hint)[1]
+            values[field.name] = {
+                k.split(":", 1)[1]: _value(v, item_hint)
+                for k, v in arrays.items()
+                if k.split(":", 1)[0] == field.name and ":" in k
+            }
+        else:
+            values[field.name] = _value(arrays[field.name], hint)
+    return cls(**values)
+
+
+# ------------------------------------------------------------------ reading instead of training
+
+
+def book_config(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` as the ``book`` preset's (a reader config has the book's fields)."""
+    return dataclasses.replace(config, preset="book")
+
+
+def shipped_or_compute(
+    config: ExperimentConfig,
+    compute: Callable[[ExperimentConfig], ResultT],
+    result_type: type[ResultT],
+    modules: Sequence[str],
+) -> tuple[ResultT, str]:
+    """For a ``reader`` config: the ``book`` result shipped in ``results/reader/`` when it is
+    current (fingerprint of ``modules``), else ``compute(book config)``; and where it came from.
+    Any other preset: ``compute(config)``."""
+    if config.preset != READER:
+        return compute(config), f"computed now ({config.preset} preset)"
+    book = book_config(config)
+    loaded = reader_store(source_fingerprint(modules)).load(book.as_dict())
+    if loaded is None:
+        return compute(book), (
+            "computed now with the book preset: no current shipped result in results/reader/ "
+            f"(regenerate: {SHIP_COMMAND})"
+        )
+    arrays, meta = loaded
+    return result_from_arrays(result_type, arrays, config=book), (
+        f"the book preset's result shipped in results/reader/ (computed {meta['created'][:10]} "
+        f"in {meta.get('info', {}).get('seconds', float('nan')):.0f} s), not recomputed"
+    )
+
+
+def ship_result(
+    config: ExperimentConfig, result: Any, modules: Sequence[str], seconds: float
+) -> Path | None:
+    """Write ``result`` of the ``book`` ``config`` into ``results/reader/``."""
+    if config.preset != "book":
+        raise ValueError(f"only book-preset results are shipped, not {config.preset!r} ones")
+    info = {"seconds": round(seconds, 1), "command": SHIP_COMMAND}
+    return reader_store(source_fingerprint(modules)).save(
+        config.as_dict(), result_arrays(result), info
+    )
+
+
+# ------------------------------------------------------------------ the full rerun cell
+
+
+def rerun_figures(chapter: str) -> list:
+    """The registered figures of ``chapter`` that the ``reader`` preset reads instead of
+    computing (their config has an ``OVERRIDES["reader"]`` entry)."""
+    from lincollapse.experiments import load_all
+
+    return [
+        spec
+        for spec in load_all().values()
+        if spec.chapter == chapter and spec.config is not None and READER in spec.config.OVERRIDES
+    ]
+
+
+def full_rerun(chapter: str, *, run: bool = False, preset: str = "book") -> dict[str, Any]:
+    """Recompute what this chapter read from shipped results, at ``preset``; print the
+    expected time first. With ``run=False`` (the default) only print what it would do.
+
+    Returns the results by figure name (empty when not run). Results land in the results
+    cache, so running the chapter again with ``preset`` reuses them.
+    """
+    specs = rerun_figures(chapter)
+    names = ", ".join(spec.name for spec in specs) or "none"
+    print(f"Full experiment of this chapter at the {preset} preset: figures {names}.")
+    print(f"Expected time for the whole chapter: {chapter_cost(chapter, preset)}.")
+    for spec in specs:
+        if spec.cost(preset):
+            print(f"  {spec.name}: {spec.cost(preset)}")
+    if not run:
+        print("Not started. To start it, set RUN_FULL = True in this cell and run it again.")
+        return {}
+    from matplotlib import pyplot as plt
+
+    results = {}
+    for spec in specs:
+        config = spec.config.for_preset(preset)
+        print(f"computing {spec.name} ...", flush=True)
+        start = time.perf_counter()
+        results[spec.name] = spec.compute(config)
+        print(f"{spec.name}: {time.perf_counter() - start:.0f} s", flush=True)
+        spec.plot_function()(results[spec.name])
+        plt.show()
+    return results
+
+
+# ------------------------------------------------------------------ regenerating results/reader
+
+
+def ship(names: Sequence[str] | None = None) -> None:
+    """Compute the ``book`` results the ``reader`` preset reads and write them to
+    ``results/reader/`` (minutes to tens of minutes on 2 CPU cores)."""
+    from lincollapse.deep_runs import computing_fingerprint, load_or_train
+    from lincollapse.experiments import training_linear as tl
+    from lincollapse.experiments.deep import DeepVAEConfig
+
+    names = list(names or SHIPPED)
+    if "deep" in names:
+        config = DeepVAEConfig.for_preset("book")
+        store = reader_store(computing_fingerprint())
+        store.check_writable()
+        _, sources = load_or_train(config, config.runs(), cache=store)
+        print("deep grid runs:", "; ".join(dict.fromkeys(sources)))
+    for name, compute, config_type in (
+        ("stochastic", tl.stochastic_vs_analytic, tl.StochasticELBOConfig),
+        ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig),
+    ):
+        if name in names:
+            config = config_type.for_preset("book")
+            start = time.perf_counter()
+            result = compute(config)
+            path = ship_result(config, result, tl.COMPUTING_MODULES, time.perf_counter() - start)
+            print(f"{name}: wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate results/reader/ (book preset).")
+    parser.add_argument("command", choices=("ship",))
+    parser.add_argument("names", nargs="*", help="deep, stochastic, encoders (default: all)")
+    args = parser.parse_args(argv)
+    unknown = set(args.names) - set(SHIPPED)
+    if unknown:
+        parser.error(f"unknown result(s) {sorted(unknown)}; valid: {', '.join(SHIPPED)}")
+    ship(args.names or None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
