@@ -34,9 +34,10 @@ from lincollapse.results_cache import ResultsCache, source_fingerprint
 
 READER_DIR = Path(__file__).resolve().parents[1] / "results" / "reader"
 SHIP_COMMAND = "python -m lincollapse.reader ship"
-#: What ``results/reader/`` holds: the deep VAE's grid runs (chapter *Deep Gaussian VAEs*), the
-#: stochastic-ELBO runs and the encoder comparison (their chapters), all of the ``book`` preset.
-SHIPPED = ("deep", "stochastic", "encoders")
+#: What ``results/reader/`` holds, all of the ``book`` preset: the deep VAE's grid runs (chapter
+#: *Deep Gaussian VAEs*), the stochastic-ELBO runs and the encoder comparison (their chapters),
+#: and the linear VAE trained per latent size (chapter *The linear VAE*).
+SHIPPED = ("deep", "stochastic", "encoders", "likelihood")
 
 ResultT = TypeVar("ResultT")
 
@@ -203,6 +204,7 @@ def ship(names: Sequence[str] | None = None) -> None:
     """Compute the ``book`` results the ``reader`` preset reads and write them to
     ``results/reader/`` (minutes to tens of minutes on 2 CPU cores)."""
     from lincollapse.deep_runs import computing_fingerprint, load_or_train
+    from lincollapse.experiments import linear
     from lincollapse.experiments import training_linear as tl
     from lincollapse.experiments.deep import DeepVAEConfig
 
@@ -213,15 +215,17 @@ def ship(names: Sequence[str] | None = None) -> None:
         store.check_writable()
         _, sources = load_or_train(config, config.runs(), cache=store)
         print("deep grid runs:", "; ".join(dict.fromkeys(sources)))
-    for name, compute, config_type in (
-        ("stochastic", tl.stochastic_vs_analytic, tl.StochasticELBOConfig),
-        ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig),
-    ):
+    for name, compute, config_type, modules in (
+        ("stochastic", tl.stochastic_vs_analytic, tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
+        ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
+        ("likelihood", linear._train_latent_sizes, linear.LikelihoodVsLatentSizeConfig,
+         linear.COMPUTING_MODULES),
+    ):  # fmt: skip
         if name in names:
             config = config_type.for_preset("book")
             start = time.perf_counter()
             result = compute(config)
-            path = ship_result(config, result, tl.COMPUTING_MODULES, time.perf_counter() - start)
+            path = ship_result(config, result, modules, time.perf_counter() - start)
             print(f"{name}: wrote {path}")
 
 

@@ -97,8 +97,14 @@ def test_shipped_reader_results_are_current():
     except MissingRunsError as error:
         pytest.fail(f"deep grid runs missing or stale in {READER_DIR}: {error}; {SHIP_COMMAND}")
     assert runs.steps[-1] == config.steps
-    store = reader_store(source_fingerprint(tl.COMPUTING_MODULES))
-    for config_type in (tl.StochasticELBOConfig, tl.EncoderComparisonConfig):
+    from lincollapse.experiments import linear
+
+    for config_type, modules in (
+        (tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
+        (tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
+        (linear.LikelihoodVsLatentSizeConfig, linear.COMPUTING_MODULES),
+    ):
+        store = reader_store(source_fingerprint(modules))
         book = book_config(config_type.for_preset("reader"))
         assert store.load(book.as_dict()) is not None, f"{config_type.__name__}: {SHIP_COMMAND}"
 

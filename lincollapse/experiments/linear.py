@@ -18,7 +18,8 @@ import torch
 from lincollapse import collapse, linear_vae, ppca
 from lincollapse.data import load_mnist
 from lincollapse.experiments import figure, linear_baselines
-from lincollapse.presets import ExperimentConfig
+from lincollapse.presets import READER, ExperimentConfig
+from lincollapse.reader import shipped_or_compute
 from lincollapse.training import maximise
 
 _FAST_DATA = {"n": 300}
@@ -575,12 +576,14 @@ class LikelihoodVsLatentSizeConfig(ExperimentConfig, _AscentOptions):
             "block": 10, "baselines": None,
         },
         "paper": _ADAM_PAPER,
+        "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
     }  # fmt: skip
     # Measured on the book's 2-core CPU (see lincollapse list).
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 2 s",
         "book": "≈ 2.5 min of CPU time (L-BFGS on ELBO*, one thread)",
         "paper": "≈ 30 min of CPU time (projected from the shipped Adam runs)",
+        "reader": "< 1 s (the book's runs, shipped in results/reader/)",
     }
     n: int = 1000
     seed: int = 0
@@ -724,6 +727,31 @@ def _select(runs: linear_baselines.BaselineRuns, index: list[int]) -> linear_bas
     return dataclasses.replace(runs, **{f: getattr(runs, f)[index] for f in fields})
 
 
+#: The code that trains the likelihood figure's runs (fingerprint of its results/reader/ entry).
+COMPUTING_MODULES = ("lincollapse.linear_vae", "lincollapse.training")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedLatentSizes:
+    """What :func:`likelihood_vs_latent_size` trains: per latent size, the final ELBO and the
+    cost and Gram ratio of :func:`linear_vae.ascend_elbo` (the rest is closed form)."""
+
+    elbo: np.ndarray
+    seconds: np.ndarray
+    cpu_seconds: np.ndarray
+    steps: np.ndarray
+    evaluations: np.ndarray
+    gram_ratio: np.ndarray
+
+
+def _train_latent_sizes(config: LikelihoodVsLatentSizeConfig) -> TrainedLatentSizes:
+    runs = [_ascend(config.n, config.seed, q, config.ascent_options()) for q in config.latent_sizes]
+    return TrainedLatentSizes(*(
+        np.asarray([getattr(run, name) for run in runs])
+        for name in ("elbo", "seconds", "cpu_seconds", "steps", "evaluations", "gram_ratio")
+    ))  # fmt: skip
+
+
 @figure(
     "likelihood-vs-latent-size",
     chapter="linear_vae",
@@ -738,18 +766,20 @@ def likelihood_vs_latent_size(
     config = config or LikelihoodVsLatentSizeConfig.for_preset()
     _, spectrum = _mnist_spectrum(config.n, config.seed)
     fixed_sigma2 = ppca.sigma2_mle(spectrum, config.reference_q)
-    rows = []
-    for q in config.latent_sizes:
-        trained = _ascend(config.n, config.seed, q, config.ascent_options())
-        W = ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2)
-        rows.append((
-            ppca.max_log_likelihood(spectrum, q), trained.elbo,
-            ppca.average_log_likelihood(spectrum, W, fixed_sigma2),
-            q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2), trained.seconds,
-            trained.cpu_seconds, trained.steps, trained.evaluations, trained.gram_ratio,
-        ))  # fmt: skip
-    columns = [np.asarray(c) for c in zip(*rows, strict=True)]
-    optimum, elbo, fixed, active, seconds, cpu, steps, evaluations, ratio = columns
+    trained, provenance = shipped_or_compute(
+        config, _train_latent_sizes, TrainedLatentSizes, COMPUTING_MODULES
+    )
+    if config.preset == READER:
+        print("runs:", provenance)
+    optimum, fixed, active = (np.asarray(c) for c in zip(*[
+        (ppca.max_log_likelihood(spectrum, q),
+         ppca.average_log_likelihood(
+             spectrum, ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2), fixed_sigma2),
+         q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2))
+        for q in config.latent_sizes
+    ], strict=True))  # fmt: skip
+    elbo, seconds, cpu, steps = trained.elbo, trained.seconds, trained.cpu_seconds, trained.steps
+    evaluations, ratio = trained.evaluations, trained.gram_ratio
     baselines, provenance = (
         _baselines(config.baselines, config.n, config.seed, config.latent_sizes)
         if config.baselines
