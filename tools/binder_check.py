@@ -113,6 +113,8 @@ def start_lab(env: dict[str, str], root_dir: Path, cache: Path, port: int, token
         "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
         "--ServerApp.open_browser=False",
     ]  # fmt: skip
+    if os.geteuid() == 0:  # CI runs as root; Binder's notebook user is not
+        command.append("--allow-root")
     process = subprocess.Popen(
         command, env=lab_env, cwd=root_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
