@@ -36,8 +36,9 @@ READER_DIR = Path(__file__).resolve().parents[1] / "results" / "reader"
 SHIP_COMMAND = "python -m lincollapse.reader ship"
 #: What ``results/reader/`` holds, all of the ``book`` preset: the deep VAE's grid runs (chapter
 #: *Deep Gaussian VAEs*), the stochastic-ELBO runs and the encoder comparison (their chapters),
-#: and the linear VAE trained per latent size (chapter *The linear VAE*).
-SHIPPED = ("deep", "stochastic", "encoders", "likelihood")
+#: the linear VAE trained per latent size (chapter *The linear VAE*) and the linear β-VAEs on
+#: MNIST (chapter *β, σ² and KL annealing*).
+SHIPPED = ("deep", "stochastic", "encoders", "likelihood", "linear-beta")
 
 ResultT = TypeVar("ResultT")
 
@@ -75,6 +76,8 @@ def result_arrays(result: Any, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def _value(array: np.ndarray, hint: Any) -> Any:
+    if hint is str:
+        return str(array)
     if hint is float:
         return float(array)
     if hint is int:
@@ -204,7 +207,7 @@ def ship(names: Sequence[str] | None = None) -> None:
     """Compute the ``book`` results the ``reader`` preset reads and write them to
     ``results/reader/`` (minutes to tens of minutes on 2 CPU cores)."""
     from lincollapse.deep_runs import computing_fingerprint, load_or_train
-    from lincollapse.experiments import linear
+    from lincollapse.experiments import beta, linear
     from lincollapse.experiments import training_linear as tl
     from lincollapse.experiments.deep import DeepVAEConfig
 
@@ -220,6 +223,8 @@ def ship(names: Sequence[str] | None = None) -> None:
         ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
         ("likelihood", linear._train_latent_sizes, linear.LikelihoodVsLatentSizeConfig,
          linear.COMPUTING_MODULES),
+        ("linear-beta", beta._linear_beta_collapse, beta.MnistLinearBetaConfig,
+         beta.LINEAR_BETA_MODULES),
     ):  # fmt: skip
         if name in names:
             config = config_type.for_preset("book")

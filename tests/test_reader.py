@@ -97,9 +97,10 @@ def test_shipped_reader_results_are_current():
     except MissingRunsError as error:
         pytest.fail(f"deep grid runs missing or stale in {READER_DIR}: {error}; {SHIP_COMMAND}")
     assert runs.steps[-1] == config.steps
-    from lincollapse.experiments import linear
+    from lincollapse.experiments import beta, linear
 
     for config_type, modules in (
+        (beta.MnistLinearBetaConfig, beta.LINEAR_BETA_MODULES),
         (tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
         (tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
         (linear.LikelihoodVsLatentSizeConfig, linear.COMPUTING_MODULES),

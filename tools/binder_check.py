@@ -148,7 +148,11 @@ def run_chapter(browser, port: int, token: str, chapter: str, budget: float) -> 
     result = {"chapter": chapter, "seconds": float("nan"), "cells": 0, "errors": [],
               "warnings": 0}  # fmt: skip
     try:
-        page.goto(f"http://127.0.0.1:{port}/lab/tree/book/{chapter}.md?token={token}")
+        # A workspace of its own, reset: nothing reopened from the previous chapter.
+        page.goto(
+            f"http://127.0.0.1:{port}/lab/workspaces/check-{chapter}/tree/book/{chapter}.md"
+            f"?reset&token={token}"
+        )
         page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
         # The kernel has started when the toolbar's status reads idle.
         page.wait_for_function(
@@ -161,6 +165,11 @@ def run_chapter(browser, port: int, token: str, chapter: str, budget: float) -> 
         )
         cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell").count()
         result["cells"] = cells
+        page.wait_for_timeout(1000)  # a dialog opened on load (e.g. no kernel) shows by now
+        if page.locator(".jp-Dialog").count():
+            text = page.locator(".jp-Dialog").first.inner_text()
+            result["errors"].append(f"dialog on opening: {text[:300]}")
+            return result
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         start = time.perf_counter()
@@ -243,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
                 for chapter in chapters:
+                    if "{code-cell}" not in (ROOT / "book" / f"{chapter}.md").read_text():
+                        log(f"{chapter}: no code cells, nothing to run")
+                        continue
                     log(f"{chapter}: running every cell through JupyterLab ...")
                     results.append(run_chapter(browser, port, token, chapter, args.budget))
                     r = results[-1]
