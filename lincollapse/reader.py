@@ -136,7 +136,9 @@ def shipped_or_compute(
             f"(regenerate: {SHIP_COMMAND})"
         )
     arrays, meta = loaded
-    return result_from_arrays(result_type, arrays, config=book), (
+    has_config = any(field.name == "config" for field in dataclasses.fields(result_type))
+    extra = {"config": book} if has_config else {}
+    return result_from_arrays(result_type, arrays, **extra), (
         f"the book preset's result shipped in results/reader/ (computed {meta['created'][:10]} "
         f"in {meta.get('info', {}).get('seconds', float('nan')):.0f} s), not recomputed"
     )

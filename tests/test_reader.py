@@ -17,6 +17,7 @@ from lincollapse.reader import (
     rerun_figures,
     result_arrays,
     result_from_arrays,
+    shipped_or_compute,
 )
 
 
@@ -99,6 +100,13 @@ def test_shipped_reader_results_are_current():
     assert runs.steps[-1] == config.steps
     from lincollapse.experiments import beta, linear
 
+    result_types = {
+        beta.MnistLinearBetaConfig: beta.MnistLinearBetaResult,
+        tl.StochasticELBOConfig: tl.StochasticELBOResult,
+        tl.EncoderComparisonConfig: tl.EncoderComparisonResult,
+        linear.LikelihoodVsLatentSizeConfig: linear.TrainedLatentSizes,
+    }
+
     for config_type, modules in (
         (beta.MnistLinearBetaConfig, beta.LINEAR_BETA_MODULES),
         (tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
@@ -106,8 +114,16 @@ def test_shipped_reader_results_are_current():
         (linear.LikelihoodVsLatentSizeConfig, linear.COMPUTING_MODULES),
     ):
         store = reader_store(source_fingerprint(modules))
-        book = book_config(config_type.for_preset("reader"))
-        assert store.load(book.as_dict()) is not None, f"{config_type.__name__}: {SHIP_COMMAND}"
+        reader = config_type.for_preset("reader")
+        assert store.load(book_config(reader).as_dict()) is not None, (
+            f"{config_type.__name__}: {SHIP_COMMAND}"
+        )
+
+        def never(config):
+            raise AssertionError("the reader preset computed instead of reading")
+
+        result, provenance = shipped_or_compute(reader, never, result_types[config_type], modules)
+        assert "shipped in results/reader/" in provenance and result is not None
 
 
 def test_annealing_reader_runs_are_the_long_runs_first_steps():
