@@ -38,7 +38,7 @@ SHIP_COMMAND = "python -m lincollapse.reader ship"
 #: *Deep Gaussian VAEs*), the stochastic-ELBO runs and the encoder comparison (their chapters),
 #: the linear VAE trained per latent size (chapter *The linear VAE*) and the linear β-VAEs on
 #: MNIST (chapter *β, σ² and KL annealing*).
-SHIPPED = ("deep", "stochastic", "encoders", "likelihood", "linear-beta")
+SHIPPED = ("deep", "stochastic", "encoders", "likelihood", "gram", "linear-beta")
 
 ResultT = TypeVar("ResultT")
 
@@ -225,6 +225,7 @@ def ship(names: Sequence[str] | None = None) -> None:
         ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
         ("likelihood", linear._train_latent_sizes, linear.LikelihoodVsLatentSizeConfig,
          linear.COMPUTING_MODULES),
+        ("gram", linear._train_gram_run, linear.GramMatricesConfig, linear.COMPUTING_MODULES),
         ("linear-beta", beta._linear_beta_collapse, beta.MnistLinearBetaConfig,
          beta.LINEAR_BETA_MODULES),
     ):  # fmt: skip

@@ -105,6 +105,7 @@ def test_shipped_reader_results_are_current():
         tl.StochasticELBOConfig: tl.StochasticELBOResult,
         tl.EncoderComparisonConfig: tl.EncoderComparisonResult,
         linear.LikelihoodVsLatentSizeConfig: linear.TrainedLatentSizes,
+        linear.GramMatricesConfig: linear.TrainedGramRun,
     }
 
     for config_type, modules in (
@@ -112,6 +113,7 @@ def test_shipped_reader_results_are_current():
         (tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
         (tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
         (linear.LikelihoodVsLatentSizeConfig, linear.COMPUTING_MODULES),
+        (linear.GramMatricesConfig, linear.COMPUTING_MODULES),
     ):
         store = reader_store(source_fingerprint(modules))
         reader = config_type.for_preset("reader")

@@ -44,9 +44,9 @@ class FigureSpec:
 
 FIGURES: dict[str, FigureSpec] = {}
 
-#: Measured wall time in seconds of each chapter (``book/<name>.md``) in ``make book``, per
-#: preset, on the book's 2-core CPU from an empty results cache (README, *Measured timings*,
-#: 2026-11-25). The build prints them beside each chapter's progress; ``None``: not measured.
+#: Measured time in seconds of each chapter (``book/<name>.md``) per preset, from an empty
+#: results cache (README, *Measured timings*): ``book``, wall time in ``make book`` on the book's
+#: 2-core CPU (2026-11-25); ``reader``, CPU time on one core (see below). The build prints them beside each chapter's progress; ``None``: not measured.
 CHAPTER_SECONDS: dict[str, dict[str, float]] = {
     "book": {
         "deep_vae": 543,
@@ -60,6 +60,23 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "mnist_data": 6,
         "diagnosis": 23,  # 2026-11-30, chapter alone, machine busy
         "checks": 13,  # 2026-11-30, after the deep chapter cached its runs (as in the build)
+    },
+    # One core (taskset -c 0, OMP_NUM_THREADS=1), each chapter from an empty results cache, run
+    # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30: the CPU seconds,
+    # since the shared machine was loaded (load average 6-11 on 2 cores; wall times in README).
+    "reader": {
+        "mnist_data": 10,
+        "intro": 4,
+        "posterior_collapse": 31,
+        "ppca": 39,
+        "linear_vae": LV_CPU,
+        "diagnosis": 46,
+        "beyond_the_paper": 41,
+        "beta_annealing": 19,
+        "stochastic_elbo": 59,
+        "linear_decoder_encoders": 13,
+        "deep_vae": 29,
+        "checks": 20,
     },
 }
 
