@@ -2,10 +2,11 @@
 
 A reader who opens a chapter in Jupyter (``$LINCOLLAPSE_PRESET`` unset, so the ``reader``
 preset) gets every figure of the book within about a minute on one CPU core. Most experiments
-fit that budget and run exactly as in the ``book`` preset. The few that do not — the deep
-VAE's grid runs, the stochastic-ELBO runs and the encoder comparison, whose configs carry an
-``OVERRIDES["reader"]`` entry — read the ``book`` preset's own results from ``results/reader/``
-instead of training: the same numbers the rendered book computes, not a shortened run.
+fit that budget and run exactly as in the ``book`` preset. The few that do not (:data:`SHIPPED`;
+their configs carry an ``OVERRIDES["reader"]`` entry) read the ``book`` preset's own results
+from ``results/reader/`` instead of training: the same numbers the rendered book computes, not a
+shortened run. (The KL-annealing runs are cut from the shipped long runs instead:
+:func:`lincollapse.experiments.beta.book_runs_from_long`.)
 
 ``results/reader/`` is a :class:`~lincollapse.results_cache.ResultsCache` folder: each entry is
 validated on load (checksums, the exact ``book`` configuration, and the source fingerprint of
