@@ -100,7 +100,7 @@ def test_run_writes_the_figure_and_its_data(tmp_path, capsys):
     ("argv", "choices"),
     [
         (["run", "no-such-figure"], sorted(load_all())),
-        (["run", "mnist-spectrum", "--preset", "huge"], ["fast", "book", "paper"]),
+        (["run", "mnist-spectrum", "--preset", "huge"], ["fast", "reader", "book", "paper"]),
         (["run", "mnist-spectrum", "--device", "tpu"], ["cpu", "cuda", "auto"]),
         (["frobnicate"], ["list", "run", "bench", "study", "train"]),
         (["study", "train", "--group", "nope"], ["baseline", "logit", "learned"]),
@@ -154,7 +154,7 @@ def test_an_invalid_preset_variable_is_an_error_before_any_work(
     status, _, err = run_main(argv, capsys)
     assert status == 2
     assert "LINCOLLAPSE_PRESET" in err and "'bogus'" in err
-    assert "fast, book, paper" in err and "Traceback" not in err
+    assert "fast, reader, book, paper" in err and "Traceback" not in err
     assert compute.calls == 0 and not any(tmp_path.iterdir())
 
 
