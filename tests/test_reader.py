@@ -150,3 +150,40 @@ def test_annealing_reader_runs_are_the_long_runs_first_steps():
         )
         assert column.size == 1
         np.testing.assert_array_equal(runs.thresholds[-1, r], long["thresholds"][row, column[0]])
+
+
+def test_refingerprint_rekeys_entries_with_their_arrays_unchanged(tmp_path, monkeypatch):
+    import lincollapse.reader as reader
+    from lincollapse.results_cache import CacheWarning, ResultsCache
+
+    monkeypatch.setattr(reader, "READER_DIR", tmp_path)
+    arrays = {"elbo": np.array([-1.5, np.nan, 2.0**-40]), "steps": np.arange(4)}
+    config = {"experiment": "Example", "n": 3}
+    path = ResultsCache(tmp_path, fingerprint="old-code").save(config, arrays, {"seconds": 9})
+    new = reader.current_fingerprints()["linear_beta"]
+    with pytest.warns(CacheWarning, match="stale"):
+        assert reader.reader_store(new).load(config) is None  # stale under the current code
+
+    with pytest.raises(ValueError, match="does not name"):
+        reader.refingerprint({"other": "linear_beta"}, "checked")
+    with pytest.raises(ValueError, match="unknown kind"):
+        reader.refingerprint({"old-code": "nonsense"}, "checked")
+
+    assert reader.refingerprint({"old-code": "linear_beta"}, "checked bitwise") == [path]
+    loaded, meta = reader.reader_store(new).load(config)
+    assert set(loaded) == set(arrays)
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].tobytes() == array.tobytes()
+    assert meta["fingerprint"] == new and meta["info"]["seconds"] == 9
+    assert meta["info"]["refingerprinted"] == "checked bitwise" and meta["info"]["created"]
+
+
+def test_refingerprint_refuses_an_entry_that_does_not_validate(tmp_path, monkeypatch):
+    import lincollapse.reader as reader
+    from lincollapse.results_cache import ResultsCache
+
+    monkeypatch.setattr(reader, "READER_DIR", tmp_path)
+    path = ResultsCache(tmp_path, fingerprint="old-code").save({"n": 1}, {"a": np.ones(2)})
+    path.rename(tmp_path / "0123456789abcdef01234567.npz")  # under another configuration's key
+    with pytest.raises(ValueError, match="does not validate"):
+        reader.refingerprint({"old-code": "deep"}, "checked")
