@@ -459,3 +459,17 @@ def test_the_study_module_still_runs_as_a_program(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == sum(len(specs) for specs in GROUPS.values())
     assert all(line.endswith("waiting") for line in lines)
+
+
+def test_reader_ship_runs_through_the_command_line(monkeypatch, capsys):
+    """``python -m lincollapse.reader ship [NAME ...]`` reaches :func:`lincollapse.reader.ship`."""
+    from lincollapse import reader
+
+    calls = []
+    monkeypatch.setattr(reader, "ship", lambda names=None: calls.append(names))
+    assert main_for_module("lincollapse.reader", ["ship", "gram", "linear-beta"]) == 0
+    assert main(["reader", "ship"]) == 0
+    assert calls == [["gram", "linear-beta"], None]
+    with pytest.raises(SystemExit) as exit_:
+        main(["reader", "ship", "grams"])
+    assert exit_.value.code == 2 and "valid: deep, stochastic" in capsys.readouterr().err
