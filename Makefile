@@ -44,10 +44,13 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 bench: $(STAMP)  ## print the benchmark tables
 	$(BIN)/python -m lincollapse bench
 
-.PHONY: browser-check pdf
+.PHONY: browser-check binder-check pdf
 
 browser-check: $(STAMP)  ## check every page of _build/html in headless Chromium (after make book)
 	$(BIN)/python -m tools.browser_check _build/html
+
+binder-check: $(STAMP)  ## every chapter run in JupyterLab on one core, from a fresh .binder env
+	$(BIN)/python tools/binder_check.py
 
 pdf: $(STAMP)  ## optional: the book as a PDF (needs pdflatex and latexmk; not part of CI)
 	LINCOLLAPSE_PRESET=$${LINCOLLAPSE_PRESET:-book} $(BIN)/python -m tools.build_book --builder pdflatex

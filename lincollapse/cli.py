@@ -6,9 +6,10 @@
     computes one figure's data with the package function the book calls, and writes the figure
     (``FIGURE.png``) and its data (``FIGURE.npz`` for arrays, ``FIGURE.json`` for scalars and
     the configuration) into ``DIR``, each file written atomically. The preset is ``--preset``,
-    else ``$LINCOLLAPSE_PRESET``, else ``book``. ``DIR`` (and the results cache, for figures
-    that train) is checked before computing; if a write still fails afterwards, the data go to
-    a rescue folder (:func:`lincollapse.storage.rescue_directory`) that the error names;
+    else ``$LINCOLLAPSE_PRESET``, else ``reader`` (:mod:`lincollapse.presets`). ``DIR`` (and
+    the results cache, for figures that train) is checked before computing; if a write still
+    fails afterwards, the data go to a rescue folder
+    (:func:`lincollapse.storage.rescue_directory`) that the error names;
 ``bench {linear,training,deep,threads}``
     the benchmark tables of :mod:`lincollapse.bench`;
 ``study {train,status,ship,ship-traversal}``
@@ -16,11 +17,15 @@
     runs resumably, show their state, ship them to ``results/``;
 ``train {deep,annealing,linear-baselines}``
     the long runs behind a chapter's shipped results (deep-VAE convergence study and grid, KL
-    annealing, the linear VAE's joint-training baselines), optionally writing the reference.
+    annealing, the linear VAE's joint-training baselines), optionally writing the reference;
+``reader ship [NAMES...]``
+    recompute the ``book`` results that the ``reader`` preset reads and write them to
+    ``results/reader/`` (:func:`lincollapse.reader.ship`).
 
 This is the package's only command line. ``python -m lincollapse.experiments.deep_study ARGS``
-(and ``...deep``, ``...beta``, ``...linear_baselines``), the commands recorded in shipped results,
-still work: each module hands its arguments to :func:`main_for_module`.
+(and ``...deep``, ``...beta``, ``...linear_baselines``, ``lincollapse.reader``), the commands
+recorded in shipped results and the README, still work: each module hands its arguments to
+:func:`main_for_module`.
 
 Progress bars follow :func:`lincollapse.training.progress_enabled`: shown to a person at a
 terminal, quiet under CI (``CI`` set) and when output goes to a pipe or a file. Threads follow
@@ -87,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRESETS,
         default=None,
         help=f"experiment size: fast (seconds, smoke test), book, paper (use a GPU); "
-        f"default: ${ENV_VAR}, else book",
+        f"default: ${ENV_VAR}, else reader (the book's configurations, reading shipped "
+        "results where the book's training is long)",
     )
     run.add_argument(
         "--device",
@@ -112,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.add_argument("subcommand", choices=sorted(bench.SUBCOMMANDS))
     bench_parser.add_argument(
-        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR}, else book"
+        "--preset", choices=PRESETS, default=None, help=f"default: ${ENV_VAR}, else reader"
     )
     bench_parser.add_argument(
         "--threads",
@@ -195,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--write-reference", action="store_true", help="write the shipped results")
         sub.add_argument("--threads", type=positive_int, default=None, help="torch threads")
         sub.add_argument("--progress", action="store_true", help="progress bars even into a file")
+
+    from lincollapse import reader
+
+    reader_parser = commands.add_parser(
+        "reader",
+        help="regenerate the shipped results that the reader preset reads",
+        description="Recompute the book preset's results that the reader preset reads instead "
+        "of training, and write them to results/reader/ (minutes to tens of minutes on 2 CPU "
+        "cores).",
+    )
+    reader_parser.add_argument("action", choices=("ship",))
+    reader_parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"what to ship: {', '.join(reader.SHIPPED)} (default: all)",
+    )
     return parser
 
 
@@ -234,6 +257,8 @@ def main(argv: list[str] | None = None, *, typed: str | None = None) -> int:
             return _study(args, typed)
         if args.command == "train":
             return _train(args, typed)
+        if args.command == "reader":
+            return _reader(args)
     except CLIError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
     except KeyboardInterrupt:
@@ -255,6 +280,7 @@ MODULE_COMMANDS: dict[str, tuple[str, ...]] = {
     "lincollapse.experiments.deep": ("train", "deep"),
     "lincollapse.experiments.beta": ("train", "annealing"),
     "lincollapse.experiments.linear_baselines": ("train", "linear-baselines"),
+    "lincollapse.reader": ("reader",),
 }
 
 
@@ -312,7 +338,7 @@ def _check_device(device: str | None) -> None:
 
 
 def _resolve_preset(preset: str | None) -> str:
-    """``--preset``, else ``$LINCOLLAPSE_PRESET`` (validated), else ``book``."""
+    """``--preset``, else ``$LINCOLLAPSE_PRESET`` (validated), else ``reader``."""
     if preset is not None:
         return preset
     try:
@@ -521,6 +547,16 @@ def _set_torch_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _reader(args: argparse.Namespace) -> int:
+    from lincollapse import reader
+
+    unknown = sorted(set(args.names) - set(reader.SHIPPED))
+    if unknown:
+        raise CLIError(f"unknown result(s) {unknown}; valid: {', '.join(reader.SHIPPED)}")
+    reader.ship(args.names or None)
+    return 0
 
 
 def _study(args: argparse.Namespace, typed: str) -> int:

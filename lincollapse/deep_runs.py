@@ -29,6 +29,7 @@ import torch
 from lincollapse.collapse import collapsed_fraction_from_thresholds
 from lincollapse.data import load_mnist
 from lincollapse.deep_vae import LR_DECAYS, TrainedRuns, resolve_device, train_batched
+from lincollapse.presets import results_preset
 from lincollapse.references import PROBE_STEPS, Probe, load_shipped, shipped_provenance
 from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
 
@@ -291,7 +292,7 @@ def long_runs(
     ``train_missing``). Returns ``(None, reason)`` when none is available.
     """
     _, data_id = data_for(config)
-    stem = convergence_reference_path(config.preset)
+    stem = convergence_reference_path(results_preset(config.preset))
     problems = []
     try:
         arrays, meta = load_shipped(stem, convergence_key(config, data_id))

@@ -100,7 +100,7 @@ def test_run_writes_the_figure_and_its_data(tmp_path, capsys):
     ("argv", "choices"),
     [
         (["run", "no-such-figure"], sorted(load_all())),
-        (["run", "mnist-spectrum", "--preset", "huge"], ["fast", "book", "paper"]),
+        (["run", "mnist-spectrum", "--preset", "huge"], ["fast", "reader", "book", "paper"]),
         (["run", "mnist-spectrum", "--device", "tpu"], ["cpu", "cuda", "auto"]),
         (["frobnicate"], ["list", "run", "bench", "study", "train"]),
         (["study", "train", "--group", "nope"], ["baseline", "logit", "learned"]),
@@ -154,7 +154,7 @@ def test_an_invalid_preset_variable_is_an_error_before_any_work(
     status, _, err = run_main(argv, capsys)
     assert status == 2
     assert "LINCOLLAPSE_PRESET" in err and "'bogus'" in err
-    assert "fast, book, paper" in err and "Traceback" not in err
+    assert "fast, reader, book, paper" in err and "Traceback" not in err
     assert compute.calls == 0 and not any(tmp_path.iterdir())
 
 
@@ -459,3 +459,17 @@ def test_the_study_module_still_runs_as_a_program(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == sum(len(specs) for specs in GROUPS.values())
     assert all(line.endswith("waiting") for line in lines)
+
+
+def test_reader_ship_runs_through_the_command_line(monkeypatch, capsys):
+    """``python -m lincollapse.reader ship [NAME ...]`` reaches :func:`lincollapse.reader.ship`."""
+    from lincollapse import reader
+
+    calls = []
+    monkeypatch.setattr(reader, "ship", lambda names=None: calls.append(names))
+    assert main_for_module("lincollapse.reader", ["ship", "gram", "linear-beta"]) == 0
+    assert main(["reader", "ship"]) == 0
+    assert calls == [["gram", "linear-beta"], None]
+    with pytest.raises(SystemExit) as exit_:
+        main(["reader", "ship", "grams"])
+    assert exit_.value.code == 2 and "valid: deep, stochastic" in capsys.readouterr().err

@@ -611,8 +611,12 @@ def missing_latex_tools() -> list[str]:
 
 
 def build(root: Path, builder: str = "html", mathjax: str = "local") -> int:
-    """Run ``jupyter-book build`` strictly; return its exit code."""
-    preset = current_preset()
+    """Run ``jupyter-book build`` strictly; return its exit code.
+
+    The preset is ``$LINCOLLAPSE_PRESET``, else ``book`` (not the interactive ``reader``
+    default: the rendered book computes what it shows).
+    """
+    preset = current_preset() if os.environ.get(ENV_VAR, "").strip() else "book"
     mathjax_static = None
     if builder == "pdflatex" and (missing := missing_latex_tools()):
         print(

@@ -39,6 +39,9 @@ class FigureSpec:
     def cost(self, preset: str) -> str | None:
         """The recorded cost of ``preset`` (see :attr:`costs`), or ``None`` if unknown."""
         costs = self.costs or getattr(self.config, "COSTS", None) or {}
+        if preset == "reader" and preset not in costs:
+            reads = self.config is not None and "reader" in self.config.OVERRIDES
+            return None if reads else costs.get("book")  # otherwise reader computes as book
         return costs.get(preset)
 
     def plot_function(self) -> Callable[..., Any]:
@@ -48,9 +51,10 @@ class FigureSpec:
 
 FIGURES: dict[str, FigureSpec] = {}
 
-#: Measured wall time in seconds of each chapter (``book/<name>.md``) in ``make book``, per
-#: preset, on the book's 2-core CPU from an empty results cache (README, *Measured timings*,
-#: 2026-11-25). The build prints them beside each chapter's progress; ``None``: not measured.
+#: Measured time in seconds of each chapter (``book/<name>.md``) per preset, from an empty
+#: results cache (README, *Measured timings*): ``book``, wall time in ``make book`` on the book's
+#: 2-core CPU (2026-11-25); ``reader``, CPU time on one core (see below). The build prints them
+#: beside each chapter's progress; ``None``: not measured.
 CHAPTER_SECONDS: dict[str, dict[str, float]] = {
     "book": {
         "deep_vae": 543,
@@ -66,7 +70,38 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "diagnosis": 23,  # 2026-11-30, chapter alone, machine busy
         "checks": 13,  # 2026-11-30, after the deep chapter cached its runs (as in the build)
     },
+    # One core (taskset -c 0, OMP_NUM_THREADS=1), each chapter from an empty results cache, run
+    # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30: the CPU seconds,
+    # since the shared machine was loaded (load average 6-11 on 2 cores; wall times in README).
+    "reader": {
+        "mnist_data": 10,
+        "intro": 4,
+        "posterior_collapse": 31,
+        "ppca": 39,
+        "linear_vae": 25,
+        "diagnosis": 46,
+        "beyond_the_paper": 41,
+        "beta_annealing": 19,
+        "stochastic_elbo": 59,
+        "linear_decoder_encoders": 13,
+        "deep_vae": 29,
+        "checks": 20,
+    },
 }
+
+
+#: CPU cores of the measurements in :data:`CHAPTER_SECONDS`, per preset.
+CHAPTER_COST_CORES: dict[str, int] = {"book": 2, "reader": 1, "fast": 2, "paper": 2}
+
+
+def chapter_figure_costs(chapter: str, preset: str) -> list[tuple[str, str]]:
+    """``(figure, recorded cost at preset)`` of every registered figure of ``chapter`` whose
+    cost is recorded, in registration order."""
+    rows = []
+    for spec in load_all().values():
+        if spec.chapter == chapter and (cost := spec.cost(preset)) is not None:
+            rows.append((spec.name, cost))
+    return rows
 
 
 def chapter_seconds(chapter: str, preset: str) -> float | None:

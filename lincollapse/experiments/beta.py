@@ -51,7 +51,8 @@ from lincollapse.linear_beta_vae import (
     train_linear_beta_vae,
 )
 from lincollapse.ppca import data_spectrum
-from lincollapse.presets import ExperimentConfig
+from lincollapse.presets import READER, ExperimentConfig, results_preset
+from lincollapse.reader import shipped_or_compute
 from lincollapse.references import (
     PROBE_STEPS,
     Probe,
@@ -109,8 +110,10 @@ class MnistLinearBetaConfig(ExperimentConfig):
         "fast": "≈ 3 s",
         "book": "17 s on 2 cores (measured)",
         "paper": "≈ 5 min (estimated)",
+        "reader": "< 1 s (the book's result, shipped in results/reader/)",
     }
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "reader": {},  # the book's result, read from results/reader/ (lincollapse.reader)
         "fast": {"n": 200, "latent": 5, "betas": (0.1, 1.0, 4.0, 16.0), "steps": 60},
         "paper": {"latent": 200, "betas": tuple(float(b) for b in np.logspace(-2, 1.3, 25))},
     }
@@ -304,6 +307,19 @@ def loss_conventions(
 def linear_beta_collapse(config: MnistLinearBetaConfig | None = None) -> MnistLinearBetaResult:
     """Linear β-VAE on MNIST: collapsed latents against β, trained vs #{λ_j ≤ βσ²}."""
     config = config or MnistLinearBetaConfig.for_preset()
+    result, provenance = shipped_or_compute(
+        config, _linear_beta_collapse, MnistLinearBetaResult, LINEAR_BETA_MODULES
+    )
+    if config.preset == READER:
+        print("runs:", provenance)
+    return result
+
+
+#: The code that computes :func:`linear_beta_collapse` (fingerprint of its results/reader/ entry).
+LINEAR_BETA_MODULES = ("lincollapse.linear_beta_vae", "lincollapse.experiments.beta")
+
+
+def _linear_beta_collapse(config: MnistLinearBetaConfig) -> MnistLinearBetaResult:
     start = time.perf_counter()
     images = data_for(config)[0]  # the deep-VAE chapter's subset
     spectrum = data_spectrum(images)
@@ -382,8 +398,12 @@ class AnnealingConfig(ExperimentConfig):
         "fast": "≈ 3 s",
         "book": "≈ 4.5 min for the whole chapter (268 s measured, 2 cores)",
         "paper": "hours on a CPU; minutes on a GPU",
+        "reader": "< 1 s (the book's runs: the first steps of the shipped long runs)",
     }
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        # The book's runs, read from the shipped long runs instead of trained (see
+        # ``annealing_runs``): with a constant learning rate they are the long runs' first steps.
+        "reader": {},
         "fast": {
             **FAST_ARCHITECTURE,
             "steps": 60,
@@ -608,7 +628,14 @@ def annealing_runs(
     device: str | torch.device | None = "auto",
     progress: bool | None = None,
 ) -> tuple[AnnealedRuns, str]:
-    """The runs of ``config``: from the results cache, else trained now (and cached)."""
+    """The runs of ``config``: from the results cache, else trained now (and cached).
+
+    The ``reader`` preset first reads them from the shipped long runs (:func:`book_runs_from_long`).
+    """
+    if config.preset == READER:
+        runs, provenance = book_runs_from_long(config, cache=cache)
+        if runs is not None:
+            return runs, provenance
     cache = cache or default_cache()
     images, data_id = data_for(config)
     key = annealing_key(config, data_id)
@@ -706,7 +733,7 @@ def long_annealing_runs(
     cache = cache or default_cache()
     long = config.long_config()
     key = annealing_key(long, data_for(long)[1])
-    stem = annealing_reference_path(config.preset)
+    stem = annealing_reference_path(results_preset(config.preset))
     try:
         arrays, meta = load_shipped(stem, key)
         return AnnealedRuns.from_arrays(arrays), shipped_provenance(stem, meta)
@@ -715,6 +742,39 @@ def long_annealing_runs(
     if not train_missing and cache.load(key) is None:
         return None, f"{problem}; not in the results cache either"
     return annealing_runs(long, cache=cache, device=device, progress=progress)
+
+
+def book_runs_from_long(
+    config: AnnealingConfig, *, cache: ResultsCache | None = None
+) -> tuple[AnnealedRuns | None, str]:
+    """The runs of ``config`` cut from its long runs (shipped or cached, never trained).
+
+    With a constant learning rate each run of ``config`` whose seed is in ``long_seeds`` is the
+    first ``steps`` steps of a long run (same weights, noise and rate), so its records are the
+    long run's up to ``steps``, at the long runs' record spacing. ``(None, reason)`` when the
+    long runs are absent, lack a record at ``steps`` or do not hold every run of ``config``.
+    """
+    long, provenance = long_annealing_runs(config, cache=cache, train_missing=False)
+    if long is None:
+        return None, provenance
+    if config.steps not in long.steps:
+        return None, f"the long runs have no record at step {config.steps}"
+    try:
+        columns = [long.specs.index(spec) for spec in config.specs()]
+    except ValueError:
+        return None, "the long runs do not hold every run of this configuration"
+    rows = long.steps <= config.steps
+    runs = AnnealedRuns(
+        specs=config.specs(), steps=long.steps[rows], elbo=long.elbo[rows][:, columns],
+        beta=long.beta[rows][:, columns],
+        effective_sigma2=long.effective_sigma2[rows][:, columns],
+        thresholds=long.thresholds[rows][:, columns], kl_mean=long.kl_mean[rows][:, columns],
+        seconds=float("nan"), delta=long.delta,
+    )  # fmt: skip
+    return runs, (
+        f"the book preset's runs, read as the first {config.steps:,} steps of its long runs "
+        f"(records every {config.long_record_every} steps; {provenance})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

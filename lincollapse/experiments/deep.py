@@ -34,6 +34,7 @@ from lincollapse.deep_runs import (
     FAST_ARCHITECTURE,
     REFERENCE_EPSILONS,
     TOLERANCE,
+    MissingRunsError,
     Schedule,
     computing_fingerprint,
     convergence_key,
@@ -49,7 +50,8 @@ from lincollapse.deep_runs import (
 )
 from lincollapse.deep_vae import Architecture, TrainedRuns, lr_multiplier, resolve_device
 from lincollapse.experiments import figure
-from lincollapse.presets import ExperimentConfig, preset_banner
+from lincollapse.presets import READER, ExperimentConfig, preset_banner
+from lincollapse.reader import reader_store
 from lincollapse.references import reference_info, save_shipped
 from lincollapse.reporting import Report
 
@@ -118,6 +120,7 @@ class DeepVAEConfig(ExperimentConfig):
         "fast": "≈ 5 s",
         "book": "≈ 9 min for the whole chapter (543 s measured, 2 cores)",
         "paper": "≈ 21 h on 2 CPU cores, ≈ 10–20 min on an H100-class GPU (both projected)",
+        "reader": "< 1 s (the book's grid runs, shipped in results/reader/)",
     }
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {
@@ -146,6 +149,8 @@ class DeepVAEConfig(ExperimentConfig):
             "convergence_lr_decay": "none",
             "convergence_record_every": 250,
         },
+        # The book's runs, read from results/reader/ instead of trained (lincollapse.reader).
+        "reader": {},
     }
     n: int = 1000
     data_seed: int = 0
@@ -299,7 +304,20 @@ def sigma2_key(name: str, sigma2: float) -> str:
 
 
 def _grid_runs(config: DeepVAEConfig, runs, device) -> tuple[TrainedRuns, list[str]]:
-    """``runs`` of the grid; all missing grid runs are trained together the first time."""
+    """``runs`` of the grid; all missing grid runs are trained together the first time.
+
+    The ``reader`` preset reads the ``book`` preset's runs shipped in ``results/reader/``
+    (:mod:`lincollapse.reader`); only when they are missing or stale are they trained.
+    """
+    if config.preset == READER:
+        store = reader_store(computing_fingerprint())
+        try:
+            found, sources = load_or_train(config, runs, cache=store, train_missing=False)
+        except MissingRunsError:
+            pass
+        else:
+            return found, [s.replace("cache (", "shipped book run (results/reader/, ", 1)
+                           for s in sources]  # fmt: skip
     load_or_train(config, config.runs(), device=device)  # one batched model for the whole grid
     return load_or_train(config, runs, device=device, train_missing=False)
 
@@ -696,7 +714,7 @@ def convergence_study(
     eps, e = config.summary_epsilon, _epsilon_index(config.summary_epsilon)
     short, _ = _grid_runs(config, [(s, False) for s in config.convergence_sigma2], device)
     preset_fraction = collapsed_fraction_from_thresholds(short.thresholds, eps)
-    train_long = config.preset != "book" if train_long is None else train_long
+    train_long = config.preset not in ("book", READER) if train_long is None else train_long
     long, provenance = long_runs(config, device=device, train_missing=train_long)
     c = len(config.convergence_sigma2)
     gap = max_gap = plateau = paper_plateau = at_preset_end = np.full(c, np.nan)

@@ -17,7 +17,8 @@ import numpy as np
 
 from lincollapse import linear_vae, linear_vae_training, ppca
 from lincollapse.experiments import FAST_MNIST, figure, linear_baselines, mnist_with_spectrum
-from lincollapse.presets import ExperimentConfig
+from lincollapse.presets import READER, ExperimentConfig
+from lincollapse.reader import shipped_or_compute
 from lincollapse.reporting import Report
 
 # --------------------------------------------------------------------------------------------
@@ -70,12 +71,14 @@ class LikelihoodVsLatentSizeConfig(ExperimentConfig, _AscentOptions):
             "block": 10, "baselines": None,
         },
         "paper": _ADAM_PAPER,
+        "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
     }  # fmt: skip
     # Measured on the book's 2-core CPU (see lincollapse list).
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 2 s",
         "book": "≈ 2.5 min of CPU time (L-BFGS on ELBO*, one thread)",
         "paper": "≈ 30 min of CPU time (projected from the shipped Adam runs)",
+        "reader": "< 1 s (the book's runs, shipped in results/reader/)",
     }
     n: int = 1000
     seed: int = 0
@@ -219,6 +222,36 @@ def _select(runs: linear_baselines.BaselineRuns, index: list[int]) -> linear_bas
     return dataclasses.replace(runs, **{f: getattr(runs, f)[index] for f in fields})
 
 
+#: The code that trains this chapter's linear VAEs (fingerprint of their results/reader/ entries).
+COMPUTING_MODULES = (
+    "lincollapse.gaussian",
+    "lincollapse.linear_vae",
+    "lincollapse.linear_vae_training",
+    "lincollapse.training",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedLatentSizes:
+    """What :func:`likelihood_vs_latent_size` trains: per latent size, the final ELBO and the
+    cost and Gram ratio of :func:`linear_vae_training.ascend_elbo` (the rest is closed form)."""
+
+    elbo: np.ndarray
+    seconds: np.ndarray
+    cpu_seconds: np.ndarray
+    steps: np.ndarray
+    evaluations: np.ndarray
+    gram_ratio: np.ndarray
+
+
+def _train_latent_sizes(config: LikelihoodVsLatentSizeConfig) -> TrainedLatentSizes:
+    runs = [_ascend(config.n, config.seed, q, config.ascent_options()) for q in config.latent_sizes]
+    return TrainedLatentSizes(*(
+        np.asarray([getattr(run, name) for run in runs])
+        for name in ("elbo", "seconds", "cpu_seconds", "steps", "evaluations", "gram_ratio")
+    ))  # fmt: skip
+
+
 @figure(
     "likelihood-vs-latent-size",
     chapter="linear_vae",
@@ -233,18 +266,20 @@ def likelihood_vs_latent_size(
     config = config or LikelihoodVsLatentSizeConfig.for_preset()
     _, spectrum = mnist_with_spectrum(config.n, config.seed)
     fixed_sigma2 = ppca.sigma2_mle(spectrum, config.reference_q)
-    rows = []
-    for q in config.latent_sizes:
-        trained = _ascend(config.n, config.seed, q, config.ascent_options())
-        W = ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2)
-        rows.append((
-            ppca.max_log_likelihood(spectrum, q), trained.elbo,
-            ppca.average_log_likelihood(spectrum, W, fixed_sigma2),
-            q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2), trained.seconds,
-            trained.cpu_seconds, trained.steps, trained.evaluations, trained.gram_ratio,
-        ))  # fmt: skip
-    columns = [np.asarray(c) for c in zip(*rows, strict=True)]
-    optimum, elbo, fixed, active, seconds, cpu, steps, evaluations, ratio = columns
+    trained, provenance = shipped_or_compute(
+        config, _train_latent_sizes, TrainedLatentSizes, COMPUTING_MODULES
+    )
+    if config.preset == READER:
+        print("runs:", provenance)
+    optimum, fixed, active = (np.asarray(c) for c in zip(*[
+        (ppca.max_log_likelihood(spectrum, q),
+         ppca.average_log_likelihood(
+             spectrum, ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2), fixed_sigma2),
+         q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2))
+        for q in config.latent_sizes
+    ], strict=True))  # fmt: skip
+    elbo, seconds, cpu, steps = trained.elbo, trained.seconds, trained.cpu_seconds, trained.steps
+    evaluations, ratio = trained.evaluations, trained.gram_ratio
     baselines, provenance = (
         _baselines(config.baselines, config.n, config.seed, config.latent_sizes)
         if config.baselines
@@ -275,11 +310,13 @@ class GramMatricesConfig(ExperimentConfig, _AscentOptions):
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {**FAST_MNIST, "q": 20, "block": 10, "steps": 300, "baselines": None},
         "paper": _ADAM_PAPER,
+        "reader": {},  # the book's run, read from results/reader/ (lincollapse.reader)
     }
     # Measured on the book's 2-core CPU (see lincollapse list).
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 1 s",
         "book": "≈ 20 s of CPU time (none when the likelihood figure ran first)",
+        "reader": "< 1 s (the book's run, shipped in results/reader/)",
         "paper": "≈ 6 min of CPU time (projected)",
     }
     n: int = 1000
@@ -483,6 +520,21 @@ class GramResult(Report):
         return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedGramRun:
+    """What :func:`gram_matrices` trains: the decoder W, its leading Gram block, the trace."""
+
+    W: np.ndarray
+    gram: np.ndarray
+    trace: dict[str, np.ndarray]
+
+
+def _train_gram_run(config: GramMatricesConfig) -> TrainedGramRun:
+    trained = _ascend(config.n, config.seed, config.q, config.ascent_options())
+    trace = {f: np.asarray(getattr(trained.trace, f)) for f in linear_baselines.TRACE_FIELDS}
+    return TrainedGramRun(trained.model.W.detach().numpy(), trained.gram(config.block), trace)
+
+
 @figure(
     "gram-matrices",
     chapter="linear_vae",
@@ -493,12 +545,15 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
     """WᵀW of linear VAEs trained from a random start beside pPCA maximisers (any rotation)."""
     config = config or GramMatricesConfig.for_preset()
     _, spectrum = mnist_with_spectrum(config.n, config.seed)
-    trained = _ascend(config.n, config.seed, config.q, config.ascent_options())
+    trained, provenance = shipped_or_compute(
+        config, _train_gram_run, TrainedGramRun, COMPUTING_MODULES
+    )
+    if config.preset == READER:
+        print("run:", provenance)
     method = _method(config.encoder, config.optimiser)
-    matched, cos2 = linear_baselines.column_alignment(trained.model.W.detach().numpy(), spectrum)
-    trace = {f: getattr(trained.trace, f) for f in linear_baselines.TRACE_FIELDS}
+    matched, cos2 = linear_baselines.column_alignment(trained.W, spectrum)
     runs = {method: GramRun(linear_baselines.LABELS.get(method, method),
-                            trained.gram(config.block), trace, matched, cos2)}  # fmt: skip
+                            trained.gram, dict(trained.trace), matched, cos2)}  # fmt: skip
     provenance = "not requested"
     if config.baselines:
         shipped, provenance = _baselines(config.baselines, config.n, config.seed, [config.q])

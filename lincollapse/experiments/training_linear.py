@@ -43,8 +43,17 @@ from lincollapse.linear_decoder_vae import (
     first_step_within,
     train_vae,
 )
-from lincollapse.presets import ExperimentConfig, preset_banner
+from lincollapse.presets import READER, ExperimentConfig, preset_banner
+from lincollapse.reader import shipped_or_compute
 from lincollapse.reporting import Report
+
+#: The code that computes this module's results (the fingerprint of results/reader/ entries).
+COMPUTING_MODULES = (
+    "lincollapse.gaussian",
+    "lincollapse.linear_decoder_vae",
+    "lincollapse.training",
+    "lincollapse.experiments.training_linear",
+)
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sample estimate"}
@@ -112,10 +121,12 @@ class StochasticELBOConfig(ExperimentConfig):
             q=200, lr=1e-3, steps=12_000, record_every=100,
             gradient_checkpoints=(0, 1000, 4000, 12_000), dtype="float64",
         ),
+        "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
     }  # fmt: skip
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
         "book": "≈ 2 min for the whole chapter (115 s measured, 2 cores)",
+        "reader": "< 1 s (the book's runs, shipped)",
         "paper": "hours (CPU)",
     }
 
@@ -284,6 +295,15 @@ def _curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:
 def stochastic_vs_analytic(config: StochasticELBOConfig | None = None) -> StochasticELBOResult:
     """Linear VAE trained with the analytic and the single-sample ELBO; gradient variance."""
     config = config or StochasticELBOConfig.for_preset()
+    result, provenance = shipped_or_compute(
+        config, _stochastic_vs_analytic, StochasticELBOResult, COMPUTING_MODULES
+    )
+    if config.preset == READER:
+        print("runs:", provenance)
+    return result
+
+
+def _stochastic_vs_analytic(config: StochasticELBOConfig) -> StochasticELBOResult:
     x = _images(config.n, config.data_seed)
     eigenvalues = covariance_eigenvalues(x)
     dtype = _dtype(config.dtype)
@@ -415,10 +435,12 @@ class EncoderComparisonConfig(ExperimentConfig):
             q=200, lr=1e-3, steps=12_000, record_every=100, deep_linear_hidden=(1024, 512),
             mlp_hidden=(1024, 512), dtype="float64",
         ),
+        "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
     }  # fmt: skip
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
         "book": "≈ 3 min for the whole chapter (171 s measured, 2 cores)",
+        "reader": "< 1 s (the book's runs, shipped)",
         "paper": "hours (CPU)",
     }
 
@@ -528,6 +550,15 @@ class EncoderComparisonResult:
 def encoder_comparison(config: EncoderComparisonConfig | None = None) -> EncoderComparisonResult:
     """A linear decoder trained with linear, deep-linear and ReLU-MLP encoders."""
     config = config or EncoderComparisonConfig.for_preset()
+    result, provenance = shipped_or_compute(
+        config, _encoder_comparison, EncoderComparisonResult, COMPUTING_MODULES
+    )
+    if config.preset == READER:
+        print("runs:", provenance)
+    return result
+
+
+def _encoder_comparison(config: EncoderComparisonConfig) -> EncoderComparisonResult:
     x = _images(config.n, config.data_seed)
     eigenvalues = covariance_eigenvalues(x)
     dtype = _dtype(config.dtype)
