@@ -306,8 +306,8 @@ def benchmark(
 def format_benchmark(rows: Sequence[BenchmarkRow]) -> str:
     """The benchmark as a plain-text table: both layouts side by side."""
     lines = [
-        f"threads: {torch.get_num_threads()}; load average {_load():.1f} on {os.cpu_count()} "
-        "cores (the layout `auto` picks depends on it); s/step = one Adam step of all runs",
+        f"threads: {torch.get_num_threads()}; load average {_load()} on {os.cpu_count()} cores "
+        "(the layout `auto` picks depends on it); s/step = one Adam step of all runs",
         f"{'preset':<7} {'runs':>4} {'loop s/step':>11} {'batched':>8} {'loop/bat':>8} "
         f"{'GFLOP/s loop':>12} {'batched':>8} {'bmm':>6} {'chosen':>7} {'grid':>7} {'long':>7}",
     ]
@@ -320,10 +320,6 @@ def format_benchmark(rows: Sequence[BenchmarkRow]) -> str:
             f"{_duration(row.convergence_seconds):>7}"
         )
     return "\n".join(lines)
-
-
-def _load() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _duration(seconds: float) -> str:
