@@ -445,10 +445,12 @@ def choose_layout(
     ``"auto"`` picks ``batched`` on an accelerator, on a CPU with one torch thread, and on a
     busy CPU (1-minute load average ``load``, default :func:`os.getloadavg`, above the number of
     cores), and ``loop`` on an otherwise idle CPU with several threads. Measured by ``python -m
-    lincollapse bench deep`` on 2 cores: idle, the loop is ≈ 1.1–1.2× faster with 2 threads and
-    the batched model with 1; at load 6–7 the batched model was faster with 2 threads too
-    (1.06× at the book's widths, 1.36× at the paper's). The choice changes speed only: both
-    layouts compute the same numbers, and no cache key depends on it.
+    lincollapse bench deep`` on 2 cores, and not yet settled: one idle measurement had the loop
+    ≈ 1.1–1.2× faster with 2 threads and the batched model faster with 1; a later idle one had
+    the two tied at the book's widths and the loop 1.3× faster at the paper's with 1 or 2
+    threads; at load 6–7 the batched model was faster with 2 threads (1.06× at the book's
+    widths, 1.36× at the paper's). The choice changes speed only: both layouts compute the
+    same numbers, and no cache key depends on it.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
