@@ -133,8 +133,9 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
         trained = linear_vae_training.ascend_elbo(
             data.images, q, progress=False, **dict(config.ascent_options())
         )
-        flops = linear_flops_per_evaluation(active, q, trained.optimiser, trained.encoder,
-                                            basis="pixels")  # fmt: skip
+        flops = linear_flops_per_evaluation(
+            active, q, trained.optimiser, trained.encoder, basis="pixels"
+        )
         rows = [("ascend_elbo", trained, trained.cpu_seconds, flops, trained.gram_ratio)]
         cpu_start = time.process_time()
         fast = linear_vae_training.train_linear_vae(
@@ -243,9 +244,13 @@ def _seconds_per_step(config: DeepVAEConfig, layout: str, steps: int) -> float:
     x = torch.tensor(data_for(config)[0], dtype=torch.float32)
     runs = config.runs()
     model = build_runs(
-        config.arch, [s for s, _ in runs], [v for _, v in runs], config.seed, layout=layout,
+        config.arch,
+        [s for s, _ in runs],
+        [v for _, v in runs],
+        config.seed,
+        layout=layout,
         device="cpu",
-    )  # fmt: skip
+    )
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], config.lr)
     times = []
     for step in range(steps + 1):
@@ -298,7 +303,7 @@ def benchmark(
                 / len(config.runs())
                 * config.convergence_steps
                 * len(long_runs),
-            )  # fmt: skip
+            )
         )
     return rows
 

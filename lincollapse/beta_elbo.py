@@ -233,6 +233,10 @@ def check_equivalence(
         wrong.append(float((grads[0] - scale * grads[2]).norm() / grads[0].norm()))
         constants.append(float(sides[0].detach() - beta * sides[1].detach()))
     return EquivalenceCheck(
-        sigma2, beta, max(errors), min(wrong), np.array(constants),
+        sigma2,
+        beta,
+        max(errors),
+        min(wrong),
+        np.array(constants),
         beta_elbo_constant(arch.data_dim, sigma2, beta),
-    )  # fmt: skip
+    )

@@ -215,18 +215,29 @@ def load_or_train(
     for start in range(0, len(missing), size):
         group = missing[start : start + size]
         trained = train_batched(
-            x, config.arch, [runs[i][0] for i in group], [runs[i][1] for i in group],
-            steps=schedule.steps, lr=schedule.lr, lr_decay=schedule.lr_decay, seed=config.seed,
-            record_every=schedule.record_every, delta=config.delta, device=device,
+            x,
+            config.arch,
+            [runs[i][0] for i in group],
+            [runs[i][1] for i in group],
+            steps=schedule.steps,
+            lr=schedule.lr,
+            lr_decay=schedule.lr_decay,
+            seed=config.seed,
+            record_every=schedule.record_every,
+            delta=config.delta,
+            device=device,
             progress=progress,
-        )  # fmt: skip
+        )
         where = f"trained now on {resolve_device(device)} in {trained.seconds:.0f} s"
         for column, index in enumerate(group):
             one = trained.run(column)
             arrays = {
-                "steps": one.steps, "elbo": one.elbo[:, 0], "sigma2": one.sigma2[:, 0],
-                "thresholds": one.thresholds[:, 0], "kl_mean": one.kl_mean[:, 0],
-            }  # fmt: skip
+                "steps": one.steps,
+                "elbo": one.elbo[:, 0],
+                "sigma2": one.sigma2[:, 0],
+                "thresholds": one.thresholds[:, 0],
+                "kl_mean": one.kl_mean[:, 0],
+            }
             sigma2, learned = runs[index]
             info = {
                 "seconds": trained.seconds,
@@ -302,9 +313,13 @@ def long_runs(
     runs = [(s, False) for s in config.convergence_sigma2]
     try:
         trained, sources = load_or_train(
-            config, runs, config.long_schedule(), device=device, progress=progress,
+            config,
+            runs,
+            config.long_schedule(),
+            device=device,
+            progress=progress,
             train_missing=train_missing,
-        )  # fmt: skip
+        )
     except MissingRunsError as error:
         problems.append(str(error))
         return None, "; ".join(problems)
@@ -330,11 +345,21 @@ def behaviour_probe(
 
     def probe() -> dict[str, np.ndarray]:
         trained = train_batched(
-            data_for(config)[0], config.arch, [s for s, _ in runs], [v for _, v in runs],
-            steps=PROBE_STEPS, lr=schedule.lr, lr_decay=schedule.lr_decay, seed=config.seed,
-            record_every=1, delta=config.delta, dtype=torch.float64, device="cpu",
-            progress=False, schedule_steps=schedule.steps,
-        )  # fmt: skip
+            data_for(config)[0],
+            config.arch,
+            [s for s, _ in runs],
+            [v for _, v in runs],
+            steps=PROBE_STEPS,
+            lr=schedule.lr,
+            lr_decay=schedule.lr_decay,
+            seed=config.seed,
+            record_every=1,
+            delta=config.delta,
+            dtype=torch.float64,
+            device="cpu",
+            progress=False,
+            schedule_steps=schedule.steps,
+        )
         names = ("elbo", "sigma2", "thresholds", "kl_mean")
         return {name: getattr(trained, name) for name in names}
 

@@ -525,10 +525,17 @@ class TrainedRuns:
     def run(self, r: int) -> TrainedRuns:
         """Run r alone, as a one-run :class:`TrainedRuns`."""
         return TrainedRuns(
-            self.sigma2_init[r : r + 1], self.learned[r : r + 1], self.steps,
-            self.elbo[:, r : r + 1], self.sigma2[:, r : r + 1], self.thresholds[:, r : r + 1],
-            self.kl_mean[:, r : r + 1], self.seconds, self.delta, self.layout,
-        )  # fmt: skip
+            self.sigma2_init[r : r + 1],
+            self.learned[r : r + 1],
+            self.steps,
+            self.elbo[:, r : r + 1],
+            self.sigma2[:, r : r + 1],
+            self.thresholds[:, r : r + 1],
+            self.kl_mean[:, r : r + 1],
+            self.seconds,
+            self.delta,
+            self.layout,
+        )
 
 
 LR_DECAYS = ("none", "cosine")
@@ -603,10 +610,17 @@ def train_batched(
     recorder = Recorder(measure)
 
     history: History = maximise(
-        lambda: model.elbo(data), model.parameters(), steps=steps, lr=lr,
-        record_every=record_every, name="deep VAE", run_names=names, progress=progress,
-        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps), on_record=recorder,
-    )  # fmt: skip
+        lambda: model.elbo(data),
+        model.parameters(),
+        steps=steps,
+        lr=lr,
+        record_every=record_every,
+        name="deep VAE",
+        run_names=names,
+        progress=progress,
+        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps),
+        on_record=recorder,
+    )
     values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
     return TrainedRuns(
         sigma2_init=np.asarray(model.sigma2_init),

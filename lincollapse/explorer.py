@@ -225,39 +225,57 @@ def draw_state(state: ExplorerState, spectrum_ax, landscape_ax, *, colorbar: boo
     index = np.arange(1, shown + 1)
     values = np.maximum(state.eigenvalues[:shown], np.finfo(float).tiny)
     spectrum_ax.semilogy(index, values, "-", color="0.75", lw=1.0)
-    spectrum_ax.plot(index[state.q:], values[state.q:], ".", color="0.6", ms=3,
-                     label="beyond q (unused)")  # fmt: skip
+    spectrum_ax.plot(
+        index[state.q :], values[state.q :], ".", color="0.6", ms=3, label="beyond q (unused)"
+    )
     if state.kept.size:
-        spectrum_ax.plot(state.kept + 1, values[state.kept], "o", color=ACTIVE, ms=4,
-                         label=f"kept: {state.kept.size}")  # fmt: skip
+        spectrum_ax.plot(
+            state.kept + 1,
+            values[state.kept],
+            "o",
+            color=ACTIVE,
+            ms=4,
+            label=f"kept: {state.kept.size}",
+        )
     if state.collapsed.size:
-        spectrum_ax.plot(state.collapsed + 1, values[state.collapsed], "o", color=COLLAPSED,
-                         ms=4, label=f"collapsed: {state.collapsed.size}")  # fmt: skip
-    spectrum_ax.axhline(state.sigma2, color=OPTIMUM, ls="--", lw=1.2,
-                        label=f"σ² = {state.sigma2:.3g}")  # fmt: skip
+        spectrum_ax.plot(
+            state.collapsed + 1,
+            values[state.collapsed],
+            "o",
+            color=COLLAPSED,
+            ms=4,
+            label=f"collapsed: {state.collapsed.size}",
+        )
+    spectrum_ax.axhline(
+        state.sigma2, color=OPTIMUM, ls="--", lw=1.2, label=f"σ² = {state.sigma2:.3g}"
+    )
     spectrum_ax.axvline(state.q + 0.5, color="0.4", ls=":", lw=1.0)
     spectrum_ax.set_xlabel(f"eigenvalue index j (dotted: q = {state.q})")
     spectrum_ax.set_ylabel(r"$\lambda_j$")
-    spectrum_ax.set_title(f"σ² = {state.sigma2:.3g}, q = {state.q}: "
-                          f"{state.n_collapsed} of {state.q} columns collapse")  # fmt: skip
+    spectrum_ax.set_title(
+        f"σ² = {state.sigma2:.3g}, q = {state.q}: {state.n_collapsed} of {state.q} columns collapse"
+    )
     spectrum_ax.legend(loc="best", fontsize=8)
 
     limit = float(np.abs(state.landscape).max()) or 1.0
     levels = np.linspace(-limit, limit, 21)
     levels[10] = 0.0  # exactly, not −1e-16
     sigma = math.sqrt(state.sigma2)
-    filled = landscape_ax.contourf(state.eta / sigma, state.epsilon / sigma, state.landscape,
-                                   levels=levels, cmap="RdBu_r")  # fmt: skip
+    filled = landscape_ax.contourf(
+        state.eta / sigma, state.epsilon / sigma, state.landscape, levels=levels, cmap="RdBu_r"
+    )
     landscape_ax.plot(0, 0, "o", color=OPTIMUM, ms=5)
     a, b = state.probe + 1, state.second + 1
     lam = state.eigenvalues
-    landscape_ax.set_title(f"zero column {a}: {state.kind}\n"
-                           f"(λ_{a} = {lam[a - 1]:.3g}, λ_{b} = {lam[b - 1]:.3g})")  # fmt: skip
+    landscape_ax.set_title(
+        f"zero column {a}: {state.kind}\n(λ_{a} = {lam[a - 1]:.3g}, λ_{b} = {lam[b - 1]:.3g})"
+    )
     landscape_ax.set_xlabel(rf"$\eta/\sigma$ (along $u_{{{b}}}$)")
     landscape_ax.set_ylabel(rf"$\varepsilon/\sigma$ (along $u_{{{a}}}$)")
     if colorbar:
-        landscape_ax.figure.colorbar(filled, ax=landscape_ax, format="%.2g",
-                                     label="Δ log-likelihood (nats)")  # fmt: skip
+        landscape_ax.figure.colorbar(
+            filled, ax=landscape_ax, format="%.2g", label="Δ log-likelihood (nats)"
+        )
 
 
 def static_figure(
@@ -317,9 +335,15 @@ def _log_slider(widgets, value: float, value_range: tuple[float, float], descrip
     """A FloatLogSlider over ``value_range`` (200 steps), updated when released."""
     low, high = (math.log10(v) for v in value_range)
     return widgets.FloatLogSlider(
-        value=value, base=10, min=low, max=high, step=(high - low) / 200,
-        description=description, continuous_update=False, readout_format=".3g",
-    )  # fmt: skip
+        value=value,
+        base=10,
+        min=low,
+        max=high,
+        step=(high - low) / 200,
+        description=description,
+        continuous_update=False,
+        readout_format=".3g",
+    )
 
 
 class SliderFigure:

@@ -141,10 +141,16 @@ class AnnealedRuns:
             )
         ]
         return cls(
-            specs, arrays["steps"], arrays["elbo"], arrays["beta"], arrays["effective_sigma2"],
-            arrays["thresholds"], arrays["kl_mean"], float(arrays["seconds"]),
+            specs,
+            arrays["steps"],
+            arrays["elbo"],
+            arrays["beta"],
+            arrays["effective_sigma2"],
+            arrays["thresholds"],
+            arrays["kl_mean"],
+            float(arrays["seconds"]),
             float(arrays["delta"]),
-        )  # fmt: skip
+        )
 
 
 def train_annealed(
@@ -176,9 +182,13 @@ def train_annealed(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     model = BatchedGaussianVAE(
-        arch, [s.sigma2 for s in specs], False, [s.seed for s in specs], dtype=dtype,
+        arch,
+        [s.sigma2 for s in specs],
+        False,
+        [s.seed for s in specs],
+        dtype=dtype,
         device=device,
-    )  # fmt: skip
+    )
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
     d = data.shape[-1]
     schedules = [linear_warmup(s.warmup) for s in specs]
@@ -222,10 +232,16 @@ def train_annealed(
     recorder = Recorder(measure)
 
     history = maximise(
-        objective, model.parameters(), steps=steps, lr=lr, record_every=record_every,
-        name="deep VAE (KL annealing)", run_names=[s.label for s in specs], progress=progress,
+        objective,
+        model.parameters(),
+        steps=steps,
+        lr=lr,
+        record_every=record_every,
+        name="deep VAE (KL annealing)",
+        run_names=[s.label for s in specs],
+        progress=progress,
         on_record=recorder,
-    )  # fmt: skip
+    )
     return AnnealedRuns(
         specs=specs,
         steps=history.steps,

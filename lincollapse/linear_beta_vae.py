@@ -168,8 +168,11 @@ def optimal_beta_elbo(
     ell = -0.5 * (
         d * LOG_2PI + np.sum(np.log(kept) + 1.0) + np.sum(math.log(s) + rest / s)
     )  # fixed-noise pPCA maximum at s
-    return float(beta * ell + 0.5 * beta * d * (LOG_2PI + math.log(s)) - 0.5 * d * (
-        LOG_2PI + math.log(sigma2)))  # fmt: skip
+    return float(
+        beta * ell
+        + 0.5 * beta * d * (LOG_2PI + math.log(s))
+        - 0.5 * d * (LOG_2PI + math.log(sigma2))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,9 +407,14 @@ def train_linear_beta_vae(
     if steps < 1 or rotate_every < 1:
         raise ValueError(f"steps and rotate_every must be >= 1, got {steps} and {rotate_every}")
     model = LinearVAE(
-        spectrum.d, q, mean=spectrum.mean, sigma2=sigma2, learn_sigma2=False,
-        init_scale=(0.1 if learned else 1e-2) if init_scale is None else init_scale, seed=seed,
-    )  # fmt: skip
+        spectrum.d,
+        q,
+        mean=spectrum.mean,
+        sigma2=sigma2,
+        learn_sigma2=False,
+        init_scale=(0.1 if learned else 1e-2) if init_scale is None else init_scale,
+        seed=seed,
+    )
     noise = effective_sigma2(sigma2, beta)
     # learned: data coordinates, full S; optimal: eigenbasis of S, S = diag(λ)
     covariance = torch.as_tensor(
@@ -419,17 +427,28 @@ def train_linear_beta_vae(
     def objective() -> torch.Tensor:
         return linear_beta_objective(covariance, model.W, *encoder_parameters(), model.sigma2, beta)
 
-    options = dict(optimiser=optimiser, lr=lr, tolerance=tolerance, progress=False,
-                   name=f"linear β-VAE β={beta:g}")  # fmt: skip
+    options = dict(
+        optimiser=optimiser,
+        lr=lr,
+        tolerance=tolerance,
+        progress=False,
+        name=f"linear β-VAE β={beta:g}",
+    )
     if learned:
-        history = maximise(objective, [model.W, model.V, model.log_D], steps=steps,
-                           record_every=record_every, **options)  # fmt: skip
+        history = maximise(
+            objective,
+            [model.W, model.V, model.log_D],
+            steps=steps,
+            record_every=record_every,
+            **options,
+        )
     else:
         histories = []
         for done in range(0, steps, rotate_every):
             chunk = min(rotate_every, steps - done)
-            histories.append(maximise(objective, [model.W], steps=chunk, record_every=chunk,
-                                      **options))  # fmt: skip
+            histories.append(
+                maximise(objective, [model.W], steps=chunk, record_every=chunk, **options)
+            )
             with torch.no_grad():  # latents by decreasing ‖w_j‖, WᵀW diagonal
                 _, rotation = torch.linalg.eigh(model.W.T @ model.W)
                 model.W.copy_(model.W @ rotation.flip(1))

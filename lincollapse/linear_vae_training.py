@@ -198,9 +198,14 @@ def train_linear_vae(
     options = dict(optimiser=optimiser, lr=lr, tolerance=tolerance, progress=progress)
 
     model = LinearVAE(
-        d, q, sigma2=sigma2_init, learn_sigma2=learn_sigma2, init_scale=init_scale, seed=seed,
+        d,
+        q,
+        sigma2=sigma2_init,
+        learn_sigma2=learn_sigma2,
+        init_scale=init_scale,
+        seed=seed,
         device=device,
-    )  # fmt: skip
+    )
     eigenvalues = torch.as_tensor(spectrum.eigenvalues, dtype=torch.float64, device=device)
     eigenvectors = torch.as_tensor(spectrum.eigenvectors, dtype=torch.float64, device=device)
     histories: list[History] = []
@@ -216,7 +221,7 @@ def train_linear_vae(
                 record_every=record_every or max(1, steps // 200),
                 name=f"linear VAE q={q}",
                 **options,
-            )  # fmt: skip
+            )
         )
         model.mean.copy_(torch.as_tensor(spectrum.mean, dtype=torch.float64))
     else:
@@ -230,7 +235,7 @@ def train_linear_vae(
                     record_every=record_every or max(1, steps // 200),
                     name=f"linear VAE q={q}",
                     **options,
-                )  # fmt: skip
+                )
             )
         else:
             histories.extend(
@@ -241,7 +246,7 @@ def train_linear_vae(
                     rotate_every,
                     record_every or rotate_every,
                     options,
-                )  # fmt: skip
+                )
             )
             if polish_steps and optimiser == "lbfgs" and trainable:
                 histories.append(
@@ -252,7 +257,7 @@ def train_linear_vae(
                         record_every=polish_steps,
                         name=f"linear VAE q={q} (joint)",
                         **options,
-                    )  # fmt: skip
+                    )
                 )
         rotate_model(model, eigenvectors)  # back to pixels
         model.mean.copy_(torch.as_tensor(spectrum.mean, dtype=torch.float64))
@@ -488,9 +493,14 @@ def ascend_elbo(
     covariance_k = torch.as_tensor(covariance[np.ix_(support, support)], device=device)
     trace_S = float(np.trace(covariance))
     model_k = LinearVAE(
-        k, q, sigma2=sigma2_init, learn_sigma2=learn_sigma2, init_scale=init_scale, seed=seed,
+        k,
+        q,
+        sigma2=sigma2_init,
+        learn_sigma2=learn_sigma2,
+        init_scale=init_scale,
+        seed=seed,
         device=device,
-    )  # fmt: skip
+    )
     if encoder == "optimal":
 
         def objective() -> torch.Tensor:  # (lvae-elbo-gap): ELBO with the optimal encoder
@@ -521,16 +531,22 @@ def ascend_elbo(
 
     if parameters and steps > 0:
         history = maximise(
-            objective, parameters, steps=steps, optimiser=optimiser, lr=lr,
-            record_every=record_every, name=f"linear VAE q={q} ({encoder}, {optimiser})",
-            tolerance=tolerance, progress=progress, on_record=on_record,
-        )  # fmt: skip
+            objective,
+            parameters,
+            steps=steps,
+            optimiser=optimiser,
+            lr=lr,
+            record_every=record_every,
+            name=f"linear VAE q={q} ({encoder}, {optimiser})",
+            tolerance=tolerance,
+            progress=progress,
+            on_record=on_record,
+        )
     else:
         history = _run(objective, parameters, steps=0)
         on_record(0)
 
-    model = LinearVAE(d, q, mean=mean, sigma2=sigma2_init, learn_sigma2=learn_sigma2,
-                      device=device)  # fmt: skip
+    model = LinearVAE(d, q, mean=mean, sigma2=sigma2_init, learn_sigma2=learn_sigma2, device=device)
     mask = torch.as_tensor(support, device=model.W.device)
     with torch.no_grad():
         model.W.zero_()
@@ -553,11 +569,18 @@ def ascend_elbo(
         sigma2=on_record.array("sigma2", np.float64),
     )
     return AscentTraining(
-        model=model, elbo=elbo, trace=trace, q=q, encoder=encoder, optimiser=optimiser,
-        steps=int(history.steps[-1]), evaluations=int(history.evaluations),
-        seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,
+        model=model,
+        elbo=elbo,
+        trace=trace,
+        q=q,
+        encoder=encoder,
+        optimiser=optimiser,
+        steps=int(history.steps[-1]),
+        evaluations=int(history.evaluations),
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
         block=block,
-    )  # fmt: skip
+    )
 
 
 def _train_optimal_encoder(
@@ -599,9 +622,13 @@ def _train_optimal_encoder(
     while done < steps and parameters:
         chunk = min(rotate_every, steps - done)
         history = _run(
-            profiled_elbo, parameters, steps=chunk, record_every=min(record_every, chunk),
-            name=f"linear VAE q={q}", **options,
-        )  # fmt: skip
+            profiled_elbo,
+            parameters,
+            steps=chunk,
+            record_every=min(record_every, chunk),
+            name=f"linear VAE q={q}",
+            **options,
+        )
         done += int(history.steps[-1])
         with torch.no_grad():
             if q >= 2:  # exact ascent over rotations W → WR: make WᵀW diagonal

@@ -95,8 +95,11 @@ def result_from_arrays(cls: type[ResultT], arrays: dict[str, np.ndarray], **extr
             continue
         hint = hints[field.name]
         if dataclasses.is_dataclass(hint):
-            sub = {k[len(field.name) + 1 :]: v for k, v in arrays.items()
-                   if k.startswith(field.name + ".")}  # fmt: skip
+            sub = {
+                k[len(field.name) + 1 :]: v
+                for k, v in arrays.items()
+                if k.startswith(field.name + ".")
+            }
             values[field.name] = result_from_arrays(hint, sub)
         elif typing.get_origin(hint) is dict:
             item_hint = typing.get_args(hint)[1]
@@ -224,13 +227,25 @@ def ship(names: Sequence[str] | None = None) -> None:
     for name, compute, config_type, modules in (
         ("stochastic", tl.stochastic_vs_analytic, tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
         ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
-        ("likelihood", linear_vae._train_latent_sizes, linear_vae.LikelihoodVsLatentSizeConfig,
-         linear_vae.COMPUTING_MODULES),
-        ("gram", linear_vae._train_gram_run, linear_vae.GramMatricesConfig,
-         linear_vae.COMPUTING_MODULES),
-        ("linear-beta", beta._linear_beta_collapse, beta.MnistLinearBetaConfig,
-         beta.LINEAR_BETA_MODULES),
-    ):  # fmt: skip
+        (
+            "likelihood",
+            linear_vae._train_latent_sizes,
+            linear_vae.LikelihoodVsLatentSizeConfig,
+            linear_vae.COMPUTING_MODULES,
+        ),
+        (
+            "gram",
+            linear_vae._train_gram_run,
+            linear_vae.GramMatricesConfig,
+            linear_vae.COMPUTING_MODULES,
+        ),
+        (
+            "linear-beta",
+            beta._linear_beta_collapse,
+            beta.MnistLinearBetaConfig,
+            beta.LINEAR_BETA_MODULES,
+        ),
+    ):
         if name in names:
             config = config_type.for_preset("book")
             start = time.perf_counter()

@@ -186,8 +186,9 @@ def test_trained_linear_beta_vae_reaches_the_closed_form(beta):
     expected_kl = 0.5 * np.log(np.maximum(EIGENVALUES[:q], noise) / noise)
     np.testing.assert_allclose(fit.rates, expected_kl, atol=1e-6)
     assert int(L.collapsed_latents(spectrum, q, sigma2, beta).sum()) == collapsed
-    np.testing.assert_allclose(L.optimal_singular_values(spectrum, q, sigma2, beta) ** 2, expected,
-                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        L.optimal_singular_values(spectrum, q, sigma2, beta) ** 2, expected, atol=1e-12
+    )
     np.testing.assert_allclose(L.optimal_rates(spectrum, q, sigma2, beta), expected_kl, atol=1e-12)
     # its value: β × (pPCA log-likelihood at noise βσ², fixed-noise maximiser) + the constant
     W = ppca.fixed_sigma2_maximiser(spectrum, q, beta * sigma2)
@@ -425,8 +426,9 @@ def test_long_annealing_runs_continue_the_book_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "RESULTS_DIR", tmp_path / "no-results")
     cache = ResultsCache(tmp_path / "cache")
     config = experiments.AnnealingConfig.for_preset("fast")
-    absent = experiments.kl_annealing_convergence(config, cache=cache, device="cpu",
-                                                  train_long=False)  # fmt: skip
+    absent = experiments.kl_annealing_convergence(
+        config, cache=cache, device="cpu", train_long=False
+    )
     assert not absent.long_available and "not found" in absent.provenance
     assert "not in the results cache" in absent.provenance and math.isnan(absent.gap["constant"])
     plt.close(plotting.plot_annealing_convergence(absent))
@@ -488,16 +490,25 @@ def test_differing_latents_counts_the_symmetric_difference_not_the_fraction():
     differ in 2 latents although the fraction difference is 0."""
     from lincollapse.experiments.beta import differing_latents
 
-    specs = [KA.RunSpec(0.1, 0, "fixed", 0), KA.RunSpec(0.1, 5, "fixed", 0),
-             KA.RunSpec(0.1, 0, "optimal", 0)]  # fmt: skip
+    specs = [
+        KA.RunSpec(0.1, 0, "fixed", 0),
+        KA.RunSpec(0.1, 5, "fixed", 0),
+        KA.RunSpec(0.1, 0, "optimal", 0),
+    ]
     thresholds = np.array(
         [[[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]]
     )  # one record, (k, R, q): constant collapses {0, 1}, annealed {0, 2}
     runs = KA.AnnealedRuns(
-        specs=specs, steps=np.array([10]), elbo=np.zeros((1, 3)), beta=np.ones((1, 3)),
-        effective_sigma2=np.full((1, 3), 0.1), thresholds=thresholds, kl_mean=thresholds,
-        seconds=0.0, delta=0.01,
-    )  # fmt: skip
+        specs=specs,
+        steps=np.array([10]),
+        elbo=np.zeros((1, 3)),
+        beta=np.ones((1, 3)),
+        effective_sigma2=np.full((1, 3), 0.1),
+        thresholds=thresholds,
+        kl_mean=thresholds,
+        seconds=0.0,
+        delta=0.01,
+    )
     fraction = runs.collapsed_fraction(0.01)[-1]
     assert fraction[0] == fraction[1] == 0.5
     np.testing.assert_array_equal(differing_latents(runs, 0.01, [0]), [2])

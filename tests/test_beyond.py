@@ -125,7 +125,13 @@ def test_beta_and_sigma2_enter_only_through_their_product():
     expected = np.sqrt(np.clip(SPECTRUM[:6] - 2.0, 0, None))
     np.testing.assert_allclose(a, expected, atol=1e-15)
     assert linear_beta_vae.collapsed_latents(SPECTRUM, 6, 0.5, 4.0).tolist() == [
-        False, False, False, True, True, True]  # fmt: skip
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
 
 
 def test_bad_inputs_give_clear_errors():

@@ -480,9 +480,15 @@ def test_the_deep_benchmark_table_formats_a_row():
     from lincollapse.bench import BenchmarkRow, format_benchmark
 
     row = BenchmarkRow(
-        preset="book", runs=7, threads=2, seconds={"loop": 0.2, "batched": 0.25},
-        gflops={"loop": 30.0, "batched": 24.0}, matmul_gflops=50.0, chosen="loop",
-        grid_seconds=400.0, convergence_seconds=3000.0,
-    )  # fmt: skip
+        preset="book",
+        runs=7,
+        threads=2,
+        seconds={"loop": 0.2, "batched": 0.25},
+        gflops={"loop": 30.0, "batched": 24.0},
+        matmul_gflops=50.0,
+        chosen="loop",
+        grid_seconds=400.0,
+        convergence_seconds=3000.0,
+    )
     table = format_benchmark([row])
     assert "load average" in table and "book" in table and " 0.80 " in table

@@ -31,9 +31,13 @@ def test_collapse_metric_on_known_kls():
     epsilons = np.array([0.0, 0.01, 0.1, 2.0])
     np.testing.assert_array_equal(
         collapsed_mask(kl, epsilons),
-        [[False] * 4, [True, False, True, False], [True, True, True, False],
-         [True, True, True, False]],
-    )  # fmt: skip
+        [
+            [False] * 4,
+            [True, False, True, False],
+            [True, True, True, False],
+            [True, True, True, False],
+        ],
+    )
     np.testing.assert_allclose(collapsed_fraction(kl, epsilons), [0.0, 0.5, 0.75, 0.75])
     # δ = 0.03 tolerates the 2 % too; δ = 0 tolerates nothing
     assert collapsed_fraction(kl, 0.1, delta=0.03) == pytest.approx(1.0)

@@ -71,8 +71,9 @@ def test_chunked_resumable_training_equals_one_run(tmp_path, monkeypatch):
     once, info = study.train_run(spec, max_steps=30, dtype=torch.float64, record_every=10)
     checkpoint = tmp_path / "run.pt"
     study.train_run(spec, max_steps=20, dtype=torch.float64, record_every=10, checkpoint=checkpoint)
-    resumed, info2 = study.train_run(spec, max_steps=30, dtype=torch.float64, record_every=10,
-                                     checkpoint=checkpoint)  # fmt: skip
+    resumed, info2 = study.train_run(
+        spec, max_steps=30, dtype=torch.float64, record_every=10, checkpoint=checkpoint
+    )
     assert info["steps"] == info2["steps"] == 30
     for name in once:
         np.testing.assert_array_equal(once[name], resumed[name], err_msg=name)
@@ -106,8 +107,10 @@ def _fake_group(name, settings, fractions, converged=True):
     fraction = np.repeat(fraction, len(study.EPSILONS), axis=2)
     arrays = {
         "steps": np.arange(k) * study.RECORD_EVERY,
-        "fraction": fraction, "fraction_test": fraction.copy(),
-        "elbo": np.full((runs, k), 900.0), "elbo_test": np.full((runs, k), 880.0),
+        "fraction": fraction,
+        "fraction_test": fraction.copy(),
+        "elbo": np.full((runs, k), 900.0),
+        "elbo_test": np.full((runs, k), 880.0),
         "sigma2_path": np.array([[s["sigma2"]] * k for s in settings]),
         "sigma2": np.array([s["sigma2"] for s in settings]),
         "learned": np.array([s.get("learned", False) for s in settings]),
@@ -115,9 +118,10 @@ def _fake_group(name, settings, fractions, converged=True):
         "n_train": np.array([s.get("n_train", 1000) for s in settings]),
         "seed": np.array([s.get("seed", 0) for s in settings]),
         "steps_done": np.full(runs, (k - 1) * study.RECORD_EVERY),
-        "converged": np.full(runs, converged), "movement": np.zeros(runs),
+        "converged": np.full(runs, converged),
+        "movement": np.zeros(runs),
         "seconds": np.ones(runs),
-    }  # fmt: skip
+    }
     return study.StudyGroup(name, arrays, "test")
 
 

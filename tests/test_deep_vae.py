@@ -85,10 +85,12 @@ def test_looped_and_batched_layouts_train_the_same_runs(data, sample):
     x = data.double()
     values = {}
     for layout in ("loop", "batched"):
-        model = build_runs(TINY, sigma2s, learned, seeds, layout=layout, dtype=torch.float64,
-                           device="cpu")  # fmt: skip
-        history = maximise(lambda m=model: m.elbo(x, sample=sample), model.parameters(),
-                           steps=8, lr=1e-2)  # fmt: skip
+        model = build_runs(
+            TINY, sigma2s, learned, seeds, layout=layout, dtype=torch.float64, device="cpu"
+        )
+        history = maximise(
+            lambda m=model: m.elbo(x, sample=sample), model.parameters(), steps=8, lr=1e-2
+        )
         with torch.no_grad():
             mean, logvar = model.encode(x)
         values[layout] = (history.values, model.sigma2, mean.numpy(), logvar.numpy())
@@ -115,15 +117,18 @@ def test_layout_choice(monkeypatch):
 
 
 def test_train_batched_records_the_same_numbers_in_both_layouts(data):
-    kwargs = dict(steps=20, lr=5e-3, device="cpu", progress=False, record_every=10,
-                  dtype=torch.float64)  # fmt: skip
+    kwargs = dict(
+        steps=20, lr=5e-3, device="cpu", progress=False, record_every=10, dtype=torch.float64
+    )
     loop = train_batched(data.numpy(), TINY, [1.0, 0.1], [False, True], layout="loop", **kwargs)
-    batched = train_batched(data.numpy(), TINY, [1.0, 0.1], [False, True], layout="batched",
-                            **kwargs)  # fmt: skip
+    batched = train_batched(
+        data.numpy(), TINY, [1.0, 0.1], [False, True], layout="batched", **kwargs
+    )
     assert (loop.layout, batched.layout) == ("loop", "batched")
     for name in ("elbo", "sigma2", "thresholds", "kl_mean"):
-        np.testing.assert_allclose(getattr(loop, name), getattr(batched, name), rtol=1e-9,
-                                   atol=1e-12, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            getattr(loop, name), getattr(batched, name), rtol=1e-9, atol=1e-12, err_msg=name
+        )
 
 
 def test_posterior_outputs_mean_and_variance(data):
@@ -134,8 +139,9 @@ def test_posterior_outputs_mean_and_variance(data):
 
 
 def test_learned_sigma2_reaches_the_analytic_optimum(data):
-    model = GaussianVAE(TINY, sigma2=1.0, learn_sigma2=True, seed=3, dtype=torch.float64,
-                        device="cpu")  # fmt: skip
+    model = GaussianVAE(
+        TINY, sigma2=1.0, learn_sigma2=True, seed=3, dtype=torch.float64, device="cpu"
+    )
     x = data.double()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name == "log_sigma2")
@@ -165,13 +171,30 @@ def test_injected_nan_stops_training_naming_the_run(data):
 
 def test_absurd_learning_rate_diverges_with_a_clear_error(data):
     with pytest.raises(TrainingDivergedError, match=r"sigma2=.* \((fixed|learned)\)"):
-        train_batched(data.numpy(), TINY, [1.0, 1e-4], steps=200, lr=1e12, device="cpu",
-                      record_every=1, progress=False)  # fmt: skip
+        train_batched(
+            data.numpy(),
+            TINY,
+            [1.0, 1e-4],
+            steps=200,
+            lr=1e12,
+            device="cpu",
+            record_every=1,
+            progress=False,
+        )
 
 
 def test_fast_training_improves_the_elbo(data):
-    runs = train_batched(data.numpy(), TINY, [1.0, 0.1], [False, True], steps=60, lr=5e-3,
-                         record_every=20, device="cpu", progress=False)  # fmt: skip
+    runs = train_batched(
+        data.numpy(),
+        TINY,
+        [1.0, 0.1],
+        [False, True],
+        steps=60,
+        lr=5e-3,
+        record_every=20,
+        device="cpu",
+        progress=False,
+    )
     assert runs.elbo.shape == (4, 2) and runs.thresholds.shape == (4, 2, 3)
     assert np.all(runs.elbo[-1] > runs.elbo[0] + 1.0)
     assert runs.sigma2[-1, 0] == pytest.approx(1.0)
@@ -219,9 +242,15 @@ def test_runs_are_cached_and_constant_lr_short_runs_are_prefixes_of_long_ones(ca
     from lincollapse.experiments.deep import DeepVAEConfig
 
     config = DeepVAEConfig.for_preset(
-        "fast", n=60, latent=4, steps=40, lr_decay="none", convergence_steps=80,
-        convergence_lr=2e-3, runs_per_batch=2,
-    )  # fmt: skip
+        "fast",
+        n=60,
+        latent=4,
+        steps=40,
+        lr_decay="none",
+        convergence_steps=80,
+        convergence_lr=2e-3,
+        runs_per_batch=2,
+    )
     runs = [(s, False) for s in config.convergence_sigma2]
     long, sources = load_or_train(config, runs, config.long_schedule(), device="cpu")
     assert all(s.startswith("trained now") for s in sources)
@@ -244,9 +273,15 @@ def test_decayed_runs_are_not_read_as_prefixes(cache_dir):
     from lincollapse.experiments.deep import DeepVAEConfig
 
     config = DeepVAEConfig.for_preset(
-        "fast", n=60, latent=4, steps=40, lr_decay="cosine", convergence_steps=80,
-        convergence_lr=2e-3, convergence_lr_decay="cosine",
-    )  # fmt: skip
+        "fast",
+        n=60,
+        latent=4,
+        steps=40,
+        lr_decay="cosine",
+        convergence_steps=80,
+        convergence_lr=2e-3,
+        convergence_lr_decay="cosine",
+    )
     runs = [(1.0, False)]
     load_or_train(config, runs, config.long_schedule(), device="cpu")
     with pytest.raises(MissingRunsError, match="not cached"):
@@ -275,8 +310,16 @@ def test_recording_does_not_change_training(data):
     # the encoder statistics are deterministic (the recorded single-sample ELBOs are not: the
     # evaluation noise stream advances at every record)
     np.testing.assert_allclose(every.thresholds[::20], rarely.thresholds, rtol=1e-5, atol=1e-7)
-    constant = train_batched(data.numpy(), TINY, [1.0, 0.1], steps=40, lr=5e-3, device="cpu",
-                             record_every=20, progress=False)  # fmt: skip
+    constant = train_batched(
+        data.numpy(),
+        TINY,
+        [1.0, 0.1],
+        steps=40,
+        lr=5e-3,
+        device="cpu",
+        record_every=20,
+        progress=False,
+    )
     assert not np.allclose(constant.elbo[-1], rarely.elbo[-1])  # the schedule is applied
 
 
@@ -292,8 +335,12 @@ def test_fast_figures_compute_and_plot(cache_dir, monkeypatch):
 
     figures = load_all()
     config = DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
-    names = ["collapse-vs-eps-fixed", "collapse-vs-eps-learned", "collapse-vs-sigma2-summary",
-             "convergence-study"]  # fmt: skip
+    names = [
+        "collapse-vs-eps-fixed",
+        "collapse-vs-eps-learned",
+        "collapse-vs-sigma2-summary",
+        "convergence-study",
+    ]
     for name in names:
         spec = figures[name]
         result = spec.compute(config, device="cpu")
@@ -342,23 +389,38 @@ def test_paper_width_runs_full_first_then_shipped_prefix(cache_dir, monkeypatch)
 
     stem = deep.convergence_reference_path("paper")
     prefix = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
-    save_reference(stem, deep.convergence_key(prefix), _fake_long_runs(np.arange(0, 10_001, 250),
-                   0.5), deep.computing_fingerprint(), {"command": "test"})  # fmt: skip
+    save_reference(
+        stem,
+        deep.convergence_key(prefix),
+        _fake_long_runs(np.arange(0, 10_001, 250), 0.5),
+        deep.computing_fingerprint(),
+        {"command": "test"},
+    )
     arrays, reason = deep.paper_long_runs()
     assert arrays["steps"][-1] == 10_000
     assert reason.startswith("the first 10,000 of the paper preset's 20,000 steps")
 
     full = deep.DeepVAEConfig.for_preset("paper")
-    save_reference(stem, deep.convergence_key(full), _fake_long_runs(np.arange(0, 20_001, 250),
-                   0.7), deep.computing_fingerprint(), {"command": "test"})  # fmt: skip
+    save_reference(
+        stem,
+        deep.convergence_key(full),
+        _fake_long_runs(np.arange(0, 20_001, 250), 0.7),
+        deep.computing_fingerprint(),
+        {"command": "test"},
+    )
     arrays, reason = deep.paper_long_runs()
     assert arrays["steps"][-1] == 20_000 and "first" not in reason
 
     # A reference for another configuration is not used (staleness of the code is checked by
     # behaviour, in test_shipped_reference_is_current).
     other = deep.DeepVAEConfig.for_preset("paper", convergence_lr=1e-3)
-    save_reference(stem, deep.convergence_key(other), _fake_long_runs(np.arange(0, 20_001, 250),
-                   0.7), "any", {"command": "test"})  # fmt: skip
+    save_reference(
+        stem,
+        deep.convergence_key(other),
+        _fake_long_runs(np.arange(0, 20_001, 250), 0.7),
+        "any",
+        {"command": "test"},
+    )
     arrays, reason = deep.paper_long_runs()
     assert arrays is None and "another configuration" in reason
 
@@ -372,8 +434,13 @@ def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
     config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
     paper = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
     fake = _fake_long_runs(np.array([0, 20, 40]), 0.25)  # ends at the fast long run's last step
-    save_reference(deep.convergence_reference_path("paper"), deep.convergence_key(paper), fake,
-                   deep.computing_fingerprint(), {"command": "test"})  # fmt: skip
+    save_reference(
+        deep.convergence_reference_path("paper"),
+        deep.convergence_key(paper),
+        fake,
+        deep.computing_fingerprint(),
+        {"command": "test"},
+    )
     study = deep.convergence_study(config, device="cpu")
     assert study.paper_available and "first 10,000" in study.paper_provenance
     np.testing.assert_allclose(study.paper_gap, study.preset_fraction[-1] - 0.25)

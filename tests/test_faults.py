@@ -226,9 +226,14 @@ def _corrupt(stem: Path, how: str) -> None:
 
 
 CORRUPTIONS = [
-    "json is a list", "json is null", "json garbage", "npz garbage", "npz truncated",
-    "provenance edited", "missing",
-]  # fmt: skip
+    "json is a list",
+    "json is null",
+    "json garbage",
+    "npz garbage",
+    "npz truncated",
+    "provenance edited",
+    "missing",
+]
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)

@@ -61,8 +61,12 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def build(folder: Path, **env: str) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, "-m", "tools.build_book", str(folder), "--mathjax", "cdn"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ | env,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | env,
+    )
     return result.returncode, result.stdout + result.stderr
 
 

@@ -227,9 +227,11 @@ def test_wrong_shapes_are_rejected(data):
         linear_decoder_vae.kl_per_image(means, torch.ones(4, Q + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="same latent dimension"):
         linear_decoder_vae.reconstruction_analytic(
-            torch.as_tensor(data[:4]), torch.zeros(4, Q + 1, dtype=torch.float64),
-            torch.ones(4, Q + 1, dtype=torch.float64), model.decoder,
-        )  # fmt: skip
+            torch.as_tensor(data[:4]),
+            torch.zeros(4, Q + 1, dtype=torch.float64),
+            torch.ones(4, Q + 1, dtype=torch.float64),
+            model.decoder,
+        )
     with pytest.raises(ValueError, match="1 <= q < d"):
         linear_decoder_vae.make_vae("linear", data, D)
 
@@ -294,9 +296,11 @@ def test_single_sample_variance_at_the_optimum_is_bounded_by_half_q(data):
             means, variances = model.encoder(x)
             g = torch.Generator().manual_seed(3)
             draws = torch.stack(
-                [linear_decoder_vae.reconstruction_sample(x, means, variances, model.decoder, g)
-                 for _ in range(4000)]
-            )  # fmt: skip
+                [
+                    linear_decoder_vae.reconstruction_sample(x, means, variances, model.decoder, g)
+                    for _ in range(4000)
+                ]
+            )
         measured = float(draws.var(dim=0).mean())
         expected = 0.5 * float(np.sum(1 - sigma2**2 / lam**2))
         assert measured == pytest.approx(expected, rel=0.05)

@@ -217,9 +217,10 @@ def test_shipped_baselines_are_current():
     from lincollapse.references import verify_behaviour
 
     verify_behaviour(
-        stem, lambda: linear_baselines.behaviour_probe(config),
+        stem,
+        lambda: linear_baselines.behaviour_probe(config),
         command="python -m lincollapse.experiments.linear_baselines --write-reference --threads 1",
-    )  # fmt: skip
+    )
 
 
 def test_baselines_probe_catches_a_change_of_numerics(fast_baselines, monkeypatch):
@@ -276,10 +277,15 @@ def test_collapse_metric_reports_the_epsilon_it_reads():
     grid = np.linspace(0.0, config.epsilon_max, config.n_epsilons)
     fractions = np.arange(2 * grid.size, dtype=float).reshape(2, grid.size)
     result = pc.CollapseMetricResult(
-        epsilons=grid, sigma2_values=np.array([0.1, 0.03]), fractions=fractions,
-        predicted=np.zeros(2), mean_kl=np.zeros((2, config.q)), elbo_gap=np.zeros(2),
-        q=config.q, delta=config.delta,
-    )  # fmt: skip
+        epsilons=grid,
+        sigma2_values=np.array([0.1, 0.03]),
+        fractions=fractions,
+        predicted=np.zeros(2),
+        mean_kl=np.zeros((2, config.q)),
+        elbo_gap=np.zeros(2),
+        q=config.q,
+        delta=config.delta,
+    )
     used, values = result.fraction_at(0.01)
     assert used == pytest.approx(0.05) and used == grid[grid >= 0.01][0]
     np.testing.assert_array_equal(values, fractions[:, 1])

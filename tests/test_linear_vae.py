@@ -190,11 +190,17 @@ def test_training_input_errors():
     with pytest.raises(ValueError, match="σ² must be a finite positive"):
         linear_vae.optimal_encoder(np.ones((3, 1)), 0.0)
     with pytest.raises(ValueError, match=r"V must have shape \(q, d\)"):
-        linear_vae.elbo_terms(np.ones((4, 3)) * np.arange(4)[:, None], np.ones((3, 1)),
-                              np.ones((3, 1)), np.ones(1), 1.0)  # fmt: skip
+        linear_vae.elbo_terms(
+            np.ones((4, 3)) * np.arange(4)[:, None],
+            np.ones((3, 1)),
+            np.ones((3, 1)),
+            np.ones(1),
+            1.0,
+        )
     with pytest.raises(ValueError, match="D must be finite and > 0"):
-        linear_vae.elbo_terms(np.arange(12.0).reshape(4, 3), np.ones((3, 1)), np.ones((1, 3)),
-                              np.zeros(1), 1.0)  # fmt: skip
+        linear_vae.elbo_terms(
+            np.arange(12.0).reshape(4, 3), np.ones((3, 1)), np.ones((1, 3)), np.zeros(1), 1.0
+        )
 
 
 @pytest.mark.parametrize("q", [1, 3, 6])

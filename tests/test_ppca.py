@@ -240,8 +240,10 @@ def _brute_force_maximum(S: np.ndarray, q: int, sigma2: float | None, starts: in
         return _negative_average_log_likelihood(S, W, np.exp(p[-1]) if sigma2 is None else sigma2)
 
     size = d * q + (sigma2 is None)
-    runs = [minimize(objective, rng.normal(size=size), method="BFGS", options={"gtol": 1e-10})
-            for _ in range(starts)]  # fmt: skip
+    runs = [
+        minimize(objective, rng.normal(size=size), method="BFGS", options={"gtol": 1e-10})
+        for _ in range(starts)
+    ]
     return -min(run.fun for run in runs)
 
 
@@ -320,9 +322,11 @@ def test_profiled_likelihood_rises_to_sigma2_mle_and_falls_after():
     mle = lam[q:].mean()
     grid = np.geomspace(0.02, 8.0, 81)
     profile = np.array(
-        [ppca.average_log_likelihood(spectrum, ppca.fixed_sigma2_maximiser(spectrum, q, s), s)
-         for s in grid]
-    )  # fmt: skip
+        [
+            ppca.average_log_likelihood(spectrum, ppca.fixed_sigma2_maximiser(spectrum, q, s), s)
+            for s in grid
+        ]
+    )
     closed_form = [_fixed_sigma2_maximum(lam, q, s) for s in grid]
     np.testing.assert_allclose(profile, closed_form, rtol=1e-12)
     assert np.all(np.diff(profile[grid < mle]) > 0)

@@ -92,9 +92,11 @@ def test_shipped_reader_results_are_current():
     config = DeepVAEConfig.for_preset("reader")
     try:
         runs, _ = load_or_train(
-            config, config.runs(), cache=reader_store(computing_fingerprint()),
+            config,
+            config.runs(),
+            cache=reader_store(computing_fingerprint()),
             train_missing=False,
-        )  # fmt: skip
+        )
     except MissingRunsError as error:
         pytest.fail(f"deep grid runs missing or stale in {READER_DIR}: {error}; {SHIP_COMMAND}")
     assert runs.steps[-1] == config.steps

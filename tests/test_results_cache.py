@@ -68,8 +68,9 @@ def test_corrupt_entry_is_recomputed_with_a_warning(cache, damage):
         path.write_bytes(raw[: len(raw) // 2])
     elif damage == "garble":
         middle = len(raw) // 2
-        path.write_bytes(raw[:middle] + bytes(b ^ 0xFF for b in raw[middle : middle + 64])
-                         + raw[middle + 64 :])  # fmt: skip
+        path.write_bytes(
+            raw[:middle] + bytes(b ^ 0xFF for b in raw[middle : middle + 64]) + raw[middle + 64 :]
+        )
     elif damage == "empty":
         path.write_bytes(b"")
     else:
@@ -355,9 +356,12 @@ def test_reference_with_a_json_that_is_not_a_manifest(tmp_path, content):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [(("info", "command"), "make something-else"), (("created",), "1999-01-01T00:00:00+00:00"),
-     (("info", "seconds"), 1.0)],
-)  # fmt: skip
+    [
+        (("info", "command"), "make something-else"),
+        (("created",), "1999-01-01T00:00:00+00:00"),
+        (("info", "seconds"), 1.0),
+    ],
+)
 def test_reference_provenance_is_covered_by_a_checksum(tmp_path, field, value):
     import json
 

@@ -54,9 +54,11 @@ def _threads_in_a_fresh_process(code: str, **env: str) -> str:
     clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=clean | {"PYTHONPATH": str(ROOT)} | env,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

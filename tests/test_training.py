@@ -29,9 +29,13 @@ def test_records_every_k_steps_and_calls_on_record_without_gradients():
     w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     seen = []
     history = maximise(
-        quadratic(w), [w], steps=10, lr=0.1, record_every=4,
+        quadratic(w),
+        [w],
+        steps=10,
+        lr=0.1,
+        record_every=4,
         on_record=lambda step: seen.append((step, torch.is_grad_enabled())),
-    )  # fmt: skip
+    )
     assert list(history.steps) == [0, 4, 8, 10]
     assert seen == [(0, False), (4, False), (8, False), (10, False)]
     assert np.all(np.diff(history.values) > 0)

@@ -67,9 +67,13 @@ def test_float32_training_records_float64_elbo():
 def test_checkpoints_are_called_at_recorded_steps():
     seen = []
     linear_decoder_vae.train_vae(
-        _images(50), 2, steps=20, record_every=5, checkpoints=(0, 10, 20),
+        _images(50),
+        2,
+        steps=20,
+        record_every=5,
+        checkpoints=(0, 10, 20),
         on_checkpoint=lambda step, model: seen.append((step, type(model).__name__)),
-    )  # fmt: skip
+    )
     assert seen == [(0, "LinearDecoderVAE"), (10, "LinearDecoderVAE"), (20, "LinearDecoderVAE")]
 
 
@@ -196,10 +200,17 @@ def test_encoder_ranking_is_computed_from_the_final_gaps():
     final = {"linear": [0.01, 0.02], "deep-linear": [0.05, 0.12], "mlp": [0.3, 0.25]}
     elbo = {k: optimum - np.column_stack([np.ones(2), v, v]) for k, v in final.items()}  # (R, k)
     result = tl.EncoderComparisonResult(
-        steps=np.array([0, 10, 20]), elbo=elbo, optimum=optimum, grams={}, decoders={},
-        sigma2={}, sigma2_mle=0.1, eigenvalues=np.ones(2), seconds={},
+        steps=np.array([0, 10, 20]),
+        elbo=elbo,
+        optimum=optimum,
+        grams={},
+        decoders={},
+        sigma2={},
+        sigma2_mle=0.1,
+        eigenvalues=np.ones(2),
+        seconds={},
         config=tl.EncoderComparisonConfig.for_preset("fast"),
-    )  # fmt: skip
+    )
     sentence = result.ranking(0.1)
     assert sentence.index("linear (0.015)") < sentence.index("deep linear (0.085)")
     assert sentence.index("deep linear (0.085)") < sentence.index("MLP (0.275)")

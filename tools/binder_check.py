@@ -68,8 +68,10 @@ def build_environment(venv: Path, python: str) -> None:
     start = time.perf_counter()
     subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r", str(requirements)],
-        check=True, cwd=ROOT, env=env,
-    )  # fmt: skip
+        check=True,
+        cwd=ROOT,
+        env=env,
+    )
     log(f"installed .binder/requirements.txt in {time.perf_counter() - start:.0f} s")
     stamp.write_text(requirements.read_text())
 
@@ -105,14 +107,25 @@ def free_port() -> int:
 
 def start_lab(env: dict[str, str], root_dir: Path, cache: Path, port: int, token: str):
     """JupyterLab on core 0, one thread, cold cache, reader preset; returns the process."""
-    lab_env = env | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                     "LINCOLLAPSE_CACHE_DIR": str(cache)}  # fmt: skip
+    lab_env = env | {
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "LINCOLLAPSE_CACHE_DIR": str(cache),
+    }
     lab_env.pop("LINCOLLAPSE_PRESET", None)
     command = [
-        "taskset", "-c", "0", "jupyter", "lab", "--no-browser", f"--port={port}",
-        "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
+        "taskset",
+        "-c",
+        "0",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root_dir}",
         "--ServerApp.open_browser=False",
-    ]  # fmt: skip
+    ]
     if os.geteuid() == 0:  # CI runs as root; Binder's notebook user is not
         command.append("--allow-root")
     process = subprocess.Popen(
@@ -145,8 +158,7 @@ def shut_down_kernels(port: int, token: str) -> None:
 def run_chapter(browser, port: int, token: str, chapter: str, budget: float) -> dict:
     """Open ``chapter`` as a notebook, Run All, wait; return its time and problems."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    result = {"chapter": chapter, "seconds": float("nan"), "cells": 0, "errors": [],
-              "warnings": 0}  # fmt: skip
+    result = {"chapter": chapter, "seconds": float("nan"), "cells": 0, "errors": [], "warnings": 0}
     try:
         # A workspace of its own, reset: nothing reopened from the previous chapter.
         page.goto(
@@ -258,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{chapter}: running every cell through JupyterLab ...")
                     results.append(run_chapter(browser, port, token, chapter, args.budget))
                     r = results[-1]
-                    log(f"{chapter}: {r['seconds']:.1f} s, {r['cells']} code cells, "
-                        f"{len(r['errors'])} problem(s)")  # fmt: skip
+                    log(
+                        f"{chapter}: {r['seconds']:.1f} s, {r['cells']} code cells, "
+                        f"{len(r['errors'])} problem(s)"
+                    )
                 browser.close()
         finally:
             lab.terminate()
@@ -268,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 lab.kill()
     load = os.getloadavg()
-    log(f"\nchapters run in JupyterLab on one core (budget {args.budget:.0f} s; load average "
-        f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f})")  # fmt: skip
+    log(
+        f"\nchapters run in JupyterLab on one core (budget {args.budget:.0f} s; load average "
+        f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f})"
+    )
     log(f"{'chapter':<26} {'seconds':>8} {'cells':>6} {'warnings':>9}  result")
     for r in results:
         verdict = "ok" if not r["errors"] else "FAILED"

@@ -84,8 +84,10 @@ def main() -> int:
     wanted = {n for n in closure(roots + list(ROOTS)) - SKIP if not n.startswith(CUDA_PREFIXES)}
     freeze = subprocess.run(
         [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-        check=True, capture_output=True, text=True,
-    ).stdout.splitlines()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     pins = sorted(
         (line for line in freeze if "==" in line and canonical(line.split("==")[0]) in wanted),
         key=str.lower,

@@ -52,20 +52,30 @@ for name in names or sorted(figures):
 
 def compute(revision: str, workdir: Path, names: list[str]) -> Path:
     tree, out, cache = workdir / f"tree-{revision}", workdir / f"out-{revision}", workdir / "c"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
-                    revision], check=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), revision],
+        check=True,
+    )
     out.mkdir()
     cache = workdir / f"cache-{revision}"
-    env = {**os.environ, "PYTHONPATH": str(tree), "LINCOLLAPSE_PRESET": "fast",
-           "LINCOLLAPSE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "LINCOLLAPSE_QUIET": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "LINCOLLAPSE_PRESET": "fast",
+        "LINCOLLAPSE_CACHE_DIR": str(cache),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "LINCOLLAPSE_QUIET": "1",
+    }
     print(f"{revision}: computing figures", flush=True)
     try:
-        subprocess.run([sys.executable, "-c", CHILD, str(out), *names], cwd=tree, env=env,
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", CHILD, str(out), *names], cwd=tree, env=env, check=True
+        )
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                       check=False)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+        )
     return out
 
 

@@ -31,23 +31,48 @@ def time_chapter(chapter: str, tmp: Path) -> tuple[float, float, str]:
     notebook = tmp / f"{chapter}.ipynb"
     bin_dir = Path(sys.executable).parent
     subprocess.run(
-        [str(bin_dir / "jupytext"), "--quiet", "--to", "ipynb", "-o", str(notebook),
-         str(ROOT / "book" / f"{chapter}.md")],
+        [
+            str(bin_dir / "jupytext"),
+            "--quiet",
+            "--to",
+            "ipynb",
+            "-o",
+            str(notebook),
+            str(ROOT / "book" / f"{chapter}.md"),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     cache = tmp / f"cache-{chapter}"
     cache.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "LINCOLLAPSE_PRESET"}
-    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LINCOLLAPSE_CACHE_DIR": str(cache),
-            "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}  # fmt: skip
+    env |= {
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "LINCOLLAPSE_CACHE_DIR": str(cache),
+        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     run = subprocess.run(
-        ["taskset", "-c", "0", str(bin_dir / "jupyter"), "nbconvert", "--execute", "--to",
-         "notebook", "--output", str(tmp / f"{chapter}.out.ipynb"),
-         "--ExecutePreprocessor.timeout=1800", str(notebook)],
-        env=env, cwd=ROOT / "book", capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "taskset",
+            "-c",
+            "0",
+            str(bin_dir / "jupyter"),
+            "nbconvert",
+            "--execute",
+            "--to",
+            "notebook",
+            "--output",
+            str(tmp / f"{chapter}.out.ipynb"),
+            "--ExecutePreprocessor.timeout=1800",
+            str(notebook),
+        ],
+        env=env,
+        cwd=ROOT / "book",
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -61,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     chapters = args.chapters or sorted(p.stem for p in (ROOT / "book").glob("*.md"))
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    print(f"{now}, {machine}; each chapter on core 0 (taskset -c 0), OMP_NUM_THREADS=1, "
-          "empty results cache\n")  # fmt: skip
+    print(
+        f"{now}, {machine}; each chapter on core 0 (taskset -c 0), OMP_NUM_THREADS=1, "
+        "empty results cache\n"
+    )
     print("| chapter | wall (s) | CPU (s) | load average before → after | ≤ 60 s |")
     print("|---|---|---|---|---|")
     failed = 0
@@ -74,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "yes" if wall <= BUDGET else ("CPU only" if cpu <= BUDGET else "NO")
             if error:
                 verdict, failed = "ERROR", failed + 1
-            print(f"| {chapter} | {wall:.0f} | {cpu:.0f} | {load_before:.1f} → {load_after:.1f} "
-                  f"| {verdict} |", flush=True)  # fmt: skip
+            print(
+                f"| {chapter} | {wall:.0f} | {cpu:.0f} | {load_before:.1f} → {load_after:.1f} "
+                f"| {verdict} |",
+                flush=True,
+            )
             if error:
                 print(error, file=sys.stderr)
     return 1 if failed else 0

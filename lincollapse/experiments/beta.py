@@ -327,9 +327,12 @@ def _linear_beta_collapse(config: MnistLinearBetaConfig) -> MnistLinearBetaResul
     for beta in config.betas:
         problem = (spectrum, config.latent, config.sigma2, beta)
         fit = train_linear_beta_vae(
-            *problem, encoder="optimal", steps=config.steps,
-            rotate_every=config.rotate_every, seed=config.seed,
-        )  # fmt: skip
+            *problem,
+            encoder="optimal",
+            steps=config.steps,
+            rotate_every=config.rotate_every,
+            seed=config.seed,
+        )
         trained_sv.append(fit.squared_singular_values)
         trained_kl.append(fit.rates)
         optimum_sv.append(optimal_singular_values(*problem) ** 2)
@@ -454,9 +457,12 @@ class AnnealingConfig(ExperimentConfig):
         """The same runs trained ``long_steps`` steps for ``long_seeds`` (constant learning rate:
         each run of this config with a seed in ``long_seeds`` is their first ``steps`` steps)."""
         return dataclasses.replace(
-            self, steps=self.long_steps, seeds=self.long_seeds, optimal_seeds=self.long_seeds,
+            self,
+            steps=self.long_steps,
+            seeds=self.long_seeds,
+            optimal_seeds=self.long_seeds,
             record_every=self.long_record_every,
-        )  # fmt: skip
+        )
 
     def specs(self) -> list[RunSpec]:
         """Constant-β runs, annealed runs (same seeds), then optimal-σ² runs."""
@@ -595,17 +601,21 @@ def differing_latents(runs: AnnealedRuns, epsilon: float, seeds: Sequence[int]) 
     column = {(kind[r], spec.seed): r for r, spec in enumerate(runs.specs)}
     collapsed = runs.thresholds[-1] < epsilon  # (R, q)
     return np.array(
-        [int(np.sum(collapsed[column["annealed", s]] != collapsed[column["constant", s]]))
-         for s in seeds]
-    )  # fmt: skip
+        [
+            int(np.sum(collapsed[column["annealed", s]] != collapsed[column["constant", s]]))
+            for s in seeds
+        ]
+    )
 
 
 def run_kinds(runs: AnnealedRuns) -> np.ndarray:
     """``"constant"``, ``"annealed"`` or ``"optimal"`` per run, (R,)."""
     return np.array(
-        ["optimal" if s.noise == "optimal" else "annealed" if s.warmup else "constant"
-         for s in runs.specs]
-    )  # fmt: skip
+        [
+            "optimal" if s.noise == "optimal" else "annealed" if s.warmup else "constant"
+            for s in runs.specs
+        ]
+    )
 
 
 def annealing_key(config: AnnealingConfig, data_id: str) -> dict[str, Any]:
@@ -648,9 +658,16 @@ def annealing_runs(
         )
     cache.check_writable()  # before training: runs that cannot be cached are not started
     runs = train_annealed(
-        images, config.arch, config.specs(), steps=config.steps, lr=config.lr,
-        record_every=config.record_every, delta=config.delta, device=device, progress=progress,
-    )  # fmt: skip
+        images,
+        config.arch,
+        config.specs(),
+        steps=config.steps,
+        lr=config.lr,
+        record_every=config.record_every,
+        delta=config.delta,
+        device=device,
+        progress=progress,
+    )
     info = {"seconds": runs.seconds, "threads": torch.get_num_threads()}
     cache.save(key, runs.arrays(), info)
     return runs, (
@@ -765,12 +782,16 @@ def book_runs_from_long(
         return None, "the long runs do not hold every run of this configuration"
     rows = long.steps <= config.steps
     runs = AnnealedRuns(
-        specs=config.specs(), steps=long.steps[rows], elbo=long.elbo[rows][:, columns],
+        specs=config.specs(),
+        steps=long.steps[rows],
+        elbo=long.elbo[rows][:, columns],
         beta=long.beta[rows][:, columns],
         effective_sigma2=long.effective_sigma2[rows][:, columns],
-        thresholds=long.thresholds[rows][:, columns], kl_mean=long.kl_mean[rows][:, columns],
-        seconds=float("nan"), delta=long.delta,
-    )  # fmt: skip
+        thresholds=long.thresholds[rows][:, columns],
+        kl_mean=long.kl_mean[rows][:, columns],
+        seconds=float("nan"),
+        delta=long.delta,
+    )
     return runs, (
         f"the book preset's runs, read as the first {config.steps:,} steps of its long runs "
         f"(records every {config.long_record_every} steps; {provenance})"
@@ -957,9 +978,20 @@ def kl_annealing_convergence(
     book_end = {k: float(book.final_fraction[book.kind == k].mean()) for k in KINDS}
     if long is None:
         return AnnealingConvergence(
-            book, None, np.array([], dtype=str), None, provenance, book_end, dict(nan),
-            dict(nan), dict(nan), float("nan"), np.empty((0, 0)), np.empty(0), TOLERANCE,
-        )  # fmt: skip
+            book,
+            None,
+            np.array([], dtype=str),
+            None,
+            provenance,
+            book_end,
+            dict(nan),
+            dict(nan),
+            dict(nan),
+            float("nan"),
+            np.empty((0, 0)),
+            np.empty(0),
+            TOLERANCE,
+        )
     kind = run_kinds(long)
     fraction = long.collapsed_fraction(config.epsilon)
     long_end = {k: float(fraction[-1, kind == k].mean()) for k in KINDS}
@@ -982,12 +1014,20 @@ def kl_annealing_convergence(
         [fraction[-1, column["annealed", s]] - fraction[-1, column["constant", s]] for s in seeds]
     )
     return AnnealingConvergence(
-        book=book, long=long, long_kind=kind, long_fraction=fraction, provenance=provenance,
-        book_end=book_end, long_end=long_end,
-        gap={k: book_end[k] - long_end[k] for k in KINDS}, plateau_range=plateau,
+        book=book,
+        long=long,
+        long_kind=kind,
+        long_fraction=fraction,
+        provenance=provenance,
+        book_end=book_end,
+        long_end=long_end,
+        gap={k: book_end[k] - long_end[k] for k in KINDS},
+        plateau_range=plateau,
         prefix_difference=float(max(differences)) if differences else float("nan"),
-        elbo_advantage=advantage, annealing_effect=effect, tolerance=TOLERANCE,
-    )  # fmt: skip
+        elbo_advantage=advantage,
+        annealing_effect=effect,
+        tolerance=TOLERANCE,
+    )
 
 
 def annealing_probe(config: AnnealingConfig) -> Probe:
@@ -999,10 +1039,17 @@ def annealing_probe(config: AnnealingConfig) -> Probe:
 
     def probe() -> dict[str, np.ndarray]:
         runs = train_annealed(
-            data_for(config)[0], config.arch, config.specs(), steps=PROBE_STEPS, lr=config.lr,
-            record_every=1, delta=config.delta, dtype=torch.float64, device="cpu",
+            data_for(config)[0],
+            config.arch,
+            config.specs(),
+            steps=PROBE_STEPS,
+            lr=config.lr,
+            record_every=1,
+            delta=config.delta,
+            dtype=torch.float64,
+            device="cpu",
             progress=False,
-        )  # fmt: skip
+        )
         arrays = runs.arrays()
         return {k: arrays[k] for k in ("elbo", "beta", "effective_sigma2", "thresholds", "kl_mean")}
 
@@ -1029,12 +1076,18 @@ def run_long_annealing(
         info = reference_info(
             command
             or f"python -m lincollapse.experiments.beta --long --preset {preset} --write-reference",
-            str(resolve_device(device)), runs.seconds, source=provenance,
-        )  # fmt: skip
+            str(resolve_device(device)),
+            runs.seconds,
+            source=provenance,
+        )
         save_shipped(
-            annealing_reference_path(preset), annealing_key(long, data_for(long)[1]),
-            runs.arrays(), annealing_probe(long), info, source_fingerprint(COMPUTING_MODULES),
-        )  # fmt: skip
+            annealing_reference_path(preset),
+            annealing_key(long, data_for(long)[1]),
+            runs.arrays(),
+            annealing_probe(long),
+            info,
+            source_fingerprint(COMPUTING_MODULES),
+        )
     return runs, provenance
 
 

@@ -99,8 +99,10 @@ class SyntheticLinearBetaResult:
 
     def table(self) -> str:
         """Plain-text table: per β, the worst singular-value error, counts and objective gap."""
-        lines = [f"{'β':>6} {'βσ²':>6} {'max |Δs_j|':>11} {'collapsed':>10} {'predicted':>10} "
-                 f"{'ELBO_β gap':>11} {'seconds':>8}"]  # fmt: skip
+        lines = [
+            f"{'β':>6} {'βσ²':>6} {'max |Δs_j|':>11} {'collapsed':>10} {'predicted':>10} "
+            f"{'ELBO_β gap':>11} {'seconds':>8}"
+        ]
         for k, beta in enumerate(self.betas):
             error = np.abs(self.trained[k] - self.closed_form[k]).max()
             lines.append(
@@ -130,9 +132,15 @@ def linear_beta_optimum(
     trained, closed, rates, closed_rates, gaps, counts, predicted, seconds = ([] for _ in range(8))
     for beta in config.betas:
         run = linear_beta_vae.train_linear_beta_vae(
-            spectrum, config.q, config.sigma2, beta, encoder="learned",
-            optimiser=config.optimiser, steps=config.steps, seed=config.train_seed,
-        )  # fmt: skip
+            spectrum,
+            config.q,
+            config.sigma2,
+            beta,
+            encoder="learned",
+            optimiser=config.optimiser,
+            steps=config.steps,
+            seed=config.train_seed,
+        )
         trained.append(run.singular_values)
         closed.append(
             linear_beta_vae.optimal_singular_values(spectrum, config.q, config.sigma2, beta)
@@ -163,7 +171,7 @@ def linear_beta_optimum(
                 linear_beta_vae.optimal_singular_values(spectrum, config.q, config.sigma2, b)
                 for b in grid
             ]
-        ),  # fmt: skip
+        ),
         seconds=np.asarray(seconds),
     )
 

@@ -316,8 +316,9 @@ def _grid_runs(config: DeepVAEConfig, runs, device) -> tuple[TrainedRuns, list[s
         except MissingRunsError:
             pass
         else:
-            return found, [s.replace("cache (", "shipped book run (results/reader/, ", 1)
-                           for s in sources]  # fmt: skip
+            return found, [
+                s.replace("cache (", "shipped book run (results/reader/, ", 1) for s in sources
+            ]
     load_or_train(config, config.runs(), device=device)  # one batched model for the whole grid
     return load_or_train(config, runs, device=device, train_missing=False)
 
@@ -327,11 +328,19 @@ def _curves(config, learned: bool, use_paper_cache: bool, device) -> CollapseCur
     grid = config.sigma2_learned if learned else config.sigma2_fixed
     runs, sources = _grid_runs(config, [(s, learned) for s in grid], device)
     return CollapseCurves(
-        sigma2_init=runs.sigma2_init, learned=learned, epsilons=EPSILONS.copy(),
-        fraction=runs.collapsed_fraction(EPSILONS), final_sigma2=runs.sigma2[-1],
-        final_elbo=runs.elbo[-1], steps=config.steps, delta=config.delta, latent=config.latent,
-        preset=config.preset, provenance=provenance, sources=tuple(sources),
-    )  # fmt: skip
+        sigma2_init=runs.sigma2_init,
+        learned=learned,
+        epsilons=EPSILONS.copy(),
+        fraction=runs.collapsed_fraction(EPSILONS),
+        final_sigma2=runs.sigma2[-1],
+        final_elbo=runs.elbo[-1],
+        steps=config.steps,
+        delta=config.delta,
+        latent=config.latent,
+        preset=config.preset,
+        provenance=provenance,
+        sources=tuple(sources),
+    )
 
 
 @figure(
@@ -413,14 +422,20 @@ def collapse_vs_sigma2_summary(
     line = np.logspace(-5, 2, 300)
     eps = config.summary_epsilon
     return SigmaSummary(
-        epsilon=eps, sigma2_fixed=fixed.sigma2_init,
+        epsilon=eps,
+        sigma2_fixed=fixed.sigma2_init,
         fraction_fixed=fixed.collapsed_fraction([eps])[:, 0],
-        sigma2_learned_init=learned.sigma2_init, sigma2_learned_final=learned.sigma2[-1],
-        fraction_learned=learned.collapsed_fraction([eps])[:, 0], sigma2_line=line,
+        sigma2_learned_init=learned.sigma2_init,
+        sigma2_learned_final=learned.sigma2[-1],
+        fraction_learned=learned.collapsed_fraction([eps])[:, 0],
+        sigma2_line=line,
         linear_prediction=linear_collapse_prediction(eigenvalues, line, config.latent),
-        eigenvalues=eigenvalues, latent=config.latent, steps=config.steps,
-        preset=config.preset, provenance=provenance,
-    )  # fmt: skip
+        eigenvalues=eigenvalues,
+        latent=config.latent,
+        steps=config.steps,
+        preset=config.preset,
+        provenance=provenance,
+    )
 
 
 def paper_long_runs(epsilon: float = 0.01) -> tuple[dict[str, np.ndarray] | None, str]:
@@ -743,19 +758,30 @@ def convergence_study(
         elif paper_long is not None:
             paper_provenance = "the paper-width long runs are at other σ² than this preset's"
     return ConvergenceStudy(
-        sigma2=np.asarray(config.convergence_sigma2, dtype=np.float64), epsilon=eps,
-        preset_steps=short.steps, preset_fraction=preset_fraction, preset_elbo=short.elbo,
+        sigma2=np.asarray(config.convergence_sigma2, dtype=np.float64),
+        epsilon=eps,
+        preset_steps=short.steps,
+        preset_fraction=preset_fraction,
+        preset_elbo=short.elbo,
         preset_schedule=config.grid_schedule().describe(),
         long_steps=None if long is None else long["steps"],
         long_fraction=None if long is None else long["fraction"][:, :, e],
         long_elbo=None if long is None else long["elbo"],
-        long_schedule=config.long_schedule().describe(), long_provenance=provenance,
-        gap=gap, max_gap=max_gap, plateau_range=plateau, tolerance=TOLERANCE,
-        paper_steps=paper_steps, paper_fraction=paper_fraction,
-        paper_provenance=paper_provenance, paper_gap=paper_gap, width_gap=width_gap,
-        paper_plateau_range=paper_plateau, long_at_preset_end=at_preset_end,
+        long_schedule=config.long_schedule().describe(),
+        long_provenance=provenance,
+        gap=gap,
+        max_gap=max_gap,
+        plateau_range=plateau,
+        tolerance=TOLERANCE,
+        paper_steps=paper_steps,
+        paper_fraction=paper_fraction,
+        paper_provenance=paper_provenance,
+        paper_gap=paper_gap,
+        width_gap=width_gap,
+        paper_plateau_range=paper_plateau,
+        long_at_preset_end=at_preset_end,
         preset=config.preset,
-    )  # fmt: skip
+    )
 
 
 def run_convergence_study(
@@ -775,7 +801,7 @@ def run_convergence_study(
     With ``write_reference`` the arrays of :func:`long_run_arrays` are written to
     ``results/deep_convergence_<preset>.{npz,json}`` with the configuration, the source
     fingerprint, ``command``, the machine, the thread count and the wall time.
-    """  # fmt: skip
+    """
     config = DeepVAEConfig.for_preset(
         preset, **({} if steps is None else {"convergence_steps": steps})
     )
@@ -792,12 +818,18 @@ def run_convergence_study(
             command
             or f"python -m lincollapse.experiments.deep --convergence --preset {preset} "
             "--write-reference",
-            str(resolve_device(device)), None if cached else seconds, sources=sources,
-        )  # fmt: skip
+            str(resolve_device(device)),
+            None if cached else seconds,
+            sources=sources,
+        )
         save_shipped(
-            convergence_reference_path(preset), convergence_key(config), arrays,
-            convergence_probe(config), info, computing_fingerprint(),
-        )  # fmt: skip
+            convergence_reference_path(preset),
+            convergence_key(config),
+            arrays,
+            convergence_probe(config),
+            info,
+            computing_fingerprint(),
+        )
     return arrays, "; ".join(dict.fromkeys(sources))
 
 

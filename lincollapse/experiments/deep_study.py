@@ -317,11 +317,17 @@ def train_run(
     while done < max_steps and not (stop_at_plateau and converged):
         end = min(done + CHUNK, max_steps)
         history = maximise(
-            lambda: model.elbo(train), model.parameters(), steps=end, lr=LR,
-            record_every=record_every, name=spec.label, progress=progress, start_step=done,
+            lambda: model.elbo(train),
+            model.parameters(),
+            steps=end,
+            lr=LR,
+            record_every=record_every,
+            name=spec.label,
+            progress=progress,
+            start_step=done,
             optimiser_state=state,
             on_record=lambda step: recorder.add(model, step, train, test),
-        )  # fmt: skip
+        )
         recorder.rows["elbo"].extend(np.asarray(history.values, dtype=np.float64).tolist())
         done, seconds = end, seconds + history.seconds
         converged, movement = plateau(np.asarray(recorder.rows["steps"]), recorder.fraction())
@@ -334,10 +340,14 @@ def train_run(
 def _save_checkpoint(path: Path, model, state, step, seconds, recorder: _Recorder) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "model": model.state_dict(), "adam": state, "step": step, "seconds": seconds,
-        "noise": model._noise.get_state(), "eval_noise": model._eval_noise.get_state(),
+        "model": model.state_dict(),
+        "adam": state,
+        "step": step,
+        "seconds": seconds,
+        "noise": model._noise.get_state(),
+        "eval_noise": model._eval_noise.get_state(),
         "records": recorder.arrays(),
-    }  # fmt: skip
+    }
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(payload, temporary)
@@ -349,9 +359,13 @@ def _save_checkpoint(path: Path, model, state, step, seconds, recorder: _Recorde
 def run_probe(spec: RunSpec) -> dict[str, np.ndarray]:
     """Behaviour probe of one run: its first :data:`PROBE_STEPS` steps in float64 (CPU)."""
     arrays, _ = train_run(
-        spec, max_steps=PROBE_STEPS, stop_at_plateau=False, dtype=torch.float64, progress=False,
+        spec,
+        max_steps=PROBE_STEPS,
+        stop_at_plateau=False,
+        dtype=torch.float64,
+        progress=False,
         record_every=1,
-    )  # fmt: skip
+    )
     return {k: v for k, v in arrays.items() if k != "steps"}
 
 
@@ -413,9 +427,18 @@ def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
 # The order the queue trains runs in: the first seed of the baseline and of each ablation
 # before second seeds, ablations before the rest of the grid; the data-size runs (4× the cost
 # per step) late.
-PRIORITY = (("baseline", 0), ("logit", 0), ("baseline", 1), ("learned", 0), ("logit", 1),
-            ("learned", 1), ("data_size", 0), ("grid_fixed", 0), ("grid_learned", 0),
-            ("data_size", 1))  # fmt: skip
+PRIORITY = (
+    ("baseline", 0),
+    ("logit", 0),
+    ("baseline", 1),
+    ("learned", 0),
+    ("logit", 1),
+    ("learned", 1),
+    ("data_size", 0),
+    ("grid_fixed", 0),
+    ("grid_learned", 0),
+    ("data_size", 1),
+)
 
 
 def queue(groups: Sequence[str]) -> list[tuple[str, RunSpec]]:
@@ -467,8 +490,11 @@ def reference_path(group: str) -> Path:
 def group_key(group: str, specs: Sequence[RunSpec] | None = None) -> dict[str, Any]:
     """The configuration of a shipped group: the keys of its runs (default: all of them)."""
     specs = GROUPS[group] if specs is None else specs
-    return {"experiment": "deep_study_group", "group": group,
-            "runs": [spec.key() for spec in specs]}  # fmt: skip
+    return {
+        "experiment": "deep_study_group",
+        "group": group,
+        "runs": [spec.key() for spec in specs],
+    }
 
 
 def _shipped_specs(group: str, meta: dict) -> list[RunSpec]:
@@ -517,9 +543,19 @@ def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dic
     ``kl_mean_final`` (R, q), and the run's settings and outcome (``sigma2``, ``learned``,
     ``pixels``, ``n_train``, ``seed``, ``steps_done``, ``converged``, ``movement``, ``seconds``).
     """
-    fields: dict[str, list] = {k: [] for k in (
-        "fraction", "fraction_test", "elbo", "elbo_test", "sigma2_path", "snapshot_thresholds",
-        "snapshot_thresholds_test", "snapshot_steps")}  # fmt: skip
+    fields: dict[str, list] = {
+        k: []
+        for k in (
+            "fraction",
+            "fraction_test",
+            "elbo",
+            "elbo_test",
+            "sigma2_path",
+            "snapshot_thresholds",
+            "snapshot_thresholds_test",
+            "snapshot_steps",
+        )
+    }
     for _, arrays, _ in runs:
         k = arrays["steps"].size
         snaps = sorted(set(range(0, k, CHECKPOINT_EVERY)) | {k - 1})
@@ -586,8 +622,11 @@ def ship_group(group: str, command: str) -> Path:
     specs = [spec for spec, _, _ in runs]
     seconds = float(sum(info["seconds"] for _, _, info in runs))
     info = reference_info(
-        command, "cpu", seconds, threads_per_run=sorted({i.get("threads") for _, _, i in runs}),
-    )  # fmt: skip
+        command,
+        "cpu",
+        seconds,
+        threads_per_run=sorted({i.get("threads") for _, _, i in runs}),
+    )
     stem = reference_path(group)
     save_shipped(stem, group_key(group, specs), group_arrays(runs), group_probe(group, specs), info)
     return stem
@@ -618,15 +657,18 @@ def load_group(group: str) -> StudyGroup | None:
     try:
         arrays, meta = load_shipped(stem, None)
         specs = _shipped_specs(group, meta)
-        shipped = StudyGroup(group, arrays, shipped_provenance(stem, meta),
-                             _missing(group, specs))  # fmt: skip
+        shipped = StudyGroup(group, arrays, shipped_provenance(stem, meta), _missing(group, specs))
     except ReferenceResultError:
         specs = []
     runs = [(spec, *found) for spec in GROUPS[group] if (found := finished(spec)) is not None]
     if len(runs) > len(specs):
         local = [(spec, arrays, meta.get("info", {})) for spec, arrays, meta in runs]
-        return StudyGroup(group, group_arrays(local), "finished runs in the local results cache",
-                          _missing(group, [spec for spec, _, _ in local]))  # fmt: skip
+        return StudyGroup(
+            group,
+            group_arrays(local),
+            "finished runs in the local results cache",
+            _missing(group, [spec for spec, _, _ in local]),
+        )
     return shipped
 
 
@@ -641,8 +683,19 @@ def _missing(group: str, present: Sequence[RunSpec]) -> tuple[str, ...]:
 # Its "fixed" and "learned" scripts are identical files, so its learned numbers are indicative.
 # "≤ 0.06" at σ² = 0.03 is kept as 0.06 (an upper bound).
 REPRODUCTION = "HKUST MATH5472 course report (public reproduction of the paper's Fig. 5)"
-REPRODUCTION_FIXED = {30.0: 0.98, 10.0: 0.93, 3.0: 0.89, 1.0: 0.85, 0.3: 0.74, 0.1: 0.53,
-                      0.03: 0.06, 0.01: 0.0, 0.003: 0.0, 0.001: 0.0, 0.0001: 0.0}  # fmt: skip
+REPRODUCTION_FIXED = {
+    30.0: 0.98,
+    10.0: 0.93,
+    3.0: 0.89,
+    1.0: 0.85,
+    0.3: 0.74,
+    0.1: 0.53,
+    0.03: 0.06,
+    0.01: 0.0,
+    0.003: 0.0,
+    0.001: 0.0,
+    0.0001: 0.0,
+}
 REPRODUCTION_LEARNED = {1.0: 0.82, 0.01: 0.40, 0.001: 0.0, 0.0001: 0.0}
 STUDY_EPSILON = 0.01
 AGREEMENT = 0.05  # two collapsed fractions this close are called equal (10 of 200 latents)
@@ -655,11 +708,17 @@ def _find(groups: dict[str, StudyGroup], **fields) -> list[tuple[StudyGroup, int
     for group in groups.values():
         a = group.arrays
         for r in range(a["sigma2"].size):
-            values = {"sigma2": float(a["sigma2"][r]), "learned": bool(a["learned"][r]),
-                      "pixels": str(a["pixels"][r]), "n_train": int(a["n_train"][r]),
-                      "seed": int(a["seed"][r])}  # fmt: skip
-            if all(np.isclose(values[k], v) if k == "sigma2" else values[k] == v
-                   for k, v in fields.items()):  # fmt: skip
+            values = {
+                "sigma2": float(a["sigma2"][r]),
+                "learned": bool(a["learned"][r]),
+                "pixels": str(a["pixels"][r]),
+                "n_train": int(a["n_train"][r]),
+                "seed": int(a["seed"][r]),
+            }
+            if all(
+                np.isclose(values[k], v) if k == "sigma2" else values[k] == v
+                for k, v in fields.items()
+            ):
                 hits.append((group, r))
     return hits
 
@@ -719,8 +778,11 @@ class SigmaStudy:
                 return "not run yet"
             return f"{value:.3f}" + ("" if converged else " (still moving)")
 
-        rows = ["| σ² | linear count | ours, fixed | reproduction, fixed | ours, learned "
-                "(final σ²) | reproduction, learned |", "|---|---|---|---|---|---|"]  # fmt: skip
+        rows = [
+            "| σ² | linear count | ours, fixed | reproduction, fixed | ours, learned "
+            "(final σ²) | reproduction, learned |",
+            "|---|---|---|---|---|---|",
+        ]
         for i, s in enumerate(self.sigma2):
             learned = cell(self.learned[i], self.learned_converged[i])
             if np.isfinite(self.learned[i]):
@@ -779,9 +841,12 @@ class SigmaStudy:
             spread = np.nanmax(self.learned_final_sigma2) / np.nanmin(self.learned_final_sigma2)
             out["learned"] = (
                 f"Learned σ² moved {pairs}; the final values span a factor {spread:.3g}, so "
-                + ("where it ends depends on where it starts."
-                   if spread > 2 else "it ends near the same value whatever its start.")
-            )  # fmt: skip
+                + (
+                    "where it ends depends on where it starts."
+                    if spread > 2
+                    else "it ends near the same value whatever its start."
+                )
+            )
         else:
             out["learned"] = (
                 "Not available yet: the converged learned-σ² runs have not been shipped."
@@ -828,8 +893,9 @@ def sigma2_study() -> SigmaStudy:
     for i, s in enumerate(GRID):
         kinds = ((False, fixed, fixed_ok, fixed_steps), (True, learned, learned_ok, learned_steps))
         for is_learned, frac, ok, steps in kinds:
-            hits = _find(groups, sigma2=s, learned=is_learned, pixels="unit", n_train=BOOK_N,
-                         seed=0)  # fmt: skip
+            hits = _find(
+                groups, sigma2=s, learned=is_learned, pixels="unit", n_train=BOOK_N, seed=0
+            )
             if hits:
                 group, r = hits[0]
                 frac[i] = group.final_fraction(STUDY_EPSILON)[r]
@@ -844,13 +910,22 @@ def sigma2_study() -> SigmaStudy:
         return np.array([linear_count(v) if np.isfinite(v) else np.nan for v in values])
 
     return SigmaStudy(
-        sigma2=np.array(GRID), fixed=fixed, learned=learned, fixed_converged=fixed_ok,
-        learned_converged=learned_ok, fixed_steps=fixed_steps, learned_steps=learned_steps,
-        learned_final_sigma2=final_sigma2, linear=count(GRID), linear_learned=count(final_sigma2),
+        sigma2=np.array(GRID),
+        fixed=fixed,
+        learned=learned,
+        fixed_converged=fixed_ok,
+        learned_converged=learned_ok,
+        fixed_steps=fixed_steps,
+        learned_steps=learned_steps,
+        learned_final_sigma2=final_sigma2,
+        linear=count(GRID),
+        linear_learned=count(final_sigma2),
         reproduction_fixed=np.array([REPRODUCTION_FIXED.get(s, np.nan) for s in GRID]),
         reproduction_learned=np.array([REPRODUCTION_LEARNED.get(s, np.nan) for s in GRID]),
-        sigma2_line=line, linear_line=count(line), provenance=provenance,
-    )  # fmt: skip
+        sigma2_line=line,
+        linear_line=count(line),
+        provenance=provenance,
+    )
 
 
 ABLATIONS = {
@@ -899,8 +974,11 @@ class AblationTable:
                 f"{row['fraction']:.3f} ({row['spread']:.3f}){mark} | {row['fraction_test']:.3f} | "
                 f"{row['linear']:.3f} | {row['excess']:+.3f} | {row['elbo_gap']:.1f} |"
             )
-        missing = [f"{ABLATIONS[k]} ({v})" for k, v in self.provenance.items()
-                   if v.startswith("not available")]  # fmt: skip
+        missing = [
+            f"{ABLATIONS[k]} ({v})"
+            for k, v in self.provenance.items()
+            if v.startswith("not available")
+        ]
         if missing:
             lines.append("")
             lines.append("Not run yet: " + "; ".join(missing) + ".")
@@ -960,16 +1038,19 @@ class AblationTable:
         if not others:
             return "Only the baseline has runs so far; no ablation can be compared yet."
         sentences = []
-        for regime, words in (("none", "predicts no collapse (σ² below the data's λ_q)"),
-                              ("partial", "predicts partial collapse")):  # fmt: skip
+        for regime, words in (
+            ("none", "predicts no collapse (σ² below the data's λ_q)"),
+            ("partial", "predicts partial collapse"),
+        ):
             have = [s for s in regimes if regime in regimes[s]]
             if len(have) < 2 or "baseline" not in have:
                 continue
             parts = [
                 f"{ABLATIONS[s]} {regimes[s][regime][0]:+.3f} (σ² = "
-                + ", ".join(f"{v:g}" for v in regimes[s][regime][1]) + ")"
+                + ", ".join(f"{v:g}" for v in regimes[s][regime][1])
+                + ")"
                 for s in have
-            ]  # fmt: skip
+            ]
             best = min(have, key=lambda s: abs(regimes[s][regime][0]))
             sentences.append(
                 f"Where the linear count {words}, the mean excess over it is: "
@@ -1001,9 +1082,10 @@ class AblationTable:
                     f"{_sentence(ABLATIONS[setting])}: at the same σ², the excess over the "
                     "linear count changes by "
                     + ", ".join(f"{c:+.3f}" for c in change)
-                    + " at σ² = " + ", ".join(f"{s:g}" for s in shared)
+                    + " at σ² = "
+                    + ", ".join(f"{s:g}" for s in shared)
                     + " against the baseline."
-                )  # fmt: skip
+                )
             else:
                 out[setting] = (
                     f"{ABLATIONS[setting].capitalize()}: excess "
@@ -1046,21 +1128,30 @@ def ablations() -> AblationTable:
         for s in dict.fromkeys(a["sigma2"].tolist()):
             idx = runs[np.isclose(a["sigma2"], s)]
             final_sigma2 = a["sigma2_path"][idx, last[idx]]
-            counts = [linear_count(v, str(a["pixels"][i]), int(a["n_train"][i]))
-                      for v, i in zip(final_sigma2, idx, strict=True)]  # fmt: skip
-            rows.append({
-                "setting": setting, "sigma2": float(s), "seeds": idx.size,
-                "fraction": float(final[idx].mean()),
-                "spread": float(final[idx].max() - final[idx].min()),
-                "fraction_test": float(final_test[idx].mean()),
-                "linear": float(np.mean(counts)),
-                "relative": float(np.mean(final_sigma2)) / float(
-                    linear_count_eigenvalues(str(a["pixels"][idx[0]]), int(a["n_train"][idx[0]]))[0]
-                ),
-                "excess": float(final[idx].mean() - np.mean(counts)),
-                "elbo_gap": float(elbo_gap[idx].mean()),
-                "converged": bool(a["converged"][idx].all()),
-            })  # fmt: skip
+            counts = [
+                linear_count(v, str(a["pixels"][i]), int(a["n_train"][i]))
+                for v, i in zip(final_sigma2, idx, strict=True)
+            ]
+            rows.append(
+                {
+                    "setting": setting,
+                    "sigma2": float(s),
+                    "seeds": idx.size,
+                    "fraction": float(final[idx].mean()),
+                    "spread": float(final[idx].max() - final[idx].min()),
+                    "fraction_test": float(final_test[idx].mean()),
+                    "linear": float(np.mean(counts)),
+                    "relative": float(np.mean(final_sigma2))
+                    / float(
+                        linear_count_eigenvalues(
+                            str(a["pixels"][idx[0]]), int(a["n_train"][idx[0]])
+                        )[0]
+                    ),
+                    "excess": float(final[idx].mean() - np.mean(counts)),
+                    "elbo_gap": float(elbo_gap[idx].mean()),
+                    "converged": bool(a["converged"][idx].all()),
+                }
+            )
     return AblationTable(rows, provenance)
 
 
@@ -1104,8 +1195,9 @@ def ship_traversal(command: str) -> Path:
     )
     stem = traversal_path()
     key = {"experiment": "deep_traversal", "run": TRAVERSAL_RUN.key(), "image": TRAVERSAL_IMAGE}
-    save_shipped(stem, key, traversal_arrays(model, found[0]), lambda: run_probe(TRAVERSAL_RUN),
-                 info)  # fmt: skip
+    save_shipped(
+        stem, key, traversal_arrays(model, found[0]), lambda: run_probe(TRAVERSAL_RUN), info
+    )
     return stem
 
 
@@ -1161,10 +1253,12 @@ def latent_traversal() -> LatentTraversal | None:
     prefix = "decoder_weight_"
     layers = sorted(int(k[len(prefix) :]) for k in arrays if k.startswith(prefix))
     decoder = [
-        tuple(torch.tensor(arrays[f"decoder_{part}_{i}"].astype(np.float32))
-              for part in ("weight", "bias"))
+        tuple(
+            torch.tensor(arrays[f"decoder_{part}_{i}"].astype(np.float32))
+            for part in ("weight", "bias")
+        )
         for i in layers
-    ]  # fmt: skip
+    ]
     order = np.argsort(arrays["kl_mean"])
     latents = np.array([order[-1], order[-2], order[0]])
     values = np.array(TRAVERSAL_VALUES)
@@ -1182,10 +1276,15 @@ def latent_traversal() -> LatentTraversal | None:
     change = np.abs(images - images[:, values.size // 2 : values.size // 2 + 1]).max(axis=(1, 2))
     kl = arrays["kl_mean"][latents]
     return LatentTraversal(
-        images=images.reshape(latents.size, values.size, 28, 28), latents=latents, kl=kl,
-        collapsed=kl < STUDY_EPSILON, values=values, change=change, run=TRAVERSAL_RUN.label,
+        images=images.reshape(latents.size, values.size, 28, 28),
+        latents=latents,
+        kl=kl,
+        collapsed=kl < STUDY_EPSILON,
+        values=values,
+        change=change,
+        run=TRAVERSAL_RUN.label,
         provenance=provenance,
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------------------- status
@@ -1198,8 +1297,10 @@ def status(log=print) -> None:
             found = finished(spec)
             if found is not None:
                 info = found[1].get("info", {})
-                state = (f"finished: {info.get('steps')} steps, converged={info.get('converged')}, "
-                         f"{info.get('seconds', 0):.0f} s")  # fmt: skip
+                state = (
+                    f"finished: {info.get('steps')} steps, converged={info.get('converged')}, "
+                    f"{info.get('seconds', 0):.0f} s"
+                )
             elif _checkpoint_path(spec).is_file():
                 saved = torch.load(_checkpoint_path(spec), weights_only=False)
                 state = f"in progress: {saved['step']} steps ({saved['seconds']:.0f} s)"

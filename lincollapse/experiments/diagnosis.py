@@ -126,10 +126,16 @@ def _train(
     """A linear VAE with a learned encoder on the training split; ``sigma2=None`` learns σ²."""
     x, _, spectrum = _split(n, n_heldout, seed)
     trained = linear_vae_training.ascend_elbo(
-        x, latent, encoder="learned", optimiser="lbfgs", steps=steps, seed=train_seed,
-        tolerance=tolerance, learn_sigma2=sigma2 is None,
+        x,
+        latent,
+        encoder="learned",
+        optimiser="lbfgs",
+        steps=steps,
+        seed=train_seed,
+        tolerance=tolerance,
+        learn_sigma2=sigma2 is None,
         sigma2_init=1.0 if sigma2 is None else sigma2,
-    )  # fmt: skip
+    )
     if sigma2 is None:  # reference values: ℓ*(q), or the fixed-σ² maximum
         best = ppca.max_log_likelihood(spectrum, latent)
     else:
@@ -153,9 +159,12 @@ def _noise_of(config: DiagnosisConfig, mse: str, kl: str) -> float:
     """σ²_eff of ``mse_loss(reduction=mse) + KL (kl)`` for the images' d."""
     d = _split(config.n, config.n_heldout, config.seed)[0].shape[1]
     return loss_effective_sigma2(
-        d, mse_reduction=mse, kl_reduction=kl, batch_size=config.batch_size,
+        d,
+        mse_reduction=mse,
+        kl_reduction=kl,
+        batch_size=config.batch_size,
         latent=config.latent,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,8 +248,10 @@ def noise_check(config: DiagnosisConfig | None = None) -> NoiseCheck:
     epsilons = np.asarray(config.epsilons, dtype=np.float64)
     generator = np.random.default_rng(config.seed)
     labels, noises, measured, mse = [], [], [], []
-    settings = [(f"mse_loss(reduction={m!r}) + {KL_REDUCTION_TEXT[k]}", _noise_of(config, m, k))
-                for m, k in config.conventions] + [("σ² learned with the model", None)]  # fmt: skip
+    settings = [
+        (f"mse_loss(reduction={m!r}) + {KL_REDUCTION_TEXT[k]}", _noise_of(config, m, k))
+        for m, k in config.conventions
+    ] + [("σ² learned with the model", None)]
     for label, sigma2 in settings:
         trained = _model(config, sigma2)
         model = trained.model
@@ -577,9 +588,12 @@ def data_size_check(config: DiagnosisConfig | None = None) -> DataSizeCheck:
         ranks.append(numerical_rank(eigenvalues)[0])
         above.append(int(np.count_nonzero(eigenvalues > config.data_sigma2)))
         linear.append(
-            float(collapse.linear_collapse_prediction(eigenvalues, config.data_sigma2,
-                                                      config.data_latent))
-        )  # fmt: skip
+            float(
+                collapse.linear_collapse_prediction(
+                    eigenvalues, config.data_sigma2, config.data_latent
+                )
+            )
+        )
     x, heldout, _ = _split(config.n, config.n_heldout, config.seed)
     model = _model(config, _noise_of(config, *config.conventions[1])).model
     epsilon = float(config.epsilons[0])

@@ -76,11 +76,17 @@ class LinearBaselinesConfig(ExperimentConfig):
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {
-            "n": 300, "latent_sizes": (0, 10, 20), "gram_q": 20, "block": 8, "adam_steps": 100,
-            "adam_gram_steps": 140, "adam_record_every": 20, "lbfgs_steps": 60,
+            "n": 300,
+            "latent_sizes": (0, 10, 20),
+            "gram_q": 20,
+            "block": 8,
+            "adam_steps": 100,
+            "adam_gram_steps": 140,
+            "adam_record_every": 20,
+            "lbfgs_steps": 60,
             "lbfgs_record_every": 10,
         },
-    }  # fmt: skip
+    }
     n: int = 1000
     seed: int = 0
     latent_sizes: tuple[int, ...] = (0, 50, 100, 150, 200, 250, 300)
@@ -218,20 +224,26 @@ def train_baselines(
             )
             j = sizes.index(q)
             summary = {
-                "elbo": run.elbo, "steps": run.steps, "evaluations": run.evaluations,
-                "seconds": run.seconds, "cpu_seconds": run.cpu_seconds,
+                "elbo": run.elbo,
+                "steps": run.steps,
+                "evaluations": run.evaluations,
+                "seconds": run.seconds,
+                "cpu_seconds": run.cpu_seconds,
                 "gram_ratio": run.gram_ratio,
-            }  # fmt: skip
+            }
             if METHODS[method][1] == "adam" and run.steps > config.adam_steps:
                 # the longer run at gram_q: the other latent sizes' budget is its prefix
                 k = int(np.searchsorted(run.trace.steps, config.adam_steps))
                 if run.trace.steps[k] != config.adam_steps:
                     raise ValueError("adam_steps must be a multiple of adam_record_every")
                 summary.update(
-                    elbo=run.trace.elbo[k], steps=config.adam_steps, evaluations=np.nan,
-                    seconds=run.trace.seconds[k], cpu_seconds=run.trace.cpu_seconds[k],
+                    elbo=run.trace.elbo[k],
+                    steps=config.adam_steps,
+                    evaluations=np.nan,
+                    seconds=run.trace.seconds[k],
+                    cpu_seconds=run.trace.cpu_seconds[k],
                     gram_ratio=run.trace.gram_ratio[k],
-                )  # fmt: skip
+                )
             for field in SUMMARY_FIELDS:
                 arrays[f"{method}_{field}"][j] = summary[field]
             for field in TRACE_FIELDS:
@@ -250,16 +262,21 @@ def train_baselines(
             )
             if write_reference:
                 info = reference_info(
-                    command or "python -m lincollapse.experiments.linear_baselines "
-                    "--write-reference",
-                    "cpu", time.perf_counter() - start,
+                    command
+                    or "python -m lincollapse.experiments.linear_baselines --write-reference",
+                    "cpu",
+                    time.perf_counter() - start,
                     cpu_seconds=training_cpu_seconds(arrays),
-                    complete=len(done) == len(order) * len(METHODS), done=list(done),
-                )  # fmt: skip
+                    complete=len(done) == len(order) * len(METHODS),
+                    done=list(done),
+                )
                 save_shipped(
-                    reference_path(config.preset), reference_key(config, data_id), arrays,
-                    lambda: probe, info,
-                )  # fmt: skip
+                    reference_path(config.preset),
+                    reference_key(config, data_id),
+                    arrays,
+                    lambda: probe,
+                    info,
+                )
     return arrays
 
 
@@ -308,11 +325,15 @@ def baseline_runs(arrays: dict[str, np.ndarray], method: str) -> BaselineRuns:
         if f"{method}_q{q}_steps" in arrays
     }
     return BaselineRuns(
-        method=method, label=LABELS[method], latent_sizes=sizes,
+        method=method,
+        label=LABELS[method],
+        latent_sizes=sizes,
         **{field: arrays[f"{method}_{field}"] for field in SUMMARY_FIELDS},
-        traces=traces, gram=arrays[f"{method}_gram"], matched=arrays[f"{method}_matched"],
+        traces=traces,
+        gram=arrays[f"{method}_gram"],
+        matched=arrays[f"{method}_matched"],
         cos2=arrays[f"{method}_cos2"],
-    )  # fmt: skip
+    )
 
 
 def training_cpu_seconds(arrays: dict[str, np.ndarray]) -> float:

@@ -39,16 +39,25 @@ class _AscentOptions:
 
     def ascent_options(self) -> tuple[tuple[str, Any], ...]:
         return (
-            ("encoder", self.encoder), ("optimiser", self.optimiser), ("steps", self.steps),
-            ("lr", self.lr), ("tolerance", self.tolerance), ("record_every", self.record_every),
-            ("seed", self.train_seed), ("block", self.block),
-        )  # fmt: skip
+            ("encoder", self.encoder),
+            ("optimiser", self.optimiser),
+            ("steps", self.steps),
+            ("lr", self.lr),
+            ("tolerance", self.tolerance),
+            ("record_every", self.record_every),
+            ("seed", self.train_seed),
+            ("block", self.block),
+        )
 
 
 _ADAM_PAPER = {
-    "encoder": "learned", "optimiser": "adam", "steps": 12_000, "lr": 1e-3, "tolerance": None,
+    "encoder": "learned",
+    "optimiser": "adam",
+    "steps": 12_000,
+    "lr": 1e-3,
+    "tolerance": None,
     "record_every": 100,
-}  # fmt: skip
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +76,16 @@ class LikelihoodVsLatentSizeConfig(ExperimentConfig, _AscentOptions):
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {
-            **FAST_MNIST, "latent_sizes": (0, 20, 40), "steps": 300, "reference_q": 20,
-            "block": 10, "baselines": None,
+            **FAST_MNIST,
+            "latent_sizes": (0, 20, 40),
+            "steps": 300,
+            "reference_q": 20,
+            "block": 10,
+            "baselines": None,
         },
         "paper": _ADAM_PAPER,
         "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
-    }  # fmt: skip
+    }
     # Measured on the book's 2-core CPU (see lincollapse list).
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 2 s",
@@ -179,8 +192,9 @@ class LikelihoodCurve:
             for i, (name, (elbo, steps, cpu, ratio)) in enumerate(runs.items()):
                 head = (
                     f"{q:>4d} {self.ppca_optimum[j]:>11.4f} {self.fixed_sigma2_loglik[j]:>14.4f}"
-                    if i == 0 else " " * 31
-                )  # fmt: skip
+                    if i == 0
+                    else " " * 31
+                )
                 lines.append(
                     f"{head}   {name:<14} {elbo[j]:>11.4f} {self.ppca_optimum[j] - elbo[j]:>9.2e} "
                     f"{int(steps[j]):>6d} {cpu[j]:>8.1f} {ratio[j]:>10.3f}"
@@ -246,10 +260,12 @@ class TrainedLatentSizes:
 
 def _train_latent_sizes(config: LikelihoodVsLatentSizeConfig) -> TrainedLatentSizes:
     runs = [_ascend(config.n, config.seed, q, config.ascent_options()) for q in config.latent_sizes]
-    return TrainedLatentSizes(*(
-        np.asarray([getattr(run, name) for run in runs])
-        for name in ("elbo", "seconds", "cpu_seconds", "steps", "evaluations", "gram_ratio")
-    ))  # fmt: skip
+    return TrainedLatentSizes(
+        *(
+            np.asarray([getattr(run, name) for run in runs])
+            for name in ("elbo", "seconds", "cpu_seconds", "steps", "evaluations", "gram_ratio")
+        )
+    )
 
 
 @figure(
@@ -271,13 +287,24 @@ def likelihood_vs_latent_size(
     )
     if config.preset == READER:
         print("runs:", provenance)
-    optimum, fixed, active = (np.asarray(c) for c in zip(*[
-        (ppca.max_log_likelihood(spectrum, q),
-         ppca.average_log_likelihood(
-             spectrum, ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2), fixed_sigma2),
-         q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2))
-        for q in config.latent_sizes
-    ], strict=True))  # fmt: skip
+    optimum, fixed, active = (
+        np.asarray(c)
+        for c in zip(
+            *[
+                (
+                    ppca.max_log_likelihood(spectrum, q),
+                    ppca.average_log_likelihood(
+                        spectrum,
+                        ppca.fixed_sigma2_maximiser(spectrum, q, fixed_sigma2),
+                        fixed_sigma2,
+                    ),
+                    q - ppca.collapsed_column_count(spectrum, q, fixed_sigma2),
+                )
+                for q in config.latent_sizes
+            ],
+            strict=True,
+        )
+    )
     elbo, seconds, cpu, steps = trained.elbo, trained.seconds, trained.cpu_seconds, trained.steps
     evaluations, ratio = trained.evaluations, trained.gram_ratio
     baselines, provenance = (
@@ -286,13 +313,22 @@ def likelihood_vs_latent_size(
         else ({}, "not requested")
     )
     return LikelihoodCurve(
-        latent_sizes=np.asarray(config.latent_sizes), ppca_optimum=optimum, elbo=elbo,
-        fixed_sigma2_loglik=fixed, fixed_sigma2=fixed_sigma2, reference_q=config.reference_q,
-        active_columns=active, seconds=seconds, cpu_seconds=cpu, steps=steps,
-        evaluations=evaluations, gram_ratio=ratio,
-        method=_method(config.encoder, config.optimiser), baselines=baselines,
+        latent_sizes=np.asarray(config.latent_sizes),
+        ppca_optimum=optimum,
+        elbo=elbo,
+        fixed_sigma2_loglik=fixed,
+        fixed_sigma2=fixed_sigma2,
+        reference_q=config.reference_q,
+        active_columns=active,
+        seconds=seconds,
+        cpu_seconds=cpu,
+        steps=steps,
+        evaluations=evaluations,
+        gram_ratio=ratio,
+        method=_method(config.encoder, config.optimiser),
+        baselines=baselines,
         baseline_provenance=provenance,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,8 +588,15 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
         print("run:", provenance)
     method = _method(config.encoder, config.optimiser)
     matched, cos2 = linear_baselines.column_alignment(trained.W, spectrum)
-    runs = {method: GramRun(linear_baselines.LABELS.get(method, method),
-                            trained.gram, dict(trained.trace), matched, cos2)}  # fmt: skip
+    runs = {
+        method: GramRun(
+            linear_baselines.LABELS.get(method, method),
+            trained.gram,
+            dict(trained.trace),
+            matched,
+            cos2,
+        )
+    }
     provenance = "not requested"
     if config.baselines:
         shipped, provenance = _baselines(config.baselines, config.n, config.seed, [config.q])
@@ -561,8 +604,9 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
         if shipped and (base_config.gram_q, base_config.block) != (config.q, config.block):
             shipped, provenance = {}, "the shipped runs are for another q or block"
         for name, base in shipped.items():
-            runs[name] = GramRun(base.label, base.gram, base.traces[config.q], base.matched,
-                                 base.cos2)  # fmt: skip
+            runs[name] = GramRun(
+                base.label, base.gram, base.traces[config.q], base.matched, base.cos2
+            )
     fit = ppca.fit(spectrum, config.q)
     rng = np.random.default_rng(config.rotation_seed)
     rotation, _ = np.linalg.qr(rng.normal(size=(config.q, config.q)))
@@ -570,16 +614,22 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
     mle = linear_vae.leading_gram(fit.W, b)
     rotated = ((fit.W @ rotation).T @ (fit.W @ rotation))[:b, :b]  # in its own column order
     return GramResult(
-        runs=runs, ppca_rotated=rotated, ppca_mle=mle,
+        runs=runs,
+        ppca_rotated=rotated,
+        ppca_mle=mle,
         off_diagonal_ratio={
             "vae": runs[method].ratio,
             "ppca_rotated": linear_vae.off_diagonal_ratio(rotated),
             "ppca_mle": linear_vae.off_diagonal_ratio(mle),
         },
-        optimum=float(fit.log_likelihood), sigma2_mle=float(fit.sigma2),
-        eigenvalues=spectrum.eigenvalues, method=method,
-        baseline_provenance=provenance, q=config.q, block=b,
-    )  # fmt: skip
+        optimum=float(fit.log_likelihood),
+        sigma2_mle=float(fit.sigma2),
+        eigenvalues=spectrum.eigenvalues,
+        method=method,
+        baseline_provenance=provenance,
+        q=config.q,
+        block=b,
+    )
 
 
 # --------------------------------------------------------------------------------------------

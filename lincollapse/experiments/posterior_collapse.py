@@ -113,9 +113,15 @@ def collapse_metric(config: CollapseMetricConfig | None = None) -> CollapseMetri
     fractions, predicted, mean_kl, gaps = [], [], [], []
     for sigma2 in config.sigma2_values:
         trained = linear_vae_training.train_linear_vae(
-            spectrum, config.q, optimiser=config.optimiser, steps=config.steps, lr=config.lr,
-            seed=config.train_seed, learn_sigma2=False, sigma2_init=sigma2,
-        )  # fmt: skip
+            spectrum,
+            config.q,
+            optimiser=config.optimiser,
+            steps=config.steps,
+            lr=config.lr,
+            seed=config.train_seed,
+            learn_sigma2=False,
+            sigma2_init=sigma2,
+        )
         with torch.no_grad():
             means, variances = trained.model.encode(images)
         kl = collapse.gaussian_kl_per_dimension(means.numpy(), variances.numpy())

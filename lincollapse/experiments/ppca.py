@@ -463,13 +463,21 @@ def maximise_fixed_sigma2(
         log_det_M = 2.0 * torch.log(chol.diagonal()).sum()
         projected = torch.cholesky_solve((W.T * eigenvalues) @ W, chol).diagonal().sum()
         return -0.5 * (
-            d * gaussian.LOG_2PI + (d - q) * log_sigma2 + log_det_M
+            d * gaussian.LOG_2PI
+            + (d - q) * log_sigma2
+            + log_det_M
             + (eigenvalues.sum() - projected) / sigma2
-        )  # fmt: skip
+        )
 
     if q and steps:
-        maximise(log_likelihood, [W], steps=steps, optimiser="lbfgs", record_every=steps,
-                 name=f"pPCA σ²={sigma2:g}")  # fmt: skip
+        maximise(
+            log_likelihood,
+            [W],
+            steps=steps,
+            optimiser="lbfgs",
+            record_every=steps,
+            name=f"pPCA σ²={sigma2:g}",
+        )
     W_pixels = spectrum.eigenvectors @ W.detach().numpy()
     return W_pixels, ppca.average_log_likelihood(spectrum, W_pixels, sigma2)
 

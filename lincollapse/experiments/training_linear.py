@@ -114,15 +114,24 @@ class StochasticELBOConfig(ExperimentConfig):
 
     OVERRIDES: ClassVar[dict] = {
         "fast": dict(
-            n=200, q=5, steps=150, record_every=10, gradient_checkpoints=(0, 50, 150),
-            gradient_samples=20, dtype="float64",
+            n=200,
+            q=5,
+            steps=150,
+            record_every=10,
+            gradient_checkpoints=(0, 50, 150),
+            gradient_samples=20,
+            dtype="float64",
         ),
         "paper": dict(
-            q=200, lr=1e-3, steps=12_000, record_every=100,
-            gradient_checkpoints=(0, 1000, 4000, 12_000), dtype="float64",
+            q=200,
+            lr=1e-3,
+            steps=12_000,
+            record_every=100,
+            gradient_checkpoints=(0, 1000, 4000, 12_000),
+            dtype="float64",
         ),
         "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
-    }  # fmt: skip
+    }
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
         "book": "≈ 2 min for the whole chapter (115 s measured, 2 cores)",
@@ -186,9 +195,15 @@ class GradientVariance:
             f"{'|bias|':>9} {'~SE':>9}"
         ]
         for row in zip(
-            self.steps, self.gap, self.analytic_norm, self.noise_norm, self.noise_to_signal,
-            self.bias_norm, self.bias_expected, strict=True,
-        ):  # fmt: skip
+            self.steps,
+            self.gap,
+            self.analytic_norm,
+            self.noise_norm,
+            self.noise_to_signal,
+            self.bias_norm,
+            self.bias_expected,
+            strict=True,
+        ):
             step, gap, g, noise, ratio, bias, expected = row
             lines.append(
                 f"{int(step):>6} {gap:>11.4g} {g:>10.4g} {noise:>10.4g} {ratio:>12.3g} "
@@ -326,12 +341,20 @@ def _stochastic_vs_analytic(config: StochasticELBOConfig) -> StochasticELBOResul
         for estimator in ("analytic", "sample"):
             first = index == 0 and estimator == "analytic"
             run = train_vae(
-                x, config.q, kind="linear", estimator=estimator, steps=config.steps,
-                lr=config.lr, seed=seed, sigma2_init=config.sigma2_init,
-                record_every=config.record_every, dtype=dtype,
-                checkpoints=checkpoints if first else (), on_checkpoint=keep if first else None,
+                x,
+                config.q,
+                kind="linear",
+                estimator=estimator,
+                steps=config.steps,
+                lr=config.lr,
+                seed=seed,
+                sigma2_init=config.sigma2_init,
+                record_every=config.record_every,
+                dtype=dtype,
+                checkpoints=checkpoints if first else (),
+                on_checkpoint=keep if first else None,
                 eigenvalues=eigenvalues,
-            )  # fmt: skip
+            )
             curves[estimator].append(run.elbo)
             seconds[estimator] += run.seconds
             steps, optimum = run.steps, run.optimum
@@ -428,15 +451,25 @@ class EncoderComparisonConfig(ExperimentConfig):
 
     OVERRIDES: ClassVar[dict] = {
         "fast": dict(
-            n=200, q=5, steps=150, record_every=10, deep_linear_hidden=(16,),
-            mlp_hidden=(16, 16), dtype="float64",
+            n=200,
+            q=5,
+            steps=150,
+            record_every=10,
+            deep_linear_hidden=(16,),
+            mlp_hidden=(16, 16),
+            dtype="float64",
         ),
         "paper": dict(
-            q=200, lr=1e-3, steps=12_000, record_every=100, deep_linear_hidden=(1024, 512),
-            mlp_hidden=(1024, 512), dtype="float64",
+            q=200,
+            lr=1e-3,
+            steps=12_000,
+            record_every=100,
+            deep_linear_hidden=(1024, 512),
+            mlp_hidden=(1024, 512),
+            dtype="float64",
         ),
         "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
-    }  # fmt: skip
+    }
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
         "book": "≈ 3 min for the whole chapter (171 s measured, 2 cores)",
@@ -569,10 +602,18 @@ def _encoder_comparison(config: EncoderComparisonConfig) -> EncoderComparisonRes
         curves[kind], sigma2[kind], seconds[kind] = [], [], 0.0
         for index, seed in enumerate(config.seeds):
             run = train_vae(
-                x, config.q, kind=kind, steps=config.steps, lr=config.lr, seed=seed,
-                hidden=config.hidden(kind), sigma2_init=config.sigma2_init,
-                record_every=config.record_every, dtype=dtype, eigenvalues=eigenvalues,
-            )  # fmt: skip
+                x,
+                config.q,
+                kind=kind,
+                steps=config.steps,
+                lr=config.lr,
+                seed=seed,
+                hidden=config.hidden(kind),
+                sigma2_init=config.sigma2_init,
+                record_every=config.record_every,
+                dtype=dtype,
+                eigenvalues=eigenvalues,
+            )
             curves[kind].append(run.elbo)
             sigma2[kind].append(run.model.decoder.sigma2.item())
             seconds[kind] += run.seconds
@@ -602,9 +643,12 @@ def _encoder_comparison(config: EncoderComparisonConfig) -> EncoderComparisonRes
 
 def benchmark(preset: str | None = None) -> str:
     """Run both experiments of the preset and return a timing-and-fidelity table."""
-    lines = [preset_banner(preset), f"machine: {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-             f"load average {os.getloadavg()[0]:.2f} at start"]  # fmt: skip
+    lines = [
+        preset_banner(preset),
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f} at start",
+    ]
     start = time.perf_counter()
     stochastic = stochastic_vs_analytic(StochasticELBOConfig.for_preset(preset))
     middle = time.perf_counter()

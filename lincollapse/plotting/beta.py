@@ -147,15 +147,27 @@ def plot_annealing_convergence(result: AnnealingConvergence) -> Figure:
             style["alpha"] = 1.0 if spec.seed == seeds[0] else 0.55
             ax_frac.plot(long.steps, result.long_fraction[:, r], lw=1.5, label=spec.label, **style)
         for c, seed in enumerate(seeds):
-            ax_elbo.plot(long.steps[1:], result.elbo_advantage[1:, c], color=ACTIVE, lw=1.5,
-                         alpha=1.0 if c == 0 else 0.55, label=f"seed {seed}")  # fmt: skip
+            ax_elbo.plot(
+                long.steps[1:],
+                result.elbo_advantage[1:, c],
+                color=ACTIVE,
+                lw=1.5,
+                alpha=1.0 if c == 0 else 0.55,
+                label=f"seed {seed}",
+            )
         ax_elbo.axhline(0.0, color=OPTIMUM, lw=0.8)
         for ax in (ax_frac, ax_elbo):
             ax.axvspan(0, book.warmup, color=ACTIVE, alpha=0.07, lw=0)
             ax.axvline(book.steps, color="0.4", lw=0.8, ls="-.")
             ax.set_xlabel("Adam step")
-        ax_frac.annotate(f"book preset ends ({book.steps:,})", (book.steps, 0.02), xytext=(4, 0),
-                         textcoords="offset points", fontsize=7, color="0.3")  # fmt: skip
+        ax_frac.annotate(
+            f"book preset ends ({book.steps:,})",
+            (book.steps, 0.02),
+            xytext=(4, 0),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.3",
+        )
         ax_frac.set_ylim(-0.03, 1.03)
         ax_frac.set_ylabel(f"collapsed fraction (ε = {book.epsilon:g})")
         ax_frac.set_title(f"long runs, σ² = {book.sigma2:g}{_smoke(book.preset)}")

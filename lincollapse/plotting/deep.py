@@ -19,9 +19,13 @@ def plot_collapse_vs_eps(result: CollapseCurves, columns: int = 4) -> Figure:
     rows = int(np.ceil(runs / columns))
     with house_style():
         fig, axes = new_figure(
-            rows, columns, figsize=(2.4 * columns, 2.1 * rows + 0.5), sharex=True, sharey=True,
+            rows,
+            columns,
+            figsize=(2.4 * columns, 2.1 * rows + 0.5),
+            sharex=True,
+            sharey=True,
             squeeze=False,
-        )  # fmt: skip
+        )
         for r, ax in enumerate(axes.flat):
             if r >= runs:
                 ax.set_axis_off()
@@ -48,20 +52,43 @@ def plot_sigma2_summary(result: SigmaSummary) -> Figure:
     """Collapsed fraction at ε against σ²: deep fixed, deep learned (at final σ²), linear count."""
     with house_style():
         fig, ax = new_figure(figsize=(6.4, 4.0))
-        ax.semilogx(result.sigma2_line, result.linear_prediction, color=OPTIMUM, lw=1.2,
-                    label=r"linear theory $\max(0, q - \#\{\lambda_j > \sigma^2\})/q$")  # fmt: skip
-        ax.semilogx(result.sigma2_fixed, result.fraction_fixed, "o-", color=COLLAPSED,
-                    label="deep VAE, fixed σ²")  # fmt: skip
-        ax.semilogx(result.sigma2_learned_final, result.fraction_learned, "s", color=ACTIVE,
-                    mfc="none", mew=1.5, label="deep VAE, learned σ² (final σ²)")  # fmt: skip
+        ax.semilogx(
+            result.sigma2_line,
+            result.linear_prediction,
+            color=OPTIMUM,
+            lw=1.2,
+            label=r"linear theory $\max(0, q - \#\{\lambda_j > \sigma^2\})/q$",
+        )
+        ax.semilogx(
+            result.sigma2_fixed,
+            result.fraction_fixed,
+            "o-",
+            color=COLLAPSED,
+            label="deep VAE, fixed σ²",
+        )
+        ax.semilogx(
+            result.sigma2_learned_final,
+            result.fraction_learned,
+            "s",
+            color=ACTIVE,
+            mfc="none",
+            mew=1.5,
+            label="deep VAE, learned σ² (final σ²)",
+        )
         for init, final, frac in zip(
             result.sigma2_learned_init,
             result.sigma2_learned_final,
             result.fraction_learned,
             strict=True,
         ):
-            ax.annotate(f"init {init:g}", (final, frac), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=ACTIVE)  # fmt: skip
+            ax.annotate(
+                f"init {init:g}",
+                (final, frac),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=ACTIVE,
+            )
         ax.set_xlabel("observation noise σ²")
         ax.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
         ax.set_ylim(-0.03, 1.03)
@@ -82,14 +109,31 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
         for c, sigma2 in enumerate(result.sigma2):
             color = SERIES[c % len(SERIES)]
             label = f"σ² = {sigma2:g}, {result.preset} preset"
-            ax_frac.plot(result.preset_steps[1:], result.preset_fraction[1:, c], color=color,
-                         ls="--", lw=1.3, label=label)  # fmt: skip
+            ax_frac.plot(
+                result.preset_steps[1:],
+                result.preset_fraction[1:, c],
+                color=color,
+                ls="--",
+                lw=1.3,
+                label=label,
+            )
             if result.long_available:
-                ax_frac.plot(result.long_steps[1:], result.long_fraction[1:, c], color=color,
-                             lw=1.6, label=f"σ² = {sigma2:g}, long run")  # fmt: skip
+                ax_frac.plot(
+                    result.long_steps[1:],
+                    result.long_fraction[1:, c],
+                    color=color,
+                    lw=1.6,
+                    label=f"σ² = {sigma2:g}, long run",
+                )
             if result.paper_fraction is not None:
-                ax_frac.plot(result.paper_steps[1:], result.paper_fraction[1:, c], color=color,
-                             ls=":", lw=1.6, label=f"σ² = {sigma2:g}, paper widths")  # fmt: skip
+                ax_frac.plot(
+                    result.paper_steps[1:],
+                    result.paper_fraction[1:, c],
+                    color=color,
+                    ls=":",
+                    lw=1.6,
+                    label=f"σ² = {sigma2:g}, paper widths",
+                )
         ax_frac.set_xscale("log")
         ax_frac.set_xlabel("Adam step")
         ax_frac.set_ylabel(f"collapsed fraction (ε = {result.epsilon:g})")
@@ -105,17 +149,34 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
         positions = np.arange(result.sigma2.size)
         if result.long_available:
             long_final = result.preset_fraction[-1] - result.gap
-            ax_gap.bar(positions, 2 * result.tolerance, bottom=long_final - result.tolerance,
-                       width=0.5, color=OPTIMUM, alpha=0.25,
-                       label=f"long run ± {result.tolerance:g}")  # fmt: skip
+            ax_gap.bar(
+                positions,
+                2 * result.tolerance,
+                bottom=long_final - result.tolerance,
+                width=0.5,
+                color=OPTIMUM,
+                alpha=0.25,
+                label=f"long run ± {result.tolerance:g}",
+            )
             ax_gap.plot(positions, long_final, "_", color=OPTIMUM, ms=22, mew=2)
         else:
             ax_gap.text(0.5, 0.5, "long runs absent", transform=ax_gap.transAxes, ha="center")
-        ax_gap.plot(positions, result.preset_fraction[-1], "o", color=COLLAPSED,
-                    label=f"{result.preset} preset, end")  # fmt: skip
+        ax_gap.plot(
+            positions,
+            result.preset_fraction[-1],
+            "o",
+            color=COLLAPSED,
+            label=f"{result.preset} preset, end",
+        )
         if result.paper_available:
-            ax_gap.plot(positions + 0.15, result.paper_fraction[-1], "x", color=ACTIVE, mew=2,
-                        label=f"paper widths, step {result.paper_steps[-1]:,}")  # fmt: skip
+            ax_gap.plot(
+                positions + 0.15,
+                result.paper_fraction[-1],
+                "x",
+                color=ACTIVE,
+                mew=2,
+                label=f"paper widths, step {result.paper_steps[-1]:,}",
+            )
         ax_gap.set_xticks(positions, [f"σ² = {s:g}" for s in result.sigma2])
         ax_gap.set_xlim(-0.6, result.sigma2.size - 0.4)
         ax_gap.set_ylim(-0.03, 1.03)
@@ -133,32 +194,66 @@ def plot_sigma2_study(result) -> Figure:
     """
     with house_style():
         fig, ax = new_figure(figsize=(6.6, 4.1))
-        ax.semilogx(result.sigma2_line, result.linear_line, color=OPTIMUM, lw=1.2,
-                    label=r"linear count $\max(0, q - \#\{\lambda_j > \sigma^2\})/q$")  # fmt: skip
+        ax.semilogx(
+            result.sigma2_line,
+            result.linear_line,
+            color=OPTIMUM,
+            lw=1.2,
+            label=r"linear count $\max(0, q - \#\{\lambda_j > \sigma^2\})/q$",
+        )
         rep = np.isfinite(result.reproduction_fixed)
-        ax.semilogx(result.sigma2[rep], result.reproduction_fixed[rep], "x", color="#7f7f7f",
-                    ms=7, mew=1.5, label="public reproduction, fixed σ²")  # fmt: skip
+        ax.semilogx(
+            result.sigma2[rep],
+            result.reproduction_fixed[rep],
+            "x",
+            color="#7f7f7f",
+            ms=7,
+            mew=1.5,
+            label="public reproduction, fixed σ²",
+        )
         for values, ok, x, color, marker, label in (
-            (result.fixed, result.fixed_converged, result.sigma2, COLLAPSED, "o",
-             "ours, fixed σ² (converged)"),
-            (result.learned, result.learned_converged, result.learned_final_sigma2, ACTIVE, "s",
-             "ours, learned σ² (at its final σ²)"),
-        ):  # fmt: skip
+            (
+                result.fixed,
+                result.fixed_converged,
+                result.sigma2,
+                COLLAPSED,
+                "o",
+                "ours, fixed σ² (converged)",
+            ),
+            (
+                result.learned,
+                result.learned_converged,
+                result.learned_final_sigma2,
+                ACTIVE,
+                "s",
+                "ours, learned σ² (at its final σ²)",
+            ),
+        ):
             have = np.isfinite(values)
             if not have.any():
                 continue
-            ax.semilogx(x[have & ok], values[have & ok], marker, color=color, ls="none",
-                        label=label)  # fmt: skip
+            ax.semilogx(
+                x[have & ok], values[have & ok], marker, color=color, ls="none", label=label
+            )
             if (have & ~ok).any():
                 moving = label.split(" (")[0] + " (still moving at the cap)"
-                ax.semilogx(x[have & ~ok], values[have & ~ok], marker, color=color, mfc="none",
-                            ls="none", label=moving)  # fmt: skip
+                ax.semilogx(
+                    x[have & ~ok],
+                    values[have & ~ok],
+                    marker,
+                    color=color,
+                    mfc="none",
+                    ls="none",
+                    label=moving,
+                )
         ax.set_xlabel("observation noise σ²")
         ax.set_ylabel("collapsed fraction (ε = 0.01)")
         ax.set_ylim(-0.03, 1.03)
         missing = int((~np.isfinite(result.fixed)).sum() + (~np.isfinite(result.learned)).sum())
-        ax.set_title("converged deep VAEs against the linear count"
-                     + (f" ({missing} of 22 runs not yet run)" if missing else ""))  # fmt: skip
+        ax.set_title(
+            "converged deep VAEs against the linear count"
+            + (f" ({missing} of 22 runs not yet run)" if missing else "")
+        )
         ax.legend(loc="upper left", fontsize=7.5)
     return fig
 
@@ -173,16 +268,25 @@ def plot_ablations(result) -> Figure:
     with house_style():
         fig, axes = new_figure(1, 2, figsize=(10.0, 3.8), sharey=True)
         settings = [s for s in ABLATIONS if any(r["setting"] == s for r in result.rows)]
-        panels = ((axes[0], "sigma2", "observation noise σ²"),
-                  (axes[1], "relative", "σ² / λ₁ of that setting's data"))  # fmt: skip
+        panels = (
+            (axes[0], "sigma2", "observation noise σ²"),
+            (axes[1], "relative", "σ² / λ₁ of that setting's data"),
+        )
         for ax, key, label in panels:
             for k, setting in enumerate(settings):
                 rows = [r for r in result.rows if r["setting"] == setting]
                 x = np.array([r[key] for r in rows]) * 1.08**k  # small offsets to separate
                 y = np.array([r["excess"] for r in rows])
                 half = np.array([r["spread"] for r in rows]) / 2
-                ax.errorbar(x, y, yerr=half, fmt="o-", color=SERIES[k % len(SERIES)], capsize=3,
-                            label=ABLATIONS[setting])  # fmt: skip
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=half,
+                    fmt="o-",
+                    color=SERIES[k % len(SERIES)],
+                    capsize=3,
+                    label=ABLATIONS[setting],
+                )
             ax.axhline(0.0, color=OPTIMUM, lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel(label)
@@ -203,12 +307,18 @@ def plot_latent_traversal(result) -> Figure:
         if result is None:
             fig, ax = new_figure(figsize=(6.0, 1.2))
             ax.set_axis_off()
-            ax.text(0.5, 0.5, "no trained model available: ship or train the study's runs",
-                    ha="center", va="center")  # fmt: skip
+            ax.text(
+                0.5,
+                0.5,
+                "no trained model available: ship or train the study's runs",
+                ha="center",
+                va="center",
+            )
             return fig
         rows, cols = result.images.shape[:2]
-        fig, axes = new_figure(rows, cols, figsize=(1.05 * cols + 1.6, 1.15 * rows + 0.4),
-                               squeeze=False)  # fmt: skip
+        fig, axes = new_figure(
+            rows, cols, figsize=(1.05 * cols + 1.6, 1.15 * rows + 0.4), squeeze=False
+        )
         for r in range(rows):
             for c in range(cols):
                 ax = axes[r, c]
@@ -219,7 +329,8 @@ def plot_latent_traversal(result) -> Figure:
                     ax.set_xlabel(f"{result.values[c]:+.0f}")
             state = "collapsed" if result.collapsed[r] else "active"
             color = COLLAPSED if result.collapsed[r] else ACTIVE
-            axes[r, 0].set_ylabel(f"z{result.latents[r]}: {state}\nKL {result.kl[r]:.2g}",
-                                  color=color, fontsize=8)  # fmt: skip
+            axes[r, 0].set_ylabel(
+                f"z{result.latents[r]}: {state}\nKL {result.kl[r]:.2g}", color=color, fontsize=8
+            )
         fig.suptitle(f"decoded images along one latent ({result.run})", fontsize=9)
     return fig

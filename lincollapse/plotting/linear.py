@@ -61,10 +61,22 @@ def plot_ppca_2d(result: PPCA2DResult, states: tuple[PPCA2DState, ...] | None = 
             left.plot(*(mu + state.decoded_mean), "o", color=colour, ms=6, mec="white", zorder=4)
         u1 = spectrum.eigenvectors[:, 0]
         reach = result.radius * np.sqrt(max(lam1, *(s.sigma2 for s in states))) * 1.15
-        left.plot(*np.stack([mu - reach * u1, mu + reach * u1]).T, ":", color="0.4", lw=1,
-                  label=r"$\hat\mu + t\,u_1$")  # fmt: skip
-        left.plot(*result.point, "*", color=OPTIMUM, ms=13, mec="white", zorder=5,
-                  label=r"$x_\star$ (dots: $\hat\mu + W\,\mathrm{E}[z \mid x_\star]$)")  # fmt: skip
+        left.plot(
+            *np.stack([mu - reach * u1, mu + reach * u1]).T,
+            ":",
+            color="0.4",
+            lw=1,
+            label=r"$\hat\mu + t\,u_1$",
+        )
+        left.plot(
+            *result.point,
+            "*",
+            color=OPTIMUM,
+            ms=13,
+            mec="white",
+            zorder=5,
+            label=r"$x_\star$ (dots: $\hat\mu + W\,\mathrm{E}[z \mid x_\star]$)",
+        )
         left.set_aspect("equal", adjustable="datalim")
         left.set_xlabel("$x_1$")
         left.set_ylabel("$x_2$")
@@ -72,8 +84,14 @@ def plot_ppca_2d(result: PPCA2DResult, states: tuple[PPCA2DState, ...] | None = 
         left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7.5)
 
         z = np.linspace(-4.0, 4.0, 401)
-        middle.plot(z, np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi), color="0.5", lw=3, alpha=0.5,
-                    label="prior N(0, 1)")  # fmt: skip
+        middle.plot(
+            z,
+            np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi),
+            color="0.5",
+            lw=3,
+            alpha=0.5,
+            label="prior N(0, 1)",
+        )
         for state, colour, style, label in shown:
             v = state.posterior_variance
             density = np.exp(-0.5 * (z - state.posterior_mean) ** 2 / v) / np.sqrt(2 * np.pi * v)
@@ -85,10 +103,16 @@ def plot_ppca_2d(result: PPCA2DResult, states: tuple[PPCA2DState, ...] | None = 
 
         grid = result.sweep_sigma2
         right.axvspan(lam1, grid[-1], color=COLLAPSED, alpha=0.08, lw=0)
-        right.plot(grid, result.sweep_posterior_mean, color=ACTIVE, lw=2,
-                   label=r"mean of $p(z \mid x_\star)$")  # fmt: skip
-        right.plot(grid, result.sweep_posterior_sd, "--", color=ACTIVE, lw=2,
-                   label=r"standard deviation")  # fmt: skip
+        right.plot(
+            grid,
+            result.sweep_posterior_mean,
+            color=ACTIVE,
+            lw=2,
+            label=r"mean of $p(z \mid x_\star)$",
+        )
+        right.plot(
+            grid, result.sweep_posterior_sd, "--", color=ACTIVE, lw=2, label=r"standard deviation"
+        )
         right.axhline(1.0, color="0.5", lw=1, ls=":")
         right.axhline(0.0, color="0.5", lw=1, ls=":")
         right.axvline(lam2, color=OPTIMUM, lw=1.2, ls="--", label=f"λ₂ = σ²_MLE = {lam2:.3g}")
@@ -115,8 +139,15 @@ def plot_ppca_landscape(result: LandscapeResult) -> Figure:
             limit = float(np.abs(exact).max()) or 1.0
             levels = np.linspace(-limit, limit, 21)
             filled = ax.contourf(result.eta, result.epsilon, exact, levels=levels, cmap="RdBu_r")
-            ax.contour(result.eta, result.epsilon, predicted, levels=levels[::2], colors=OPTIMUM,
-                       linestyles="--", linewidths=0.8)  # fmt: skip
+            ax.contour(
+                result.eta,
+                result.epsilon,
+                predicted,
+                levels=levels[::2],
+                colors=OPTIMUM,
+                linestyles="--",
+                linewidths=0.8,
+            )
             ax.plot(0, 0, "o", color=OPTIMUM, ms=5)
             lam = result.eigenvalues
             ax.set_title(f"σ² = {sigma2:g} (λ₂ = {lam[1]:g}, λ₃ = {lam[2]:g}): {kind}", fontsize=9)
@@ -130,12 +161,31 @@ def plot_collapsed_columns(result: CollapsedColumnsResult) -> Figure:
     """Collapsed columns #{j ≤ q : λ_j ≤ σ²} against σ², with the numerical checks."""
     with house_style():
         fig, ax = new_figure(figsize=(6.5, 3.8))
-        ax.step(result.sigma2, result.collapsed, where="post", color=COLLAPSED, lw=1.8,
-                label=r"collapsed: $\#\{j \leq q: \lambda_j \leq \sigma^2\}$")  # fmt: skip
-        ax.step(result.sigma2, result.q - result.collapsed, where="post", color=ACTIVE, lw=1.8,
-                label="active: q − collapsed")  # fmt: skip
-        ax.plot(result.check_sigma2, result.check_trained, "o", mfc="none", color=OPTIMUM, ms=8,
-                label="maximised from random start (σ² fixed)")  # fmt: skip
+        ax.step(
+            result.sigma2,
+            result.collapsed,
+            where="post",
+            color=COLLAPSED,
+            lw=1.8,
+            label=r"collapsed: $\#\{j \leq q: \lambda_j \leq \sigma^2\}$",
+        )
+        ax.step(
+            result.sigma2,
+            result.q - result.collapsed,
+            where="post",
+            color=ACTIVE,
+            lw=1.8,
+            label="active: q − collapsed",
+        )
+        ax.plot(
+            result.check_sigma2,
+            result.check_trained,
+            "o",
+            mfc="none",
+            color=OPTIMUM,
+            ms=8,
+            label="maximised from random start (σ² fixed)",
+        )
         ax.set_xscale("log")
         ax.set_xlabel(r"fixed $\sigma^2$")
         ax.set_ylabel(f"columns of W (q = {result.q})")
@@ -174,9 +224,15 @@ def plot_likelihood_vs_latent_size(result: LikelihoodCurve) -> Figure:
             left.plot(q, elbo, marker, color=colour, ms=7, mfc="none", mew=1.6, label=label)
             gap = np.maximum(result.ppca_optimum - elbo, GAP_FLOOR)
             right.plot(q, gap, marker + "-", color=colour, ms=6, mfc="none", mew=1.6, label=label)
-        left.plot(q, result.fixed_sigma2_loglik, "s--", color=COLLAPSED, ms=4,
-                  label=rf"pPCA, $\sigma^2 = \sigma^2_{{MLE}}({result.reference_q})$"
-                  f" = {result.fixed_sigma2:.3g}")  # fmt: skip
+        left.plot(
+            q,
+            result.fixed_sigma2_loglik,
+            "s--",
+            color=COLLAPSED,
+            ms=4,
+            label=rf"pPCA, $\sigma^2 = \sigma^2_{{MLE}}({result.reference_q})$"
+            f" = {result.fixed_sigma2:.3g}",
+        )
         left.set_xlabel("latent dimension q")
         left.set_ylabel("nats per image")
         left.legend(loc="lower right", fontsize=8)
@@ -215,8 +271,9 @@ def plot_gram_matrices(result: GramResult) -> Figure:
         bottom = grid[1].subgridspec(1, 3).subplots()
         norm = LogNorm(vmin=COSINE_FLOOR, vmax=1.0)
         for ax, (key, title, gram) in zip(np.atleast_1d(top), panels, strict=True):
-            image = ax.imshow(np.maximum(column_cosines(gram), COSINE_FLOOR), cmap="Blues",
-                              norm=norm)  # fmt: skip
+            image = ax.imshow(
+                np.maximum(column_cosines(gram), COSINE_FLOOR), cmap="Blues", norm=norm
+            )
             ratio = result.off_diagonal_ratio.get(key)
             if ratio is None:
                 ratio = result.runs[key].ratio
@@ -224,8 +281,12 @@ def plot_gram_matrices(result: GramResult) -> Figure:
             ax.set_xlabel("latent j")
             ax.set_ylabel("latent i")
             ax.grid(False)
-        fig.colorbar(image, ax=list(np.atleast_1d(top)), shrink=0.8,
-                     label=r"$|\cos(w_i, w_j)| = |W^\top W|_{ij} / \|w_i\| \|w_j\|$")  # fmt: skip
+        fig.colorbar(
+            image,
+            ax=list(np.atleast_1d(top)),
+            shrink=0.8,
+            label=r"$|\cos(w_i, w_j)| = |W^\top W|_{ij} / \|w_i\| \|w_j\|$",
+        )
         gap_ax, ratio_ax, align_ax = bottom
         for name, run in result.runs.items():
             colour, marker = _style(name)
@@ -233,10 +294,19 @@ def plot_gram_matrices(result: GramResult) -> Figure:
             seconds = np.maximum(cpu - cpu[0], 1e-2)  # from the first evaluation on
             gap = np.maximum(result.optimum - run.trace["elbo"], GAP_FLOOR)
             gap_ax.plot(seconds, gap, "-", color=colour, lw=1.6)
-            ratio_ax.plot(seconds, run.trace["gram_ratio"], "-", color=colour, lw=1.6,
-                          label=run.label)  # fmt: skip
-            align_ax.plot(result.spacing(name), np.maximum(1.0 - run.cos2, 1e-8), marker,
-                          color=colour, ms=4, mfc="none", mew=0.9, alpha=0.7)  # fmt: skip
+            ratio_ax.plot(
+                seconds, run.trace["gram_ratio"], "-", color=colour, lw=1.6, label=run.label
+            )
+            align_ax.plot(
+                result.spacing(name),
+                np.maximum(1.0 - run.cos2, 1e-8),
+                marker,
+                color=colour,
+                ms=4,
+                mfc="none",
+                mew=0.9,
+                alpha=0.7,
+            )
         gap_ax.axhline(0.01, color=OPTIMUM, ls=":", lw=1.2)
         for ax in (gap_ax, ratio_ax, align_ax):
             ax.set_xscale("log")
@@ -273,8 +343,14 @@ def plot_elbo_gap(result: ElboGapResult) -> Figure:
         left.set_ylabel("nats per image")
         left.legend(loc="lower center")
         right.plot(degrees, result.gap, color=ACTIVE, lw=2.4, label="log p − ELBO")
-        right.plot(degrees, result.gap_formula, "--", color=SERIES[1], lw=1.4,
-                   label=r"$\frac{1}{2}(\sum_i \log M_{ii} - \log\det M)$")  # fmt: skip
+        right.plot(
+            degrees,
+            result.gap_formula,
+            "--",
+            color=SERIES[1],
+            lw=1.4,
+            label=r"$\frac{1}{2}(\sum_i \log M_{ii} - \log\det M)$",
+        )
         right.set_xlabel(r"rotation angle $\theta$ (degrees)")
         right.set_ylabel("gap (nats per image)")
         right.legend(loc="upper right")
@@ -289,8 +365,13 @@ def plot_collapse_metric(result: CollapseMetricResult) -> Figure:
         fig, ax = new_figure(figsize=(6.5, 3.8))
         for k, sigma2 in enumerate(result.sigma2_values):
             colour = SERIES[k % len(SERIES)]
-            ax.plot(result.epsilons, result.fractions[k], color=colour, lw=2,
-                    label=f"trained, σ² = {sigma2:g}")  # fmt: skip
+            ax.plot(
+                result.epsilons,
+                result.fractions[k],
+                color=colour,
+                lw=2,
+                label=f"trained, σ² = {sigma2:g}",
+            )
             ax.axhline(
                 result.predicted[k],
                 color=colour,

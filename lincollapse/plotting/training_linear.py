@@ -49,9 +49,15 @@ def _curve_panels(ax_elbo, ax_gap, steps, curves, optimum, colours, labels, q) -
     for tolerance in TOLERANCES:
         ax_gap.axhline(tolerance, color=OPTIMUM, ls=":", lw=1)
         ax_gap.annotate(
-            f"{tolerance:g} nat", (steps[-1], tolerance), xytext=(-2, 2),
-            textcoords="offset points", ha="right", va="bottom", fontsize=8, color=OPTIMUM,
-        )  # fmt: skip
+            f"{tolerance:g} nat",
+            (steps[-1], tolerance),
+            xytext=(-2, 2),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color=OPTIMUM,
+        )
     ax_gap.set_yscale("log")
     ax_gap.set_xlabel("Adam step")
     ax_gap.set_ylabel(r"$\ell^*(q) - $ ELBO (nats / image)")
@@ -63,21 +69,33 @@ def plot_stochastic_vs_analytic(result: StochasticELBOResult) -> Figure:
     with house_style():
         fig, (ax_elbo, ax_gap, ax_grad) = new_figure(1, 3, figsize=(13.0, 3.9))
         _curve_panels(
-            ax_elbo, ax_gap, result.steps, result.elbo, result.optimum, ESTIMATOR_COLOURS,
-            ESTIMATOR_LABELS, result.config.q,
-        )  # fmt: skip
+            ax_elbo,
+            ax_gap,
+            result.steps,
+            result.elbo,
+            result.optimum,
+            ESTIMATOR_COLOURS,
+            ESTIMATOR_LABELS,
+            result.config.q,
+        )
         g = result.gradient
         ax_grad.semilogy(
             g.steps, g.analytic_norm, "o-", color=ACTIVE, label=r"$\|\nabla_W\|$, analytic"
         )
         ax_grad.semilogy(
-            g.steps, g.noise_norm, "s-", color=COLLAPSED,
+            g.steps,
+            g.noise_norm,
+            "s-",
+            color=COLLAPSED,
             label=r"$\sqrt{\mathrm{tr\,Cov}}$, single sample",
-        )  # fmt: skip
+        )
         ax_grad.semilogy(
-            g.steps, np.maximum(g.bias_norm, 1e-12), "^:", color="0.45",
+            g.steps,
+            np.maximum(g.bias_norm, 1e-12),
+            "^:",
+            color="0.45",
             label=rf"$\|\mathrm{{mean}}_{{K={g.samples}}} - \nabla_W\|$",
-        )  # fmt: skip
+        )
         ax_grad.set_xlabel("Adam step of the analytic run (seed 0)")
         ax_grad.set_ylabel("gradient w.r.t. $W$ (Frobenius norm)")
         ax_grad.set_title("gradient signal and single-sample noise")
@@ -95,9 +113,15 @@ def plot_encoder_comparison(result: EncoderComparisonResult) -> Figure:
         top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.0])
         ax_elbo, ax_gap = top.subplots(1, 2)
         _curve_panels(
-            ax_elbo, ax_gap, result.steps, result.elbo, result.optimum, ENCODER_COLOURS,
-            ENCODER_LABELS, result.config.q,
-        )  # fmt: skip
+            ax_elbo,
+            ax_gap,
+            result.steps,
+            result.elbo,
+            result.optimum,
+            ENCODER_COLOURS,
+            ENCODER_LABELS,
+            result.config.q,
+        )
         axes = np.atleast_1d(bottom.subplots(1, len(kinds)))
         vmax = max(float(np.abs(result.grams[k]).max()) for k in kinds)
         image = None
