@@ -133,3 +133,18 @@ def test_the_summary_counts_chapters_and_cache_traffic():
     line = build_summary(status, {"hit": 22, "saved": 0}, 75.0)
     assert "1 min 15 s" in line and "1 executed, 2 from the execution cache" in line
     assert "22 entries read, 0 computed and saved" in line
+
+
+def test_build_seconds_counts_shared_work_once():
+    """The build's estimate is the sum of the chapters' costs with shared runs counted once."""
+    from lincollapse.experiments import SHARED_SECONDS, build_seconds
+
+    book = CHAPTER_SECONDS["book"]
+    (group, shared), *_ = SHARED_SECONDS["book"].items()
+    assert build_seconds(sorted(group), "book") == sum(book[c] for c in group) - shared
+    one = sorted(group)[0]
+    assert build_seconds([one], "book") == book[one]
+    assert build_seconds(list(book), "book") == sum(book.values()) - sum(
+        s * (len(g) - 1) for g, s in SHARED_SECONDS["book"].items()
+    )
+    assert build_seconds(["no_such_chapter"], "book") == 0.0

@@ -347,8 +347,10 @@ def _progress_plan(app, env, docnames) -> None:
     planned = sorted(docnames)
     _PROGRESS["planned"] = planned
     preset = app.config.lincollapse_preset
-    known = [chapter_seconds_for(d, preset) for d in planned]
-    total = sum(k for k in known if k)
+    from lincollapse.experiments import build_seconds
+
+    # Chapters that share training runs through the results cache pay for them once.
+    total = build_seconds([Path(d).name for d in planned], preset)
     note = f"; measured cost ≈ {minutes(total)}" if total else ""
     print(f"lincollapse: {len(planned)} chapter(s) to read (preset {preset}){note}", flush=True)
     _write_status(app)

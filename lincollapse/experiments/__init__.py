@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,24 +51,26 @@ class FigureSpec:
 
 FIGURES: dict[str, FigureSpec] = {}
 
-#: Measured time in seconds of each chapter (``book/<name>.md``) per preset, from an empty
-#: results cache (README, *Measured timings*): ``book``, wall time in ``make book`` on the book's
-#: 2-core CPU (2026-11-25); ``reader``, CPU time on one core (see below). The build prints them
-#: beside each chapter's progress; ``None``: not measured.
+#: Measured time in seconds of each chapter (``book/<name>.md``) run on its own, per preset, from
+#: an empty results cache (README, *Measured timings*): ``book``, wall time in ``make book`` on the
+#: book's 2-core CPU; ``reader``, CPU time on one core (see below). The build prints them beside
+#: each chapter's progress; ``None``: not measured. Work two chapters share through the results
+#: cache is in each one's cost here, and in :data:`SHARED_SECONDS` once.
 CHAPTER_SECONDS: dict[str, dict[str, float]] = {
+    # `make book` from a fresh clone on a quiet 2-core Intel Xeon, 2026-12-01 (25 min 39 s).
     "book": {
-        "deep_vae": 543,
-        "beta_annealing": 268,
-        "linear_decoder_encoders": 171,
-        "stochastic_elbo": 115,
-        "linear_vae": 62,
-        "beyond_the_paper": 23,
-        "posterior_collapse": 20,
-        "ppca": 32,  # 2026-11-30, with the 2-D example; chapter alone, machine busy
-        "mnist_data": 6,
-        "notation": 3,  # 2026-11-30, loads 200 images
-        "diagnosis": 23,  # 2026-11-30, chapter alone, machine busy
-        "checks": 13,  # 2026-11-30, after the deep chapter cached its runs (as in the build)
+        "checks": 576,  # trains the deep chapter's grid (563 s): first of the two in the build
+        "deep_vae": 579,  # 16 s in the build, reading that grid; on its own it trains it
+        "beta_annealing": 340,
+        "linear_decoder_encoders": 186,
+        "linear_vae": 173,  # 7 trainings to the closed form by L-BFGS, no eigendecomposition
+        "stochastic_elbo": 135,
+        "beyond_the_paper": 27,
+        "posterior_collapse": 22,
+        "ppca": 21,
+        "diagnosis": 21,
+        "mnist_data": 8,
+        "notation": 2,
     },
     # One core (taskset -c 0, OMP_NUM_THREADS=1), each chapter from an empty results cache, run
     # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30: the CPU seconds,
@@ -88,6 +90,24 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "checks": 20,
     },
 }
+
+
+#: Work that several chapters share through the results cache, in seconds per preset: a build
+#: does it once, in the first of them; each chapter's :data:`CHAPTER_SECONDS` includes it.
+SHARED_SECONDS: dict[str, dict[frozenset[str], float]] = {
+    "book": {frozenset({"checks", "deep_vae"}): 563},  # the deep VAE grid's seven runs
+}
+
+
+def build_seconds(chapters: Sequence[str], preset: str) -> float:
+    """The measured cost of building ``chapters`` (file stems) together at ``preset``: their
+    :data:`CHAPTER_SECONDS`, with each piece of :data:`SHARED_SECONDS` counted once."""
+    chosen = set(chapters)
+    total = sum(CHAPTER_SECONDS.get(preset, {}).get(c) or 0.0 for c in chosen)
+    for group, seconds in SHARED_SECONDS.get(preset, {}).items():
+        if group <= chosen:
+            total -= seconds * (len(group) - 1)
+    return total
 
 
 #: CPU cores of the measurements in :data:`CHAPTER_SECONDS`, per preset.
