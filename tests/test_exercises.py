@@ -8,6 +8,7 @@ to its exercise conventions: every exercise is tagged, every coding exercise nam
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from pathlib import Path
@@ -239,15 +240,100 @@ def _exercises():
             yield path.stem, match.group(1), " ".join(match.group(2).split())
 
 
-def test_every_exercise_is_tagged_and_every_coding_exercise_names_its_check():
-    found = {label: (chapter, body) for chapter, label, body in _exercises()}
+# What each kind of exercise must state, so that a student can check an answer without the
+# solution: what a correct result looks like (a number or a property, and where one exists a
+# numerical check with named functions, "*Check numerically:*"), or for an open question what a
+# good answer contains.
+STATED_CHECK = {
+    "Warm-up": "*A correct result",
+    "Derivation": "*A correct result",
+    "Coding": "*A correct result",
+    "Open": "*A good answer",
+}
+PACKAGE_NAME = re.compile(r"`(lincollapse(?:\.\w+)+)")
+
+
+def exercise_problems(label: str, body: str) -> list[str]:
+    """What an exercise's text lacks: its tag, its stated check, and for coding exercises the
+    functions it needs and the check function that judges the answer."""
+    tag = re.match(r"\*(" + "|".join(TAGS) + r")\.\*", body)
+    if not tag:
+        return [f"{label} does not start with a tag *{'/'.join(TAGS)}.*"]
+    problems = []
+    marker = STATED_CHECK[tag.group(1)]
+    statement = body.split(marker, 1)[1] if marker in body else ""
+    if len(statement.split()) < 8:
+        problems.append(
+            f"{label} ({tag.group(1)}) does not say what a correct answer looks like: add a "
+            f"paragraph starting with {marker}…* that states a number or a property"
+        )
+    if tag.group(1) == "Coding":
+        if label not in ex.CHECKS:
+            problems.append(
+                f"{label} is a coding exercise without a check in lincollapse.exercises"
+            )
+        if "*Needs*" not in body or "*Check*" not in body:
+            problems.append(f"{label} is a coding exercise without *Needs* and *Check*")
+    return problems
+
+
+def _resolve(dotted: str):
+    """The object a dotted name such as ``lincollapse.ppca.fit`` refers to (AttributeError or
+    ImportError when there is none)."""
+    parts = dotted.split(".")
+    for stop in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:stop]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[stop:]:
+            target = getattr(target, attribute)
+        return target
+    raise ImportError(dotted)
+
+
+def test_the_exercise_conventions_catch_what_is_missing():
+    good = "*Derivation.* Show that x. *A correct result:* the value is one at every point x."
+    assert exercise_problems("ex-a", good) == []
+    assert (
+        "does not start with a tag" in exercise_problems("ex-a", good.replace("*Der", "*Ther"))[0]
+    )
+    bare = "*Derivation.* Show that x, and compare with the figure."
+    assert "what a correct answer looks like" in exercise_problems("ex-a", bare)[0]
+    marker_only = "*Derivation.* Show that x. *A correct result:* see above."
+    assert "what a correct answer looks like" in exercise_problems("ex-a", marker_only)[0]
+    open_question = "*Open.* Why? *A correct result:* the value is one at every point x."
+    assert "*A good answer" in exercise_problems("ex-a", open_question)[0]
+    coding = good.replace("*Derivation.*", "*Coding.*")
+    assert len(exercise_problems("ex-not-in-checks", coding)) == 2
+    with pytest.raises(AttributeError):
+        _resolve("lincollapse.ppca.no_such_function")
+    assert _resolve("lincollapse.ppca.DataSpectrum.numerical_rank")
+
+
+def test_every_exercise_has_a_tag_and_a_stated_check():
+    found = list(_exercises())
     assert len(found) > 30
-    for label, (chapter, body) in found.items():
-        tag = re.match(r"\*(" + "|".join(TAGS) + r")\.\*", body)
-        assert tag, f"{chapter}: exercise {label} does not start with a tag *{'/'.join(TAGS)}.*"
-        if tag.group(1) == "Coding":
-            assert label in ex.CHECKS, f"{label} is a coding exercise without a check"
-            assert "*Needs*" in body and "*A correct result" in body, f"{label}: needs, result"
+    problems = [
+        f"{chapter}: {p}" for chapter, label, body in found for p in exercise_problems(label, body)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_package_name_an_exercise_gives_exists():
+    names = {name for _, _, body in _exercises() for name in PACKAGE_NAME.findall(body)}
+    assert len(names) > 40
+    missing = []
+    for name in sorted(names):
+        try:
+            _resolve(name)
+        except (AttributeError, ImportError):
+            missing.append(name)
+    assert not missing, f"exercises name functions that do not exist: {missing}"
+
+
+def test_every_coding_exercise_names_its_check():
+    found = {label: (chapter, body) for chapter, label, body in _exercises()}
     for label, check in ex.CHECKS.items():
         assert label in found, f"{check.__name__} checks {label}, which is not in the book"
         body = found[label][1]

@@ -32,6 +32,7 @@ from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.data import covariance_eigenvalues, load_mnist, numerical_rank
 from lincollapse.deep_vae import optimal_sigma2
 from lincollapse.presets import ExperimentConfig
+from lincollapse.reporting import Report
 
 __all__ = [
     "DataSizeCheck",
@@ -173,7 +174,7 @@ def _noise_of(config: DiagnosisConfig, mse: str, kl: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseCheck:
+class NoiseCheck(Report):
     """The noise each loss assumes, the linear count it implies, and what training measured.
 
     Attributes
@@ -285,7 +286,7 @@ def noise_check(config: DiagnosisConfig | None = None) -> NoiseCheck:
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderCheck:
+class EncoderCheck(Report):
     """Encoders of one trained decoder against the best encoder for that decoder.
 
     Attributes
@@ -404,7 +405,7 @@ def encoder_check(
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimiserCheck:
+class OptimiserCheck(Report):
     """Runs at one σ² from several seeds and one stopped early, against the best value.
 
     Attributes
@@ -518,7 +519,7 @@ def optimiser_check(config: DiagnosisConfig | None = None) -> OptimiserCheck:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSizeCheck:
+class DataSizeCheck(Report):
     """The linear count against the number of images, and collapse on held-out images.
 
     Attributes
