@@ -158,7 +158,8 @@ _MODULES = (
     "ppca",
     "linear_vae",
     "posterior_collapse",
-    "training_linear",
+    "stochastic_elbo",
+    "linear_decoder_encoders",
     "beta",
     "beyond_the_paper",
 )
