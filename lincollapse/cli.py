@@ -560,7 +560,7 @@ def _reader(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace, typed: str) -> int:
-    from lincollapse.experiments import deep_study
+    from lincollapse.experiments import deep_study, deep_study_shipping
     from lincollapse.references import ReferenceResultError
 
     _set_torch_threads(args.threads or 1)
@@ -571,11 +571,11 @@ def _study(args: argparse.Namespace, typed: str) -> int:
     elif args.action == "status":
         deep_study.status()
     elif args.action == "ship-traversal":
-        print("shipped", deep_study.ship_traversal(typed))
+        print("shipped", deep_study_shipping.ship_traversal(typed))
     else:
         for group in groups:
             try:
-                print("shipped", deep_study.ship_group(group, typed))
+                print("shipped", deep_study_shipping.ship_group(group, typed))
             except ReferenceResultError as error:
                 print(f"not shipped: {error}")
     return 0
