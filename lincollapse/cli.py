@@ -606,16 +606,16 @@ def _train(args: argparse.Namespace, typed: str) -> int:
             _, sources = load_or_train(config, config.runs(), device=args.device, progress=progress)
             print("\n".join(sources))
     elif args.runs == "annealing":
-        from lincollapse.experiments import beta
+        from lincollapse.experiments import kl_annealing_runs
 
-        runs, provenance = beta.run_long_annealing(
+        runs, provenance = kl_annealing_runs.run_long_annealing(
             args.preset,
             args.device,
             write_reference=args.write_reference,
             command=typed,
             progress=progress,
         )
-        print(beta.long_annealing_summary(runs, args.preset))
+        print(kl_annealing_runs.long_annealing_summary(runs, args.preset))
         print(provenance)
     else:
         from lincollapse.experiments import linear_baselines

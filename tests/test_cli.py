@@ -399,7 +399,11 @@ def shipped_command(name: str) -> str:
         ),
         ("deep_convergence_book", "run_convergence_study", "lincollapse.experiments.deep"),
         ("deep_convergence_paper", "run_convergence_study", "lincollapse.experiments.deep"),
-        ("kl_annealing_long_book", "run_long_annealing", "lincollapse.experiments.beta"),
+        (
+            "kl_annealing_long_book",
+            "lincollapse.experiments.kl_annealing_runs:run_long_annealing",
+            "lincollapse.experiments.beta",
+        ),
         (
             "linear_vae_baselines_book",
             "train_baselines",

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import lincollapse.deep_runs as deep_runs
-import lincollapse.experiments.beta as beta
 import lincollapse.experiments.deep as deep
-from lincollapse.experiments.beta import AnnealingConfig
+import lincollapse.experiments.kl_annealing_runs as annealing
 from lincollapse.experiments.deep import DeepVAEConfig
+from lincollapse.experiments.kl_annealing_runs import AnnealingConfig
 from lincollapse.results_cache import (
     CacheNotWritableError,
     CacheWarning,
@@ -128,10 +128,10 @@ def test_an_unwritable_cache_stops_the_annealing_runs_before_training(tmp_path, 
     folder = tmp_path / "cache"
     folder.write_text("a file, not a folder")
     trained = []
-    monkeypatch.setattr(beta, "train_annealed", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(annealing, "train_annealed", lambda *a, **k: trained.append(1))
     cache = ResultsCache(folder, "f")
     with pytest.raises(CacheNotWritableError):
-        beta.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
+        annealing.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
     assert trained == []
 
 
@@ -139,10 +139,10 @@ def test_an_interrupted_annealing_run_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(beta, "train_annealed", interrupted)
+    monkeypatch.setattr(annealing, "train_annealed", interrupted)
     cache = ResultsCache(tmp_path, "f")
     with pytest.raises(KeyboardInterrupt):
-        beta.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
+        annealing.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -200,7 +200,7 @@ def shipped(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "results"
     shutil.copytree(ROOT / "results", folder)
     monkeypatch.setattr(deep_runs, "RESULTS_DIR", folder)
-    monkeypatch.setattr(beta, "RESULTS_DIR", folder)
+    monkeypatch.setattr(annealing, "RESULTS_DIR", folder)
     monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path / "cache"))
     return folder
 
@@ -251,5 +251,5 @@ def test_a_corrupt_shipped_deep_reference_falls_back(shipped, how):
 def test_a_corrupt_shipped_annealing_reference_falls_back(shipped, how):
     config = AnnealingConfig.for_preset("book")
     _corrupt(shipped / "kl_annealing_long_book", how)
-    runs, reason = beta.long_annealing_runs(config, train_missing=False)
+    runs, reason = annealing.long_annealing_runs(config, train_missing=False)
     assert runs is None and "kl_annealing_long_book" in reason

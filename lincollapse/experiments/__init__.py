@@ -161,5 +161,6 @@ _MODULES = (
     "stochastic_elbo",
     "linear_decoder_encoders",
     "beta",
+    "kl_annealing_figures",
     "beyond_the_paper",
 )
