@@ -586,10 +586,10 @@ def _train(args: argparse.Namespace, typed: str) -> int:
         _set_torch_threads(args.threads)
     progress = args.progress or None
     if args.runs == "deep":
-        from lincollapse.experiments import deep
+        from lincollapse.experiments import deep, deep_convergence
 
         if args.convergence or not args.grid:
-            arrays, sources = deep.run_convergence_study(
+            arrays, sources = deep_convergence.run_convergence_study(
                 args.preset,
                 args.device,
                 write_reference=args.write_reference,
@@ -597,7 +597,7 @@ def _train(args: argparse.Namespace, typed: str) -> int:
                 progress=progress,
                 steps=args.steps,
             )
-            print(deep.convergence_summary(arrays, args.preset))
+            print(deep_convergence.convergence_summary(arrays, args.preset))
             print(sources)
         if args.grid:
             from lincollapse.deep_runs import load_or_train

@@ -397,8 +397,16 @@ def shipped_command(name: str) -> str:
             "lincollapse.experiments.deep_study_shipping:ship_traversal",
             "lincollapse.experiments.deep_study",
         ),
-        ("deep_convergence_book", "run_convergence_study", "lincollapse.experiments.deep"),
-        ("deep_convergence_paper", "run_convergence_study", "lincollapse.experiments.deep"),
+        (
+            "deep_convergence_book",
+            "lincollapse.experiments.deep_convergence:run_convergence_study",
+            "lincollapse.experiments.deep",
+        ),
+        (
+            "deep_convergence_paper",
+            "lincollapse.experiments.deep_convergence:run_convergence_study",
+            "lincollapse.experiments.deep",
+        ),
         (
             "kl_annealing_long_book",
             "lincollapse.experiments.kl_annealing_runs:run_long_annealing",

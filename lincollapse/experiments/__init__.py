@@ -154,6 +154,7 @@ def load_all() -> dict[str, FigureSpec]:
 _MODULES = (
     "mnist_data",
     "deep",
+    "deep_convergence",
     "deep_study_figures",
     "ppca",
     "linear_vae",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.deep import CollapseCurves, ConvergenceStudy, SigmaSummary
+from lincollapse.experiments.deep import CollapseCurves, SigmaSummary
+from lincollapse.experiments.deep_convergence import ConvergenceStudy
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 
