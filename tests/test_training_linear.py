@@ -7,7 +7,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lincollapse import data, linear_decoder_vae, ppca
+from lincollapse import data, linear_decoder_vae, linear_decoder_vae_training, ppca
 from lincollapse.experiments import linear_decoder_encoders as lde
 from lincollapse.experiments import load_all
 from lincollapse.experiments import stochastic_elbo as se
@@ -45,7 +45,7 @@ def _images(n: int) -> np.ndarray:
 @pytest.mark.parametrize("estimator", linear_decoder_vae.ESTIMATORS)
 def test_fast_training_improves_the_elbo(kind, estimator):
     x = _images(100)
-    run = linear_decoder_vae.train_vae(
+    run = linear_decoder_vae_training.train_vae(
         x, 3, kind=kind, estimator=estimator, steps=30, lr=5e-3, record_every=10, hidden=(8,)
     )
     assert run.elbo.shape == run.steps.shape == (4,)
@@ -58,8 +58,10 @@ def test_fast_training_improves_the_elbo(kind, estimator):
 
 def test_float32_training_records_float64_elbo():
     x = _images(100)
-    run32 = linear_decoder_vae.train_vae(x, 3, steps=20, record_every=10, dtype=torch.float32)
-    run64 = linear_decoder_vae.train_vae(x, 3, steps=20, record_every=10)
+    run32 = linear_decoder_vae_training.train_vae(
+        x, 3, steps=20, record_every=10, dtype=torch.float32
+    )
+    run64 = linear_decoder_vae_training.train_vae(x, 3, steps=20, record_every=10)
     assert run32.model.decoder.W.dtype == torch.float64
     assert run32.elbo[0] == run64.elbo[0]  # same initialisation, both evaluated in float64
     np.testing.assert_allclose(run32.elbo, run64.elbo, rtol=1e-3)
@@ -67,7 +69,7 @@ def test_float32_training_records_float64_elbo():
 
 def test_checkpoints_are_called_at_recorded_steps():
     seen = []
-    linear_decoder_vae.train_vae(
+    linear_decoder_vae_training.train_vae(
         _images(50),
         2,
         steps=20,
@@ -126,8 +128,14 @@ def test_covariance_eigenvalues_match_numpy():
 
 def test_first_step_within():
     steps = np.array([0, 10, 20, 30])
-    assert linear_decoder_vae.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1) == 20
-    assert linear_decoder_vae.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1) is None
+    assert (
+        linear_decoder_vae_training.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1)
+        == 20
+    )
+    assert (
+        linear_decoder_vae_training.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1)
+        is None
+    )
 
 
 def test_tables_say_not_reached(stochastic):

@@ -6,8 +6,8 @@ initialisation with the same optimiser, and measures the variance of the single-
 gradient. The runs are answered against the exact optimum ℓ*(q) of pPCA
 (``ppca.max_log_likelihood``), the global maximum of the ELBO.
 
-Every run is :func:`lincollapse.linear_decoder_vae.train_vae` (Adam, full batch, σ² learned from 1)
-and every recorded ELBO is the analytic one, evaluated in float64 on all images.
+Every run is :func:`lincollapse.linear_decoder_vae_training.train_vae` (Adam, full batch, σ²
+learned from 1) and every recorded ELBO is the analytic one, evaluated in float64 on all images.
 
 Presets: ``book`` (the defaults) uses q = 20 on 1000 images so that the chapter runs in a few
 minutes on a 2-core CPU; ``paper`` uses q = 200, Adam lr 1e-3 and 12,000 steps (the official
@@ -24,14 +24,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from lincollapse.data import covariance_eigenvalues
 from lincollapse.experiments import figure
 from lincollapse.experiments.gap_curves import curves_table, torch_dtype, training_images
-from lincollapse.linear_decoder_vae import (
-    LinearDecoderVAE,
-    covariance_eigenvalues,
-    first_step_within,
-    train_vae,
-)
+from lincollapse.linear_decoder_vae import LinearDecoderVAE
+from lincollapse.linear_decoder_vae_training import first_step_within, train_vae
 from lincollapse.presets import READER, ExperimentConfig
 from lincollapse.reader import shipped_or_compute
 from lincollapse.reporting import Report
@@ -42,6 +39,7 @@ ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sam
 COMPUTING_MODULES = (
     "lincollapse.gaussian",
     "lincollapse.linear_decoder_vae",
+    "lincollapse.linear_decoder_vae_training",
     "lincollapse.training",
     "lincollapse.experiments.gap_curves",
     "lincollapse.experiments.stochastic_elbo",
