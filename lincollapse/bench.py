@@ -45,6 +45,7 @@ import torch
 from lincollapse.deep_runs import data_for
 from lincollapse.deep_vae import build_runs, choose_layout
 from lincollapse.experiments.deep import DeepVAEConfig
+from lincollapse.presets import preset_banner
 
 
 def linear_flops_per_evaluation(
@@ -173,14 +174,45 @@ SUBCOMMANDS: dict[str, Callable[[str], float]] = {"linear": bench_linear}
 
 def bench_training(preset: str, out: Callable[[str], None] = print) -> float:
     """Time both experiments of the part *Training the linear VAE*; return the total seconds."""
-    from lincollapse.experiments.training_linear import benchmark
-
     start = time.perf_counter()
-    out(benchmark(preset))
+    out(training_benchmark(preset))
     return time.perf_counter() - start
 
 
 SUBCOMMANDS["training"] = bench_training
+
+
+def training_benchmark(preset: str | None = None) -> str:
+    """Run both experiments of the part *Training the linear VAE* at ``preset`` and return a
+    timing-and-fidelity table."""
+    from lincollapse.experiments.linear_decoder_encoders import (
+        EncoderComparisonConfig,
+        encoder_comparison,
+    )
+    from lincollapse.experiments.stochastic_elbo import StochasticELBOConfig, stochastic_vs_analytic
+
+    lines = [
+        preset_banner(preset),
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f} at start",
+    ]
+    start = time.perf_counter()
+    stochastic = stochastic_vs_analytic(StochasticELBOConfig.for_preset(preset))
+    middle = time.perf_counter()
+    encoders = encoder_comparison(EncoderComparisonConfig.for_preset(preset))
+    end = time.perf_counter()
+    lines += [
+        f"stochastic_vs_analytic: {middle - start:.1f} s "
+        f"(training {sum(stochastic.seconds.values()):.1f} s), optimum {stochastic.optimum:.4f}",
+        stochastic.table(),
+        stochastic.gradient.table(),
+        f"encoder_comparison: {end - middle:.1f} s "
+        f"(training {sum(encoders.seconds.values()):.1f} s), optimum {encoders.optimum:.4f}",
+        encoders.table(),
+        f"total {end - start:.1f} s, load average {os.getloadavg()[0]:.2f} at end",
+    ]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ deep VAE

@@ -560,7 +560,7 @@ def _reader(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace, typed: str) -> int:
-    from lincollapse.experiments import deep_study
+    from lincollapse.experiments import deep_study, deep_study_shipping
     from lincollapse.references import ReferenceResultError
 
     _set_torch_threads(args.threads or 1)
@@ -571,11 +571,11 @@ def _study(args: argparse.Namespace, typed: str) -> int:
     elif args.action == "status":
         deep_study.status()
     elif args.action == "ship-traversal":
-        print("shipped", deep_study.ship_traversal(typed))
+        print("shipped", deep_study_shipping.ship_traversal(typed))
     else:
         for group in groups:
             try:
-                print("shipped", deep_study.ship_group(group, typed))
+                print("shipped", deep_study_shipping.ship_group(group, typed))
             except ReferenceResultError as error:
                 print(f"not shipped: {error}")
     return 0
@@ -586,10 +586,10 @@ def _train(args: argparse.Namespace, typed: str) -> int:
         _set_torch_threads(args.threads)
     progress = args.progress or None
     if args.runs == "deep":
-        from lincollapse.experiments import deep
+        from lincollapse.experiments import deep, deep_convergence
 
         if args.convergence or not args.grid:
-            arrays, sources = deep.run_convergence_study(
+            arrays, sources = deep_convergence.run_convergence_study(
                 args.preset,
                 args.device,
                 write_reference=args.write_reference,
@@ -597,7 +597,7 @@ def _train(args: argparse.Namespace, typed: str) -> int:
                 progress=progress,
                 steps=args.steps,
             )
-            print(deep.convergence_summary(arrays, args.preset))
+            print(deep_convergence.convergence_summary(arrays, args.preset))
             print(sources)
         if args.grid:
             from lincollapse.deep_runs import load_or_train
@@ -606,16 +606,16 @@ def _train(args: argparse.Namespace, typed: str) -> int:
             _, sources = load_or_train(config, config.runs(), device=args.device, progress=progress)
             print("\n".join(sources))
     elif args.runs == "annealing":
-        from lincollapse.experiments import beta
+        from lincollapse.experiments import kl_annealing_runs
 
-        runs, provenance = beta.run_long_annealing(
+        runs, provenance = kl_annealing_runs.run_long_annealing(
             args.preset,
             args.device,
             write_reference=args.write_reference,
             command=typed,
             progress=progress,
         )
-        print(beta.long_annealing_summary(runs, args.preset))
+        print(kl_annealing_runs.long_annealing_summary(runs, args.preset))
         print(provenance)
     else:
         from lincollapse.experiments import linear_baselines

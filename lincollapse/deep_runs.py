@@ -1,13 +1,14 @@
 """Storage of deep-VAE runs: what determines a run, train-or-load, the long runs.
 
-The deep-VAE experiments (:mod:`lincollapse.experiments.deep`, :mod:`lincollapse.experiments.beta`)
-keep their training results in the results cache (:mod:`lincollapse.results_cache`), **one entry
-per run** (σ², fixed or learned), keyed by everything that determines the run (:func:`run_key`:
-data content hash, widths, schedule, seed, recording) and fingerprinted by the code of
-:mod:`lincollapse.deep_vae` and :mod:`lincollapse.training`. Each run's noise comes from its own
-seeded stream, so with a *constant* learning rate a run of S steps is exactly the first S steps
-of a longer run with the same settings, and :func:`load_or_train` reads it from a cached long
-run's trajectory; with a decaying rate it is not, and runs are trained independently.
+The deep-VAE experiments (:mod:`lincollapse.experiments.deep`,
+:mod:`lincollapse.experiments.kl_annealing_runs`) keep their training results in the results
+cache (:mod:`lincollapse.results_cache`), **one entry per run** (σ², fixed or learned), keyed by
+everything that determines the run (:func:`run_key`: data content hash, widths, schedule, seed,
+recording) and fingerprinted by the code of :mod:`lincollapse.deep_vae` and
+:mod:`lincollapse.training`. Each run's noise comes from its own seeded stream, so with a
+*constant* learning rate a run of S steps is exactly the first S steps of a longer run with the
+same settings, and :func:`load_or_train` reads it from a cached long run's trajectory; with a
+decaying rate it is not, and runs are trained independently.
 
 The convergence study's long runs are shipped in ``results/deep_convergence_<preset>`` (see
 :mod:`lincollapse.references`): :func:`long_runs` reads them, :func:`convergence_probe` is their

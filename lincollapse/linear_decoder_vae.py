@@ -23,47 +23,40 @@ equations (lvae-recon) and (lvae-kl) of the chapter *The linear VAE* with Vx̃ �
 D → diag s²(x). :func:`reconstruction_sample` is the single-sample reparameterised estimate
 of the first term (z = μ(x) + s(x) ⊙ ξ, ξ ~ N(0, I)), unbiased for it (chapter *Stochastic vs
 analytic ELBO*, equations (selbo-analytic), (selbo-sample)). Everything is float64 (only
-:func:`train_vae` may optimise in float32, and it reports in float64) and averaged over images
-(nats per image) unless a function says per image.
+:func:`lincollapse.linear_decoder_vae_training.train_vae` may optimise in float32, and it
+reports in float64) and averaged over images (nats per image) unless a function says per image.
 
-:func:`train_vae` is the one training function of the chapters *Stochastic vs analytic ELBO*
-and *Linear decoder, varying encoders*; it runs :func:`lincollapse.training.maximise`
-(Adam, full batch) and records the analytic ELBO of the current parameters.
+Training (``train_vae``, the one training function of the chapters *Stochastic vs analytic
+ELBO* and *Linear decoder, varying encoders*) is in :mod:`lincollapse.linear_decoder_vae_training`.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from lincollapse import gaussian, ppca, validation
-from lincollapse.data import covariance_eigenvalues
-from lincollapse.training import History, Recorder, maximise
+from lincollapse import gaussian, validation
 
 __all__ = [
     "ENCODER_KINDS",
     "ESTIMATORS",
     "DeepLinearEncoder",
-    "EncoderTraining",
     "LinearDecoder",
     "LinearDecoderVAE",
     "LinearEncoder",
     "MLPEncoder",
+    "as_points",
+    "check_estimator",
     "elbo",
-    "first_step_within",
     "kl_per_image",
     "make_encoder",
     "make_vae",
     "reconstruction_analytic",
     "reconstruction_sample",
-    "train_vae",
 ]
 
 ENCODER_KINDS = ("linear", "deep-linear", "mlp")
@@ -76,7 +69,7 @@ DTYPE = torch.float64
 # --------------------------------------------------------------------------------------------
 
 
-def _as_points(x: torch.Tensor | np.ndarray, d: int | None = None) -> torch.Tensor:
+def as_points(x: torch.Tensor | np.ndarray, d: int | None = None) -> torch.Tensor:
     """x as a float64 tensor of shape (n, d), finite; errors name the fix."""
     x = torch.as_tensor(x, dtype=DTYPE)
     validation.check_points(x, d)
@@ -215,7 +208,7 @@ class LinearEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Means V(x − μ) (n, q) and variances D repeated for each row (n, q)."""
-        return self.encode(_as_points(x, self.V.shape[1]))
+        return self.encode(as_points(x, self.V.shape[1]))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
@@ -251,7 +244,7 @@ class _LayeredEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Means (n, q) and variances (n, q)."""
-        return self.encode(_as_points(x, self.d))
+        return self.encode(as_points(x, self.d))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` without input checks (x: float64 tensor of shape (n, d))."""
@@ -400,7 +393,7 @@ def reconstruction_analytic(
     -------
     Tensor of shape (n,)
     """
-    x = _as_points(x, decoder.d)
+    x = as_points(x, decoder.d)
     _check_posterior(means, variances, decoder.q)
     return _reconstruction_analytic(x, means, variances, decoder)
 
@@ -428,7 +421,7 @@ def reconstruction_sample(
     -------
     Tensor of shape (n,)
     """
-    x = _as_points(x, decoder.d)
+    x = as_points(x, decoder.d)
     _check_posterior(means, variances, decoder.q)
     return _reconstruction_sample(x, means, variances, decoder, generator)
 
@@ -471,8 +464,8 @@ def elbo(
     :func:`reconstruction_sample` (one ξ per image). With the linear encoder and
     ``"analytic"`` this is the linear VAE's closed form (lvae-elbo) on the data.
     """
-    _check_estimator(estimator)
-    x = _as_points(x, decoder.d)
+    check_estimator(estimator)
+    x = as_points(x, decoder.d)
     means, variances = encoder.encode(x)
     _check_posterior(means, variances, decoder.q)
     return _elbo_from(x, means, variances, decoder, estimator, generator)
@@ -492,7 +485,8 @@ def _elbo_from(x, means, variances, decoder, estimator, generator) -> torch.Tens
     return (reconstruction - gaussian.kl_to_prior(means, variances).sum(dim=1)).mean()
 
 
-def _check_estimator(estimator: str) -> None:
+def check_estimator(estimator: str) -> None:
+    """Raise unless ``estimator`` is one of :data:`ESTIMATORS` (the error names them)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
 
@@ -521,6 +515,13 @@ class LinearDecoderVAE(nn.Module):
         """:func:`elbo` of this model on ``x``."""
         return elbo(x, self.encoder, self.decoder, estimator=estimator, generator=generator)
 
+    def objective(
+        self, x: torch.Tensor, estimator: str, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """:meth:`elbo` without its checks: the objective of a training loop, whose data and
+        estimator were checked once before it."""
+        return _elbo(x, self.encoder, self.decoder, estimator, generator)
+
     def gram(self) -> np.ndarray:
         """WᵀW (q, q) as a float64 array: diagonal at the ELBO's global maximum."""
         W = self.decoder.W.detach()
@@ -545,7 +546,7 @@ def make_vae(
     for a given seed; for ``"linear"`` the draw order is that of
     :class:`lincollapse.linear_vae.LinearVAE` (W, then V), so both start identical.
     """
-    x = _as_points(x)
+    x = as_points(x)
     d = x.shape[1]
     _check_dims(d, q)
     generator = torch.Generator().manual_seed(int(seed))
@@ -556,177 +557,3 @@ def make_vae(
     )
     decoder = LinearDecoder(W, centre=centre, sigma2=sigma2, learn_sigma2=learn_sigma2)
     return LinearDecoderVAE(encoder, decoder)
-
-
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class EncoderTraining:
-    """One training run of :func:`train_vae`.
-
-    Attributes
-    ----------
-    model : LinearDecoderVAE
-        The trained model.
-    steps : ndarray of shape (k,)
-        Adam steps at which the ELBO was recorded (0 = initialisation).
-    elbo : ndarray of shape (k,)
-        **Analytic** ELBO (nats per image) of the parameters at those steps, on all images,
-        whatever estimator trained them.
-    objective : ndarray of shape (k,)
-        What the optimiser's estimator gave at those steps (equal to ``elbo`` for
-        ``"analytic"``; a fresh single-sample estimate for ``"sample"``).
-    optimum : float
-        ℓ*(q), pPCA's maximum average log-likelihood (ppca-max-loglik): the ELBO's global
-        maximum for every encoder kind (σ² learned).
-    kind, estimator : str
-    seconds : float
-        Wall time of training.
-    """
-
-    model: LinearDecoderVAE
-    steps: np.ndarray
-    elbo: np.ndarray
-    objective: np.ndarray
-    optimum: float
-    kind: str
-    estimator: str
-    seconds: float
-
-    @property
-    def gap(self) -> np.ndarray:
-        """optimum − ELBO along training (nats per image)."""
-        return self.optimum - self.elbo
-
-    @property
-    def final_gap(self) -> float:
-        return float(self.gap[-1])
-
-    def steps_to(self, tolerance: float) -> int | None:
-        """First recorded step with a gap ≤ ``tolerance`` nats, or None if never reached."""
-        return first_step_within(self.steps, self.gap, tolerance)
-
-
-def first_step_within(steps: np.ndarray, gap: np.ndarray, tolerance: float) -> int | None:
-    """First entry of ``steps`` where ``gap ≤ tolerance``, or None."""
-    hits = np.flatnonzero(np.asarray(gap) <= tolerance)
-    return int(np.asarray(steps)[hits[0]]) if hits.size else None
-
-
-def train_vae(
-    x: np.ndarray | torch.Tensor,
-    q: int,
-    *,
-    kind: str = "linear",
-    estimator: str = "analytic",
-    steps: int = 1000,
-    lr: float = 1e-3,
-    seed: int = 0,
-    hidden: Sequence[int] | None = None,
-    sigma2_init: float = 1.0,
-    record_every: int = 25,
-    noise_seed: int | None = None,
-    checkpoints: Sequence[int] = (),
-    on_checkpoint: Callable[[int, LinearDecoderVAE], None] | None = None,
-    dtype: torch.dtype = torch.float64,
-    lr_schedule: Callable[[int], float] | None = None,
-    eigenvalues: np.ndarray | None = None,
-    progress: bool | None = None,
-) -> EncoderTraining:
-    """Train a linear-decoder VAE with Adam on the full batch (σ² learned).
-
-    The objective is :func:`elbo` with ``estimator`` (a fresh ξ per image and step for
-    ``"sample"``, drawn from a generator seeded by ``noise_seed``, default ``seed + 10_000``);
-    the **analytic** ELBO of the current parameters is recorded every ``record_every`` steps,
-    so curves of both estimators are comparable. Runs with the same ``seed`` start from the
-    same parameters whatever the estimator.
-
-    Parameters
-    ----------
-    x : array of shape (n, d)
-    q : int
-        Latent dimension, 1 ≤ q < numerical rank of the sample covariance.
-    kind : {"linear", "deep-linear", "mlp"}
-    estimator : {"analytic", "sample"}
-    steps : int
-    lr : float
-        Adam's learning rate (constant).
-    seed : int
-        Initialisation (:func:`make_vae`).
-    hidden : sequence of int, optional
-        Hidden widths of the amortised encoders.
-    sigma2_init : float, default 1.0
-    record_every : int, default 25
-    checkpoints : sequence of int
-        Steps (multiples of ``record_every``, or 0) at which ``on_checkpoint(step, model)`` is
-        called with the float64 model, under ``torch.no_grad()``.
-    dtype : torch.dtype, default float64
-        Arithmetic of the optimisation. ``torch.float32`` is about four times faster on a CPU;
-        whatever it is, the model is initialised in float64 and every recorded ELBO, the
-        returned model and the optimum are float64 (the trained parameters are copied into a
-        float64 model to be evaluated).
-    lr_schedule : callable (step) -> float, optional
-        Multiplies ``lr`` at each step (1-based), as in :func:`lincollapse.training.maximise`;
-        default constant.
-    eigenvalues : ndarray of shape (d,), optional
-        Eigenvalues of the sample covariance of ``x`` (for the optimum line); computed when
-        omitted. Experiments training many runs on the same images pass them once.
-    progress : bool, optional
-        Progress bar (default: only for a person watching; never under CI).
-
-    Returns
-    -------
-    EncoderTraining
-    """
-    _check_estimator(estimator)
-    x = _as_points(x)
-    if eigenvalues is None:
-        eigenvalues = covariance_eigenvalues(x)
-    optimum = ppca.max_log_likelihood(eigenvalues, q)  # checks q < rank
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    reference = make_vae(kind, x, q, seed=seed, hidden=hidden, sigma2=sigma2_init)
-    model = reference if dtype == DTYPE else copy.deepcopy(reference).to(dtype)
-    x_train = x.to(dtype)
-    generator = torch.Generator().manual_seed(seed + 10_000 if noise_seed is None else noise_seed)
-    wanted = set(int(c) for c in checkpoints)
-
-    def objective() -> torch.Tensor:
-        return _elbo(x_train, model.encoder, model.decoder, estimator, generator)
-
-    def measure(step: int) -> dict[str, float]:
-        if model is not reference and step > 0:
-            reference.load_state_dict(model.state_dict())  # copies into float64
-        elbo = float(_elbo(x, reference.encoder, reference.decoder, "analytic", None))
-        if step in wanted and on_checkpoint is not None:
-            on_checkpoint(step, reference)
-        return {"elbo": elbo}
-
-    recorder = Recorder(measure)
-
-    start = time.perf_counter()
-    history: History = maximise(
-        objective,
-        model.parameters(),
-        steps=steps,
-        optimiser="adam",
-        lr=lr,
-        record_every=record_every,
-        name=f"{kind} encoder, {estimator} ELBO, seed {seed}",
-        progress=progress,
-        lr_schedule=lr_schedule,
-        on_record=recorder,
-    )
-    return EncoderTraining(
-        model=reference,
-        steps=history.steps,
-        elbo=recorder.array("elbo"),
-        objective=np.asarray(history.values, dtype=np.float64),
-        optimum=float(optimum),
-        kind=kind,
-        estimator=estimator,
-        seconds=time.perf_counter() - start,
-    )

@@ -6,7 +6,7 @@ fit that budget and run exactly as in the ``book`` preset. The few that do not (
 their configs carry an ``OVERRIDES["reader"]`` entry) read the ``book`` preset's own results
 from ``results/reader/`` instead of training: the same numbers the rendered book computes, not a
 shortened run. (The KL-annealing runs are cut from the shipped long runs instead:
-:func:`lincollapse.experiments.beta.book_runs_from_long`.)
+:func:`lincollapse.experiments.kl_annealing_runs.book_runs_from_long`.)
 
 ``results/reader/`` is a :class:`~lincollapse.results_cache.ResultsCache` folder: each entry is
 validated on load (checksums, the exact ``book`` configuration, and the source fingerprint of
@@ -214,7 +214,8 @@ def ship(names: Sequence[str] | None = None) -> None:
     ``results/reader/`` (minutes to tens of minutes on 2 CPU cores)."""
     from lincollapse.deep_runs import computing_fingerprint, load_or_train
     from lincollapse.experiments import beta, linear_vae
-    from lincollapse.experiments import training_linear as tl
+    from lincollapse.experiments import linear_decoder_encoders as lde
+    from lincollapse.experiments import stochastic_elbo as se
     from lincollapse.experiments.deep import DeepVAEConfig
 
     names = list(names or SHIPPED)
@@ -225,8 +226,8 @@ def ship(names: Sequence[str] | None = None) -> None:
         _, sources = load_or_train(config, config.runs(), cache=store)
         print("deep grid runs:", "; ".join(dict.fromkeys(sources)))
     for name, compute, config_type, modules in (
-        ("stochastic", tl.stochastic_vs_analytic, tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
-        ("encoders", tl.encoder_comparison, tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
+        ("stochastic", se.stochastic_vs_analytic, se.StochasticELBOConfig, se.COMPUTING_MODULES),
+        ("encoders", lde.encoder_comparison, lde.EncoderComparisonConfig, lde.COMPUTING_MODULES),
         (
             "likelihood",
             linear_vae._train_latent_sizes,
@@ -256,14 +257,15 @@ def ship(names: Sequence[str] | None = None) -> None:
 
 def current_fingerprints() -> dict[str, str]:
     """The fingerprint that each kind of ``results/reader/`` entry needs with the code as it is:
-    ``deep`` (the grid runs), ``training_linear`` (stochastic ELBO, encoder comparison),
+    ``deep`` (the grid runs), ``stochastic_elbo``, ``linear_decoder_encoders``,
     ``linear_vae`` (likelihood per latent size, Gram run) and ``linear_beta``."""
     from lincollapse.deep_runs import computing_fingerprint
-    from lincollapse.experiments import beta, linear_vae, training_linear
+    from lincollapse.experiments import beta, linear_decoder_encoders, linear_vae, stochastic_elbo
 
     return {
         "deep": computing_fingerprint(),
-        "training_linear": source_fingerprint(training_linear.COMPUTING_MODULES),
+        "stochastic_elbo": source_fingerprint(stochastic_elbo.COMPUTING_MODULES),
+        "linear_decoder_encoders": source_fingerprint(linear_decoder_encoders.COMPUTING_MODULES),
         "linear_vae": source_fingerprint(linear_vae.COMPUTING_MODULES),
         "linear_beta": source_fingerprint(beta.LINEAR_BETA_MODULES),
     }

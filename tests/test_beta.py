@@ -348,7 +348,9 @@ def test_fast_figures_compute_and_plot(tmp_path):
     from matplotlib.figure import Figure
 
     from lincollapse.experiments import beta as experiments
+    from lincollapse.experiments import kl_annealing_figures as annealing
     from lincollapse.experiments import load_all
+    from lincollapse.experiments.kl_annealing_runs import AnnealingConfig
     from lincollapse.plotting import beta as plotting
 
     figures = load_all()
@@ -366,8 +368,8 @@ def test_fast_figures_compute_and_plot(tmp_path):
     plt.close(fig)  # leave no figure open for later tests
 
     cache = ResultsCache(tmp_path)
-    annealing_config = experiments.AnnealingConfig.for_preset("fast")
-    result = experiments.kl_annealing(annealing_config, cache=cache, device="cpu")
+    annealing_config = AnnealingConfig.for_preset("fast")
+    result = annealing.kl_annealing(annealing_config, cache=cache, device="cpu")
     runs = len(annealing_config.specs())
     records = annealing_config.steps // annealing_config.record_every + 1
     assert result.fraction.shape == (records, runs)
@@ -376,7 +378,7 @@ def test_fast_figures_compute_and_plot(tmp_path):
     assert np.all(np.isfinite(result.final_elbo))
     assert result.annealing_effect.shape == (len(annealing_config.seeds),)
     assert "trained now" in result.provenance
-    again = experiments.kl_annealing(annealing_config, cache=cache, device="cpu")
+    again = annealing.kl_annealing(annealing_config, cache=cache, device="cpu")
     assert "results cache" in again.provenance
     np.testing.assert_array_equal(again.fraction, result.fraction)
     fig = plotting.plot_annealing(result)
@@ -405,7 +407,7 @@ def test_half_collapsed_step_counts_from_after_the_initial_drop():
     """Step 0 starts collapsed (tiny encoder outputs); the step wanted is the return above ½."""
     from types import SimpleNamespace
 
-    from lincollapse.experiments.beta import AnnealingResult
+    from lincollapse.experiments.kl_annealing_figures import AnnealingResult
 
     fraction = np.array(
         [[0.9, 0.9, 0.9], [0.1, 0.6, 0.0], [0.4, 0.7, 0.0], [0.5, 0.2, 0.0], [0.8, 0.6, 0.0]]
@@ -420,12 +422,13 @@ def test_long_annealing_runs_continue_the_book_runs(tmp_path, monkeypatch):
     """The fast preset's long runs are trained; the preset's runs are their first steps."""
     import matplotlib.pyplot as plt
 
-    from lincollapse.experiments import beta as experiments
+    from lincollapse.experiments import kl_annealing_figures as experiments
+    from lincollapse.experiments import kl_annealing_runs as runs
     from lincollapse.plotting import beta as plotting
 
-    monkeypatch.setattr(experiments, "RESULTS_DIR", tmp_path / "no-results")
+    monkeypatch.setattr(runs, "RESULTS_DIR", tmp_path / "no-results")
     cache = ResultsCache(tmp_path / "cache")
-    config = experiments.AnnealingConfig.for_preset("fast")
+    config = runs.AnnealingConfig.for_preset("fast")
     absent = experiments.kl_annealing_convergence(
         config, cache=cache, device="cpu", train_long=False
     )
@@ -468,7 +471,7 @@ def test_long_annealing_runs_continue_the_book_runs(tmp_path, monkeypatch):
 def test_shipped_annealing_long_runs_are_current():
     """The committed long runs match the book preset and the code now (else: regenerate them
     with ``python -m lincollapse.experiments.beta --long --preset book --write-reference``)."""
-    from lincollapse.experiments import beta as experiments
+    from lincollapse.experiments import kl_annealing_runs as experiments
     from lincollapse.references import load_shipped, verify_behaviour
 
     config = experiments.AnnealingConfig.for_preset("book")
@@ -488,7 +491,7 @@ def test_differing_latents_counts_the_symmetric_difference_not_the_fraction():
     """Equal collapsed fractions can hide different collapsed sets (chapter *β, σ² and KL
     annealing*): two runs of a seed with 2 of 4 latents collapsed each, sharing one of them,
     differ in 2 latents although the fraction difference is 0."""
-    from lincollapse.experiments.beta import differing_latents
+    from lincollapse.experiments.kl_annealing_figures import differing_latents
 
     specs = [
         KA.RunSpec(0.1, 0, "fixed", 0),

@@ -387,11 +387,31 @@ def shipped_command(name: str) -> str:
 @pytest.mark.parametrize(
     ("shipped", "function", "module"),
     [
-        ("deep_study_baseline", "ship_group", "lincollapse.experiments.deep_study"),
-        ("deep_traversal", "ship_traversal", "lincollapse.experiments.deep_study"),
-        ("deep_convergence_book", "run_convergence_study", "lincollapse.experiments.deep"),
-        ("deep_convergence_paper", "run_convergence_study", "lincollapse.experiments.deep"),
-        ("kl_annealing_long_book", "run_long_annealing", "lincollapse.experiments.beta"),
+        (
+            "deep_study_baseline",
+            "lincollapse.experiments.deep_study_shipping:ship_group",
+            "lincollapse.experiments.deep_study",
+        ),
+        (
+            "deep_traversal",
+            "lincollapse.experiments.deep_study_shipping:ship_traversal",
+            "lincollapse.experiments.deep_study",
+        ),
+        (
+            "deep_convergence_book",
+            "lincollapse.experiments.deep_convergence:run_convergence_study",
+            "lincollapse.experiments.deep",
+        ),
+        (
+            "deep_convergence_paper",
+            "lincollapse.experiments.deep_convergence:run_convergence_study",
+            "lincollapse.experiments.deep",
+        ),
+        (
+            "kl_annealing_long_book",
+            "lincollapse.experiments.kl_annealing_runs:run_long_annealing",
+            "lincollapse.experiments.beta",
+        ),
         (
             "linear_vae_baselines_book",
             "train_baselines",
@@ -403,8 +423,10 @@ def test_old_module_commands_run_and_record_themselves_as_typed(
     shipped, function, module, monkeypatch, torch_threads
 ):
     """``python -m MODULE ARGS`` (as in a shipped result's provenance) reaches the same code,
-    with the arguments it had, and what it writes records the same command."""
-    target = importlib.import_module(module)
+    with the arguments it had, and what it writes records the same command. ``function`` is
+    ``holder:name`` when another module than ``module`` holds it."""
+    holder, _, function = function.rpartition(":")
+    target = importlib.import_module(holder or module)
     calls = []
 
     def record(*args, **kwargs):

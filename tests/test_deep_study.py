@@ -8,6 +8,8 @@ import torch
 
 from lincollapse.data import load_mnist, logit_pixels
 from lincollapse.experiments import deep_study as study
+from lincollapse.experiments import deep_study_figures as figures
+from lincollapse.experiments import deep_study_shipping as shipping
 from lincollapse.results_cache import config_key
 
 
@@ -122,7 +124,7 @@ def _fake_group(name, settings, fractions, converged=True):
         "movement": np.zeros(runs),
         "seconds": np.ones(runs),
     }
-    return study.StudyGroup(name, arrays, "test")
+    return shipping.StudyGroup(name, arrays, "test")
 
 
 def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch):
@@ -132,9 +134,9 @@ def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch
         "baseline": _fake_group("baseline", base, [0.95, 0.90, 0.97, 0.92]),
         "logit": _fake_group("logit", logit, [0.10, 0.0, 0.10, 0.0]),
     }
-    monkeypatch.setattr(study, "load_group", lambda name: groups.get(name))
-    monkeypatch.setattr(study, "finished", lambda spec: None)
-    table = study.ablations()
+    monkeypatch.setattr(figures, "load_group", lambda name: groups.get(name))
+    monkeypatch.setattr(figures, "finished", lambda spec: None)
+    table = figures.ablations()
     rows = {(r["setting"], r["sigma2"]): r for r in table.rows}
     count = study.linear_count(0.1)  # unit pixels, independent of the fake runs
     assert rows["baseline", 0.1]["fraction"] == pytest.approx(0.91)
@@ -159,9 +161,9 @@ def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch
 def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
     fixed = [{"sigma2": s} for s in (1.0, 0.1, 0.01, 0.001)]
     groups = {"baseline": _fake_group("baseline", fixed, [0.97, 0.95, 0.9, 0.85])}
-    monkeypatch.setattr(study, "load_group", lambda name: groups.get(name))
-    monkeypatch.setattr(study, "finished", lambda spec: None)
-    result = study.sigma2_study()
+    monkeypatch.setattr(figures, "load_group", lambda name: groups.get(name))
+    monkeypatch.setattr(figures, "finished", lambda spec: None)
+    result = figures.sigma2_study()
     grid = list(study.GRID)
     assert result.fixed[grid.index(0.1)] == pytest.approx(0.95)
     assert np.isnan(result.fixed[grid.index(30.0)]) and not result.complete
@@ -170,17 +172,17 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
     assert findings["learned"].startswith("Not available")
     assert "not run yet" in result.table()
     groups["baseline"] = _fake_group("baseline", fixed, [0.5, 0.95, 0.9, 0.85])
-    assert "does not fall monotonically" in study.sigma2_study().findings()["direction"]
+    assert "does not fall monotonically" in figures.sigma2_study().findings()["direction"]
 
 
 def test_shipped_traversal_is_current_and_decodes_like_the_model():
     from lincollapse.references import load_shipped, verify_behaviour
 
-    stem = study.traversal_path()
+    stem = shipping.traversal_path()
     arrays, _ = load_shipped(stem, None)
-    verify_behaviour(stem, lambda: study.run_probe(study.TRAVERSAL_RUN))
+    verify_behaviour(stem, lambda: study.run_probe(shipping.TRAVERSAL_RUN))
     assert stem.with_suffix(".npz").stat().st_size < 1e6
-    result = study.latent_traversal()
+    result = figures.latent_traversal()
     # an independent decoder: the package's model with the shipped weights loaded
     model = study.GaussianVAE(study.ARCH, 0.1, device="cpu")
     with torch.no_grad():
@@ -200,12 +202,12 @@ def test_shipped_study_groups_are_current(group):
     """Each shipped group: valid, its runs are the group's, and the code replays their probes."""
     from lincollapse.references import load_shipped, verify_behaviour
 
-    stem = study.reference_path(group)
+    stem = shipping.reference_path(group)
     if not stem.with_suffix(".npz").is_file():
         pytest.skip(f"group {group} is not shipped yet")
     arrays, meta = load_shipped(stem, None)
-    specs = study._shipped_specs(group, meta)  # noqa: SLF001 - what the loader checks
-    verify_behaviour(stem, study.group_probe(group, specs))
+    specs = shipping._shipped_specs(group, meta)  # noqa: SLF001 - what the loader checks
+    verify_behaviour(stem, shipping.group_probe(group, specs))
     assert stem.with_suffix(".npz").stat().st_size < 1e6
     assert arrays["sigma2"].tolist() == [spec.sigma2 for spec in specs]
     done = arrays["steps_done"]

@@ -362,9 +362,9 @@ def test_fast_figures_compute_and_plot(cache_dir, monkeypatch):
 
 def _fake_long_runs(steps: np.ndarray, fraction_at_end: float) -> dict[str, np.ndarray]:
     """Arrays shaped like :func:`long_run_arrays` for σ² = (1, 0.1, 0.01), q = 200."""
-    from lincollapse.experiments import deep
+    from lincollapse import deep_runs
 
-    k, c, e = steps.size, 3, len(deep.REFERENCE_EPSILONS)
+    k, c, e = steps.size, 3, len(deep_runs.REFERENCE_EPSILONS)
     fraction = np.zeros((k, c, e))
     fraction[-1] = fraction_at_end
     return {
@@ -380,35 +380,38 @@ def _fake_long_runs(steps: np.ndarray, fraction_at_end: float) -> dict[str, np.n
 
 def test_paper_width_runs_full_first_then_shipped_prefix(cache_dir, monkeypatch):
     """The 20,000-step paper runs win; their shipped first 10,000 steps are used and labelled."""
-    from lincollapse.experiments import deep
+    from lincollapse import deep_runs
+    from lincollapse.experiments import deep, deep_convergence
     from lincollapse.results_cache import save_reference
 
     monkeypatch.setattr("lincollapse.deep_runs.RESULTS_DIR", cache_dir / "results")
-    arrays, reason = deep.paper_long_runs()
+    arrays, reason = deep_convergence.paper_long_runs()
     assert arrays is None and "20,000 steps" in reason and "10,000 steps" in reason
 
-    stem = deep.convergence_reference_path("paper")
-    prefix = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
+    stem = deep_runs.convergence_reference_path("paper")
+    prefix = deep.DeepVAEConfig.for_preset(
+        "paper", convergence_steps=deep_convergence.PAPER_WIDTH_CHECK_STEPS
+    )
     save_reference(
         stem,
-        deep.convergence_key(prefix),
+        deep_runs.convergence_key(prefix),
         _fake_long_runs(np.arange(0, 10_001, 250), 0.5),
-        deep.computing_fingerprint(),
+        deep_runs.computing_fingerprint(),
         {"command": "test"},
     )
-    arrays, reason = deep.paper_long_runs()
+    arrays, reason = deep_convergence.paper_long_runs()
     assert arrays["steps"][-1] == 10_000
     assert reason.startswith("the first 10,000 of the paper preset's 20,000 steps")
 
     full = deep.DeepVAEConfig.for_preset("paper")
     save_reference(
         stem,
-        deep.convergence_key(full),
+        deep_runs.convergence_key(full),
         _fake_long_runs(np.arange(0, 20_001, 250), 0.7),
-        deep.computing_fingerprint(),
+        deep_runs.computing_fingerprint(),
         {"command": "test"},
     )
-    arrays, reason = deep.paper_long_runs()
+    arrays, reason = deep_convergence.paper_long_runs()
     assert arrays["steps"][-1] == 20_000 and "first" not in reason
 
     # A reference for another configuration is not used (staleness of the code is checked by
@@ -416,32 +419,35 @@ def test_paper_width_runs_full_first_then_shipped_prefix(cache_dir, monkeypatch)
     other = deep.DeepVAEConfig.for_preset("paper", convergence_lr=1e-3)
     save_reference(
         stem,
-        deep.convergence_key(other),
+        deep_runs.convergence_key(other),
         _fake_long_runs(np.arange(0, 20_001, 250), 0.7),
         "any",
         {"command": "test"},
     )
-    arrays, reason = deep.paper_long_runs()
+    arrays, reason = deep_convergence.paper_long_runs()
     assert arrays is None and "another configuration" in reason
 
 
 def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
     """Preset minus paper-width end, and long minus paper-width at the same step."""
-    from lincollapse.experiments import deep
+    from lincollapse import deep_runs
+    from lincollapse.experiments import deep, deep_convergence
     from lincollapse.results_cache import save_reference
 
     monkeypatch.setattr("lincollapse.deep_runs.RESULTS_DIR", cache_dir / "results")
     config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
-    paper = deep.DeepVAEConfig.for_preset("paper", convergence_steps=deep.PAPER_WIDTH_CHECK_STEPS)
+    paper = deep.DeepVAEConfig.for_preset(
+        "paper", convergence_steps=deep_convergence.PAPER_WIDTH_CHECK_STEPS
+    )
     fake = _fake_long_runs(np.array([0, 20, 40]), 0.25)  # ends at the fast long run's last step
     save_reference(
-        deep.convergence_reference_path("paper"),
-        deep.convergence_key(paper),
+        deep_runs.convergence_reference_path("paper"),
+        deep_runs.convergence_key(paper),
         fake,
-        deep.computing_fingerprint(),
+        deep_runs.computing_fingerprint(),
         {"command": "test"},
     )
-    study = deep.convergence_study(config, device="cpu")
+    study = deep_convergence.convergence_study(config, device="cpu")
     assert study.paper_available and "first 10,000" in study.paper_provenance
     np.testing.assert_allclose(study.paper_gap, study.preset_fraction[-1] - 0.25)
     np.testing.assert_allclose(study.width_gap, study.long_fraction[-1] - 0.25)
@@ -464,11 +470,12 @@ def test_convergence_study_gaps_to_paper_width_runs(cache_dir, monkeypatch):
 
 
 def test_book_convergence_without_long_runs_says_so(cache_dir, monkeypatch):
+    from lincollapse import deep_runs
     from lincollapse.experiments import deep
 
     monkeypatch.setattr("lincollapse.deep_runs.RESULTS_DIR", cache_dir / "no-results")
     config = deep.DeepVAEConfig.for_preset("fast", n=60, steps=20, convergence_steps=40)
-    arrays, reason = deep.long_runs(config, train_missing=False)
+    arrays, reason = deep_runs.long_runs(config, train_missing=False)
     assert arrays is None and "not found" in reason and "not cached" in reason
 
 
@@ -483,36 +490,37 @@ def test_shipped_reference_is_current(preset):
     --write-reference --threads 1`` (≈ 40 min on one CPU core) and ``... --preset paper --steps
     10000 --write-reference`` (≈ 50 min on 2 cores; the paper-width runs, first half).
     """
-    from lincollapse.experiments import deep
+    from lincollapse import deep_runs
+    from lincollapse.experiments import deep, deep_convergence
     from lincollapse.references import load_shipped, verify_behaviour
 
     config = deep.DeepVAEConfig.for_preset(preset)
-    stem = deep.convergence_reference_path(preset)
+    stem = deep_runs.convergence_reference_path(preset)
     if preset == "paper":  # the full runs, or the shipped first 10,000 steps of them
         meta = json.loads(stem.with_suffix(".json").read_text())
         if meta["config"]["steps"] != config.convergence_steps:
-            steps = deep.PAPER_WIDTH_CHECK_STEPS
+            steps = deep_convergence.PAPER_WIDTH_CHECK_STEPS
             config = deep.DeepVAEConfig.for_preset(preset, convergence_steps=steps)
-    arrays, meta = load_shipped(stem, deep.convergence_key(config))
-    verify_behaviour(stem, deep.convergence_probe(config))  # staleness: the code's behaviour
+    arrays, meta = load_shipped(stem, deep_runs.convergence_key(config))
+    verify_behaviour(stem, deep_runs.convergence_probe(config))  # staleness: the code's behaviour
     assert stem.with_suffix(".npz").stat().st_size + stem.with_suffix(".json").stat().st_size < 1e6
     k, c = arrays["steps"].size, len(config.convergence_sigma2)
     assert arrays["steps"][-1] == config.convergence_steps
-    assert arrays["fraction"].shape == (k, c, len(deep.REFERENCE_EPSILONS))
+    assert arrays["fraction"].shape == (k, c, len(deep_runs.REFERENCE_EPSILONS))
     assert arrays["checkpoint_thresholds"].shape[1:] == (c, config.latent)
     assert meta["info"]["command"].startswith("python -m lincollapse.experiments.deep")
 
 
 def test_shipped_reference_goes_stale_when_the_numerics_change(monkeypatch):
     """A changed objective (here the KL scaled by 1.001) fails the behaviour check."""
-    from lincollapse import deep_vae
+    from lincollapse import deep_runs, deep_vae
     from lincollapse.experiments import deep
     from lincollapse.references import verify_behaviour
     from lincollapse.results_cache import ReferenceResultError
 
     config = deep.DeepVAEConfig.for_preset("book")
-    stem = deep.convergence_reference_path("book")
+    stem = deep_runs.convergence_reference_path("book")
     original = deep_vae.kl_from_logvar
     monkeypatch.setattr(deep_vae, "kl_from_logvar", lambda m, v: 1.001 * original(m, v))
     with pytest.raises(ReferenceResultError, match="stale.*regenerate"):
-        verify_behaviour(stem, deep.convergence_probe(config))
+        verify_behaviour(stem, deep_runs.convergence_probe(config))

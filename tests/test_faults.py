@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import lincollapse.deep_runs as deep_runs
-import lincollapse.experiments.beta as beta
 import lincollapse.experiments.deep as deep
-from lincollapse.experiments.beta import AnnealingConfig
+import lincollapse.experiments.kl_annealing_runs as annealing
 from lincollapse.experiments.deep import DeepVAEConfig
+from lincollapse.experiments.kl_annealing_runs import AnnealingConfig
 from lincollapse.results_cache import (
     CacheNotWritableError,
     CacheWarning,
@@ -61,17 +61,17 @@ def config() -> DeepVAEConfig:
 
 
 def test_interrupted_training_resumes_without_redoing_finished_runs(config, tmp_path, monkeypatch):
-    cache = ResultsCache(tmp_path / "cache", deep.computing_fingerprint())
+    cache = ResultsCache(tmp_path / "cache", deep_runs.computing_fingerprint())
     first = CountingTrainer(deep_runs.train_batched, interrupt_on=2)
     monkeypatch.setattr(deep_runs, "train_batched", first)
     with pytest.raises(KeyboardInterrupt):
-        deep.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
+        deep_runs.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
     assert first.runs == 2 and len(list(cache.directory.glob("*.npz"))) == 2
     assert _leftovers(cache.directory) == []
 
     rerun = CountingTrainer(first.train)
     monkeypatch.setattr(deep_runs, "train_batched", rerun)
-    resumed, sources = deep.load_or_train(
+    resumed, sources = deep_runs.load_or_train(
         config, config.runs(), cache=cache, device="cpu", progress=False
     )
     assert rerun.runs == len(config.runs()) - 2  # only what the interrupt stopped
@@ -79,11 +79,13 @@ def test_interrupted_training_resumes_without_redoing_finished_runs(config, tmp_
 
     again = CountingTrainer(first.train)
     monkeypatch.setattr(deep_runs, "train_batched", again)
-    deep.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
+    deep_runs.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
     assert again.runs == 0  # a third run computes nothing
 
-    fresh = ResultsCache(tmp_path / "fresh", deep.computing_fingerprint())
-    whole, _ = deep.load_or_train(config, config.runs(), cache=fresh, device="cpu", progress=False)
+    fresh = ResultsCache(tmp_path / "fresh", deep_runs.computing_fingerprint())
+    whole, _ = deep_runs.load_or_train(
+        config, config.runs(), cache=fresh, device="cpu", progress=False
+    )
     np.testing.assert_array_equal(resumed.elbo, whole.elbo)  # resuming changes no number
     np.testing.assert_array_equal(resumed.thresholds, whole.thresholds)
 
@@ -101,14 +103,14 @@ def test_a_figure_computed_twice_trains_once(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_run_is_the_only_one_retrained(config, tmp_path, monkeypatch):
-    cache = ResultsCache(tmp_path, deep.computing_fingerprint())
-    deep.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
+    cache = ResultsCache(tmp_path, deep_runs.computing_fingerprint())
+    deep_runs.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
     victim = sorted(tmp_path.glob("*.npz"))[0]
     victim.write_bytes(victim.read_bytes()[:200])
     counter = CountingTrainer(deep_runs.train_batched)
     monkeypatch.setattr(deep_runs, "train_batched", counter)
     with pytest.warns(CacheWarning, match="recomputed"):
-        deep.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
+        deep_runs.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
     assert counter.runs == 1
     assert cache.load(json.loads(str(np.load(victim)["__meta__"]))["config"]) is not None
 
@@ -118,9 +120,9 @@ def test_an_unwritable_cache_stops_before_training(config, tmp_path, monkeypatch
     folder.write_text("a file, not a folder")
     counter = CountingTrainer(deep_runs.train_batched)
     monkeypatch.setattr(deep_runs, "train_batched", counter)
-    cache = ResultsCache(folder, deep.computing_fingerprint())
+    cache = ResultsCache(folder, deep_runs.computing_fingerprint())
     with pytest.raises(CacheNotWritableError, match="LINCOLLAPSE_CACHE_DIR"):
-        deep.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
+        deep_runs.load_or_train(config, config.runs(), cache=cache, device="cpu", progress=False)
     assert counter.calls == 0
 
 
@@ -128,10 +130,10 @@ def test_an_unwritable_cache_stops_the_annealing_runs_before_training(tmp_path, 
     folder = tmp_path / "cache"
     folder.write_text("a file, not a folder")
     trained = []
-    monkeypatch.setattr(beta, "train_annealed", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(annealing, "train_annealed", lambda *a, **k: trained.append(1))
     cache = ResultsCache(folder, "f")
     with pytest.raises(CacheNotWritableError):
-        beta.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
+        annealing.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
     assert trained == []
 
 
@@ -139,10 +141,10 @@ def test_an_interrupted_annealing_run_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(beta, "train_annealed", interrupted)
+    monkeypatch.setattr(annealing, "train_annealed", interrupted)
     cache = ResultsCache(tmp_path, "f")
     with pytest.raises(KeyboardInterrupt):
-        beta.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
+        annealing.annealing_runs(AnnealingConfig.for_preset("fast"), cache=cache, device="cpu")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -200,7 +202,7 @@ def shipped(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "results"
     shutil.copytree(ROOT / "results", folder)
     monkeypatch.setattr(deep_runs, "RESULTS_DIR", folder)
-    monkeypatch.setattr(beta, "RESULTS_DIR", folder)
+    monkeypatch.setattr(annealing, "RESULTS_DIR", folder)
     monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path / "cache"))
     return folder
 
@@ -239,11 +241,11 @@ CORRUPTIONS = [
 @pytest.mark.parametrize("how", CORRUPTIONS)
 def test_a_corrupt_shipped_deep_reference_falls_back(shipped, how):
     config = DeepVAEConfig.for_preset("book")
-    assert deep.long_runs(config)[0] is not None  # the intact copy is used
+    assert deep_runs.long_runs(config)[0] is not None  # the intact copy is used
     _corrupt(shipped / "deep_convergence_book", how)
     with pytest.raises(ReferenceResultError):
         load_reference(shipped / "deep_convergence_book", None, None)
-    arrays, reason = deep.long_runs(config, train_missing=False)
+    arrays, reason = deep_runs.long_runs(config, train_missing=False)
     assert arrays is None and "deep_convergence_book" in reason
 
 
@@ -251,5 +253,5 @@ def test_a_corrupt_shipped_deep_reference_falls_back(shipped, how):
 def test_a_corrupt_shipped_annealing_reference_falls_back(shipped, how):
     config = AnnealingConfig.for_preset("book")
     _corrupt(shipped / "kl_annealing_long_book", how)
-    runs, reason = beta.long_annealing_runs(config, train_missing=False)
+    runs, reason = annealing.long_annealing_runs(config, train_missing=False)
     assert runs is None and "kl_annealing_long_book" in reason

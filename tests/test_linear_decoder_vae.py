@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lincollapse import linear_decoder_vae, linear_vae, ppca
+from lincollapse import linear_decoder_vae, linear_decoder_vae_training, linear_vae, ppca
 
 D, Q, N = 12, 3, 40
 
@@ -243,7 +243,7 @@ def test_nan_and_nonpositive_values_are_rejected(data):
     with pytest.raises(ValueError, match="NaN"):
         model.elbo(bad)
     with pytest.raises(ValueError, match="NaN"):
-        linear_decoder_vae.train_vae(bad.numpy(), Q, steps=1)
+        linear_decoder_vae_training.train_vae(bad.numpy(), Q, steps=1)
     with pytest.raises(ValueError, match="> 0"):
         linear_decoder_vae.kl_per_image(torch.zeros(2, Q), -torch.ones(2, Q))
     for sigma2 in (0.0, -1.0, float("nan")):
@@ -259,13 +259,13 @@ def test_unknown_names_are_rejected(data):
     with pytest.raises(ValueError, match="positive widths"):
         linear_decoder_vae.make_encoder("mlp", D, Q, hidden=())
     with pytest.raises(ValueError, match="float32 or torch.float64"):
-        linear_decoder_vae.train_vae(data, Q, steps=1, dtype=torch.int64)
+        linear_decoder_vae_training.train_vae(data, Q, steps=1, dtype=torch.int64)
 
 
 def test_rank_deficient_q_is_rejected():
     x = np.random.default_rng(0).normal(size=(4, D))  # rank 3 after centring
     with pytest.raises(ppca.RankDeficientError):
-        linear_decoder_vae.train_vae(x, 3, steps=1)
+        linear_decoder_vae_training.train_vae(x, 3, steps=1)
 
 
 # --- the noise at the optimum (chapter *Stochastic vs analytic ELBO*) ---------------------------

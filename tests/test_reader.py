@@ -42,7 +42,7 @@ def test_reader_config_is_the_book_config_field_for_field():
 
 
 def test_result_arrays_round_trip():
-    from lincollapse.experiments.training_linear import (
+    from lincollapse.experiments.stochastic_elbo import (
         StochasticELBOConfig,
         StochasticELBOResult,
         stochastic_vs_analytic,
@@ -85,7 +85,8 @@ def test_banner_says_preset_cost_and_how_to_change():
 def test_shipped_reader_results_are_current():
     """Fails when a results/reader/ entry is missing or stale: regenerate it then."""
     from lincollapse.deep_runs import MissingRunsError, computing_fingerprint, load_or_train
-    from lincollapse.experiments import training_linear as tl
+    from lincollapse.experiments import linear_decoder_encoders as lde
+    from lincollapse.experiments import stochastic_elbo as se
     from lincollapse.experiments.deep import DeepVAEConfig
     from lincollapse.results_cache import source_fingerprint
 
@@ -104,16 +105,16 @@ def test_shipped_reader_results_are_current():
 
     result_types = {
         beta.MnistLinearBetaConfig: beta.MnistLinearBetaResult,
-        tl.StochasticELBOConfig: tl.StochasticELBOResult,
-        tl.EncoderComparisonConfig: tl.EncoderComparisonResult,
+        se.StochasticELBOConfig: se.StochasticELBOResult,
+        lde.EncoderComparisonConfig: lde.EncoderComparisonResult,
         linear_vae.LikelihoodVsLatentSizeConfig: linear_vae.TrainedLatentSizes,
         linear_vae.GramMatricesConfig: linear_vae.TrainedGramRun,
     }
 
     for config_type, modules in (
         (beta.MnistLinearBetaConfig, beta.LINEAR_BETA_MODULES),
-        (tl.StochasticELBOConfig, tl.COMPUTING_MODULES),
-        (tl.EncoderComparisonConfig, tl.COMPUTING_MODULES),
+        (se.StochasticELBOConfig, se.COMPUTING_MODULES),
+        (lde.EncoderComparisonConfig, lde.COMPUTING_MODULES),
         (linear_vae.LikelihoodVsLatentSizeConfig, linear_vae.COMPUTING_MODULES),
         (linear_vae.GramMatricesConfig, linear_vae.COMPUTING_MODULES),
     ):
@@ -131,7 +132,7 @@ def test_shipped_reader_results_are_current():
 
 
 def test_annealing_reader_runs_are_the_long_runs_first_steps():
-    from lincollapse.experiments.beta import (
+    from lincollapse.experiments.kl_annealing_runs import (
         AnnealingConfig,
         annealing_reference_path,
         book_runs_from_long,

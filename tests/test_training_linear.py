@@ -7,28 +7,29 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lincollapse import data, linear_decoder_vae, ppca
+from lincollapse import data, linear_decoder_vae, linear_decoder_vae_training, ppca
+from lincollapse.experiments import linear_decoder_encoders as lde
 from lincollapse.experiments import load_all
-from lincollapse.experiments import training_linear as tl
+from lincollapse.experiments import stochastic_elbo as se
 from lincollapse.plotting import training_linear as plots
 
 TINY = dict(n=100, q=3, steps=40, record_every=10, seeds=(0, 1, 2))
 
 
 @pytest.fixture(scope="module")
-def stochastic() -> tl.StochasticELBOResult:
-    config = tl.StochasticELBOConfig.for_preset(
+def stochastic() -> se.StochasticELBOResult:
+    config = se.StochasticELBOConfig.for_preset(
         "fast", gradient_checkpoints=(0, 20, 40), gradient_samples=40, **TINY
     )
-    return tl.stochastic_vs_analytic(config)
+    return se.stochastic_vs_analytic(config)
 
 
 @pytest.fixture(scope="module")
-def comparison() -> tl.EncoderComparisonResult:
-    config = tl.EncoderComparisonConfig.for_preset(
+def comparison() -> lde.EncoderComparisonResult:
+    config = lde.EncoderComparisonConfig.for_preset(
         "fast", deep_linear_hidden=(8,), mlp_hidden=(8, 8), **TINY
     )
-    return tl.encoder_comparison(config)
+    return lde.encoder_comparison(config)
 
 
 def _images(n: int) -> np.ndarray:
@@ -44,7 +45,7 @@ def _images(n: int) -> np.ndarray:
 @pytest.mark.parametrize("estimator", linear_decoder_vae.ESTIMATORS)
 def test_fast_training_improves_the_elbo(kind, estimator):
     x = _images(100)
-    run = linear_decoder_vae.train_vae(
+    run = linear_decoder_vae_training.train_vae(
         x, 3, kind=kind, estimator=estimator, steps=30, lr=5e-3, record_every=10, hidden=(8,)
     )
     assert run.elbo.shape == run.steps.shape == (4,)
@@ -57,8 +58,10 @@ def test_fast_training_improves_the_elbo(kind, estimator):
 
 def test_float32_training_records_float64_elbo():
     x = _images(100)
-    run32 = linear_decoder_vae.train_vae(x, 3, steps=20, record_every=10, dtype=torch.float32)
-    run64 = linear_decoder_vae.train_vae(x, 3, steps=20, record_every=10)
+    run32 = linear_decoder_vae_training.train_vae(
+        x, 3, steps=20, record_every=10, dtype=torch.float32
+    )
+    run64 = linear_decoder_vae_training.train_vae(x, 3, steps=20, record_every=10)
     assert run32.model.decoder.W.dtype == torch.float64
     assert run32.elbo[0] == run64.elbo[0]  # same initialisation, both evaluated in float64
     np.testing.assert_allclose(run32.elbo, run64.elbo, rtol=1e-3)
@@ -66,7 +69,7 @@ def test_float32_training_records_float64_elbo():
 
 def test_checkpoints_are_called_at_recorded_steps():
     seen = []
-    linear_decoder_vae.train_vae(
+    linear_decoder_vae_training.train_vae(
         _images(50),
         2,
         steps=20,
@@ -102,11 +105,11 @@ def test_gradient_variance_is_consistent_with_an_unbiased_estimator(stochastic):
 
 
 def test_bad_gradient_checkpoint_is_rejected():
-    config = tl.StochasticELBOConfig.for_preset("fast", gradient_checkpoints=(7,), **TINY)
+    config = se.StochasticELBOConfig.for_preset("fast", gradient_checkpoints=(7,), **TINY)
     with pytest.raises(ValueError, match="multiples of record_every"):
-        tl.stochastic_vs_analytic(config)
+        se.stochastic_vs_analytic(config)
     with pytest.raises(ValueError, match="samples must be >= 2"):
-        tl.gradient_variance(torch.zeros(3, 4), None, {}, 0.0, 1)
+        se.gradient_variance(torch.zeros(3, 4), None, {}, 0.0, 1)
 
 
 def test_covariance_eigenvalues_match_numpy():
@@ -125,8 +128,14 @@ def test_covariance_eigenvalues_match_numpy():
 
 def test_first_step_within():
     steps = np.array([0, 10, 20, 30])
-    assert linear_decoder_vae.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1) == 20
-    assert linear_decoder_vae.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1) is None
+    assert (
+        linear_decoder_vae_training.first_step_within(steps, np.array([5.0, 0.5, 0.05, 0.2]), 0.1)
+        == 20
+    )
+    assert (
+        linear_decoder_vae_training.first_step_within(steps, np.array([5.0, 0.5, 0.5, 0.2]), 0.1)
+        is None
+    )
 
 
 def test_tables_say_not_reached(stochastic):
@@ -183,7 +192,7 @@ def test_figures_are_registered_with_costs():
 
 def test_presets_differ_as_documented():
     book, fast, paper = (
-        tl.EncoderComparisonConfig.for_preset(p) for p in ("book", "fast", "paper")
+        lde.EncoderComparisonConfig.for_preset(p) for p in ("book", "fast", "paper")
     )
     assert (book.n, book.q, len(book.seeds)) == (1000, 20, 3)
     assert fast.steps < book.steps < paper.steps and paper.q == 200
@@ -199,7 +208,7 @@ def test_encoder_ranking_is_computed_from_the_final_gaps():
     optimum = 10.0
     final = {"linear": [0.01, 0.02], "deep-linear": [0.05, 0.12], "mlp": [0.3, 0.25]}
     elbo = {k: optimum - np.column_stack([np.ones(2), v, v]) for k, v in final.items()}  # (R, k)
-    result = tl.EncoderComparisonResult(
+    result = lde.EncoderComparisonResult(
         steps=np.array([0, 10, 20]),
         elbo=elbo,
         optimum=optimum,
@@ -209,7 +218,7 @@ def test_encoder_ranking_is_computed_from_the_final_gaps():
         sigma2_mle=0.1,
         eigenvalues=np.ones(2),
         seconds={},
-        config=tl.EncoderComparisonConfig.for_preset("fast"),
+        config=lde.EncoderComparisonConfig.for_preset("fast"),
     )
     sentence = result.ranking(0.1)
     assert sentence.index("linear (0.015)") < sentence.index("deep linear (0.085)")

@@ -174,11 +174,14 @@ def load_all() -> dict[str, FigureSpec]:
 _MODULES = (
     "mnist_data",
     "deep",
-    "deep_study",
+    "deep_convergence",
+    "deep_study_figures",
     "ppca",
     "linear_vae",
     "posterior_collapse",
-    "training_linear",
+    "stochastic_elbo",
+    "linear_decoder_encoders",
     "beta",
+    "kl_annealing_figures",
     "beyond_the_paper",
 )

@@ -5,11 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.beta import (
-    AnnealingConvergence,
-    AnnealingResult,
-    MnistLinearBetaResult,
-)
+from lincollapse.experiments.beta import MnistLinearBetaResult
+from lincollapse.experiments.kl_annealing_figures import AnnealingConvergence, AnnealingResult
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 KIND_STYLE = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.deep import CollapseCurves, ConvergenceStudy, SigmaSummary
+from lincollapse.experiments.deep import CollapseCurves, SigmaSummary
+from lincollapse.experiments.deep_convergence import ConvergenceStudy
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 
@@ -189,8 +190,8 @@ def plot_convergence(result: ConvergenceStudy) -> Figure:
 def plot_sigma2_study(result) -> Figure:
     """Converged collapsed fraction against σ²: ours fixed and learned, reproduction, linear count.
 
-    ``result`` is a :class:`lincollapse.experiments.deep_study.SigmaStudy`. Hollow markers are
-    runs that hit the step cap before the plateau rule held.
+    ``result`` is a :class:`lincollapse.experiments.deep_study_figures.SigmaStudy`. Hollow
+    markers are runs that hit the step cap before the plateau rule held.
     """
     with house_style():
         fig, ax = new_figure(figsize=(6.6, 4.1))
@@ -261,9 +262,9 @@ def plot_sigma2_study(result) -> Figure:
 def plot_ablations(result) -> Figure:
     """Excess of the collapsed fraction over the linear count, per setting and σ² (seed range).
 
-    ``result`` is a :class:`lincollapse.experiments.deep_study.AblationTable`.
+    ``result`` is a :class:`lincollapse.experiments.deep_study_figures.AblationTable`.
     """
-    from lincollapse.experiments.deep_study import ABLATIONS
+    from lincollapse.experiments.deep_study_figures import ABLATIONS
 
     with house_style():
         fig, axes = new_figure(1, 2, figsize=(10.0, 3.8), sharey=True)
@@ -300,7 +301,7 @@ def plot_ablations(result) -> Figure:
 def plot_latent_traversal(result) -> Figure:
     """Rows of decoded images along one latent each (active rows first, then a collapsed one).
 
-    ``result`` is a :class:`lincollapse.experiments.deep_study.LatentTraversal`, or ``None``
+    ``result`` is a :class:`lincollapse.experiments.deep_study_figures.LatentTraversal`, or ``None``
     when no trained model is available (the figure then says so).
     """
     with house_style():

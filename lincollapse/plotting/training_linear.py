@@ -6,13 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from lincollapse.experiments.training_linear import (
-    ENCODER_LABELS,
-    ESTIMATOR_LABELS,
-    TOLERANCES,
-    EncoderComparisonResult,
-    StochasticELBOResult,
-)
+from lincollapse.experiments.gap_curves import TOLERANCES
+from lincollapse.experiments.linear_decoder_encoders import ENCODER_LABELS, EncoderComparisonResult
+from lincollapse.experiments.stochastic_elbo import ESTIMATOR_LABELS, StochasticELBOResult
 from lincollapse.plotting.style import ACTIVE, COLLAPSED, OPTIMUM, SERIES, house_style, new_figure
 
 ESTIMATOR_COLOURS = {"analytic": ACTIVE, "sample": COLLAPSED}

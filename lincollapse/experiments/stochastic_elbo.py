@@ -1,23 +1,17 @@
-"""Experiments of the part *Training the linear VAE*.
+"""Experiment of the chapter *Stochastic vs analytic ELBO* (``stochastic_elbo``).
 
-Chapters ``stochastic_elbo`` and ``linear_decoder_encoders``.
+:func:`stochastic_vs_analytic` trains the linear VAE with the analytic reconstruction term and
+with a single-sample reparameterised estimate of it (KL analytic in both), from the same
+initialisation with the same optimiser, and measures the variance of the single-sample
+gradient. The runs are answered against the exact optimum ℓ*(q) of pPCA
+(``ppca.max_log_likelihood``), the global maximum of the ELBO.
 
-Two questions about *how* a linear-decoder VAE is trained, both answered against the exact
-optimum ℓ*(q) of pPCA (``ppca.max_log_likelihood``), which is the global maximum of the ELBO
-whatever the encoder:
+Every run is :func:`lincollapse.linear_decoder_vae_training.train_vae` (Adam, full batch, σ²
+learned from 1) and every recorded ELBO is the analytic one, evaluated in float64 on all images.
 
-* :func:`stochastic_vs_analytic` — the linear VAE trained with the analytic reconstruction term
-  and with a single-sample reparameterised estimate of it (KL analytic in both), from the same
-  initialisation with the same optimiser; plus the variance of the single-sample gradient.
-* :func:`encoder_comparison` — a linear decoder with the linear, deep-linear and ReLU-MLP
-  encoders of :mod:`lincollapse.linear_decoder_vae`.
-
-Every run is :func:`lincollapse.linear_decoder_vae.train_vae` (Adam, full batch, σ² learned from 1)
-and every recorded ELBO is the analytic one, evaluated in float64 on all images.
-
-Presets: ``book`` (the defaults) uses q = 20 on 1000 images so that both chapters run in a few
+Presets: ``book`` (the defaults) uses q = 20 on 1000 images so that the chapter runs in a few
 minutes on a 2-core CPU; ``paper`` uses q = 200, Adam lr 1e-3 and 12,000 steps (the official
-notebook's) and the reproductions' 1024-512 encoders; ``fast`` is a seconds-long smoke test.
+notebook's); ``fast`` is a seconds-long smoke test.
 
 Timing and fidelity table of a preset: ``python -m lincollapse bench training --preset book``.
 """
@@ -25,62 +19,31 @@ Timing and fidelity table of a preset: ``python -m lincollapse bench training --
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
-import time
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from lincollapse.data import load_mnist
+from lincollapse.data import covariance_eigenvalues
 from lincollapse.experiments import figure
-from lincollapse.linear_decoder_vae import (
-    ENCODER_KINDS,
-    LinearDecoderVAE,
-    covariance_eigenvalues,
-    first_step_within,
-    train_vae,
-)
-from lincollapse.presets import READER, ExperimentConfig, preset_banner
+from lincollapse.experiments.gap_curves import curves_table, torch_dtype, training_images
+from lincollapse.linear_decoder_vae import LinearDecoderVAE
+from lincollapse.linear_decoder_vae_training import first_step_within, train_vae
+from lincollapse.presets import READER, ExperimentConfig
 from lincollapse.reader import shipped_or_compute
 from lincollapse.reporting import Report
+
+ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sample estimate"}
 
 #: The code that computes this module's results (the fingerprint of results/reader/ entries).
 COMPUTING_MODULES = (
     "lincollapse.gaussian",
     "lincollapse.linear_decoder_vae",
+    "lincollapse.linear_decoder_vae_training",
     "lincollapse.training",
-    "lincollapse.experiments.training_linear",
+    "lincollapse.experiments.gap_curves",
+    "lincollapse.experiments.stochastic_elbo",
 )
-
-TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
-ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sample estimate"}
-ENCODER_LABELS = {
-    "linear": "(a) linear, shared D",
-    "deep-linear": "(b) deep linear, D(x)",
-    "mlp": "(c) ReLU MLP",
-}
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
-    return getattr(torch, name)
-
-
-def _images(n: int, seed: int) -> torch.Tensor:
-    return torch.as_tensor(load_mnist(n, seed=seed).images, dtype=torch.float64)
-
-
-def _format_step(step: int | None) -> str:
-    return "not reached" if step is None else f"{step:,}"
-
-
-# --------------------------------------------------------------------------------------------
-# Stochastic vs analytic ELBO
-# --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +214,7 @@ class StochasticELBOResult(Report):
 
     def table(self) -> str:
         """Final gap (mean ± sd over seeds) and steps to 1 and 0.1 nat, per estimator."""
-        return _curves_table(self, ("analytic", "sample"), ESTIMATOR_LABELS)
+        return curves_table(self, ("analytic", "sample"), ESTIMATOR_LABELS)
 
     def glue_values(self) -> dict[str, Any]:
         """Per estimator the final gap (mean ± sd over seeds) and the steps to 1 and 0.1 nat;
@@ -280,25 +243,6 @@ def _describe_steps(steps: list[int | None]) -> str:
     return f"not reached by {len(steps) - len(reached)} of {len(steps)} seeds"
 
 
-def _curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:
-    head = f"{'':<26} {'final gap (nats)':>20} " + " ".join(
-        f"{'steps to ' + format(t, 'g') + ' nat':>24}" for t in TOLERANCES
-    )
-    lines = [head]
-    for name in names:
-        gaps = result.final_gaps(name)
-        spread = gaps.std(ddof=1) if gaps.size > 1 else 0.0
-        cells = [
-            ", ".join(_format_step(s) for s in result.steps_to(name, tolerance))
-            for tolerance in TOLERANCES
-        ]
-        lines.append(
-            f"{labels[name]:<26} {gaps.mean():>11.4f} ± {spread:<6.4f} "
-            + " ".join(f"{c:>24}" for c in cells)
-        )
-    return "\n".join(lines)
-
-
 @figure(
     "stochastic-vs-analytic-elbo",
     chapter="stochastic_elbo",
@@ -319,9 +263,9 @@ def stochastic_vs_analytic(config: StochasticELBOConfig | None = None) -> Stocha
 
 
 def _stochastic_vs_analytic(config: StochasticELBOConfig) -> StochasticELBOResult:
-    x = _images(config.n, config.data_seed)
+    x = training_images(config.n, config.data_seed)
     eigenvalues = covariance_eigenvalues(x)
-    dtype = _dtype(config.dtype)
+    dtype = torch_dtype(config.dtype)
     checkpoints = sorted(set(int(c) for c in config.gradient_checkpoints))
     for step in checkpoints:
         if step % config.record_every and step != config.steps or step > config.steps:
@@ -430,238 +374,3 @@ def gradient_variance(
         gap=columns[5],
         samples=samples,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Linear decoder, varying encoders
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderComparisonConfig(ExperimentConfig):
-    """Settings of :func:`encoder_comparison`; defaults are the ``book`` preset.
-
-    ``book``: 1000 images, q = 20, seeds 0–2, Adam lr 5e-3, 1,500 full-batch steps (every
-    encoder sees all 1000 images at each step), float32 arithmetic (recorded ELBOs float64),
-    deep-linear encoder 784-64-(20, 20), MLP 784-64-64-(20, 20): widths ≥ 2q, so the MLP can
-    represent the optimal linear encoder exactly. ``paper``: q = 200, lr 1e-3, 12,000 steps,
-    the reproductions' 784-1024-512 widths for both amortised encoders, float64. ``fast``: 200
-    images, q = 5, 150 steps, widths 16 (smoke test).
-    """
-
-    OVERRIDES: ClassVar[dict] = {
-        "fast": dict(
-            n=200,
-            q=5,
-            steps=150,
-            record_every=10,
-            deep_linear_hidden=(16,),
-            mlp_hidden=(16, 16),
-            dtype="float64",
-        ),
-        "paper": dict(
-            q=200,
-            lr=1e-3,
-            steps=12_000,
-            record_every=100,
-            deep_linear_hidden=(1024, 512),
-            mlp_hidden=(1024, 512),
-            dtype="float64",
-        ),
-        "reader": {},  # the book's runs, read from results/reader/ (lincollapse.reader)
-    }
-    COSTS: ClassVar[dict[str, str]] = {
-        "fast": "≈ 5 s",
-        "book": "≈ 3 min for the whole chapter (171 s measured, 2 cores)",
-        "reader": "< 1 s (the book's runs, shipped)",
-        "paper": "hours (CPU)",
-    }
-
-    n: int = 1000
-    data_seed: int = 0
-    q: int = 20
-    seeds: tuple[int, ...] = (0, 1, 2)
-    kinds: tuple[str, ...] = ENCODER_KINDS
-    steps: int = 1500
-    lr: float = 5e-3
-    record_every: int = 25
-    sigma2_init: float = 1.0
-    dtype: str = "float32"
-    deep_linear_hidden: tuple[int, ...] = (64,)
-    mlp_hidden: tuple[int, ...] = (64, 64)
-
-    def hidden(self, kind: str) -> tuple[int, ...] | None:
-        return {"deep-linear": self.deep_linear_hidden, "mlp": self.mlp_hidden}.get(kind)
-
-
-@dataclasses.dataclass
-class EncoderComparisonResult:
-    """ELBO curves of a linear decoder trained with each encoder kind.
-
-    Attributes
-    ----------
-    steps : ndarray of shape (k,)
-    elbo : dict kind -> ndarray of shape (R, k)
-        Analytic ELBO (float64) along each seed's run.
-    optimum : float
-        ℓ*(q): the ELBO's global maximum for every encoder.
-    grams : dict kind -> ndarray of shape (q, q)
-        WᵀW of the decoder at the end of the first seed's run.
-    decoders : dict kind -> ndarray of shape (d, q)
-        W at the end of the first seed's run (its σ² is ``sigma2[kind][0]``).
-    sigma2 : dict kind -> ndarray of shape (R,)
-        Final σ² of each run.
-    sigma2_mle : float
-        σ²_MLE(q), the σ² of the optimum.
-    eigenvalues : ndarray of shape (q,)
-        λ_1..λ_q: at the optimum the diagonal of WᵀW is λ_j − σ²_MLE (in some order).
-    seconds : dict kind -> float
-    config : EncoderComparisonConfig
-    """
-
-    steps: np.ndarray
-    elbo: dict[str, np.ndarray]
-    optimum: float
-    grams: dict[str, np.ndarray]
-    decoders: dict[str, np.ndarray]
-    sigma2: dict[str, np.ndarray]
-    sigma2_mle: float
-    eigenvalues: np.ndarray
-    seconds: dict[str, float]
-    config: EncoderComparisonConfig
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(self.elbo)
-
-    def gaps(self, kind: str) -> np.ndarray:
-        return self.optimum - self.elbo[kind]
-
-    def final_gaps(self, kind: str) -> np.ndarray:
-        return self.gaps(kind)[:, -1]
-
-    def steps_to(self, kind: str, tolerance: float) -> list[int | None]:
-        return [first_step_within(self.steps, gap, tolerance) for gap in self.gaps(kind)]
-
-    def off_diagonal(self, kind: str) -> float:
-        """max |(WᵀW)_ij| / max (WᵀW)_ii over i ≠ j: 0 for orthogonal columns."""
-        gram = self.grams[kind]
-        off = gram - np.diag(np.diag(gram))
-        return float(np.abs(off).max() / np.abs(np.diag(gram)).max())
-
-    def table(self) -> str:
-        """Final gap (mean ± sd over seeds) and steps to 1 and 0.1 nat, per encoder."""
-        return _curves_table(self, self.kinds, ENCODER_LABELS)
-
-    def ranking(self, tolerance: float = 0.1) -> str:
-        """The encoders ordered by their mean final gap, and which end within ``tolerance``.
-
-        A sentence for the chapter, computed from the runs: the order depends on the preset and
-        the seeds, and a gap near ``tolerance`` can fall on either side of it.
-        """
-        names = {"linear": "linear", "deep-linear": "deep linear", "mlp": "MLP"}
-        mean = {kind: float(self.final_gaps(kind).mean()) for kind in self.kinds}
-        order = sorted(self.kinds, key=mean.__getitem__)
-        within = [names.get(k, k) for k in order if np.all(self.final_gaps(k) <= tolerance)]
-        outside = [names.get(k, k) for k in order if names.get(k, k) not in within]
-        ranked = ", ".join(f"{names.get(k, k)} ({mean[k]:.3f})" for k in order)
-        return (
-            f"Ordered by mean final gap (nats per image): {ranked}. Within {tolerance:g} nat of "
-            f"ℓ*(q) at the end for every seed: {', '.join(within) or 'none'}; not for every "
-            f"seed: {', '.join(outside) or 'none'}."
-        )
-
-
-@figure(
-    "linear-decoder-encoders",
-    chapter="linear_decoder_encoders",
-    plot="lincollapse.plotting.training_linear:plot_encoder_comparison",
-    config=EncoderComparisonConfig,
-    paper_figure="linear decoder with linear / deep / nonlinear encoders (paper; course report)",
-    costs=EncoderComparisonConfig.COSTS,
-)
-def encoder_comparison(config: EncoderComparisonConfig | None = None) -> EncoderComparisonResult:
-    """A linear decoder trained with linear, deep-linear and ReLU-MLP encoders."""
-    config = config or EncoderComparisonConfig.for_preset()
-    result, provenance = shipped_or_compute(
-        config, _encoder_comparison, EncoderComparisonResult, COMPUTING_MODULES
-    )
-    if config.preset == READER:
-        print("runs:", provenance)
-    return result
-
-
-def _encoder_comparison(config: EncoderComparisonConfig) -> EncoderComparisonResult:
-    x = _images(config.n, config.data_seed)
-    eigenvalues = covariance_eigenvalues(x)
-    dtype = _dtype(config.dtype)
-    curves: dict[str, list[np.ndarray]] = {}
-    grams, decoders, sigma2, seconds = {}, {}, {}, {}
-    steps = optimum = None
-    for kind in config.kinds:
-        curves[kind], sigma2[kind], seconds[kind] = [], [], 0.0
-        for index, seed in enumerate(config.seeds):
-            run = train_vae(
-                x,
-                config.q,
-                kind=kind,
-                steps=config.steps,
-                lr=config.lr,
-                seed=seed,
-                hidden=config.hidden(kind),
-                sigma2_init=config.sigma2_init,
-                record_every=config.record_every,
-                dtype=dtype,
-                eigenvalues=eigenvalues,
-            )
-            curves[kind].append(run.elbo)
-            sigma2[kind].append(run.model.decoder.sigma2.item())
-            seconds[kind] += run.seconds
-            steps, optimum = run.steps, run.optimum
-            if index == 0:
-                grams[kind] = run.model.gram()
-                decoders[kind] = run.model.decoder.W.detach().numpy().copy()
-    d = eigenvalues.size
-    return EncoderComparisonResult(
-        steps=steps,
-        elbo={k: np.stack(v) for k, v in curves.items()},
-        optimum=float(optimum),
-        grams=grams,
-        decoders=decoders,
-        sigma2={k: np.asarray(v) for k, v in sigma2.items()},
-        sigma2_mle=float(np.clip(eigenvalues[config.q :], 0, None).sum() / (d - config.q)),
-        eigenvalues=eigenvalues[: config.q].copy(),
-        seconds=seconds,
-        config=config,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark
-# --------------------------------------------------------------------------------------------
-
-
-def benchmark(preset: str | None = None) -> str:
-    """Run both experiments of the preset and return a timing-and-fidelity table."""
-    lines = [
-        preset_banner(preset),
-        f"machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.2f} at start",
-    ]
-    start = time.perf_counter()
-    stochastic = stochastic_vs_analytic(StochasticELBOConfig.for_preset(preset))
-    middle = time.perf_counter()
-    encoders = encoder_comparison(EncoderComparisonConfig.for_preset(preset))
-    end = time.perf_counter()
-    lines += [
-        f"stochastic_vs_analytic: {middle - start:.1f} s "
-        f"(training {sum(stochastic.seconds.values()):.1f} s), optimum {stochastic.optimum:.4f}",
-        stochastic.table(),
-        stochastic.gradient.table(),
-        f"encoder_comparison: {end - middle:.1f} s "
-        f"(training {sum(encoders.seconds.values()):.1f} s), optimum {encoders.optimum:.4f}",
-        encoders.table(),
-        f"total {end - start:.1f} s, load average {os.getloadavg()[0]:.2f} at end",
-    ]
-    return "\n".join(lines)

@@ -1,0 +1,284 @@
+"""Shipping the deep chapter's study: each group of finished runs as
+``results/deep_study_<group>.{npz,json}`` and the traversal run's decoder as
+``results/deep_traversal``, each with its behaviour probe (:mod:`lincollapse.references`); and
+loading a group back, shipped or from the local store.
+
+The runs themselves (their specs, training and store) are in
+:mod:`lincollapse.experiments.deep_study`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lincollapse.collapse import collapsed_fraction_from_thresholds
+from lincollapse.deep_vae import GaussianVAE
+from lincollapse.experiments.deep_study import (
+    EPSILONS,
+    GROUPS,
+    PLATEAU_EPSILONS,
+    RECORD_EVERY,
+    RunSpec,
+    finished,
+    load_model,
+    plateau,
+    run_probe,
+    study_data,
+)
+from lincollapse.references import (
+    PROBE_ATOL,
+    PROBE_RTOL,
+    RESULTS_DIR,
+    Probe,
+    load_shipped,
+    reference_info,
+    save_shipped,
+    shipped_provenance,
+)
+from lincollapse.results_cache import ReferenceResultError, config_key
+
+
+def reference_path(group: str) -> Path:
+    """Stem of a group's shipped runs: ``results/deep_study_<group>``."""
+    return RESULTS_DIR / f"deep_study_{group}"
+
+
+def group_key(group: str, specs: Sequence[RunSpec] | None = None) -> dict[str, Any]:
+    """The configuration of a shipped group: the keys of its runs (default: all of them)."""
+    specs = GROUPS[group] if specs is None else specs
+    return {
+        "experiment": "deep_study_group",
+        "group": group,
+        "runs": [spec.key() for spec in specs],
+    }
+
+
+def _shipped_specs(group: str, meta: dict) -> list[RunSpec]:
+    """The runs a shipped group holds, in its order; raises if any is not one of the group's."""
+    known = {config_key(spec.key()): spec for spec in GROUPS[group]}
+    config = meta.get("config", {})
+    if config.get("experiment") != "deep_study_group" or config.get("group") != group:
+        raise ReferenceResultError(f"reference for {group!r} holds another experiment")
+    specs = [known.get(config_key(run)) for run in config.get("runs", [])]
+    if not specs or None in specs:
+        raise ReferenceResultError(
+            f"reference for {group!r} holds runs of another configuration than the current one"
+        )
+    return specs
+
+
+def group_probe(group: str, specs: Sequence[RunSpec] | None = None) -> Probe:
+    """Behaviour probe of a group's runs (default: all): :func:`run_probe` of each, stacked."""
+    specs = GROUPS[group] if specs is None else specs
+
+    def probe() -> dict[str, np.ndarray]:
+        probes = [run_probe(spec) for spec in specs]
+        return {k: np.stack([p[k] for p in probes]) for k in probes[0]}
+
+    return probe
+
+
+CHECKPOINT_EVERY = 20  # records between the threshold snapshots kept in a shipped group
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    longest = max(r.shape[0] for r in rows)
+    out = np.full((len(rows), longest, *rows[0].shape[1:]), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dict[str, np.ndarray]:
+    """The arrays of a shipped group (runs padded with NaN after their last record).
+
+    ``steps`` (k,); per run r: ``fraction``/``fraction_test`` (R, k, e) at :data:`EPSILONS`,
+    ``elbo``/``elbo_test``/``sigma2_path`` (R, k), threshold snapshots every
+    :data:`CHECKPOINT_EVERY` records and at each run's end (``snapshot_thresholds``,
+    ``snapshot_thresholds_test`` (R, m, q), NaN-padded, at ``snapshot_steps`` (R, m)),
+    ``kl_mean_final`` (R, q), and the run's settings and outcome (``sigma2``, ``learned``,
+    ``pixels``, ``n_train``, ``seed``, ``steps_done``, ``converged``, ``movement``, ``seconds``).
+    """
+    fields: dict[str, list] = {
+        k: []
+        for k in (
+            "fraction",
+            "fraction_test",
+            "elbo",
+            "elbo_test",
+            "sigma2_path",
+            "snapshot_thresholds",
+            "snapshot_thresholds_test",
+            "snapshot_steps",
+        )
+    }
+    for _, arrays, _ in runs:
+        k = arrays["steps"].size
+        snaps = sorted(set(range(0, k, CHECKPOINT_EVERY)) | {k - 1})
+        fields["fraction"].append(
+            collapsed_fraction_from_thresholds(arrays["thresholds"], EPSILONS)
+        )
+        fields["fraction_test"].append(
+            collapsed_fraction_from_thresholds(arrays["thresholds_test"], EPSILONS)
+        )
+        fields["elbo"].append(arrays["elbo"])
+        fields["elbo_test"].append(arrays["elbo_test"])
+        fields["sigma2_path"].append(arrays["sigma2"])
+        fields["snapshot_thresholds"].append(arrays["thresholds"][snaps])
+        fields["snapshot_thresholds_test"].append(arrays["thresholds_test"][snaps])
+        fields["snapshot_steps"].append(arrays["steps"][snaps].astype(np.float64))
+    longest = max(arrays["steps"].size for _, arrays, _ in runs)
+    out = {name: _pad(rows) for name, rows in fields.items()}
+    out["steps"] = np.arange(longest, dtype=np.int64) * RECORD_EVERY
+    out["kl_mean_final"] = np.stack([arrays["kl_mean"][-1] for _, arrays, _ in runs])
+    out["sigma2"] = np.array([spec.sigma2 for spec, _, _ in runs])
+    out["learned"] = np.array([spec.learned for spec, _, _ in runs])
+    out["pixels"] = np.array([spec.pixels for spec, _, _ in runs])
+    out["n_train"] = np.array([spec.n_train for spec, _, _ in runs])
+    out["seed"] = np.array([spec.seed for spec, _, _ in runs])
+    out["steps_done"] = np.array([arrays["steps"][-1] for _, arrays, _ in runs])
+    out["seconds"] = np.array([info["seconds"] for _, _, info in runs])
+    # the plateau rule evaluated on the records at each run's end
+    rule = [
+        plateau(a["steps"], collapsed_fraction_from_thresholds(a["thresholds"], PLATEAU_EPSILONS))
+        for _, a, _ in runs
+    ]
+    out["converged"] = np.array([converged for converged, _ in rule])
+    out["movement"] = np.array([movement for _, movement in rule])
+    return out
+
+
+def _check_behaviour(spec: RunSpec, arrays: dict[str, np.ndarray]) -> None:
+    """Raise unless the code now reproduces the probe the run recorded when it started."""
+    for name, value in run_probe(spec).items():
+        if not np.allclose(value, arrays[f"probe_{name}"], rtol=PROBE_RTOL, atol=PROBE_ATOL):
+            raise ReferenceResultError(
+                f"{spec.label} was trained by code that behaves differently from the code now "
+                f"({name!r} differs); retrain it"
+            )
+
+
+def ship_group(group: str, command: str) -> Path:
+    """Write ``results/deep_study_<group>`` from the finished runs of ``group``.
+
+    Ships the runs that are finished (a group may be shipped before all of its runs are; the
+    chapter names the missing ones), and only when the code now reproduces each run's own probe
+    (recorded when it started training), so nothing trained by other code is shipped.
+    """
+    runs = []
+    for spec in GROUPS[group]:
+        found = finished(spec)
+        if found is None:
+            continue
+        arrays, meta = found
+        _check_behaviour(spec, arrays)
+        runs.append((spec, arrays, meta.get("info", {})))
+    if not runs:
+        raise ReferenceResultError(f"{group}: no run is finished; train them first")
+    specs = [spec for spec, _, _ in runs]
+    seconds = float(sum(info["seconds"] for _, _, info in runs))
+    info = reference_info(
+        command,
+        "cpu",
+        seconds,
+        threads_per_run=sorted({i.get("threads") for _, _, i in runs}),
+    )
+    stem = reference_path(group)
+    save_shipped(stem, group_key(group, specs), group_arrays(runs), group_probe(group, specs), info)
+    return stem
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyGroup:
+    """A shipped (or locally finished) group of runs, as :func:`group_arrays`, and where from."""
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    provenance: str
+    missing: tuple[str, ...] = ()
+
+    def final_fraction(self, epsilon: float = 0.01, test: bool = False) -> np.ndarray:
+        """Collapsed fraction at ``epsilon`` at each run's last record, (R,)."""
+        e = EPSILONS.index(epsilon)
+        name = "fraction_test" if test else "fraction"
+        last = self.arrays["steps_done"] // RECORD_EVERY
+        return self.arrays[name][np.arange(last.size), last, e]
+
+
+def load_group(group: str) -> StudyGroup | None:
+    """The group's runs: the shipped ones, or, when more of them are finished in the local
+    store, those; ``None`` when none is available. ``missing`` names the runs not included."""
+    stem = reference_path(group)
+    shipped = None
+    try:
+        arrays, meta = load_shipped(stem, None)
+        specs = _shipped_specs(group, meta)
+        shipped = StudyGroup(group, arrays, shipped_provenance(stem, meta), _missing(group, specs))
+    except ReferenceResultError:
+        specs = []
+    runs = [(spec, *found) for spec in GROUPS[group] if (found := finished(spec)) is not None]
+    if len(runs) > len(specs):
+        local = [(spec, arrays, meta.get("info", {})) for spec, arrays, meta in runs]
+        return StudyGroup(
+            group,
+            group_arrays(local),
+            "finished runs in the local results cache",
+            _missing(group, [spec for spec, _, _ in local]),
+        )
+    return shipped
+
+
+def _missing(group: str, present: Sequence[RunSpec]) -> tuple[str, ...]:
+    return tuple(spec.label for spec in GROUPS[group] if spec not in present)
+
+
+# ----------------------------------------------------------------------------- traversal
+
+# A converged run with active and collapsed latents: [0, 1] pixels, σ² = 0.1 fixed, seed 0.
+TRAVERSAL_RUN = RunSpec(0.1)
+TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 7))
+TRAVERSAL_IMAGE = 0  # the training image whose code the traversal starts from
+
+
+def traversal_path() -> Path:
+    """Stem of the shipped decoder of :data:`TRAVERSAL_RUN`: ``results/deep_traversal``."""
+    return RESULTS_DIR / "deep_traversal"
+
+
+def traversal_arrays(model: GaussianVAE, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a traversal needs from a trained run: decoder weights (float16, to stay small), the
+    encoder mean of the start image, and the mean KL per latent at the run's end."""
+    out = {}
+    for index, layer in enumerate(model.decoder):
+        out[f"decoder_weight_{index}"] = layer.weight.detach().numpy().astype(np.float16)
+        out[f"decoder_bias_{index}"] = layer.bias.detach().numpy().astype(np.float16)
+    train = torch.tensor(study_data(TRAVERSAL_RUN.pixels, TRAVERSAL_RUN.n_train)[0])
+    with torch.no_grad():
+        mean, _ = model.encode(train[TRAVERSAL_IMAGE : TRAVERSAL_IMAGE + 1].float())
+    out["start_code"] = mean[0].double().numpy()
+    out["kl_mean"] = np.asarray(arrays["kl_mean"][-1], dtype=np.float64)
+    return out
+
+
+def ship_traversal(command: str) -> Path:
+    """Ship the decoder of :data:`TRAVERSAL_RUN` (finished, trained by code that behaves as now)."""
+    found = finished(TRAVERSAL_RUN)
+    model = load_model(TRAVERSAL_RUN)
+    if found is None or model is None:
+        raise ReferenceResultError(f"{TRAVERSAL_RUN.label} is not finished here; train it first")
+    _check_behaviour(TRAVERSAL_RUN, found[0])
+    info = reference_info(
+        command, "cpu", float(found[1]["info"]["seconds"]), run=TRAVERSAL_RUN.label
+    )
+    stem = traversal_path()
+    key = {"experiment": "deep_traversal", "run": TRAVERSAL_RUN.key(), "image": TRAVERSAL_IMAGE}
+    save_shipped(
+        stem, key, traversal_arrays(model, found[0]), lambda: run_probe(TRAVERSAL_RUN), info
+    )
+    return stem

@@ -1,0 +1,53 @@
+"""What the two chapters that train a linear decoder share: their images and arithmetic, and
+the table of ELBO-gap curves against the optimum ℓ*(q).
+
+Chapters ``stochastic_elbo`` (:mod:`lincollapse.experiments.stochastic_elbo`) and
+``linear_decoder_encoders`` (:mod:`lincollapse.experiments.linear_decoder_encoders`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lincollapse.data import load_mnist
+
+TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The training arithmetic named by a config's ``dtype``: ``"float32"`` or ``"float64"``."""
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name)
+
+
+def training_images(n: int, seed: int) -> torch.Tensor:
+    """``n`` MNIST images (subset ``seed``) as a float64 tensor."""
+    return torch.as_tensor(load_mnist(n, seed=seed).images, dtype=torch.float64)
+
+
+def format_step(step: int | None) -> str:
+    return "not reached" if step is None else f"{step:,}"
+
+
+def curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:
+    """Final gap (mean ± sd over seeds) and each seed's steps to every tolerance, one row per
+    curve ``names`` of ``result`` (which has ``final_gaps(name)`` and ``steps_to(name, t)``)."""
+    head = f"{'':<26} {'final gap (nats)':>20} " + " ".join(
+        f"{'steps to ' + format(t, 'g') + ' nat':>24}" for t in TOLERANCES
+    )
+    lines = [head]
+    for name in names:
+        gaps = result.final_gaps(name)
+        spread = gaps.std(ddof=1) if gaps.size > 1 else 0.0
+        cells = [
+            ", ".join(format_step(s) for s in result.steps_to(name, tolerance))
+            for tolerance in TOLERANCES
+        ]
+        lines.append(
+            f"{labels[name]:<26} {gaps.mean():>11.4f} ± {spread:<6.4f} "
+            + " ".join(f"{c:>24}" for c in cells)
+        )
+    return "\n".join(lines)
