@@ -486,4 +486,4 @@ def _latent_rates(V: np.ndarray, D: np.ndarray, covariance: np.ndarray) -> np.nd
         quadratic = np.einsum("id,d,id->i", V, covariance, V)
     else:
         quadratic = np.einsum("id,de,ie->i", V, covariance, V)
-    return 0.5 * (D - np.log(D) + quadratic - 1.0)
+    return gaussian.expected_kl_to_prior(quadratic, D)  # E_x[μ_i²] = (V S Vᵀ)_ii
