@@ -168,10 +168,7 @@ def marginal_covariance(W: np.ndarray, sigma2: float) -> np.ndarray:
     -------
     ndarray of shape (d, d)
     """
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (d, q), got {W.shape}")
-    W = validation.check_loadings(W, W.shape[0])
+    W = validation.check_loadings(W)
     return W @ W.T + validation.check_sigma2(sigma2) * np.eye(W.shape[0])  # (ppca-marginal)
 
 

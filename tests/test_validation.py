@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lincollapse import linear_vae, ppca
+from lincollapse import linear_decoder_vae, linear_vae, ppca
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE, GaussianVAE, train_batched
 from lincollapse.training import maximise
 
@@ -92,3 +92,34 @@ def test_sigma2_numbers_of_every_kind_still_work():
     expected = ppca.fixed_sigma2_maximiser(spectrum, 1, 0.01)
     for sigma2 in (np.float32(0.01), np.float64(0.01), torch.tensor(0.01, dtype=torch.float64)):
         np.testing.assert_allclose(ppca.fixed_sigma2_maximiser(spectrum, 1, sigma2), expected)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda W: linear_vae.optimal_encoder(W, 1.0), r"W must have shape \(d, q\), got \(3,\)"),
+        (lambda W: linear_vae.elbo_gap(W, 1.0), r"W must have shape \(d, q\), got \(3,\)"),
+        (lambda W: ppca.marginal_covariance(W, 1.0), r"W must have shape \(d, q\), got \(3,\)"),
+    ],
+)
+def test_weights_that_are_not_a_matrix_are_refused_by_one_check(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(np.ones(3))
+
+
+def test_marginal_covariance_refuses_as_many_columns_as_rows():
+    with pytest.raises(ValueError, match="pPCA needs q < d=3"):
+        ppca.marginal_covariance(np.ones((3, 3)), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: linear_vae.LinearVAE(3, 3), r"need d >= 1 and 0 <= q < d, got d=3, q=3"),
+        (lambda: linear_vae.LinearVAE(3, 1.5), "d and q must be integers"),
+        (lambda: linear_decoder_vae.LinearEncoder(3, 0), r"need d >= 1 and 1 <= q < d"),
+    ],
+)
+def test_model_dimensions_are_checked_by_one_check(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
