@@ -384,7 +384,8 @@ def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
     """Number of eigenvalues above d · ε_machine · λ_max, and that tolerance.
 
     The tolerance is the one ``numpy.linalg.matrix_rank`` uses for a symmetric matrix; pPCA's
-    rank checks and the data chapter's count of zero eigenvalues both use it.
+    rank checks, the data chapter's count of zero eigenvalues and the linear VAE's training (which
+    pixel variances, or eigenvalues, count as zero) all use it.
     """
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     tolerance = eigenvalues.size * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0)
