@@ -53,15 +53,17 @@ def check_steps(steps: Any, name: str = "steps") -> None:
 
 
 def check_positive(value: Any, name: str) -> None:
-    """``value`` must be a real number (not a string or bool), finite and > 0."""
-    if isinstance(value, (str, bytes, bool, np.bool_)) or not _is_real(value):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    number = float(value)
-    if not (math.isfinite(number) and number > 0.0):
-        raise ValueError(
-            f"{name} must be a finite positive number, got {name}={value!r}"
-            + ("; a noise variance of inf would ignore the data" if number == math.inf else "")
-        )
+    """``value`` must be a real number (not a string, bool or array), finite and > 0.
+
+    The rule of :func:`check_sigma2` and :func:`check_beta`, for a parameter named ``name``.
+    """
+    real = not isinstance(value, (str, bytes, bool, np.bool_)) and _is_real(value)
+    infinite = real and float(value) == math.inf
+    _positive_float(
+        value if real else math.nan,
+        f"{name} must be a finite positive number, got {name}={value!r}"
+        + ("; a noise variance of inf would ignore the data" if infinite else ""),
+    )
 
 
 def check_positive_each(values: Any, name: str) -> None:

@@ -123,3 +123,26 @@ def test_marginal_covariance_refuses_as_many_columns_as_rows():
 def test_model_dimensions_are_checked_by_one_check(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -1.0, np.inf, np.nan, "1", b"1", True, np.bool_(True), 1j, np.ones(2)]
+)
+def test_one_rule_for_positive_parameters(value):
+    from lincollapse import validation
+
+    for check in (
+        lambda v: validation.check_positive(v, "sigma2"),
+        validation.check_sigma2,
+        validation.check_beta,
+    ):
+        with pytest.raises(ValueError, match="finite positive"):
+            check(value)
+
+
+@pytest.mark.parametrize("value", [0.5, 3, np.float32(0.5), np.int64(2), torch.tensor(0.5)])
+def test_positive_parameters_of_every_numeric_kind_pass(value):
+    from lincollapse import validation
+
+    validation.check_positive(value, "sigma2")
+    assert validation.check_sigma2(value) == validation.check_beta(value) == float(value)
