@@ -168,11 +168,9 @@ def optimal_beta_elbo(
     ell = -0.5 * (
         d * LOG_2PI + np.sum(np.log(kept) + 1.0) + np.sum(math.log(s) + rest / s)
     )  # fixed-noise pPCA maximum at s
-    return float(
-        beta * ell
-        + 0.5 * beta * d * (LOG_2PI + math.log(s))
-        - 0.5 * d * (LOG_2PI + math.log(sigma2))
-    )
+    from lincollapse.beta_elbo import beta_elbo_constant  # beta_elbo imports this module
+
+    return float(beta * ell + beta_elbo_constant(d, sigma2, beta))  # (beta-equivalence)
 
 
 # --------------------------------------------------------------------------------------------
