@@ -54,7 +54,7 @@ def test_expected_kl_to_prior_is_the_data_average_of_torch_distributions_kl(kind
         torch.distributions.Normal(torch.as_tensor(means), torch.as_tensor(np.sqrt(D))),
         torch.distributions.Normal(0.0, 1.0),
     ).numpy()
-    mean_square = np.diag(V @ (centred.T @ centred / 40) @ V.T)
+    mean_square = np.diag(V @ (centred.T @ centred / 40) @ V.T).copy()
     rates = gaussian.expected_kl_to_prior(_as(kind, mean_square), _as(kind, D))
     assert isinstance(rates, torch.Tensor) == (kind == "torch")
     np.testing.assert_allclose(_numpy(rates), per_point.mean(axis=0), rtol=1e-12)
