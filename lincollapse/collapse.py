@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lincollapse import gaussian, ppca
+from lincollapse import gaussian
 
 __all__ = [
     "collapse_quantile_index",
@@ -203,13 +203,7 @@ def encoder_collapsed_fraction(
 def linear_collapse_prediction(
     eigenvalues: np.ndarray, sigma2: np.ndarray | float, latent: int
 ) -> np.ndarray:
-    """Linear-theory collapsed fraction #{j ≤ q : λ_j ≤ σ²}/q = max(0, q − #{λ_j > σ²})/q.
-
-    :func:`lincollapse.ppca.collapsed_column_count` divided by q = ``latent``, for each σ² of
-    ``sigma2`` (any shape; the result has its shape). ``eigenvalues`` descending, q < their
-    number.
-    """
+    """Linear-theory collapsed fraction max(0, q − #{λ_j > σ²})/q for each σ²."""
     sigma2 = np.asarray(sigma2, dtype=np.float64)
-    eigenvalues = ppca.eigenvalues_of(eigenvalues)
-    counts = [ppca.collapsed_column_count(eigenvalues, latent, s) for s in sigma2.reshape(-1)]
-    return (np.asarray(counts, dtype=np.int64) / latent).reshape(sigma2.shape)
+    above = (np.asarray(eigenvalues)[:, None] > sigma2.reshape(-1)).sum(axis=0)
+    return (np.maximum(0, latent - above) / latent).reshape(sigma2.shape)

@@ -2,8 +2,7 @@
 
 - :func:`kl_to_prior`: KL(N(μ, s²) ‖ N(0, 1)) per latent dimension, chapter *Posterior
   collapse*, equation (collapse-kl-dim), and the KL term (lvae-kl) of every diagonal-Gaussian
-  encoder; :func:`expected_kl_to_prior`, the same averaged over data when the variance is shared
-  (the linear VAE's per-latent rate).
+  encoder.
 - :func:`log_likelihood`: log N(x; x̂, σ² I_d) from the squared error ‖x − x̂‖², the
   scalar-noise Gaussian decoder of every model (lvae-recon, deep-elbo).
 - :func:`m_matrix`: M = WᵀW + σ² I, the q × q matrix of pPCA's posterior (ppca-posterior) and of
@@ -24,14 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = [
-    "LOG_2PI",
-    "expected_kl_to_prior",
-    "kl_to_prior",
-    "log_likelihood",
-    "m_matrix",
-    "optimal_encoder",
-]
+__all__ = ["LOG_2PI", "kl_to_prior", "log_likelihood", "m_matrix", "optimal_encoder"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -58,28 +50,9 @@ def kl_to_prior(mean: Any, variance: Any, log_variance: Any = None) -> Any:
     ndarray or Tensor of the broadcast shape
         Nats, per point and latent dimension (sum the last axis for the KL of the point).
     """
-    return expected_kl_to_prior(mean**2, variance, log_variance)  # (collapse-kl-dim)
-
-
-def expected_kl_to_prior(mean_square: Any, variance: Any, log_variance: Any = None) -> Any:
-    """½ (E[μ_i²] + s_i² − 1 − log s_i²): :func:`kl_to_prior` averaged over data, elementwise.
-
-    With a variance s_i² shared by all data points (the linear VAE's D), the KL of latent i
-    averaged over the data needs only the mean square of its encoder means, E_x[μ_i(x)²]
-    (for the linear encoder μ = V(x − μ̂), the diagonal of V S Vᵀ): equation (lvae-kl) per latent.
-    With ``mean_square = μ²`` it is the KL of one point, which is how :func:`kl_to_prior`
-    computes it.
-
-    Parameters
-    ----------
-    mean_square : ndarray or Tensor
-        μ_i², or its average over the data.
-    variance, log_variance
-        As in :func:`kl_to_prior`.
-    """
     if log_variance is None:
         log_variance = torch.log(variance) if _is_torch(variance) else np.log(variance)
-    return 0.5 * (mean_square + variance - 1.0 - log_variance)  # (collapse-kl-dim), (lvae-kl)
+    return 0.5 * (mean**2 + variance - 1.0 - log_variance)  # (collapse-kl-dim)
 
 
 def log_likelihood(squared_error: Any, d: int, log_sigma2: Any, sigma2: Any = None) -> Any:

@@ -168,9 +168,11 @@ def optimal_beta_elbo(
     ell = -0.5 * (
         d * LOG_2PI + np.sum(np.log(kept) + 1.0) + np.sum(math.log(s) + rest / s)
     )  # fixed-noise pPCA maximum at s
-    from lincollapse.beta_elbo import beta_elbo_constant  # beta_elbo imports this module
-
-    return float(beta * ell + beta_elbo_constant(d, sigma2, beta))  # (beta-equivalence)
+    return float(
+        beta * ell
+        + 0.5 * beta * d * (LOG_2PI + math.log(s))
+        - 0.5 * d * (LOG_2PI + math.log(sigma2))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,4 +486,4 @@ def _latent_rates(V: np.ndarray, D: np.ndarray, covariance: np.ndarray) -> np.nd
         quadratic = np.einsum("id,d,id->i", V, covariance, V)
     else:
         quadratic = np.einsum("id,de,ie->i", V, covariance, V)
-    return gaussian.expected_kl_to_prior(quadratic, D)  # E_x[μ_i²] = (V S Vᵀ)_ii
+    return 0.5 * (D - np.log(D) + quadratic - 1.0)
