@@ -189,6 +189,8 @@ class GaussianVAE(nn.Module):
     ) -> None:
         validation.check_positive(sigma2, "sigma2")
         super().__init__()
+        if not sigma2 > 0:
+            raise ValueError(f"sigma2 must be positive, got {sigma2}")
         self.arch = arch
         self.device_ = resolve_device(device)
         init = _initial_weights(arch, seed)
