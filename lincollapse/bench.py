@@ -97,16 +97,13 @@ def bench_linear(preset: str, out: Callable[[str], None] = print) -> float:
     CPU time is what one free core would take with one thread; wall time depends on the load.
     """
     from lincollapse import linear_vae, linear_vae_training, ppca
-    from lincollapse.data import load_mnist
+    from lincollapse.data import load_mnist, numerical_rank
     from lincollapse.experiments.linear_vae import LikelihoodVsLatentSizeConfig
 
     config = LikelihoodVsLatentSizeConfig.for_preset(preset)
     data = load_mnist(config.n, seed=config.seed)
     spectrum = ppca.data_spectrum(data.images)  # for ℓ*(q) and the fast path only
-    variances = data.images.var(axis=0)  # the pixels ascend_elbo trains (non-constant ones)
-    active = int(
-        np.count_nonzero(variances > variances.size * np.finfo(float).eps * variances.max())
-    )
+    active, _ = numerical_rank(data.images.var(axis=0))  # the pixels ascend_elbo trains
     out(f"linear VAE benchmark, preset {preset}: {data.description}")
     out(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

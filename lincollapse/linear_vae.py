@@ -177,10 +177,7 @@ def optimal_encoder(W: np.ndarray, sigma2: float) -> tuple[np.ndarray, np.ndarra
     V : ndarray of shape (q, d)
     D : ndarray of shape (q,)
     """
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (d, q), got {W.shape}")
-    validation.check_finite_matrix(W, "W")
+    W = validation.check_weights(W)
     sigma2 = validation.check_sigma2(sigma2)
     return gaussian.optimal_encoder(W, sigma2)  # (lvae-optimal-encoder)
 
@@ -202,10 +199,7 @@ def elbo_gap(W: np.ndarray, sigma2: float) -> float:
     float
         Nats per data point.
     """
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (d, q), got {W.shape}")
-    validation.check_finite_matrix(W, "W")
+    W = validation.check_weights(W)
     sigma2 = validation.check_sigma2(sigma2)
     M = gaussian.m_matrix(W, sigma2)
     _, log_det = np.linalg.slogdet(M)
@@ -286,8 +280,7 @@ class LinearVAE(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if d < 1 or q < 0 or q >= d:
-            raise ValueError(f"need d >= 1 and 0 <= q < d, got d={d}, q={q}")
+        d, q = validation.check_dimensions(d, q)
         sigma2 = validation.check_sigma2(sigma2)
         generator = torch.Generator().manual_seed(seed)
         W = torch.randn(d, q, generator=generator, dtype=dtype) * init_scale

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lincollapse import gaussian, ppca, validation
+from lincollapse.data import numerical_rank
 from lincollapse.gaussian import LOG_2PI
 from lincollapse.linear_vae import (
     LinearVAE,
@@ -471,7 +472,7 @@ def ascend_elbo(
     mean, covariance = ppca.sample_moments(data)
     d = covariance.shape[0]
     variances = np.diag(covariance)
-    support = variances > d * np.finfo(np.float64).eps * variances.max(initial=0.0)  # non-constant
+    support = variances > numerical_rank(variances)[1]  # the non-constant pixels
     k = int(support.sum())
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q < k:
         raise ValueError(
@@ -512,7 +513,7 @@ def ascend_elbo(
     else:
 
         def objective() -> torch.Tensor:  # (lvae-elbo), plus the d − k constant pixels
-            constant_pixels = -0.5 * (d - k) * (LOG_2PI + model_k.log_sigma2)
+            constant_pixels = gaussian.log_likelihood(0.0, d - k, model_k.log_sigma2)
             return model_k.elbo(covariance_k) + constant_pixels
 
         parameters = _trainable(model_k.parameters())
@@ -599,8 +600,7 @@ def _train_optimal_encoder(
     # Rows of W along null directions of S (λ_k = 0: constant pixels, or d > n) only add
     # non-negative penalties to the ELBO — tr(W D Wᵀ) and tr(WᵀW V S Vᵀ) — so setting them to
     # zero is an exact ascent step, and they stay zero: optimise the other rows only.
-    tolerance = d * torch.finfo(torch.float64).eps * float(eigenvalues.max().clamp(min=0.0))
-    support = eigenvalues > tolerance
+    support = eigenvalues > numerical_rank(eigenvalues.cpu().numpy())[1]
     active = eigenvalues[support]
     floor = 0.01 * float(eigenvalues.mean())
     row_scale = torch.sqrt(active + floor)[:, None]  # W = row_scale * W_hat

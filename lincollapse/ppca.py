@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lincollapse import gaussian, validation
-from lincollapse.data import numerical_rank
+from lincollapse.data import numerical_rank, sample_covariance
 from lincollapse.gaussian import LOG_2PI
 from lincollapse.validation import RankDeficientError, check_data
 
@@ -114,9 +114,8 @@ def data_spectrum(x: np.ndarray) -> DataSpectrum:
     DataSpectrum
     """
     x = check_data(x, "x")
-    mean = x.mean(axis=0)
-    centred = x - mean
-    return spectrum_from_covariance(centred.T @ centred / x.shape[0], mean, n=x.shape[0])
+    mean, covariance = sample_moments(x)
+    return spectrum_from_covariance(covariance, mean, n=x.shape[0])
 
 
 def spectrum_from_covariance(
@@ -168,10 +167,7 @@ def marginal_covariance(W: np.ndarray, sigma2: float) -> np.ndarray:
     -------
     ndarray of shape (d, d)
     """
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W must have shape (d, q), got {W.shape}")
-    W = validation.check_loadings(W, W.shape[0])
+    W = validation.check_loadings(W)
     return W @ W.T + validation.check_sigma2(sigma2) * np.eye(W.shape[0])  # (ppca-marginal)
 
 
@@ -261,9 +257,7 @@ def sample_moments(data: np.ndarray | DataSpectrum) -> tuple[np.ndarray, np.ndar
     if isinstance(data, DataSpectrum):
         return data.mean, data.covariance
     x = check_data(data, "x")
-    mean = x.mean(axis=0)
-    centred = x - mean
-    return mean, centred.T @ centred / x.shape[0]
+    return x.mean(axis=0), sample_covariance(x)
 
 
 def eigenvalues_of(eigenvalues: np.ndarray | DataSpectrum) -> np.ndarray:

@@ -23,6 +23,7 @@ __all__ = [
     "check_beta",
     "check_covariance",
     "check_data",
+    "check_dimensions",
     "check_eigenvalues",
     "check_finite_matrix",
     "check_loadings",
@@ -34,6 +35,7 @@ __all__ = [
     "check_steps",
     "check_training_data",
     "check_vector",
+    "check_weights",
 ]
 
 
@@ -51,15 +53,17 @@ def check_steps(steps: Any, name: str = "steps") -> None:
 
 
 def check_positive(value: Any, name: str) -> None:
-    """``value`` must be a real number (not a string or bool), finite and > 0."""
-    if isinstance(value, (str, bytes, bool, np.bool_)) or not _is_real(value):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    number = float(value)
-    if not (math.isfinite(number) and number > 0.0):
-        raise ValueError(
-            f"{name} must be a finite positive number, got {name}={value!r}"
-            + ("; a noise variance of inf would ignore the data" if number == math.inf else "")
-        )
+    """``value`` must be a real number (not a string, bool or array), finite and > 0.
+
+    The rule of :func:`check_sigma2` and :func:`check_beta`, for a parameter named ``name``.
+    """
+    real = not isinstance(value, (str, bytes, bool, np.bool_)) and _is_real(value)
+    infinite = real and float(value) == math.inf
+    _positive_float(
+        value if real else math.nan,
+        f"{name} must be a finite positive number, got {name}={value!r}"
+        + ("; a noise variance of inf would ignore the data" if infinite else ""),
+    )
 
 
 def check_positive_each(values: Any, name: str) -> None:
@@ -224,18 +228,41 @@ def check_q(q: Any, eigenvalues: np.ndarray, rank: int | None = None) -> int:
     return int(q)
 
 
-def check_loadings(W: Any, d: int) -> np.ndarray:
-    """Factor loadings W of shape (d, q), q < d, finite; returned as float64."""
+def check_weights(W: Any, name: str = "W") -> np.ndarray:
+    """A finite weight matrix of shape (d, q), any d and q; returned as float64."""
     array = np.asarray(W, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must have shape (d, q), got {array.shape}")
+    check_finite_matrix(array, name)
+    return array
+
+
+def check_loadings(W: Any, d: int | None = None) -> np.ndarray:
+    """Factor loadings W of shape (d, q), q < d, finite; returned as float64.
+
+    ``d`` defaults to the number of rows of W (then only the shape (d, q) and q < d are
+    checked).
+    """
+    array = np.asarray(W, dtype=np.float64)
+    if d is None:
+        d = check_weights(array).shape[0]
     if array.ndim != 2 or array.shape[0] != d:
         raise ValueError(
             f"W must have shape (d, q) = ({d}, q), got {array.shape}; use W.reshape(d, 0) for q = 0"
         )
     if array.shape[1] >= d:
         raise ValueError(f"W has q={array.shape[1]} columns; pPCA needs q < d={d}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("W contains NaN or infinite values")
+    check_finite_matrix(array, "W")
     return array
+
+
+def check_dimensions(d: Any, q: Any, min_q: int = 0) -> tuple[int, int]:
+    """Data and latent dimensions: integers with d ≥ 1 and ``min_q`` ≤ q < d; returned as ints."""
+    if isinstance(d, bool) or isinstance(q, bool) or int(d) != d or int(q) != q:
+        raise ValueError(f"d and q must be integers, got d={d!r}, q={q!r}")
+    if d < 1 or q < min_q or q >= d:
+        raise ValueError(f"need d >= 1 and {min_q} <= q < d, got d={d}, q={q}")
+    return int(d), int(q)
 
 
 def check_covariance(covariance: Any) -> np.ndarray:

@@ -148,3 +148,35 @@ def test_build_seconds_counts_shared_work_once():
         s * (len(g) - 1) for g, s in SHARED_SECONDS["book"].items()
     )
     assert build_seconds(["no_such_chapter"], "book") == 0.0
+
+
+def test_progress_names_each_chapter_its_measured_cost_and_the_elapsed_time(
+    tmp_path, capsys, monkeypatch
+):
+    """The lines the build prints per chapter, from the Sphinx events, without a build."""
+    import json
+    import types
+
+    import tools.build_book as build_book
+    from tools.build_book import minutes
+
+    status = tmp_path / "status.json"
+    config = types.SimpleNamespace(lincollapse_preset="book", lincollapse_status_file=str(status))
+    app = types.SimpleNamespace(config=config, env=None)
+    now = [1000.0]
+    monkeypatch.setattr(build_book.time, "time", lambda: now[0])
+    build_book._progress_start(app)
+    build_book._progress_plan(app, None, ["book/deep_vae", "book/intro"])
+    now[0] = 1090.0  # 90 s into the build
+    build_book._chapter_start(app, "book/deep_vae", [CHAPTER.read_text(encoding="utf-8")])
+    now[0] = 1250.0  # the chapter took 160 s
+    build_book._chapter_done(app, None)
+    out = capsys.readouterr().out
+    expected = minutes(CHAPTER_SECONDS["book"]["deep_vae"])
+    assert f"2 chapter(s) to read (preset book); measured cost ≈ {expected}" in out
+    assert "[1/2] Deep Gaussian VAEs" in out and "(book/deep_vae): reading" in out
+    assert f"measured cost ≈ {expected} on 2 cores; build elapsed 1 min 30 s" in out
+    assert out.splitlines()[-1].endswith("read in 2 min 40 s")
+    record = json.loads(status.read_text())
+    assert record["chapters"][0]["docname"] == "book/deep_vae"
+    assert record["chapters"][0]["expected"] == CHAPTER_SECONDS["book"]["deep_vae"]

@@ -96,6 +96,69 @@ def test_corrupt_idx_files_name_the_fix(tmp_path, corrupt, message):
     assert "Fix" in str(info.value) or "use image and label files" in str(info.value)
 
 
+def _damage(path, how):
+    raw = path.read_bytes()
+    if how == "extra bytes":
+        path.write_bytes(raw + b"\x00" * 7)
+    elif how == "empty file":
+        path.write_bytes(b"")
+    elif how == "labels for images":  # the label file's header and bytes under the image name
+        path.write_bytes((path.parent / "train-labels-idx1-ubyte").read_bytes())
+    elif how == "other shape":  # 10 items of 28 × 14 bytes
+        path.write_bytes(np.array([2051, 20, 28, 14], dtype=">u4").tobytes() + raw[16:])
+    elif how == "float pixels":  # type byte 0x0D: float32
+        path.write_bytes(np.array([0x0D03], dtype=">u4").tobytes() + raw[4:])
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("extra bytes", "is corrupt: 7863 bytes, expected 7856 for 10 items"),
+        ("empty file", "is truncated \\(0 bytes\\)"),
+        ("labels for images", "magic number 2049, expected 2051"),
+        ("other shape", "holds items of shape \\(28, 14\\), expected \\(28, 28\\)"),
+        ("float pixels", "magic number 3331, expected 2051"),
+    ],
+)
+def test_a_file_the_reader_refuses_is_named_with_the_fix(tmp_path, how, message):
+    write_idx(tmp_path, n=10)
+    path = tmp_path / "train-images-idx3-ubyte"
+    _damage(path, how)
+    with pytest.raises(MNISTDataError, match=message) as info:
+        load_mnist(5, data_dir=tmp_path)
+    text = str(info.value)
+    assert str(path) in text and "Fix: delete" in text and "torch" not in text
+
+
+def test_a_truncated_gzipped_file_is_named_with_the_fix(tmp_path):
+    write_idx(tmp_path, n=10, gz=True)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(MNISTDataError, match="cannot read") as info:
+        load_mnist(5, data_dir=tmp_path)
+    assert str(path) in str(info.value) and "Fix: delete" in str(info.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_are_parsed_by_torchvision(tmp_path, monkeypatch, gz):
+    import torchvision.datasets.mnist as tv_mnist
+
+    read = []
+    for name in ("read_image_file", "read_label_file"):
+        original = getattr(tv_mnist, name)
+
+        def spy(path, original=original):
+            read.append(path)
+            return original(path)
+
+        monkeypatch.setattr(tv_mnist, name, spy)
+    images, labels = write_idx(tmp_path, n=8, gz=gz)
+    data = load_mnist(8, seed=None, data_dir=tmp_path)
+    assert len(read) == 2 and all(not path.endswith(".gz") for path in read)
+    np.testing.assert_array_equal(data.images, images.reshape(8, 784) / 255.0)
+    np.testing.assert_array_equal(data.labels, labels)
+
+
 def test_missing_idx_files_name_the_fix(tmp_path):
     with pytest.raises(MNISTDataError, match="no MNIST IDX files.*download=True"):
         load_mnist(5, data_dir=tmp_path)

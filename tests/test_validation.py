@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lincollapse import linear_vae, ppca
+from lincollapse import linear_decoder_vae, linear_vae, ppca
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE, GaussianVAE, train_batched
 from lincollapse.training import maximise
 
@@ -92,3 +92,57 @@ def test_sigma2_numbers_of_every_kind_still_work():
     expected = ppca.fixed_sigma2_maximiser(spectrum, 1, 0.01)
     for sigma2 in (np.float32(0.01), np.float64(0.01), torch.tensor(0.01, dtype=torch.float64)):
         np.testing.assert_allclose(ppca.fixed_sigma2_maximiser(spectrum, 1, sigma2), expected)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda W: linear_vae.optimal_encoder(W, 1.0), r"W must have shape \(d, q\), got \(3,\)"),
+        (lambda W: linear_vae.elbo_gap(W, 1.0), r"W must have shape \(d, q\), got \(3,\)"),
+        (lambda W: ppca.marginal_covariance(W, 1.0), r"W must have shape \(d, q\), got \(3,\)"),
+    ],
+)
+def test_weights_that_are_not_a_matrix_are_refused_by_one_check(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(np.ones(3))
+
+
+def test_marginal_covariance_refuses_as_many_columns_as_rows():
+    with pytest.raises(ValueError, match="pPCA needs q < d=3"):
+        ppca.marginal_covariance(np.ones((3, 3)), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: linear_vae.LinearVAE(3, 3), r"need d >= 1 and 0 <= q < d, got d=3, q=3"),
+        (lambda: linear_vae.LinearVAE(3, 1.5), "d and q must be integers"),
+        (lambda: linear_decoder_vae.LinearEncoder(3, 0), r"need d >= 1 and 1 <= q < d"),
+    ],
+)
+def test_model_dimensions_are_checked_by_one_check(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -1.0, np.inf, np.nan, "1", b"1", True, np.bool_(True), 1j, np.ones(2)]
+)
+def test_one_rule_for_positive_parameters(value):
+    from lincollapse import validation
+
+    for check in (
+        lambda v: validation.check_positive(v, "sigma2"),
+        validation.check_sigma2,
+        validation.check_beta,
+    ):
+        with pytest.raises(ValueError, match="finite positive"):
+            check(value)
+
+
+@pytest.mark.parametrize("value", [0.5, 3, np.float32(0.5), np.int64(2), torch.tensor(0.5)])
+def test_positive_parameters_of_every_numeric_kind_pass(value):
+    from lincollapse import validation
+
+    validation.check_positive(value, "sigma2")
+    assert validation.check_sigma2(value) == validation.check_beta(value) == float(value)
