@@ -58,7 +58,7 @@ REPRODUCTION_FIXED = {
 REPRODUCTION_LEARNED = {1.0: 0.82, 0.01: 0.40, 0.001: 0.0, 0.0001: 0.0}
 STUDY_EPSILON = 0.01
 AGREEMENT = 0.05  # two collapsed fractions this close are called equal (10 of 200 latents)
-STUDY_COST = "≈ 1 s (reads shipped runs; training them: ≈ 10–20 min per run on one core)"
+STUDY_COST = "≈ 1 s (reads shipped runs; training them: 8–80 min per run on one core, measured)"
 
 
 def _find(groups: dict[str, StudyGroup], **fields) -> list[tuple[StudyGroup, int]]:

@@ -87,7 +87,7 @@ class AnnealingConfig(ExperimentConfig):
 
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 3 s",
-        "book": "≈ 4.5 min for the whole chapter (268 s measured, 2 cores)",
+        "book": "≈ 5.7 min for the whole chapter (340 s measured 2026-12-01, 2 cores)",
         "paper": "hours on a CPU; minutes on a GPU",
         "reader": "< 1 s (the book's runs: the first steps of the shipped long runs)",
     }
