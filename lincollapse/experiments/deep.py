@@ -51,7 +51,7 @@ from lincollapse.deep_runs import (
 from lincollapse.deep_vae import Architecture, TrainedRuns, lr_multiplier, resolve_device
 from lincollapse.experiments import figure
 from lincollapse.presets import READER, ExperimentConfig, preset_banner
-from lincollapse.reader import reader_store
+from lincollapse.reader import deep_store
 from lincollapse.references import reference_info, save_shipped
 from lincollapse.reporting import Report
 
@@ -307,10 +307,11 @@ def _grid_runs(config: DeepVAEConfig, runs, device) -> tuple[TrainedRuns, list[s
     """``runs`` of the grid; all missing grid runs are trained together the first time.
 
     The ``reader`` preset reads the ``book`` preset's runs shipped in ``results/reader/``
-    (:mod:`lincollapse.reader`); only when they are missing or stale are they trained.
+    (:mod:`lincollapse.reader`: each run's behaviour probe is replayed first); only when they
+    are missing or stale are they trained.
     """
     if config.preset == READER:
-        store = reader_store(computing_fingerprint())
+        store = deep_store(config)
         try:
             found, sources = load_or_train(config, runs, cache=store, train_missing=False)
         except MissingRunsError:

@@ -47,14 +47,6 @@ from lincollapse.presets import READER, ExperimentConfig, preset_banner
 from lincollapse.reader import shipped_or_compute
 from lincollapse.reporting import Report
 
-#: The code that computes this module's results (the fingerprint of results/reader/ entries).
-COMPUTING_MODULES = (
-    "lincollapse.gaussian",
-    "lincollapse.linear_decoder_vae",
-    "lincollapse.training",
-    "lincollapse.experiments.training_linear",
-)
-
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sample estimate"}
 ENCODER_LABELS = {
@@ -310,9 +302,7 @@ def _curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:
 def stochastic_vs_analytic(config: StochasticELBOConfig | None = None) -> StochasticELBOResult:
     """Linear VAE trained with the analytic and the single-sample ELBO; gradient variance."""
     config = config or StochasticELBOConfig.for_preset()
-    result, provenance = shipped_or_compute(
-        config, _stochastic_vs_analytic, StochasticELBOResult, COMPUTING_MODULES
-    )
+    result, provenance = shipped_or_compute(config, _stochastic_vs_analytic, StochasticELBOResult)
     if config.preset == READER:
         print("runs:", provenance)
     return result
@@ -583,9 +573,7 @@ class EncoderComparisonResult:
 def encoder_comparison(config: EncoderComparisonConfig | None = None) -> EncoderComparisonResult:
     """A linear decoder trained with linear, deep-linear and ReLU-MLP encoders."""
     config = config or EncoderComparisonConfig.for_preset()
-    result, provenance = shipped_or_compute(
-        config, _encoder_comparison, EncoderComparisonResult, COMPUTING_MODULES
-    )
+    result, provenance = shipped_or_compute(config, _encoder_comparison, EncoderComparisonResult)
     if config.preset == READER:
         print("runs:", provenance)
     return result
