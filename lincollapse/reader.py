@@ -50,7 +50,16 @@ SHIP_COMMAND = "python -m lincollapse.reader ship"
 #: *Deep Gaussian VAEs*), the stochastic-ELBO runs and the encoder comparison (their chapters),
 #: the linear VAE trained per latent size and its Gram run (chapter *The linear VAE*) and the
 #: linear β-VAEs on MNIST (chapter *β, σ² and KL annealing*).
-SHIPPED = ("deep", "stochastic", "encoders", "likelihood", "gram", "linear-beta")
+SHIPPED = (
+    "deep",
+    "stochastic",
+    "encoders",
+    "likelihood",
+    "gram",
+    "linear-beta",
+    "beyond-beta",
+    "diagnosis",
+)
 #: The ``fingerprint`` of every entry: keyed by its behaviour probe, not by a source fingerprint.
 BEHAVIOUR_KEYED = "behaviour-probe"
 #: The probes of the deep grid runs, the stochastic-ELBO runs and the encoder comparison replay
@@ -342,6 +351,14 @@ KINDS = {
                 "rotate_every": 1,
             },
         ),
+        ShippedKind(
+            "beyond-beta",
+            "lincollapse.experiments.beyond_the_paper",
+            "SyntheticLinearBetaConfig",
+            "_linear_beta_optimum",
+            "SyntheticLinearBetaResult",
+            lambda c: {"betas": (c.betas[0], c.betas[-1]), "steps": PROBE_STEPS},
+        ),
     )
 }
 
@@ -386,6 +403,12 @@ def expected_entries(name: str, directory: Path | None = None) -> list[tuple[dic
             (run_key(config, sigma2, learned, schedule, data_id), store)
             for sigma2, learned in config.runs()
         ]
+    if name == "diagnosis":
+        from lincollapse.experiments import diagnosis
+
+        config = diagnosis.DiagnosisConfig.for_preset("book")
+        store = diagnosis.reader_store(directory)
+        return [(key, store) for key in diagnosis.reader_runs(config)]
     if name not in KINDS:
         raise ValueError(f"unknown shipped result {name!r}; valid: {', '.join(SHIPPED)}")
     return [(KINDS[name].book().as_dict(), KINDS[name].store(directory))]
@@ -512,8 +535,12 @@ def ship(names: Sequence[str] | None = None) -> None:
         store.check_writable()
         _, sources = load_or_train(config, config.runs(), cache=store)
         print("deep grid runs:", "; ".join(dict.fromkeys(sources)))
+    if "diagnosis" in names:
+        from lincollapse.experiments import diagnosis
+
+        print("diagnosis:", ", ".join(str(p) for p in diagnosis.ship_runs()))
     for name in names:
-        if name == "deep":
+        if name in ("deep", "diagnosis"):
             continue
         kind = KINDS[name]
         store = kind.store()
