@@ -13,9 +13,11 @@ shortened run. (The KL-annealing runs are cut from the shipped long runs instead
 ``book`` configuration, and **its staleness is decided by behaviour, not by source text**. Every
 entry holds a *behaviour probe* (arrays ``probe_<name>``, covered by the checksums): a few
 steps of the computation that made it, replayed in float64 on a small slice
-(:meth:`ShippedKind.probe`, :func:`deep_probe`; :data:`~lincollapse.references.PROBE_STEPS`
-optimiser steps). On load the probe is replayed with the code as it is now and compared with
-the stored one (:func:`lincollapse.references.probe_difference`, relative tolerance
+(:meth:`ShippedKind.probe`, :func:`deep_probe`, and for the diagnosis chapter's models
+:func:`lincollapse.experiments.diagnosis.reader_store`;
+:data:`~lincollapse.references.PROBE_STEPS` optimiser steps). On load the probe is replayed
+with the code as it is now and compared with the stored one
+(:func:`lincollapse.references.probe_difference`, relative tolerance
 :data:`~lincollapse.references.PROBE_RTOL`): moving or refactoring code passes (float64 replays
 agree to ≈ 1e-13), while a change of what the code computes (learning rate, initialisation,
 loss, optimiser, data) fails, and the entry is not used: a :class:`CacheWarning` names the array
@@ -48,8 +50,9 @@ READER_DIR = Path(__file__).resolve().parents[1] / "results" / "reader"
 SHIP_COMMAND = "python -m lincollapse.reader ship"
 #: What ``results/reader/`` holds, all of the ``book`` preset: the deep VAE's grid runs (chapter
 #: *Deep Gaussian VAEs*), the stochastic-ELBO runs and the encoder comparison (their chapters),
-#: the linear VAE trained per latent size and its Gram run (chapter *The linear VAE*) and the
-#: linear β-VAEs on MNIST (chapter *β, σ² and KL annealing*).
+#: the linear VAE trained per latent size and its Gram run (chapter *The linear VAE*), the
+#: linear β-VAEs on MNIST (chapter *β, σ² and KL annealing*) and on synthetic data (chapter
+#: *Beyond the paper*), and the linear VAEs of chapter *Diagnosing posterior collapse*.
 SHIPPED = (
     "deep",
     "stochastic",

@@ -73,16 +73,18 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "notation": 2,
     },
     # One core (taskset -c 0, OMP_NUM_THREADS=1), each chapter from an empty results cache, run
-    # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30: the CPU seconds,
-    # since the shared machine was loaded (load average 6-11 on 2 cores; wall times in README).
+    # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30 (diagnosis and
+    # beyond_the_paper 2026-12-01, reading their trained models from results/reader/): the CPU
+    # seconds, since the shared machine was loaded (load average 6-11 on 2 cores; wall times in
+    # README).
     "reader": {
         "mnist_data": 10,
         "intro": 4,
         "posterior_collapse": 31,
         "ppca": 39,
         "linear_vae": 25,
-        "diagnosis": 46,
-        "beyond_the_paper": 41,
+        "diagnosis": 17,
+        "beyond_the_paper": 14,
         "beta_annealing": 19,
         "stochastic_elbo": 59,
         "linear_decoder_encoders": 13,
