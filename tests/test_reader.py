@@ -84,11 +84,12 @@ def test_banner_says_preset_cost_and_how_to_change():
 def test_shipped_reader_results_are_current():
     """Fails when a results/reader/ entry is missing, invalid or stale by its behaviour probe:
     reship it then (the message names the command)."""
-    from lincollapse.experiments import beta, linear_vae
+    from lincollapse.experiments import beta, beyond_the_paper, linear_vae
     from lincollapse.experiments import training_linear as tl
 
     assert shipped_problems() == {}
     for config_type, result_type in (
+        (beyond_the_paper.SyntheticLinearBetaConfig, beyond_the_paper.SyntheticLinearBetaResult),
         (beta.MnistLinearBetaConfig, beta.MnistLinearBetaResult),
         (tl.StochasticELBOConfig, tl.StochasticELBOResult),
         (tl.EncoderComparisonConfig, tl.EncoderComparisonResult),
