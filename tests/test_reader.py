@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lincollapse.experiments import load_all
-from lincollapse.presets import ENV_VAR, current_preset, preset_banner
+from lincollapse.presets import ENV_VAR, chapter_cost, current_preset, preset_banner
 from lincollapse.reader import (
     SHIP_COMMAND,
     expected_entries,
@@ -75,7 +75,8 @@ def test_reader_figures_are_rerun_on_request():
 def test_banner_says_preset_cost_and_how_to_change():
     text = preset_banner("reader", chapter="deep_vae")
     assert text.startswith("Preset: reader")
-    assert "With the book preset: 9 min measured on 2 CPU core(s)" in text
+    assert f"With the book preset: {chapter_cost('deep_vae', 'book')}." in text
+    assert "measured on 2 CPU core(s)" in chapter_cost("deep_vae", "book")
     assert f"%env {ENV_VAR}=book" in text
     assert preset_banner("book") == preset_banner("book").splitlines()[0]  # one line
 
