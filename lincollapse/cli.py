@@ -18,9 +18,11 @@
 ``train {deep,annealing,linear-baselines}``
     the long runs behind a chapter's shipped results (deep-VAE convergence study and grid, KL
     annealing, the linear VAE's joint-training baselines), optionally writing the reference;
-``reader ship [NAMES...]``
-    recompute the ``book`` results that the ``reader`` preset reads and write them to
-    ``results/reader/`` (:func:`lincollapse.reader.ship`).
+``reader {ship,check} [NAMES...]``
+    recompute the ``book`` results that the ``reader`` preset reads and write them, with their
+    behaviour probes, to ``results/reader/`` (:func:`lincollapse.reader.ship`); or replay every
+    shipped entry's behaviour probe and list those missing or stale
+    (:func:`lincollapse.reader.shipped_problems`).
 
 This is the package's only command line. ``python -m lincollapse.experiments.deep_study ARGS``
 (and ``...deep``, ``...beta``, ``...linear_baselines``, ``lincollapse.reader``), the commands
@@ -206,17 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     reader_parser = commands.add_parser(
         "reader",
-        help="regenerate the shipped results that the reader preset reads",
-        description="Recompute the book preset's results that the reader preset reads instead "
-        "of training, and write them to results/reader/ (minutes to tens of minutes on 2 CPU "
-        "cores).",
+        help="regenerate or check the shipped results that the reader preset reads",
+        description="ship: recompute the book preset's results that the reader preset reads "
+        "instead of training, and write them to results/reader/ (minutes to tens of minutes on "
+        "2 CPU cores). check: replay each shipped result's behaviour probe with the code now "
+        "and list the missing or stale ones (exit status 1 if any; seconds).",
     )
-    reader_parser.add_argument("action", choices=("ship",))
+    reader_parser.add_argument("action", choices=("ship", "check"))
     reader_parser.add_argument(
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"what to ship: {', '.join(reader.SHIPPED)} (default: all)",
+        help=f"what to ship or check: {', '.join(reader.SHIPPED)} (default: all)",
     )
     return parser
 
@@ -555,6 +558,13 @@ def _reader(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.names) - set(reader.SHIPPED))
     if unknown:
         raise CLIError(f"unknown result(s) {unknown}; valid: {', '.join(reader.SHIPPED)}")
+    if args.action == "check":
+        problems = reader.shipped_problems(args.names or None)
+        for name, problem in problems.items():
+            print(f"{name}: {problem}")
+        if not problems:
+            print(f"every entry of {reader.READER_DIR} is current")
+        return 1 if problems else 0
     reader.ship(args.names or None)
     return 0
 

@@ -334,19 +334,24 @@ def plateau_range(steps: np.ndarray, fraction: np.ndarray) -> np.ndarray:
 
 
 def behaviour_probe(
-    config: DeepVAEConfig, runs: Sequence[tuple[float, bool]], schedule: Schedule
+    config: DeepVAEConfig,
+    runs: Sequence[tuple[float, bool]],
+    schedule: Schedule,
+    images: int | None = None,
 ) -> Probe:
     """The behaviour probe of runs ``(σ², learned)`` of ``config`` trained with ``schedule``.
 
     Their first :data:`~lincollapse.references.PROBE_STEPS` Adam steps replayed in float64 on
     the CPU (same data, widths, seeds, learning rate and schedule), recording every step: the
-    ELBO, σ², the collapse thresholds and the mean KL per latent. See
+    ELBO, σ², the collapse thresholds and the mean KL per latent. ``images``: replay on the
+    first ``images`` images only (default: all, as the shipped references do). See
     :mod:`lincollapse.references`.
     """
 
     def probe() -> dict[str, np.ndarray]:
+        x = data_for(config)[0]
         trained = train_batched(
-            data_for(config)[0],
+            x if images is None else x[:images],
             config.arch,
             [s for s, _ in runs],
             [v for _, v in runs],

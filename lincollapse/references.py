@@ -185,19 +185,28 @@ def verify_behaviour(stem: str | os.PathLike, probe: Probe, command: str = "") -
             f"reference {stem.name}: the probe records {sorted(now)}, "
             f"the reference {sorted(stored)}; {fix}"
         )
-    for name, value in now.items():
-        expected = stored[name]
-        if value.shape != expected.shape or not np.allclose(
-            value, expected, rtol=PROBE_RTOL, atol=PROBE_ATOL, equal_nan=True
-        ):
-            worst = (
-                float(np.nanmax(np.abs(value - expected) / (np.abs(expected) + PROBE_ATOL)))
-                if value.shape == expected.shape
-                else float("inf")
-            )
-            raise ReferenceResultError(
-                f"reference {stem.name} is stale: the code now computes different {name!r} in "
-                f"the first {PROBE_STEPS} steps of its runs (largest relative difference "
-                f"{worst:.3g}, tolerance {PROBE_RTOL:g}); {fix}"
-            )
+    difference = probe_difference(now, stored)
+    if difference is not None:
+        name, worst = difference
+        raise ReferenceResultError(
+            f"reference {stem.name} is stale: the code now computes different {name!r} in "
+            f"the first {PROBE_STEPS} steps of its runs (largest relative difference "
+            f"{worst:.3g}, tolerance {PROBE_RTOL:g}); {fix}"
+        )
     return meta
+
+
+def probe_difference(
+    now: Mapping[str, np.ndarray], stored: Mapping[str, np.ndarray]
+) -> tuple[str, float] | None:
+    """The first array of the probe ``now`` that differs from the ``stored`` one by more than
+    the tolerance (:data:`PROBE_RTOL`, :data:`PROBE_ATOL`), with its largest relative difference
+    (infinite for another shape); ``None`` when every array agrees. Both have the same names."""
+    for name, value in now.items():
+        value, expected = np.asarray(value), np.asarray(stored[name])
+        if value.shape != expected.shape:
+            return name, float("inf")
+        if not np.allclose(value, expected, rtol=PROBE_RTOL, atol=PROBE_ATOL, equal_nan=True):
+            relative = np.abs(value - expected) / (np.abs(expected) + PROBE_ATOL)
+            return name, float(np.nanmax(relative)) if np.any(np.isfinite(relative)) else np.inf
+    return None

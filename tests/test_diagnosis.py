@@ -151,3 +151,43 @@ def test_data_size_check_against_numpy():
 def test_bad_loss_conventions_raise():
     with pytest.raises(ValueError, match="mse_reduction"):
         diagnosis.noise_check(dataclasses.replace(CONFIG, conventions=(("median", "sum"),)))
+
+
+# ------------------------------------------------------------------ the reader's shipped models
+
+
+def test_reader_runs_are_every_model_the_steps_train_and_round_trip_bitwise(monkeypatch, tmp_path):
+    """`reader_runs` names exactly the models the four steps train (so the reader preset trains
+    none of them when they are shipped); a model written and read back computes the same."""
+    trained = {}
+    original = diagnosis._train.__wrapped__
+
+    def recording(*args, **kwargs):
+        run = original(*args, **kwargs)
+        trained[tuple(sorted(diagnosis.run_key(*args, **kwargs).items(), key=str))] = run
+        return run
+
+    monkeypatch.setattr(diagnosis, "_train", recording)
+    for step in (diagnosis.noise_check, diagnosis.encoder_check, diagnosis.optimiser_check):
+        step(CONFIG)
+    diagnosis.data_size_check(CONFIG)
+    expected = {tuple(sorted(k.items(), key=str)) for k in diagnosis.reader_runs(CONFIG)}
+    assert set(trained) == expected and len(expected) == 5
+
+    key, run = next(iter(trained.items()))
+    store = diagnosis.reader_store(tmp_path)
+    store.save(dict(key), diagnosis.run_arrays(run))
+    arrays, _ = store.load(dict(key))
+    back = diagnosis.run_from_arrays(arrays, dict(key))
+    assert (back.gap, back.steps) == (run.gap, run.steps)
+    x = load_mnist(50, seed=3).images
+    for a, b in zip(diagnosis._encode(back.model, x), diagnosis._encode(run.model, x), strict=True):
+        assert a.tobytes() == b.tobytes()
+    for name, value in run.model.numpy_parameters().items():
+        np.testing.assert_array_equal(back.model.numpy_parameters()[name], value)
+
+
+def test_full_rerun_prints_its_cost_and_waits(capsys):
+    assert diagnosis.full_rerun() == {}
+    out = capsys.readouterr().out
+    assert "Expected time for the whole chapter" in out and "RUN_FULL = True" in out

@@ -73,20 +73,22 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         "notation": 2,
     },
     # One core (taskset -c 0, OMP_NUM_THREADS=1), each chapter from an empty results cache, run
-    # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30: the CPU seconds,
-    # since the shared machine was loaded (load average 6-11 on 2 cores; wall times in README).
+    # by `jupyter nbconvert --execute` (tools/reader_timings.py), 2026-11-30; the chapters that
+    # read results/reader/ again on 2026-12-01, with its behaviour probes (diagnosis and
+    # beyond_the_paper newly reading their trained models there). The CPU seconds, since the
+    # shared machine was loaded (load average 6-11 on 2 cores; wall times in README).
     "reader": {
         "mnist_data": 10,
         "intro": 4,
         "posterior_collapse": 31,
         "ppca": 39,
         "linear_vae": 25,
-        "diagnosis": 46,
-        "beyond_the_paper": 41,
-        "beta_annealing": 19,
-        "stochastic_elbo": 59,
-        "linear_decoder_encoders": 13,
-        "deep_vae": 29,
+        "diagnosis": 17,
+        "beyond_the_paper": 14,
+        "beta_annealing": 17,
+        "stochastic_elbo": 36,
+        "linear_decoder_encoders": 16,
+        "deep_vae": 17,
         "checks": 20,
     },
 }

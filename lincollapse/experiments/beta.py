@@ -267,16 +267,10 @@ def loss_conventions(
 def linear_beta_collapse(config: MnistLinearBetaConfig | None = None) -> MnistLinearBetaResult:
     """Linear β-VAE on MNIST: collapsed latents against β, trained vs #{λ_j ≤ βσ²}."""
     config = config or MnistLinearBetaConfig.for_preset()
-    result, provenance = shipped_or_compute(
-        config, _linear_beta_collapse, MnistLinearBetaResult, LINEAR_BETA_MODULES
-    )
+    result, provenance = shipped_or_compute(config, _linear_beta_collapse, MnistLinearBetaResult)
     if config.preset == READER:
         print("runs:", provenance)
     return result
-
-
-#: The code that computes :func:`linear_beta_collapse` (fingerprint of its results/reader/ entry).
-LINEAR_BETA_MODULES = ("lincollapse.linear_beta_vae", "lincollapse.experiments.beta")
 
 
 def _linear_beta_collapse(config: MnistLinearBetaConfig) -> MnistLinearBetaResult:

@@ -26,7 +26,6 @@ from lincollapse.deep_runs import (
     FAST_ARCHITECTURE,
     MissingRunsError,
     Schedule,
-    computing_fingerprint,
     data_for,
     default_cache,
     load_or_train,
@@ -35,7 +34,7 @@ from lincollapse.deep_runs import (
 from lincollapse.deep_vae import Architecture, TrainedRuns, lr_multiplier
 from lincollapse.experiments import figure
 from lincollapse.presets import READER, ExperimentConfig, preset_banner
-from lincollapse.reader import reader_store
+from lincollapse.reader import deep_store
 from lincollapse.reporting import Report
 
 CHAPTER = "deep_vae"
@@ -290,7 +289,7 @@ def grid_runs(config: DeepVAEConfig, runs, device) -> tuple[TrainedRuns, list[st
     (:mod:`lincollapse.reader`); only when they are missing or stale are they trained.
     """
     if config.preset == READER:
-        store = reader_store(computing_fingerprint())
+        store = deep_store(config)
         try:
             found, sources = load_or_train(config, runs, cache=store, train_missing=False)
         except MissingRunsError:

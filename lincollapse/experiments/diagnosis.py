@@ -16,6 +16,11 @@ encoder: gradient steps (L-BFGS) on all of W, V, D (and σ² where it is learned
 start, with no closed-form encoder, eigendecomposition or rotation inside the training. The
 closed forms enter only as references: the best value of the objective, the linear count and the
 best encoder for a trained decoder.
+
+The ``reader`` preset (a chapter opened in Jupyter) computes everything as the ``book`` preset
+does, but reads the trained linear VAEs (:func:`reader_runs`) from ``results/reader/`` instead
+of training them (:mod:`lincollapse.reader`; each with its behaviour probe, replayed on load);
+``python -m lincollapse.reader ship diagnosis`` writes them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from lincollapse import collapse, linear_vae, linear_vae_training, ppca
 from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.data import covariance_eigenvalues, load_mnist, numerical_rank
 from lincollapse.deep_vae import optimal_sigma2
-from lincollapse.presets import ExperimentConfig
+from lincollapse.presets import READER, ExperimentConfig, chapter_cost
+from lincollapse.reader import SHIP_COMMAND, ShippedResults
 from lincollapse.reporting import Report
 
 __all__ = [
@@ -61,6 +67,7 @@ class DiagnosisConfig(ExperimentConfig):
     :func:`lincollapse.beta_elbo.loss_effective_sigma2`; the first is the "patient" (PyTorch's
     default ``mse_loss``), the second the model whose encoder and optimiser are examined. ``n``
     training images and ``n_heldout`` others are drawn together (seed ``seed``) and split at random.
+    ``reader``: the ``book`` configuration, its trained models read from ``results/reader/``.
     """
 
     OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -70,6 +77,7 @@ class DiagnosisConfig(ExperimentConfig):
             "latent": 40,
             "data_sizes": (100, 300),
         },
+        "reader": {},  # the book's trained models, read from results/reader/ (lincollapse.reader)
     }
     n: int = 1000
     n_heldout: int = 1000
@@ -147,7 +155,127 @@ def _train(
 
 def _model(config: DiagnosisConfig, sigma2: float | None, **changes) -> _Run:
     settings = dict(steps=config.steps, train_seed=0, tolerance=config.tolerance) | changes
-    return _train(config.n, config.n_heldout, config.seed, config.latent, sigma2, **settings)
+    arguments = (config.n, config.n_heldout, config.seed, config.latent, sigma2)
+    if config.preset == READER:
+        shipped = _shipped(*arguments, **settings)
+        if shipped is not None:
+            return shipped
+    return _train(*arguments, **settings)
+
+
+# --------------------------------------------------------------------------------------------
+# The trained models shipped for the reader preset
+# --------------------------------------------------------------------------------------------
+
+
+def run_key(
+    n: int,
+    n_heldout: int,
+    seed: int,
+    latent: int,
+    sigma2: float | None,
+    steps: int,
+    train_seed: int,
+    tolerance: float | None,
+) -> dict[str, Any]:
+    """Everything that determines one trained model (:func:`_train`): its shipped entry's key."""
+    return {
+        "experiment": "diagnosis_run",
+        "n": n,
+        "n_heldout": n_heldout,
+        "seed": seed,
+        "latent": latent,
+        "sigma2": sigma2,
+        "steps": steps,
+        "train_seed": train_seed,
+        "tolerance": tolerance,
+    }
+
+
+def reader_runs(config: DiagnosisConfig) -> list[dict[str, Any]]:
+    """The :func:`run_key` of every model the chapter's steps train with ``config``."""
+    fixed = [_noise_of(config, m, k) for m, k in config.conventions]
+    base = dict(steps=config.steps, train_seed=0, tolerance=config.tolerance)
+    runs = [(sigma2, base) for sigma2 in [*fixed, None]]
+    runs += [(fixed[1], base | {"train_seed": s}) for s in config.seeds]
+    runs.append((fixed[1], base | {"steps": config.early_steps, "tolerance": None}))
+    keys = [
+        run_key(config.n, config.n_heldout, config.seed, config.latent, sigma2, **settings)
+        for sigma2, settings in runs
+    ]
+    return [key for i, key in enumerate(keys) if key not in keys[:i]]
+
+
+def run_arrays(run: _Run) -> dict[str, np.ndarray]:
+    """A trained model as arrays: its parameters and buffer, the gap and the steps."""
+    state = {name: value.detach().cpu().numpy() for name, value in run.model.state_dict().items()}
+    return {**state, "gap": np.float64(run.gap), "steps": np.int64(run.steps)}
+
+
+def run_from_arrays(arrays: dict[str, np.ndarray], key: dict[str, Any]) -> _Run:
+    """Inverse of :func:`run_arrays` for the model of ``key``."""
+    d, q = arrays["W"].shape
+    model = linear_vae.LinearVAE(d, q, mean=arrays["mean"], learn_sigma2=key["sigma2"] is None)
+    model.load_state_dict({name: torch.as_tensor(arrays[name]) for name in model.state_dict()})
+    return _Run(model=model, gap=float(arrays["gap"]), steps=int(arrays["steps"]))
+
+
+def _probe(key: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Behaviour probe of the model of ``key``: its first steps, replayed (float64 already)."""
+    from lincollapse.references import PROBE_STEPS
+
+    settings = {k: v for k, v in key.items() if k != "experiment"}
+    return run_arrays(_train(**(settings | {"steps": PROBE_STEPS})))
+
+
+def reader_store(directory=None) -> ShippedResults:
+    """The chapter's trained models in ``results/reader/``, each with its behaviour probe."""
+    return ShippedResults("diagnosis", _probe, directory)
+
+
+@functools.lru_cache(maxsize=16)
+def _shipped(*arguments, **settings) -> _Run | None:
+    """The shipped model of :func:`_train`'s ``arguments``, or ``None`` (missing or stale)."""
+    key = run_key(*arguments, **settings)
+    loaded = reader_store().load(key)
+    if loaded is None:
+        print(f"not shipped or stale, trained now: {key} ({SHIP_COMMAND} diagnosis)")
+        return None
+    return run_from_arrays(loaded[0], key)
+
+
+def ship_runs() -> list:
+    """Train the ``book`` preset's models (:func:`reader_runs`) and write them to
+    ``results/reader/`` (≈ 1 min of one CPU core)."""
+    import time
+
+    store = reader_store()
+    store.check_writable()
+    paths = []
+    for key in reader_runs(DiagnosisConfig.for_preset("book")):
+        settings = {k: v for k, v in key.items() if k != "experiment"}
+        start = time.perf_counter()
+        run = _train(**settings)
+        info = {"seconds": round(time.perf_counter() - start, 1), "command": SHIP_COMMAND}
+        paths.append(store.save(key, run_arrays(run), info))
+    return paths
+
+
+def full_rerun(*, run: bool = False) -> dict[str, Any]:
+    """Retrain the models that the ``reader`` preset read from ``results/reader/``, with the
+    ``book`` preset, and redo every step; print the expected time first. With ``run=False``
+    (the default) only print what it would do. Returns the steps' results by name."""
+    config = DiagnosisConfig.for_preset("book")
+    print(
+        f"Full experiment of this chapter at the book preset: {len(reader_runs(config))} linear "
+        "VAEs trained, then every step of the procedure."
+    )
+    print(f"Expected time for the whole chapter: {chapter_cost('diagnosis', 'book')}.")
+    if not run:
+        print("Not started. To start it, set RUN_FULL = True in this cell and run it again.")
+        return {}
+    steps = (noise_check, encoder_check, optimiser_check, data_size_check)
+    return {step.__name__: step(config) for step in steps}
 
 
 def _encode(model: linear_vae.LinearVAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,16 +35,6 @@ ENCODER_LABELS = {
     "mlp": "(c) ReLU MLP",
 }
 
-#: The code that computes this module's results (the fingerprint of results/reader/ entries).
-COMPUTING_MODULES = (
-    "lincollapse.gaussian",
-    "lincollapse.linear_decoder_vae",
-    "lincollapse.linear_decoder_vae_training",
-    "lincollapse.training",
-    "lincollapse.experiments.gap_curves",
-    "lincollapse.experiments.linear_decoder_encoders",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class EncoderComparisonConfig(ExperimentConfig):
@@ -192,9 +182,7 @@ class EncoderComparisonResult:
 def encoder_comparison(config: EncoderComparisonConfig | None = None) -> EncoderComparisonResult:
     """A linear decoder trained with linear, deep-linear and ReLU-MLP encoders."""
     config = config or EncoderComparisonConfig.for_preset()
-    result, provenance = shipped_or_compute(
-        config, _encoder_comparison, EncoderComparisonResult, COMPUTING_MODULES
-    )
+    result, provenance = shipped_or_compute(config, _encoder_comparison, EncoderComparisonResult)
     if config.preset == READER:
         print("runs:", provenance)
     return result

@@ -236,15 +236,6 @@ def _select(runs: linear_baselines.BaselineRuns, index: list[int]) -> linear_bas
     return dataclasses.replace(runs, **{f: getattr(runs, f)[index] for f in fields})
 
 
-#: The code that trains this chapter's linear VAEs (fingerprint of their results/reader/ entries).
-COMPUTING_MODULES = (
-    "lincollapse.gaussian",
-    "lincollapse.linear_vae",
-    "lincollapse.linear_vae_training",
-    "lincollapse.training",
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainedLatentSizes:
     """What :func:`likelihood_vs_latent_size` trains: per latent size, the final ELBO and the
@@ -282,9 +273,7 @@ def likelihood_vs_latent_size(
     config = config or LikelihoodVsLatentSizeConfig.for_preset()
     _, spectrum = mnist_with_spectrum(config.n, config.seed)
     fixed_sigma2 = ppca.sigma2_mle(spectrum, config.reference_q)
-    trained, provenance = shipped_or_compute(
-        config, _train_latent_sizes, TrainedLatentSizes, COMPUTING_MODULES
-    )
+    trained, provenance = shipped_or_compute(config, _train_latent_sizes, TrainedLatentSizes)
     if config.preset == READER:
         print("runs:", provenance)
     optimum, fixed, active = (
@@ -581,9 +570,7 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
     """WᵀW of linear VAEs trained from a random start beside pPCA maximisers (any rotation)."""
     config = config or GramMatricesConfig.for_preset()
     _, spectrum = mnist_with_spectrum(config.n, config.seed)
-    trained, provenance = shipped_or_compute(
-        config, _train_gram_run, TrainedGramRun, COMPUTING_MODULES
-    )
+    trained, provenance = shipped_or_compute(config, _train_gram_run, TrainedGramRun)
     if config.preset == READER:
         print("run:", provenance)
     method = _method(config.encoder, config.optimiser)
