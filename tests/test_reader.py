@@ -245,7 +245,7 @@ def test_a_corrupted_or_missing_probe_is_reported(tmp_path):
 
 
 def test_annealing_reader_runs_are_the_long_runs_first_steps():
-    from lincollapse.experiments.beta import (
+    from lincollapse.experiments.kl_annealing_runs import (
         AnnealingConfig,
         annealing_reference_path,
         book_runs_from_long,
