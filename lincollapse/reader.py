@@ -6,7 +6,7 @@ fit that budget and run exactly as in the ``book`` preset. The few that do not (
 their configs carry an ``OVERRIDES["reader"]`` entry) read the ``book`` preset's own results
 from ``results/reader/`` instead of training: the same numbers the rendered book computes, not a
 shortened run. (The KL-annealing runs are cut from the shipped long runs instead:
-:func:`lincollapse.experiments.beta.book_runs_from_long`.)
+:func:`lincollapse.experiments.kl_annealing_runs.book_runs_from_long`.)
 
 ``results/reader/`` is a :class:`~lincollapse.results_cache.ResultsCache` folder
 (:class:`ShippedResults`): each entry is validated on load against its checksums and the exact
