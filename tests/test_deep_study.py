@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +222,31 @@ def test_plateau_rule_is_not_fooled_by_float_noise():
     fraction = np.where(steps < 5000, 0.925, 0.935)[:, None]  # 0.935 − 0.925 > 0.01 in floats
     assert 0.935 - 0.925 > study.PLATEAU_TOLERANCE
     assert study.plateau(steps, fraction) == (True, 0.01)
+
+
+def test_status_applies_the_plateau_rule_to_the_records_not_the_stored_flag(monkeypatch):
+    """A run stored with converged=False whose records meet the rule as it is now (movement
+    exactly at the tolerance) is reported converged, as shipping reports it; and a run whose
+    records still move is reported not converged whatever its stored flag says."""
+    from lincollapse.experiments import deep_study
+
+    steps = np.arange(0, deep_study.MIN_STEPS + deep_study.WINDOW + 1, 1000)
+    q = 200
+    # thresholds (k, q): latent i collapsed at ε when its threshold < ε
+    flat = np.full((steps.size, q), 1.0)
+    flat[:, :100] = 1e-4  # half collapsed at both ε, all along
+    moving = flat.copy()
+    moving[-1, 100:150] = 1e-4  # 50 more latents collapse at the last record: moved 0.25
+    edge = flat.copy()
+    edge[-1, 100:102] = 1e-4  # 2 of 200 more: moved exactly 0.01, the tolerance
+    runs = {
+        "edge": ({"steps": steps, "thresholds": edge}, {"info": {"converged": False}}),
+        "moving": ({"steps": steps, "thresholds": moving}, {"info": {"converged": True}}),
+    }
+    specs = {"g": [types.SimpleNamespace(label=name, name=name) for name in runs]}
+    monkeypatch.setattr(deep_study, "GROUPS", specs)
+    monkeypatch.setattr(deep_study, "finished", lambda spec: runs[spec.name])
+    lines = []
+    deep_study.status(log=lines.append)
+    assert "converged=True (moved 0.010)" in lines[0]
+    assert "converged=False (moved 0.250)" in lines[1]

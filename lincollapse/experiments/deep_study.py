@@ -473,10 +473,17 @@ def status(log=print) -> None:
         for spec in specs:
             found = finished(spec)
             if found is not None:
-                info = found[1].get("info", {})
+                arrays, meta = found
+                info = meta.get("info", {})
+                # the rule as it is now, on the run's records (as shipping evaluates it), not the
+                # flag stored when the run ended
+                converged, movement = plateau(
+                    arrays["steps"],
+                    collapsed_fraction_from_thresholds(arrays["thresholds"], PLATEAU_EPSILONS),
+                )
                 state = (
-                    f"finished: {info.get('steps')} steps, converged={info.get('converged')}, "
-                    f"{info.get('seconds', 0):.0f} s"
+                    f"finished: {info.get('steps')} steps, converged={converged} "
+                    f"(moved {movement:.3f}), {info.get('seconds', 0):.0f} s"
                 )
             elif _checkpoint_path(spec).is_file():
                 saved = torch.load(_checkpoint_path(spec), weights_only=False)
