@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from lincollapse.data import load_mnist
+from lincollapse.linear_decoder_vae_training import first_step_within
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 
@@ -30,6 +32,27 @@ def training_images(n: int, seed: int) -> torch.Tensor:
 
 def format_step(step: int | None) -> str:
     return "not reached" if step is None else f"{step:,}"
+
+
+class GapCurves:
+    """ELBO curves against the optimum, for a result with ``steps`` (k,), ``elbo`` (name ->
+    (R, k) per seed) and ``optimum`` ℓ*(q); ``name`` is an estimator or an encoder kind."""
+
+    steps: np.ndarray
+    elbo: dict[str, np.ndarray]
+    optimum: float
+
+    def gaps(self, name: str) -> np.ndarray:
+        """ℓ*(q) − ELBO, shape (R, k)."""
+        return self.optimum - self.elbo[name]
+
+    def final_gaps(self, name: str) -> np.ndarray:
+        """Final gap of each seed, shape (R,)."""
+        return self.gaps(name)[:, -1]
+
+    def steps_to(self, name: str, tolerance: float) -> list[int | None]:
+        """Per seed, the first recorded step within ``tolerance`` nats of ℓ*(q) (None: never)."""
+        return [first_step_within(self.steps, gap, tolerance) for gap in self.gaps(name)]
 
 
 def curves_table(result, names: Sequence[str], labels: dict[str, str]) -> str:

@@ -23,9 +23,14 @@ import numpy as np
 
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.experiments import figure
-from lincollapse.experiments.gap_curves import curves_table, torch_dtype, training_images
+from lincollapse.experiments.gap_curves import (
+    GapCurves,
+    curves_table,
+    torch_dtype,
+    training_images,
+)
 from lincollapse.linear_decoder_vae import ENCODER_KINDS
-from lincollapse.linear_decoder_vae_training import first_step_within, train_vae
+from lincollapse.linear_decoder_vae_training import train_vae
 from lincollapse.presets import READER, ExperimentConfig
 from lincollapse.reader import shipped_or_compute
 
@@ -94,7 +99,7 @@ class EncoderComparisonConfig(ExperimentConfig):
 
 
 @dataclasses.dataclass
-class EncoderComparisonResult:
+class EncoderComparisonResult(GapCurves):
     """ELBO curves of a linear decoder trained with each encoder kind.
 
     Attributes
@@ -132,15 +137,6 @@ class EncoderComparisonResult:
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.elbo)
-
-    def gaps(self, kind: str) -> np.ndarray:
-        return self.optimum - self.elbo[kind]
-
-    def final_gaps(self, kind: str) -> np.ndarray:
-        return self.gaps(kind)[:, -1]
-
-    def steps_to(self, kind: str, tolerance: float) -> list[int | None]:
-        return [first_step_within(self.steps, gap, tolerance) for gap in self.gaps(kind)]
 
     def off_diagonal(self, kind: str) -> float:
         """max |(WᵀW)_ij| / max (WᵀW)_ii over i ≠ j: 0 for orthogonal columns."""

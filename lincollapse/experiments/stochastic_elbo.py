@@ -26,9 +26,14 @@ import torch
 
 from lincollapse.data import covariance_eigenvalues
 from lincollapse.experiments import figure
-from lincollapse.experiments.gap_curves import curves_table, torch_dtype, training_images
+from lincollapse.experiments.gap_curves import (
+    GapCurves,
+    curves_table,
+    torch_dtype,
+    training_images,
+)
 from lincollapse.linear_decoder_vae import LinearDecoderVAE
-from lincollapse.linear_decoder_vae_training import first_step_within, train_vae
+from lincollapse.linear_decoder_vae_training import train_vae
 from lincollapse.presets import READER, ExperimentConfig
 from lincollapse.reader import shipped_or_compute
 from lincollapse.reporting import Report
@@ -166,7 +171,7 @@ class GradientVariance:
 
 
 @dataclasses.dataclass
-class StochasticELBOResult(Report):
+class StochasticELBOResult(GapCurves, Report):
     """Training curves of the linear VAE with the analytic and the single-sample ELBO.
 
     Attributes
@@ -189,18 +194,6 @@ class StochasticELBOResult(Report):
     seconds: dict[str, float]
     gradient: GradientVariance
     config: StochasticELBOConfig
-
-    def gaps(self, estimator: str) -> np.ndarray:
-        """ℓ*(q) − ELBO, shape (R, k)."""
-        return self.optimum - self.elbo[estimator]
-
-    def final_gaps(self, estimator: str) -> np.ndarray:
-        """Final gap of each seed, shape (R,)."""
-        return self.gaps(estimator)[:, -1]
-
-    def steps_to(self, estimator: str, tolerance: float) -> list[int | None]:
-        """Per seed, the first recorded step within ``tolerance`` nats of ℓ*(q) (None: never)."""
-        return [first_step_within(self.steps, gap, tolerance) for gap in self.gaps(estimator)]
 
     def table(self) -> str:
         """Final gap (mean ± sd over seeds) and steps to 1 and 0.1 nat, per estimator."""
