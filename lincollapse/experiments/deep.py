@@ -97,7 +97,7 @@ class DeepVAEConfig(ExperimentConfig):
 
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
-        "book": "≈ 9.7 min for the whole chapter (579 s measured 2026-12-01, 2 cores)",
+        "book": "≈ 9.7 min for the whole chapter (579 s, estimated from the 2026-12-01 build)",
         "paper": "≈ 21 h on 2 CPU cores, ≈ 10–20 min on an H100-class GPU (both projected)",
         "reader": "< 1 s (the book's grid runs, shipped in results/reader/)",
     }
