@@ -180,3 +180,74 @@ def test_progress_names_each_chapter_its_measured_cost_and_the_elapsed_time(
     record = json.loads(status.read_text())
     assert record["chapters"][0]["docname"] == "book/deep_vae"
     assert record["chapters"][0]["expected"] == CHAPTER_SECONDS["book"]["deep_vae"]
+
+
+# ------------------------------------------------------------------ the parallel pass
+
+
+def test_the_parallel_pass_keeps_shared_chapters_on_one_kernel_and_starts_the_longest_first():
+    from tools.parallel_execution import plan_jobs
+
+    chapters = [ROOT / "book" / f"{stem}.md" for stem in ("notation", "deep_vae", "checks")]
+    chapters.append(ROOT / "book" / "beta_annealing.md")
+    jobs = plan_jobs(chapters, "book", shared=[frozenset({"checks", "deep_vae"})])
+    stems = [[path.stem for path in job.chapters] for job in jobs]
+    # the shared pair is one job, in file-name order (the first trains what they share)
+    assert ["checks", "deep_vae"] in stems and len(stems) == 3
+    seconds = [job.seconds for job in jobs]
+    assert seconds == sorted(seconds, reverse=True)
+    book = CHAPTER_SECONDS["book"]
+    pair = next(job for job in jobs if len(job.chapters) == 2)
+    assert pair.seconds < book["checks"] + book["deep_vae"]  # what they share counted once
+    assert stems[-1] == ["notation"]
+
+
+def test_the_parallel_pass_reads_the_table_of_contents_in_order():
+    from tools.parallel_execution import toc_chapters
+
+    chapters = toc_chapters(ROOT)
+    assert chapters[0] == ROOT / "book" / "intro.md"
+    assert chapters[-1] == ROOT / "book" / "checks.md"
+    assert len(chapters) == len(set(chapters)) == len(list((ROOT / "book").glob("*.md")))
+
+
+@pytest.mark.parametrize(("value", "cores", "kernels"), [("", 2, 2), ("", 1, 1), ("3", 2, 3)])
+def test_kernels_of_the_parallel_pass(value, cores, kernels, monkeypatch):
+    import tools.parallel_execution as parallel
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: cores)
+    assert parallel.kernel_count(environ={parallel.KERNELS_VAR: value}) == kernels
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1"])
+def test_a_bad_kernel_count_names_the_variable(value):
+    from tools.parallel_execution import KERNELS_VAR, kernel_count
+
+    with pytest.raises(SystemExit, match=KERNELS_VAR):
+        kernel_count(environ={KERNELS_VAR: value})
+
+
+def test_each_kernel_of_the_parallel_pass_gets_its_share_of_the_cores(monkeypatch):
+    import tools.parallel_execution as parallel
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    assert parallel.threads_per_kernel(2, environ={}) == 1
+    assert parallel.threads_per_kernel(1, environ={}) == 2
+    assert parallel.threads_per_kernel(2, environ={"OMP_NUM_THREADS": "2"}) == 2  # the user's
+
+
+def test_the_parallel_pass_reads_a_chapter_as_myst_nb_does():
+    """Same code cells and kernel: the execution cache matches it when Sphinx reads it."""
+    from jupyter_cache import get_cache
+    from myst_nb.core.config import NbParserConfig
+    from myst_nb.core.read import create_nb_reader
+    from myst_parser.config.main import MdParserConfig
+
+    from tools.parallel_execution import read_notebook
+
+    text = CHAPTER.read_text(encoding="utf-8")
+    reader = create_nb_reader(str(CHAPTER), MdParserConfig(), NbParserConfig(), text)
+    ours, theirs = read_notebook(CHAPTER), reader.read(text)
+    cache = get_cache(str(Path(__import__("tempfile").mkdtemp()) / "cache"))
+    assert cache.create_hashed_notebook(ours)[1] == cache.create_hashed_notebook(theirs)[1]
+    assert read_notebook(ROOT / "README.md") is None  # plain Markdown is no notebook

@@ -98,6 +98,25 @@ def test_book_build_shows_progress_and_resumes_from_the_execution_cache(tmp_path
     assert "0 executed, 1 from the execution cache" in output
 
 
+def test_chapters_run_on_two_kernels_at_once_and_sphinx_reads_them_from_the_cache(tmp_path):
+    make_book(tmp_path, "print('first chapter', value)")
+    second = tmp_path / "book" / "second.md"
+    second.write_text(CHAPTER.format(body="print('second chapter', value)"))
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/chapter\nchapters:\n  - file: book/second\n"
+    )
+    code, output = build(tmp_path, LINCOLLAPSE_BUILD_KERNELS="2")
+    assert code == 0, output[-3000:]
+    assert "parallel pass: 2 chapter(s) in 2 job(s) on 2 kernels" in output
+    assert "kernel 1:" in output and "kernel 2:" in output
+    assert output.count("executed in this build's parallel pass") == 2  # not executed again
+    assert "2 executed, 0 from the execution cache" in output
+    html = (tmp_path / "_build" / "html" / "book" / "second.html").read_text(encoding="utf-8")
+    assert "second chapter 2" in html
+    code, output = build(tmp_path, LINCOLLAPSE_BUILD_KERNELS="1")  # no pass: Sphinx as before
+    assert code == 0 and "parallel pass" not in output, output[-3000:]
+
+
 def test_a_slow_cell_fails_only_with_a_timeout_that_was_asked_for(tmp_path):
     make_book(tmp_path, "import time\ntime.sleep(20)")
     code, output = build(tmp_path, LINCOLLAPSE_CELL_TIMEOUT="3")

@@ -48,6 +48,7 @@ import lincollapse
 from lincollapse.presets import ENV_VAR, current_preset
 from lincollapse.results_cache import LOG_ENV_VAR as CACHE_LOG_VAR
 from lincollapse.threads import policy_environment
+from tools.parallel_execution import KERNELS_VAR, execute_chapters
 
 PACKAGE_DIR = Path(lincollapse.__file__).resolve().parent
 # The folder that holds ``tools/``: Sphinx imports this module (as ``tools.build_book``) from it.
@@ -202,7 +203,14 @@ def describe_timeout(seconds: int) -> str:
     return "none" if seconds < 0 else f"{seconds} s"
 
 
-def write_build_config(root: Path, preset: str, mathjax_static: Path | None = None) -> Path:
+def execution_cache_dir(root: Path, preset: str) -> Path:
+    """myst-nb's execution cache for ``preset`` and the package's present source."""
+    return root / "_build" / ".jupyter_cache" / f"{preset}-{package_fingerprint(preset)}"
+
+
+def write_build_config(
+    root: Path, preset: str, mathjax_static: Path | None = None, started: float | None = None
+) -> Path:
     """Copy ``_config.yml`` with ``execute.cache`` keyed on the package; return its path.
 
     The per-cell timeout is :func:`cell_timeout`'s, and the progress/failure extension of this
@@ -213,7 +221,7 @@ def write_build_config(root: Path, preset: str, mathjax_static: Path | None = No
     import yaml
 
     config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
-    cache_dir = root / "_build" / ".jupyter_cache" / f"{preset}-{package_fingerprint(preset)}"
+    cache_dir = execution_cache_dir(root, preset)
     execute = config.setdefault("execute", {})
     execute["cache"] = str(cache_dir.resolve())
     execute["timeout"] = cell_timeout(preset, execute.get("timeout"))
@@ -228,6 +236,7 @@ def write_build_config(root: Path, preset: str, mathjax_static: Path | None = No
     sphinx_config["lincollapse_status_file"] = str((root / STATUS_FILE).resolve())
     sphinx_config["lincollapse_preset"] = preset
     sphinx_config["lincollapse_cell_timeout"] = execute["timeout"]
+    sphinx_config["lincollapse_build_started"] = float(started or 0.0)
     if mathjax_static is not None:
         sphinx_config["mathjax_path"] = MATHJAX_PATH
         sphinx_config["lincollapse_extra_static"] = [str(mathjax_static.resolve())]
@@ -251,6 +260,7 @@ def setup(app) -> dict:
     app.add_config_value("lincollapse_status_file", "", "env")
     app.add_config_value("lincollapse_preset", "", "env")
     app.add_config_value("lincollapse_cell_timeout", -1, "env")
+    app.add_config_value("lincollapse_build_started", 0.0, "env")
     app.connect("config-inited", _add_extra_static)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=100)
     app.connect("builder-inited", _progress_start)
@@ -336,7 +346,7 @@ def _progress_start(app) -> None:
     _PROGRESS.clear()
     _PROGRESS.update(
         preset=app.config.lincollapse_preset,
-        started=time.time(),
+        started=float(getattr(app.config, "lincollapse_build_started", 0) or 0) or time.time(),
         planned=[],
         chapters=[],
         failure=None,
@@ -392,21 +402,26 @@ def _chapter_done(app, doctree) -> None:
     if current is None:
         return
     seconds = time.time() - current["start"]
-    executed = None
+    executed, in_pass = None, False
     try:
         from myst_nb.sphinx_ import NbMetadataCollector
 
         data = NbMetadataCollector.get_exec_data(app.env, current["docname"])
         if data:  # a cached notebook keeps the time it was first executed
-            executed = float(data.get("mtime") or 0) >= current["start"] - 1
+            mtime = float(data.get("mtime") or 0)
+            executed = mtime >= current["start"] - 1
+            started = float(getattr(app.config, "lincollapse_build_started", 0) or 0)
+            in_pass = not executed and started > 0 and mtime >= started - 1
     except Exception:  # noqa: BLE001 - myst-nb internals: progress only
         executed = None
     how = {True: "executed", False: "from the execution cache", None: "read"}[executed]
+    if in_pass:
+        how = "executed in this build's parallel pass, read from the execution cache"
     chapter = {
         "docname": current["docname"],
         "title": current["title"],
         "seconds": round(seconds, 1),
-        "executed": executed,
+        "executed": True if in_pass else executed,
         "expected": current["expected"],
     }
     _PROGRESS["chapters"].append(chapter)
@@ -612,7 +627,9 @@ def missing_latex_tools() -> list[str]:
     return [tool for tool in LATEX_TOOLS if shutil.which(tool) is None]
 
 
-def build(root: Path, builder: str = "html", mathjax: str = "local") -> int:
+def build(
+    root: Path, builder: str = "html", mathjax: str = "local", kernels: int | None = None
+) -> int:
     """Run ``jupyter-book build`` strictly; return its exit code.
 
     The preset is ``$LINCOLLAPSE_PRESET``, else ``book`` (not the interactive ``reader``
@@ -635,11 +652,13 @@ def build(root: Path, builder: str = "html", mathjax: str = "local") -> int:
         except MathJaxUnavailable as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    config = write_build_config(root, preset, mathjax_static)
+    start = time.time()
+    config = write_build_config(root, preset, mathjax_static, started=start)
     status_path, log_path = root / STATUS_FILE, root / CACHE_LOG_FILE
     for stale in (status_path, log_path):
         stale.unlink(missing_ok=True)
-    timeout = describe_timeout(cell_timeout(preset, _configured_timeout(root)))
+    seconds = cell_timeout(preset, _configured_timeout(root))
+    timeout = describe_timeout(seconds)
     command = [
         sys.executable,
         "-c",
@@ -662,12 +681,24 @@ def build(root: Path, builder: str = "html", mathjax: str = "local") -> int:
         f"{threads} (lincollapse.threads)",
         flush=True,
     )
-    start = time.time()
-    process = subprocess.Popen(command, env=env)
+    report = None
     try:
+        report = execute_chapters(
+            root,
+            execution_cache_dir(root, preset),
+            preset,
+            env,
+            timeout=seconds,
+            kernels=kernels,
+            started=start,
+        )
+        if report is not None:
+            print(report.summary(), flush=True)
+        process = subprocess.Popen(command, env=env)
         code = process.wait()
     except KeyboardInterrupt:
-        process.wait()  # the build got the same Ctrl-C; let it stop
+        if "process" in locals():
+            process.wait()  # the build got the same Ctrl-C; let it stop
         print(
             "\nlincollapse: interrupted. Chapters that finished are in the execution cache and "
             "training runs that finished are in the results cache: rerun `make book` to "
@@ -678,6 +709,8 @@ def build(root: Path, builder: str = "html", mathjax: str = "local") -> int:
         return 130
     status, cache = _read_status(status_path), _cache_events(log_path)
     print(build_summary(status, cache, time.time() - start), flush=True)
+    if report is not None and report.executed:
+        print(report.summary(), flush=True)
     if code != 0 and status.get("failure"):
         print(failure_message(status, cache), file=sys.stderr, flush=True)
     return code
@@ -711,8 +744,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=("local", "cdn"),
         help="local: serve MathJax from the book (offline; default); cdn: load it from jsdelivr",
     )
+    parser.add_argument(
+        "--kernels",
+        type=int,
+        default=None,
+        help="chapters executed at once before Sphinx reads them (default: "
+        f"${KERNELS_VAR}, else 2 on 2 or more cores; 1: one after the other, as Sphinx reads)",
+    )
     args = parser.parse_args(argv)
-    return build(Path(args.root).resolve(), args.builder, args.mathjax)
+    return build(Path(args.root).resolve(), args.builder, args.mathjax, args.kernels)
 
 
 if __name__ == "__main__":
