@@ -251,3 +251,13 @@ def test_the_parallel_pass_reads_a_chapter_as_myst_nb_does():
     cache = get_cache(str(Path(__import__("tempfile").mkdtemp()) / "cache"))
     assert cache.create_hashed_notebook(ours)[1] == cache.create_hashed_notebook(theirs)[1]
     assert read_notebook(ROOT / "README.md") is None  # plain Markdown is no notebook
+
+
+def test_the_expected_time_of_the_pass_is_its_busiest_kernel():
+    from tools.parallel_execution import Job, expected_seconds
+
+    jobs = [Job([], seconds) for seconds in (5.0, 4.0, 3.0, 3.0)]
+    # dealt to the first free kernel: 5 | 4, then 4 + 3 | 5 + 3
+    assert expected_seconds(jobs, 2) == 8.0
+    assert expected_seconds(jobs, 1) == 15.0
+    assert expected_seconds(jobs, 4) == 5.0

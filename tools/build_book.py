@@ -20,7 +20,10 @@ A build survives slow machines and resumes after a failure or an interrupt:
 - **on failure** the last lines name the chapter, the code cell (its number and line in the
   ``.md`` file), the cause and the fix.
 
-The kernels run under the thread policy of :mod:`lincollapse.threads`.
+Before Sphinx reads anything, :mod:`tools.parallel_execution` executes the chapters on two
+kernels at once (one torch thread each, on 2 cores) into the execution cache, so that Sphinx
+finds them there; ``--kernels 1`` (or ``LINCOLLAPSE_BUILD_KERNELS=1``) leaves every chapter to
+Sphinx, one at a time. The kernels run under the thread policy of :mod:`lincollapse.threads`.
 
 The HTML renders its mathematics offline: before the build, MathJax 3 is fetched from a package
 registry (npm, or PyPI when ``npm`` is missing) into ``_build/mathjax`` and copied into the

@@ -149,12 +149,33 @@ def read_notebook(path: Path):
     return read_myst_markdown_notebook(text, add_source_map=True, path=str(path))
 
 
+def pass_seconds(stems: list[str], preset: str) -> float:
+    """Measured cost of running ``stems`` one after the other on one kernel of the pass: their
+    :data:`~lincollapse.experiments.PARALLEL_CHAPTER_SECONDS`, else the 2-core
+    :func:`~lincollapse.experiments.build_seconds` (0 for chapters never measured)."""
+    from lincollapse.experiments import PARALLEL_CHAPTER_SECONDS, build_seconds
+
+    measured = PARALLEL_CHAPTER_SECONDS.get(preset, {})
+    if all(stem in measured for stem in stems):
+        return float(sum(measured[stem] for stem in stems))
+    return build_seconds(stems, preset)
+
+
+def expected_seconds(jobs: list[Job], kernels: int) -> float:
+    """The pass's expected wall time: the jobs dealt in order to the first free kernel, as
+    :func:`execute_chapters` deals them, with their measured costs; the last kernel to finish."""
+    loads = [0.0] * kernels
+    for job in jobs:
+        loads[loads.index(min(loads))] += job.seconds
+    return max(loads)
+
+
 def plan_jobs(
     chapters: list[Path], preset: str, shared: list[frozenset[str]] | None = None
 ) -> list[Job]:
     """Group ``chapters`` into jobs (a shared group stays on one kernel, in file-name order) and
-    order the jobs longest first by their measured cost at ``preset``."""
-    from lincollapse.experiments import SHARED_SECONDS, build_seconds
+    order the jobs longest first by their measured cost in the pass at ``preset``."""
+    from lincollapse.experiments import SHARED_SECONDS
 
     if shared is None:
         shared = list(SHARED_SECONDS.get(preset, {}))
@@ -164,11 +185,11 @@ def plan_jobs(
     for group in shared:
         members = sorted(stem for stem in group if stem in by_stem)
         if len(members) > 1:
-            jobs.append(Job([by_stem[s] for s in members], build_seconds(members, preset)))
+            jobs.append(Job([by_stem[s] for s in members], pass_seconds(members, preset)))
             placed.update(members)
     for path in chapters:
         if path.stem not in placed:
-            jobs.append(Job([path], build_seconds([path.stem], preset)))
+            jobs.append(Job([path], pass_seconds([path.stem], preset)))
     jobs.sort(key=lambda job: -job.seconds)  # stable: equal costs keep the table's order
     return jobs
 
@@ -179,15 +200,14 @@ def _execute_job(
     """In a worker process: execute the job's chapters in order; stop at the first failure."""
     from jupyter_cache.executors.utils import single_nb_execution
 
-    from lincollapse.experiments import chapter_seconds
     from tools.build_book import chapter_title, minutes
 
     os.environ.update(environment)  # the kernels started below inherit it
     runs = []
     for path in job.chapters:
         notebook = read_notebook(path)
-        expected = chapter_seconds(path.stem, preset)
-        cost = f"measured cost ≈ {minutes(expected)} on 2 cores" if expected else "no measured cost"
+        expected = pass_seconds([path.stem], preset)
+        cost = f"measured ≈ {minutes(expected)} in the pass" if expected else "no measured cost"
         print(
             f"lincollapse: parallel pass, kernel {kernel}: "
             f"{chapter_title(path.read_text(encoding='utf-8'), path.stem)} ({path.stem}): "
@@ -246,10 +266,14 @@ def execute_chapters(
             pending.append(path)
     if not pending:
         return report
+    from tools.build_book import minutes
+
     jobs = plan_jobs(pending, preset)
+    expected = expected_seconds(jobs, kernels)
     print(
         f"lincollapse: parallel pass: {len(pending)} chapter(s) in {len(jobs)} job(s) on "
-        f"{kernels} kernels × {threads} torch thread(s) ({KERNELS_VAR}=1 turns it off)",
+        f"{kernels} kernels × {threads} torch thread(s) ({KERNELS_VAR}=1 turns it off)"
+        + (f"; measured ≈ {minutes(expected)} on 2 cores" if expected else ""),
         flush=True,
     )
     begin = time.time()

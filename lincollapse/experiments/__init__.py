@@ -96,6 +96,29 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
 }
 
 
+#: Each chapter's time in ``make book``'s parallel pass (``tools/parallel_execution.py``: two
+#: kernels at once on the 2 cores, one torch thread each), per preset, from an empty results cache.
+#: A chapter that shares work (:data:`SHARED_SECONDS`) has it here only if it runs first.
+PARALLEL_CHAPTER_SECONDS: dict[str, dict[str, float]] = {
+    # `make book` from a fresh clone on a quiet 2-core Intel Xeon, 2026-12-01, commit 72a4f52
+    # (the whole build 17 min 42 s: the pass 1040 s, then Sphinx reading the cache).
+    "book": {
+        "checks": 720,  # trains the deep chapter's grid
+        "deep_vae": 15,  # reads that grid, on the same kernel after it
+        "beta_annealing": 376,
+        "linear_decoder_encoders": 338,
+        "linear_vae": 250,
+        "stochastic_elbo": 250,
+        "diagnosis": 28,
+        "posterior_collapse": 27,
+        "ppca": 26,
+        "beyond_the_paper": 25,
+        "mnist_data": 9,
+        "notation": 2,
+    },
+}
+
+
 #: Work that several chapters share through the results cache, in seconds per preset: a build
 #: does it once, in the first of them; each chapter's :data:`CHAPTER_SECONDS` includes it.
 SHARED_SECONDS: dict[str, dict[frozenset[str], float]] = {
