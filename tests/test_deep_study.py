@@ -175,6 +175,13 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
     assert "not run yet" in result.table()
     groups["baseline"] = _fake_group("baseline", fixed, [0.5, 0.95, 0.9, 0.85])
     assert "does not fall monotonically" in figures.sigma2_study().findings()["direction"]
+    # the chapter's "they took … to … minutes": every loaded run's training time
+    groups["baseline"].arrays["seconds"] = np.array([600.0, 1800.0, 4800.0, 900.0])
+    learned = [{"sigma2": 1.0, "learned": True}]
+    groups["learned"] = _fake_group("learned", learned, [0.96])
+    groups["learned"].arrays["seconds"] = np.array([300.0])
+    glued = figures.sigma2_study().glue_values()
+    assert (glued["study_minutes_min"], glued["study_minutes_max"]) == (5.0, 80.0)
 
 
 def test_shipped_traversal_is_current_and_decodes_like_the_model():

@@ -58,7 +58,7 @@ REPRODUCTION_FIXED = {
 REPRODUCTION_LEARNED = {1.0: 0.82, 0.01: 0.40, 0.001: 0.0, 0.0001: 0.0}
 STUDY_EPSILON = 0.01
 AGREEMENT = 0.05  # two collapsed fractions this close are called equal (10 of 200 latents)
-STUDY_COST = "≈ 1 s (reads shipped runs; training them: 8–80 min per run on one core, measured)"
+STUDY_COST = "≈ 1 s (reads shipped runs; training them: 8–100 min per run on one thread, measured)"
 
 
 def _find(groups: dict[str, StudyGroup], **fields) -> list[tuple[StudyGroup, int]]:
@@ -107,6 +107,8 @@ class SigmaStudy:
         The linear count on a fine grid.
     provenance : dict of str to str
         Per group, where its runs came from (or why they are missing).
+    run_seconds : ndarray
+        Training time of every shipped run of those groups, in seconds (one CPU thread).
     """
 
     sigma2: np.ndarray
@@ -124,6 +126,7 @@ class SigmaStudy:
     sigma2_line: np.ndarray
     linear_line: np.ndarray
     provenance: dict[str, str]
+    run_seconds: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @property
     def complete(self) -> bool:
@@ -215,6 +218,9 @@ class SigmaStudy:
     def glue_values(self, prefix: str = "study") -> dict[str, Any]:
         """Every number and sentence the chapter glues, by name."""
         values: dict[str, Any] = {f"{prefix}_{k}": v for k, v in self.findings().items()}
+        minutes = self.run_seconds / 60
+        values[f"{prefix}_minutes_min"] = float(minutes.min()) if minutes.size else float("nan")
+        values[f"{prefix}_minutes_max"] = float(minutes.max()) if minutes.size else float("nan")
         for i, s in enumerate(self.sigma2):
             tag = f"{s:g}".replace(".", "p").replace("-", "m")
             values[f"{prefix}_fixed_{tag}"] = float(self.fixed[i])
@@ -284,6 +290,9 @@ def sigma2_study() -> SigmaStudy:
         sigma2_line=line,
         linear_line=count(line),
         provenance=provenance,
+        run_seconds=np.concatenate(
+            [np.asarray(g.arrays["seconds"], float) for g in groups.values()] or [np.zeros(0)]
+        ),
     )
 
 
