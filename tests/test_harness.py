@@ -117,6 +117,60 @@ def test_chapters_run_on_two_kernels_at_once_and_sphinx_reads_them_from_the_cach
     assert code == 0 and "parallel pass" not in output, output[-3000:]
 
 
+def test_an_interrupt_in_the_parallel_pass_stops_its_kernels_and_keeps_what_finished(tmp_path):
+    """Ctrl-C while one chapter is done and the other still runs: the running kernel is stopped
+    (kernels run in their own sessions, so Ctrl-C itself does not reach them), the build says how
+    to continue, and the rerun takes the finished chapter from the execution cache."""
+    import signal
+    import time
+
+    import psutil
+
+    make_book(tmp_path, "print('quick chapter', value)")
+    pid_file = tmp_path / "kernel.pid"
+    slow = tmp_path / "book" / "slow.md"
+    slow.write_text(
+        CHAPTER.format(
+            body=f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            "time.sleep(600)"
+        )
+    )
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/chapter\nchapters:\n  - file: book/slow\n"
+    )
+    log = tmp_path / "build.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tools.build_book", str(tmp_path), "--mathjax", "cdn"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"LINCOLLAPSE_BUILD_KERNELS": "2"},
+            start_new_session=True,  # its own process group, as a terminal's Ctrl-C sees it
+        )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        pid_file.is_file() and "chapter: executed in" in log.read_text()
+    ):
+        time.sleep(0.5)
+    assert pid_file.is_file(), log.read_text()[-3000:]
+    kernel = int(pid_file.read_text())
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    assert "interrupted" in log.read_text() and "rerun `make book`" in log.read_text()
+    gone, alive = (
+        psutil.wait_procs([psutil.Process(kernel)], timeout=30)
+        if psutil.pid_exists(kernel)
+        else ([], [])
+    )
+    assert not alive, "the slow chapter's kernel is still running"
+    slow.write_text(CHAPTER.format(body="print('slow chapter, now quick', value)"))
+    code, output = build(tmp_path, LINCOLLAPSE_BUILD_KERNELS="2")
+    assert code == 0, output[-3000:]
+    assert "parallel pass: 1 chapter(s) in 1 job(s)" in output  # the quick one was kept
+    assert "1 already cached" in output
+
+
 def test_a_slow_cell_fails_only_with_a_timeout_that_was_asked_for(tmp_path):
     make_book(tmp_path, "import time\ntime.sleep(20)")
     code, output = build(tmp_path, LINCOLLAPSE_CELL_TIMEOUT="3")

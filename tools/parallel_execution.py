@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -194,39 +195,45 @@ def plan_jobs(
     return jobs
 
 
-def _execute_job(
-    job: Job, kernel: int, environment: dict[str, str], timeout: int, started: float, preset: str
-) -> list[ChapterRun]:
-    """In a worker process: execute the job's chapters in order; stop at the first failure."""
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C goes to the build, which stops the workers and their kernels
+    (a worker interrupted inside nbclient can fail in its clean-up instead of stopping)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _execute_chapter(
+    path: Path, kernel: int, environment: dict[str, str], timeout: int, started: float, preset: str
+) -> ChapterRun:
+    """In a worker process: execute one chapter in a fresh kernel."""
     from jupyter_cache.executors.utils import single_nb_execution
 
     from tools.build_book import chapter_title, minutes
 
-    os.environ.update(environment)  # the kernels started below inherit it
-    runs = []
-    for path in job.chapters:
-        notebook = read_notebook(path)
-        expected = pass_seconds([path.stem], preset)
-        cost = f"measured ≈ {minutes(expected)} in the pass" if expected else "no measured cost"
-        print(
-            f"lincollapse: parallel pass, kernel {kernel}: "
-            f"{chapter_title(path.read_text(encoding='utf-8'), path.stem)} ({path.stem}): "
-            f"executing; {cost}; build elapsed {minutes(time.time() - started)}",
-            flush=True,
-        )
+    os.environ.update(environment)  # the kernel started below inherits it
+    expected = pass_seconds([path.stem], preset)
+    cost = f"measured ≈ {minutes(expected)} in the pass" if expected else "no measured cost"
+    print(
+        f"lincollapse: parallel pass, kernel {kernel}: "
+        f"{chapter_title(path.read_text(encoding='utf-8'), path.stem)} ({path.stem}): "
+        f"executing; {cost}; build elapsed {minutes(time.time() - started)}",
+        flush=True,
+    )
+    begin = time.time()
+    try:
         result = single_nb_execution(
-            notebook,
+            read_notebook(path),
             cwd=str(path.parent),
             timeout=None if timeout < 0 else timeout,
             allow_errors=False,
             meta_override=True,
         )
-        if result.err is not None:
-            error = f"{type(result.err).__name__}: {str(result.err).strip().splitlines()[-1:]}"
-            runs.append(ChapterRun(path, result.time, kernel, error=error))
-            break
-        runs.append(ChapterRun(path, result.time, kernel, notebook=result.nb))
-    return runs
+    except Exception as error:  # noqa: BLE001 - any failure leaves the chapter to Sphinx
+        error_text = f"{type(error).__name__}: {error}"
+        return ChapterRun(path, time.time() - begin, kernel, error=error_text)
+    if result.err is not None:
+        last = (str(result.err).strip().splitlines() or [""])[-1]
+        return ChapterRun(path, result.time, kernel, error=f"{type(result.err).__name__}: {last}")
+    return ChapterRun(path, result.time, kernel, notebook=result.nb)
 
 
 def execute_chapters(
@@ -242,9 +249,15 @@ def execute_chapters(
     """Execute the chapters not yet in the execution cache at ``cache_path`` on ``kernels``
     kernels; store each in the cache as it finishes. ``environment`` is the kernels' (the
     build's) environment; its torch thread count is replaced by :func:`threads_per_kernel`.
-    Returns ``None`` when there is nothing to do in parallel (one kernel)."""
+    Returns ``None`` when there is nothing to do in parallel (one kernel).
+
+    A chapter that fails is left to Sphinx, and so are the chapters of its job after it. On
+    Ctrl-C the workers and their kernels are stopped and ``KeyboardInterrupt`` is raised;
+    what finished is in the cache.
+    """
     from jupyter_cache import get_cache
-    from jupyter_cache.base import CacheBundleIn
+
+    from tools.build_book import minutes
 
     kernels = kernel_count(kernels)
     if kernels < 2:
@@ -266,8 +279,6 @@ def execute_chapters(
             pending.append(path)
     if not pending:
         return report
-    from tools.build_book import minutes
-
     jobs = plan_jobs(pending, preset)
     expected = expected_seconds(jobs, kernels)
     print(
@@ -277,32 +288,67 @@ def execute_chapters(
         flush=True,
     )
     begin = time.time()
+    pool = futures.ProcessPoolExecutor(max_workers=kernels, initializer=_ignore_interrupts)
+    queue = [list(job.chapters) for job in jobs]
+    running: dict[futures.Future, tuple[int, list[Path]]] = {}  # kernel, its job from here on
     free = list(range(1, kernels + 1))
-    with futures.ProcessPoolExecutor(max_workers=kernels) as pool:
-        running: dict[futures.Future, int] = {}
-        queue = list(jobs)
-        try:
-            while queue or running:
-                while queue and free:
-                    kernel = free.pop(0)
-                    job = queue.pop(0)
-                    future = pool.submit(
-                        _execute_job, job, kernel, environment, timeout, started, preset
-                    )
-                    running[future] = kernel
-                done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-                for future in done:
-                    free.append(running.pop(future))
-                    for run in future.result():
-                        _store(cache, CacheBundleIn, run, report)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+
+    def submit(kernel: int, chapters: list[Path]) -> None:
+        future = pool.submit(
+            _execute_chapter, chapters[0], kernel, environment, timeout, started, preset
+        )
+        running[future] = (kernel, chapters)
+
+    try:
+        while queue or running:
+            while queue and free:
+                submit(free.pop(0), queue.pop(0))
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                kernel, chapters = running.pop(future)
+                rest = chapters[1:]
+                try:
+                    run = future.result()
+                except Exception as error:  # noqa: BLE001 - a worker that died
+                    run = ChapterRun(chapters[0], 0.0, kernel, error=f"{type(error).__name__}")
+                _store(cache, run, report)
+                if rest and run.error is None:
+                    submit(kernel, rest)  # the job's next chapter, on the same kernel
+                else:
+                    free.append(kernel)
+    except KeyboardInterrupt:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
     report.seconds = time.time() - begin
     return report
 
 
-def _store(cache, bundle_type, run: ChapterRun, report: PassReport) -> None:
+def _stop(pool: futures.ProcessPoolExecutor) -> None:
+    """Stop the workers and every process they started (kernels run in their own sessions,
+    so Ctrl-C does not reach them)."""
+    import psutil
+
+    workers = list(getattr(pool, "_processes", {}).values())  # noqa: SLF001
+    doomed = []
+    for worker in workers:
+        try:
+            process = psutil.Process(worker.pid)
+            doomed += process.children(recursive=True) + [process]
+        except psutil.NoSuchProcess:
+            continue
+    for process in doomed:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(doomed, timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _store(cache, run: ChapterRun, report: PassReport) -> None:
+    from jupyter_cache.base import CacheBundleIn
+
     if run.error is not None:
         report.failed.append(run)
         print(
@@ -313,7 +359,7 @@ def _store(cache, bundle_type, run: ChapterRun, report: PassReport) -> None:
         )
         return
     cache.cache_notebook_bundle(
-        bundle_type(run.notebook, str(run.path), data={"execution_seconds": run.seconds}),
+        CacheBundleIn(run.notebook, str(run.path), data={"execution_seconds": run.seconds}),
         check_validity=False,
         overwrite=True,
     )
