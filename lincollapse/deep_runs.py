@@ -32,7 +32,12 @@ from lincollapse.data import load_mnist
 from lincollapse.deep_vae import LR_DECAYS, TrainedRuns, resolve_device, train_batched
 from lincollapse.presets import results_preset
 from lincollapse.references import PROBE_STEPS, Probe, load_shipped, shipped_provenance
-from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
+from lincollapse.results_cache import (
+    ReferenceResultError,
+    ResultsCache,
+    config_key,
+    source_fingerprint,
+)
 
 if TYPE_CHECKING:
     from lincollapse.experiments.deep import DeepVAEConfig
@@ -165,6 +170,12 @@ def _prefix_source(schedule: Schedule, long: Schedule) -> bool:
     )
 
 
+def partial_state_path(cache: ResultsCache, keys: Sequence[dict[str, Any]]) -> Path:
+    """Where runs trained together save their state part-way (``partial/`` in the results
+    cache), so that an interrupted training resumes instead of starting again."""
+    return cache.directory / "partial" / f"{config_key({'runs': list(keys)})}.pt"
+
+
 def load_or_train(
     config: DeepVAEConfig,
     runs: Sequence[tuple[float, bool]],
@@ -215,6 +226,7 @@ def load_or_train(
     size = config.runs_per_batch or max(1, len(missing))
     for start in range(0, len(missing), size):
         group = missing[start : start + size]
+        keys = [run_key(config, *runs[i], schedule, data_id) for i in group]
         trained = train_batched(
             x,
             config.arch,
@@ -228,6 +240,7 @@ def load_or_train(
             delta=config.delta,
             device=device,
             progress=progress,
+            checkpoint=partial_state_path(cache, keys),
         )
         where = f"trained now on {resolve_device(device)} in {trained.seconds:.0f} s"
         for column, index in enumerate(group):
@@ -239,13 +252,12 @@ def load_or_train(
                 "thresholds": one.thresholds[:, 0],
                 "kl_mean": one.kl_mean[:, 0],
             }
-            sigma2, learned = runs[index]
             info = {
                 "seconds": trained.seconds,
                 "runs_trained_together": len(group),
                 "threads": torch.get_num_threads(),
             }
-            cache.save(run_key(config, sigma2, learned, schedule, data_id), arrays, info)
+            cache.save(keys[column], arrays, info)
             found[index], sources[index] = arrays, where
     order = range(len(runs))
     return (

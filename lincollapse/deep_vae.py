@@ -42,6 +42,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,8 +51,13 @@ from torch import nn
 from lincollapse import gaussian, validation
 from lincollapse.collapse import collapse_thresholds, collapsed_fraction_from_thresholds
 from lincollapse.training import History, Recorder, maximise
+from lincollapse.training_state import load_state, noise_states, save_state, set_noise_states
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+#: Steps between two saved states of :func:`train_batched` with a checkpoint (rounded up to a
+#: multiple of its ``record_every``): at most this much training is lost to an interrupt.
+CHECKPOINT_EVERY = 500
 
 
 class UnknownDeviceError(ValueError):
@@ -578,6 +584,8 @@ def train_batched(
     progress: bool | None = None,
     layout: str = "auto",
     schedule_steps: int | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> TrainedRuns:
     """Train one run per σ² together with Adam on the full batch ``x`` (n, d) and record collapse.
 
@@ -590,9 +598,17 @@ def train_batched(
     ``layout`` (:func:`choose_layout`) decides how the runs are evaluated, not what they compute.
     ``schedule_steps`` (default ``steps``) is the length the learning-rate decay spans: a run's
     first ``steps`` steps of a longer decayed schedule.
+
+    With ``checkpoint`` (a file path) the runs train in chunks of about ``checkpoint_every``
+    steps (a multiple of ``record_every``) and the state after each chunk (weights, noise
+    streams, Adam's moments, records) is saved there atomically; a call that finds the file
+    resumes from it, in the layout it was saved in. Chunks take exactly the steps, records and
+    updates of one uninterrupted call (:func:`maximise`), so an interrupted run, resumed, ends
+    with the same numbers. The file is removed when the runs finish.
     """
     validation.check_training_data(x, arch.data_dim)
-    layout = choose_layout(layout, device)
+    saved = load_state(checkpoint, steps) if checkpoint is not None else None
+    layout = saved["layout"] if saved is not None else choose_layout(layout, device)
     model = build_runs(arch, sigma2s, learned, seed, layout=layout, dtype=dtype, device=device)
     data = torch.tensor(np.asarray(x), dtype=dtype, device=model.device_)
     names = [
@@ -608,29 +624,66 @@ def train_batched(
         return {"thresholds": thresholds, "kl_mean": kl_mean, "sigma2": model.sigma2}
 
     recorder = Recorder(measure)
-
-    history: History = maximise(
-        lambda: model.elbo(data),
-        model.parameters(),
-        steps=steps,
-        lr=lr,
-        record_every=record_every,
-        name="deep VAE",
-        run_names=names,
-        progress=progress,
-        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps),
-        on_record=recorder,
-    )
-    values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
+    state: dict = {}
+    done, seconds = 0, 0.0
+    recorded_steps: list[int] = []
+    recorded_values: list[np.ndarray] = []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        set_noise_states(model, saved["noise"])
+        state, done, seconds = saved["adam"], saved["step"], saved["seconds"]
+        recorder.records = saved["records"]
+        recorded_steps, recorded_values = saved["recorded_steps"], saved["recorded_values"]
+    chunk = steps
+    if checkpoint is not None:  # a multiple of record_every: no record a single call lacks
+        chunk = record_every * max(1, -(-checkpoint_every // record_every))
+    while done < steps or not recorded_steps:
+        end = min(done + chunk, steps)
+        history: History = maximise(
+            lambda: model.elbo(data),
+            model.parameters(),
+            steps=end,
+            lr=lr,
+            record_every=record_every,
+            name="deep VAE",
+            run_names=names,
+            progress=progress,
+            lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps),
+            on_record=recorder,
+            start_step=done,
+            optimiser_state=state,
+        )
+        values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
+        recorded_steps += [int(step) for step in history.steps]
+        recorded_values += list(values)
+        done, seconds = end, seconds + history.seconds
+        if checkpoint is not None and done < steps:
+            save_state(
+                checkpoint,
+                {
+                    "steps": steps,
+                    "layout": layout,
+                    "model": model.state_dict(),
+                    "noise": noise_states(model),
+                    "adam": state,
+                    "step": done,
+                    "seconds": seconds,
+                    "records": recorder.records,
+                    "recorded_steps": recorded_steps,
+                    "recorded_values": recorded_values,
+                },
+            )
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return TrainedRuns(
         sigma2_init=np.asarray(model.sigma2_init),
         learned=np.asarray(model.learned),
-        steps=history.steps,
-        elbo=values,
+        steps=np.asarray(recorded_steps),
+        elbo=np.stack(recorded_values),
         sigma2=recorder.stack("sigma2"),
         thresholds=recorder.stack("thresholds"),
         kl_mean=recorder.stack("kl_mean"),
-        seconds=history.seconds,
+        seconds=seconds,
         delta=delta,
         layout=layout,
     )

@@ -524,3 +524,50 @@ def test_shipped_reference_goes_stale_when_the_numerics_change(monkeypatch):
     monkeypatch.setattr(deep_vae, "kl_from_logvar", lambda m, v: 1.001 * original(m, v))
     with pytest.raises(ReferenceResultError, match="stale.*regenerate"):
         verify_behaviour(stem, deep_runs.convergence_probe(config))
+
+
+@pytest.mark.parametrize("layout", ["loop", "batched"])
+def test_interrupted_training_resumes_from_its_saved_state_to_the_same_numbers(
+    data, layout, tmp_path, monkeypatch
+):
+    """Killed after its first chunk, a checkpointed training resumes there (it does not start
+    again) and ends bit for bit where one uninterrupted training ends."""
+    import lincollapse.deep_vae as deep_vae
+
+    kwargs = dict(steps=60, lr=5e-3, device="cpu", progress=False, record_every=10, layout=layout)
+    args = (data.numpy(), TINY, [1.0, 0.1], [False, True])
+    whole = train_batched(*args, **kwargs)
+    state = tmp_path / "partial" / "runs.pt"
+    calls = []
+    real = deep_vae.maximise
+
+    def interrupted(*a, **k):
+        calls.append(k["start_step"])
+        if len(calls) == 2:  # the second chunk: as if Ctrl-C arrived during it
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(deep_vae, "maximise", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_batched(*args, checkpoint=state, checkpoint_every=25, **kwargs)
+    assert state.is_file() and calls == [0, 30]  # chunks are whole record windows: 30 steps
+    calls.clear()
+    monkeypatch.setattr(
+        deep_vae, "maximise", lambda *a, **k: calls.append(k["start_step"]) or real(*a, **k)
+    )
+    resumed = train_batched(*args, checkpoint=state, checkpoint_every=25, **kwargs)
+    assert calls == [30] and not state.exists()  # resumed at step 30; the state is removed
+    np.testing.assert_array_equal(resumed.steps, whole.steps)
+    for name in ("elbo", "sigma2", "thresholds", "kl_mean"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)
+
+
+def test_an_unreadable_partial_state_is_ignored_with_a_warning(data, tmp_path):
+    state = tmp_path / "runs.pt"
+    state.write_bytes(b"not a torch file")
+    kwargs = dict(steps=20, lr=5e-3, device="cpu", progress=False, record_every=10)
+    with pytest.warns(UserWarning, match="ignoring the partial training state"):
+        runs = train_batched(data.numpy(), TINY, [1.0], checkpoint=state, **kwargs)
+    plain = train_batched(data.numpy(), TINY, [1.0], layout=runs.layout, **kwargs)
+    np.testing.assert_array_equal(runs.elbo, plain.elbo)
+    assert not state.exists()

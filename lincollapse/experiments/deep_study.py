@@ -50,6 +50,7 @@ from lincollapse.gaussian import kl_to_prior
 from lincollapse.references import PROBE_STEPS
 from lincollapse.results_cache import ResultsCache, default_cache_dir
 from lincollapse.training import maximise
+from lincollapse.training_state import save_state
 
 ARCH = Architecture(784, 200, (256, 128), (128, 256))
 LR = 1e-3
@@ -323,7 +324,6 @@ def train_run(
 
 
 def _save_checkpoint(path: Path, model, state, step, seconds, recorder: _Recorder) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.state_dict(),
         "adam": state,
@@ -333,12 +333,7 @@ def _save_checkpoint(path: Path, model, state, step, seconds, recorder: _Recorde
         "eval_noise": model._eval_noise.get_state(),
         "records": recorder.arrays(),
     }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    save_state(path, payload)
 
 
 def run_probe(spec: RunSpec) -> dict[str, np.ndarray]:
