@@ -36,6 +36,7 @@ from lincollapse.results_cache import (
     ReferenceResultError,
     ResultsCache,
     config_key,
+    record_event,
     source_fingerprint,
 )
 
@@ -227,6 +228,9 @@ def load_or_train(
     for start in range(0, len(missing), size):
         group = missing[start : start + size]
         keys = [run_key(config, *runs[i], schedule, data_id) for i in group]
+        partial = partial_state_path(cache, keys)
+        if partial.is_file():  # an interrupted training of these runs: it resumes
+            record_event("resumed", partial)
         trained = train_batched(
             x,
             config.arch,
@@ -240,7 +244,7 @@ def load_or_train(
             delta=config.delta,
             device=device,
             progress=progress,
-            checkpoint=partial_state_path(cache, keys),
+            checkpoint=partial,
         )
         where = f"trained now on {resolve_device(device)} in {trained.seconds:.0f} s"
         for column, index in enumerate(group):

@@ -78,7 +78,7 @@ class CacheWriteError(OSError):
     """Writing an entry failed after computing; the message says where a copy was saved."""
 
 
-def _record(event: str, path: Path) -> None:
+def record_event(event: str, path: Path) -> None:
     """Count ``event`` and append it to ``$LINCOLLAPSE_CACHE_LOG`` (best effort)."""
     STATS[event] += 1
     log = os.environ.get(LOG_ENV_VAR, "").strip()
@@ -277,7 +277,7 @@ class ResultsCache:
                 stacklevel=2,
             )
             return None
-        _record("hit", path)
+        record_event("hit", path)
         return arrays, meta
 
     def check_writable(self) -> None:
@@ -345,7 +345,7 @@ class ResultsCache:
                 f"could not write the cache entry {path} ({error.strerror or error}); "
                 + _rescue(path.name, buffer.getvalue(), self.directory)
             ) from error
-        _record("saved", path)
+        record_event("saved", path)
         return path
 
     def _meta(

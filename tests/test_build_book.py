@@ -132,7 +132,33 @@ def test_the_summary_counts_chapters_and_cache_traffic():
     status = {"chapters": [{"executed": True}, {"executed": False}, {"executed": False}]}
     line = build_summary(status, {"hit": 22, "saved": 0}, 75.0)
     assert "1 min 15 s" in line and "1 executed, 2 from the execution cache" in line
-    assert "22 entries read, 0 computed and saved" in line
+    assert "22 entries read, 0 computed and saved" in line and "resumed" not in line
+    line = build_summary(status, {"hit": 3, "saved": 2, "resumed": 1}, 75.0)
+    assert "2 computed and saved, 1 training(s) resumed from the state an interrupt left" in line
+
+
+def test_a_rerun_counts_the_training_it_resumes(tmp_path, monkeypatch):
+    """load_or_train logs "resumed" when an interrupted training of the same runs left a state."""
+    import json
+
+    from lincollapse import deep_runs
+    from lincollapse.experiments.deep import DeepVAEConfig
+    from lincollapse.results_cache import LOG_ENV_VAR, ResultsCache
+
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(LOG_ENV_VAR, str(log))
+    config = DeepVAEConfig.for_preset("fast")
+    cache = ResultsCache(tmp_path / "cache")
+    runs = [(config.sigma2_fixed[0], False)]
+    x, data_id = deep_runs.data_for(config)
+    keys = [deep_runs.run_key(config, *runs[0], config.grid_schedule(), data_id)]
+    partial = deep_runs.partial_state_path(cache, keys)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"left by an interrupt")  # unreadable: ignored with a warning
+    with pytest.warns(UserWarning, match="partial training state"):
+        deep_runs.load_or_train(config, runs, cache=cache, device="cpu", progress=False)
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events == ["resumed", "saved"] and not partial.exists()
 
 
 def test_build_seconds_counts_shared_work_once():

@@ -590,7 +590,7 @@ def failure_message(status: dict[str, Any], cache: dict[str, int] | None = None)
 
 
 def _cache_events(path: Path) -> dict[str, int]:
-    counts = {"hit": 0, "saved": 0}
+    counts = {"hit": 0, "saved": 0, "resumed": 0}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -619,6 +619,11 @@ def build_summary(status: dict[str, Any], cache: dict[str, int], seconds: float)
         f"lincollapse: {minutes(seconds)} in all; {len(chapters)} chapter(s) read: {executed} "
         f"executed, {cached} from the execution cache; results cache: {cache['hit']} "
         f"entr{'y' if cache['hit'] == 1 else 'ies'} read, {cache['saved']} computed and saved"
+        + (
+            f", {cache['resumed']} training(s) resumed from the state an interrupt left"
+            if cache.get("resumed")
+            else ""
+        )
     )
 
 
