@@ -35,7 +35,6 @@ from lincollapse.references import PROBE_STEPS, Probe, load_shipped, shipped_pro
 from lincollapse.results_cache import (
     ReferenceResultError,
     ResultsCache,
-    config_key,
     record_event,
     source_fingerprint,
 )
@@ -171,12 +170,6 @@ def _prefix_source(schedule: Schedule, long: Schedule) -> bool:
     )
 
 
-def partial_state_path(cache: ResultsCache, keys: Sequence[dict[str, Any]]) -> Path:
-    """Where runs trained together save their state part-way (``partial/`` in the results
-    cache), so that an interrupted training resumes instead of starting again."""
-    return cache.directory / "partial" / f"{config_key({'runs': list(keys)})}.pt"
-
-
 def load_or_train(
     config: DeepVAEConfig,
     runs: Sequence[tuple[float, bool]],
@@ -228,7 +221,7 @@ def load_or_train(
     for start in range(0, len(missing), size):
         group = missing[start : start + size]
         keys = [run_key(config, *runs[i], schedule, data_id) for i in group]
-        partial = partial_state_path(cache, keys)
+        partial = cache.partial_path({"runs": keys})
         if partial.is_file():  # an interrupted training of these runs: it resumes
             record_event("resumed", partial)
         trained = train_batched(

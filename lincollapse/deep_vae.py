@@ -50,14 +50,10 @@ from torch import nn
 
 from lincollapse import gaussian, validation
 from lincollapse.collapse import collapse_thresholds, collapsed_fraction_from_thresholds
-from lincollapse.training import History, Recorder, maximise
-from lincollapse.training_state import load_state, noise_states, save_state, set_noise_states
+from lincollapse.training import Recorder
+from lincollapse.training_state import CHECKPOINT_EVERY, load_state, maximise_in_chunks
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-
-#: Steps between two saved states of :func:`train_batched` with a checkpoint (rounded up to a
-#: multiple of its ``record_every``): at most this much training is lost to an interrupt.
-CHECKPOINT_EVERY = 500
 
 
 class UnknownDeviceError(ValueError):
@@ -624,62 +620,27 @@ def train_batched(
         return {"thresholds": thresholds, "kl_mean": kl_mean, "sigma2": model.sigma2}
 
     recorder = Recorder(measure)
-    state: dict = {}
-    done, seconds = 0, 0.0
-    recorded_steps: list[int] = []
-    recorded_values: list[np.ndarray] = []
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        set_noise_states(model, saved["noise"])
-        state, done, seconds = saved["adam"], saved["step"], saved["seconds"]
-        recorder.records = saved["records"]
-        recorded_steps, recorded_values = saved["recorded_steps"], saved["recorded_values"]
-    chunk = steps
-    if checkpoint is not None:  # a multiple of record_every: no record a single call lacks
-        chunk = record_every * max(1, -(-checkpoint_every // record_every))
-    while done < steps or not recorded_steps:
-        end = min(done + chunk, steps)
-        history: History = maximise(
-            lambda: model.elbo(data),
-            model.parameters(),
-            steps=end,
-            lr=lr,
-            record_every=record_every,
-            name="deep VAE",
-            run_names=names,
-            progress=progress,
-            lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps),
-            on_record=recorder,
-            start_step=done,
-            optimiser_state=state,
-        )
-        values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
-        recorded_steps += [int(step) for step in history.steps]
-        recorded_values += list(values)
-        done, seconds = end, seconds + history.seconds
-        if checkpoint is not None and done < steps:
-            save_state(
-                checkpoint,
-                {
-                    "steps": steps,
-                    "layout": layout,
-                    "model": model.state_dict(),
-                    "noise": noise_states(model),
-                    "adam": state,
-                    "step": done,
-                    "seconds": seconds,
-                    "records": recorder.records,
-                    "recorded_steps": recorded_steps,
-                    "recorded_values": recorded_values,
-                },
-            )
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
+    steps_done, values, seconds = maximise_in_chunks(
+        lambda: model.elbo(data),
+        model,
+        recorder,
+        steps=steps,
+        record_every=record_every,
+        checkpoint=checkpoint,
+        saved=saved,
+        checkpoint_every=checkpoint_every,
+        metadata={"layout": layout},
+        lr=lr,
+        name="deep VAE",
+        run_names=names,
+        progress=progress,
+        lr_schedule=lr_multiplier(lr_decay, schedule_steps or steps),
+    )
     return TrainedRuns(
         sigma2_init=np.asarray(model.sigma2_init),
         learned=np.asarray(model.learned),
-        steps=np.asarray(recorded_steps),
-        elbo=np.stack(recorded_values),
+        steps=steps_done,
+        elbo=values,
         sigma2=recorder.stack("sigma2"),
         thresholds=recorder.stack("thresholds"),
         kl_mean=recorder.stack("kl_mean"),

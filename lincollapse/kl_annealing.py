@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ import torch
 from lincollapse import gaussian
 from lincollapse.collapse import collapse_thresholds
 from lincollapse.deep_vae import Architecture, BatchedGaussianVAE
-from lincollapse.training import Recorder, maximise
+from lincollapse.training import Recorder
+from lincollapse.training_state import CHECKPOINT_EVERY, load_state, maximise_in_chunks
 from lincollapse.validation import check_sigma2
 
 __all__ = ["NOISE_MODES", "AnnealedRuns", "RunSpec", "linear_warmup", "train_annealed"]
@@ -165,6 +167,8 @@ def train_annealed(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = "auto",
     progress: bool | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> AnnealedRuns:
     """Train the deep Gaussian VAE runs ``specs`` together (one batched model) with Adam.
 
@@ -174,7 +178,9 @@ def train_annealed(
     initial weights and its noise streams are :class:`lincollapse.deep_vae.BatchedGaussianVAE`'s.
     At each record (every ``record_every`` steps, step 0 and the last) the plain ELBO (β = 1),
     β, the effective noise and the collapse thresholds are recorded, from an evaluation with
-    the evaluation noise stream (so recording never changes training).
+    the evaluation noise stream (so recording never changes training). With ``checkpoint`` (a
+    file path) the state is saved there every few hundred steps and an interrupted training
+    resumes from it to the same numbers (:func:`lincollapse.training_state.maximise_in_chunks`).
     """
     specs = list(specs)
     if not specs:
@@ -230,26 +236,29 @@ def train_annealed(
         }
 
     recorder = Recorder(measure)
-
-    history = maximise(
+    recorded_steps, values, seconds = maximise_in_chunks(
         objective,
-        model.parameters(),
+        model,
+        recorder,
         steps=steps,
-        lr=lr,
         record_every=record_every,
+        checkpoint=checkpoint,
+        saved=load_state(checkpoint, steps) if checkpoint is not None else None,
+        checkpoint_every=checkpoint_every,
+        counters=state,
+        lr=lr,
         name="deep VAE (KL annealing)",
         run_names=[s.label for s in specs],
         progress=progress,
-        on_record=recorder,
     )
     return AnnealedRuns(
         specs=specs,
-        steps=history.steps,
-        elbo=np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1),
+        steps=recorded_steps,
+        elbo=values,
         beta=recorder.stack("beta"),
         effective_sigma2=recorder.stack("effective_sigma2"),
         thresholds=recorder.stack("thresholds"),
         kl_mean=recorder.stack("kl_mean"),
-        seconds=history.seconds,
+        seconds=seconds,
         delta=delta,
     )

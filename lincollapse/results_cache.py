@@ -254,6 +254,12 @@ class ResultsCache:
         """File of the entry for ``config``."""
         return self.directory / f"{config_key(config)}.npz"
 
+    def partial_path(self, config: Mapping[str, Any]) -> Path:
+        """Where a training whose result will be the entry for ``config`` saves its state
+        part-way (``partial/``), so that an interrupted training resumes instead of restarting
+        (:func:`lincollapse.training_state.maximise_in_chunks`)."""
+        return self.directory / "partial" / f"{config_key(config)}.pt"
+
     def load(self, config: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict] | None:
         """The validated ``(arrays, meta)`` cached for ``config``, or ``None`` (missing/invalid)."""
         if not self.enabled:

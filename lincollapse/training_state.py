@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from lincollapse.training import maximise
 
 NOISE_ATTRIBUTES = ("_noise", "_eval_noise")
 
@@ -80,3 +83,87 @@ def load_state(path: Path, steps: int) -> dict[str, Any] | None:
         )
         return None
     return saved
+
+
+#: Steps between two saved states of :func:`maximise_in_chunks` (rounded up to a multiple of
+#: its ``record_every``): at most this much training is lost to an interrupt.
+CHECKPOINT_EVERY = 500
+
+
+def maximise_in_chunks(
+    objective: Callable[[], torch.Tensor],
+    model: nn.Module,
+    recorder: Callable[[int], None],
+    *,
+    steps: int,
+    record_every: int,
+    checkpoint: Path | None = None,
+    saved: dict[str, Any] | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    counters: dict[str, int] | None = None,
+    metadata: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`lincollapse.training.maximise` of ``objective`` over ``model``'s parameters with
+    Adam, saving the state to ``checkpoint`` after every chunk of steps and resuming from
+    ``saved`` (what :func:`load_state` read from it).
+
+    Chunks are whole recording windows, so the steps, records and updates are exactly those of
+    one uninterrupted call. ``recorder`` is the ``on_record`` callback (a
+    :class:`~lincollapse.training.Recorder`, whose records are saved); ``counters`` are the
+    objective's own counters (e.g. a step count), saved and restored in place; ``metadata`` is
+    saved beside the state (e.g. the layout the model was built in). The file is removed when
+    training ends. Returns the recorded steps, the recorded objective values (records × runs)
+    and the training seconds.
+    """
+    state: dict = {}
+    done, seconds = 0, 0.0
+    recorded_steps: list[int] = []
+    recorded_values: list[np.ndarray] = []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        set_noise_states(model, saved["noise"])
+        state, done, seconds = saved["adam"], saved["step"], saved["seconds"]
+        recorder.records = saved["records"]
+        recorded_steps, recorded_values = saved["recorded_steps"], saved["recorded_values"]
+        if counters is not None:
+            counters.update(saved.get("counters", {}))
+    chunk = steps
+    if checkpoint is not None:  # whole recording windows: no record one call would not make
+        chunk = record_every * max(1, -(-checkpoint_every // record_every))
+    while done < steps or not recorded_steps:
+        end = min(done + chunk, steps)
+        history = maximise(
+            objective,
+            model.parameters(),
+            steps=end,
+            record_every=record_every,
+            on_record=recorder,
+            start_step=done,
+            optimiser_state=state,
+            **options,
+        )
+        values = np.asarray(history.values, dtype=np.float64).reshape(history.steps.size, -1)
+        recorded_steps += [int(step) for step in history.steps]
+        recorded_values += list(values)
+        done, seconds = end, seconds + history.seconds
+        if checkpoint is not None and done < steps:
+            save_state(
+                checkpoint,
+                {
+                    **(metadata or {}),
+                    "steps": steps,
+                    "model": model.state_dict(),
+                    "noise": noise_states(model),
+                    "adam": state,
+                    "step": done,
+                    "seconds": seconds,
+                    "records": recorder.records,
+                    "recorded_steps": recorded_steps,
+                    "recorded_values": recorded_values,
+                    "counters": dict(counters or {}),
+                },
+            )
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return np.asarray(recorded_steps), np.stack(recorded_values), seconds

@@ -515,3 +515,33 @@ def test_differing_latents_counts_the_symmetric_difference_not_the_fraction():
     fraction = runs.collapsed_fraction(0.01)[-1]
     assert fraction[0] == fraction[1] == 0.5
     np.testing.assert_array_equal(differing_latents(runs, 0.01, [0]), [2])
+
+
+def test_interrupted_annealing_resumes_with_its_warm_up_where_it_stopped(tmp_path, monkeypatch):
+    """Killed during its second chunk and rerun, the annealing runs end bit for bit where one
+    uninterrupted training ends: weights, noise, Adam's moments and the warm-up's step count
+    (β depends on it) all come back."""
+    import lincollapse.training_state as training_state
+
+    x = torch.rand(30, TINY.data_dim, generator=torch.Generator().manual_seed(9)).numpy()
+    specs = [KA.RunSpec(0.2, 30, "fixed", 5), KA.RunSpec(0.2, 0, "optimal", 5)]
+    kwargs = dict(steps=40, lr=5e-3, record_every=5, device="cpu")
+    whole = KA.train_annealed(x, TINY, specs, **kwargs)
+    state = tmp_path / "runs.pt"
+    real, calls = training_state.maximise, []
+
+    def interrupted(*a, **k):
+        calls.append(k["start_step"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training_state, "maximise", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        KA.train_annealed(x, TINY, specs, checkpoint=state, checkpoint_every=15, **kwargs)
+    assert state.is_file() and calls == [0, 15]  # stopped during the second chunk
+    monkeypatch.setattr(training_state, "maximise", real)
+    resumed = KA.train_annealed(x, TINY, specs, checkpoint=state, checkpoint_every=15, **kwargs)
+    assert not state.exists()
+    for name in ("steps", "elbo", "beta", "effective_sigma2", "thresholds", "kl_mean"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)

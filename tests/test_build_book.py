@@ -152,7 +152,7 @@ def test_a_rerun_counts_the_training_it_resumes(tmp_path, monkeypatch):
     runs = [(config.sigma2_fixed[0], False)]
     x, data_id = deep_runs.data_for(config)
     keys = [deep_runs.run_key(config, *runs[0], config.grid_schedule(), data_id)]
-    partial = deep_runs.partial_state_path(cache, keys)
+    partial = cache.partial_path({"runs": keys})
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"left by an interrupt")  # unreadable: ignored with a warning
     with pytest.warns(UserWarning, match="partial training state"):

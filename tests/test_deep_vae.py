@@ -532,14 +532,14 @@ def test_interrupted_training_resumes_from_its_saved_state_to_the_same_numbers(
 ):
     """Killed after its first chunk, a checkpointed training resumes there (it does not start
     again) and ends bit for bit where one uninterrupted training ends."""
-    import lincollapse.deep_vae as deep_vae
+    import lincollapse.training_state as training_state
 
     kwargs = dict(steps=60, lr=5e-3, device="cpu", progress=False, record_every=10, layout=layout)
     args = (data.numpy(), TINY, [1.0, 0.1], [False, True])
     whole = train_batched(*args, **kwargs)
     state = tmp_path / "partial" / "runs.pt"
     calls = []
-    real = deep_vae.maximise
+    real = training_state.maximise
 
     def interrupted(*a, **k):
         calls.append(k["start_step"])
@@ -547,13 +547,13 @@ def test_interrupted_training_resumes_from_its_saved_state_to_the_same_numbers(
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(deep_vae, "maximise", interrupted)
+    monkeypatch.setattr(training_state, "maximise", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_batched(*args, checkpoint=state, checkpoint_every=25, **kwargs)
     assert state.is_file() and calls == [0, 30]  # chunks are whole record windows: 30 steps
     calls.clear()
     monkeypatch.setattr(
-        deep_vae, "maximise", lambda *a, **k: calls.append(k["start_step"]) or real(*a, **k)
+        training_state, "maximise", lambda *a, **k: calls.append(k["start_step"]) or real(*a, **k)
     )
     resumed = train_batched(*args, checkpoint=state, checkpoint_every=25, **kwargs)
     assert calls == [30] and not state.exists()  # resumed at step 30; the state is removed

@@ -39,7 +39,12 @@ from lincollapse.references import (
     save_shipped,
     shipped_provenance,
 )
-from lincollapse.results_cache import ReferenceResultError, ResultsCache, source_fingerprint
+from lincollapse.results_cache import (
+    ReferenceResultError,
+    ResultsCache,
+    record_event,
+    source_fingerprint,
+)
 
 COMPUTING_MODULES = (
     "lincollapse.collapse",
@@ -200,6 +205,9 @@ def annealing_runs(
             f"{info.get('seconds', float('nan')):.0f} s with {info.get('threads', '?')} thread(s))"
         )
     cache.check_writable()  # before training: runs that cannot be cached are not started
+    partial = cache.partial_path(key)
+    if partial.is_file():  # an interrupted training of these runs: it resumes
+        record_event("resumed", partial)
     runs = train_annealed(
         images,
         config.arch,
@@ -210,6 +218,7 @@ def annealing_runs(
         delta=config.delta,
         device=device,
         progress=progress,
+        checkpoint=partial,
     )
     info = {"seconds": runs.seconds, "threads": torch.get_num_threads()}
     cache.save(key, runs.arrays(), info)
