@@ -48,6 +48,7 @@ COMPUTING_MODULES = (
     "lincollapse.deep_vae",
     "lincollapse.gaussian",
     "lincollapse.training",
+    "lincollapse.training_state",
 )
 # The smoke-test model of every deep-VAE experiment's ``fast`` preset.
 FAST_ARCHITECTURE = {"n": 200, "latent": 8, "encoder_hidden": (32, 16), "decoder_hidden": (16, 32)}

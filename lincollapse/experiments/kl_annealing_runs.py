@@ -52,6 +52,7 @@ COMPUTING_MODULES = (
     "lincollapse.gaussian",
     "lincollapse.kl_annealing",
     "lincollapse.training",
+    "lincollapse.training_state",
 )
 # Its own binding (not deep's imported by value), so patching one module never leaks into the other.
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
