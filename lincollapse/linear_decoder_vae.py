@@ -346,8 +346,7 @@ def make_encoder(
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """An encoder of ``kind`` in :data:`ENCODER_KINDS` (``hidden`` ignored by ``"linear"``)."""
-    if kind not in ENCODER_KINDS:
-        raise ValueError(f"unknown encoder kind {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
+    validation.check_choice(kind, ENCODER_KINDS, "encoder kind")
     options = dict(centre=centre, init_scale=init_scale, generator=generator)
     if kind == "linear":
         return LinearEncoder(d, q, **options)
@@ -480,8 +479,7 @@ def _elbo_from(x, means, variances, decoder, estimator, generator) -> torch.Tens
 
 def check_estimator(estimator: str) -> None:
     """Raise unless ``estimator`` is one of :data:`ESTIMATORS` (the error names them)."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    validation.check_choice(estimator, ESTIMATORS, "estimator")
 
 
 class LinearDecoderVAE(nn.Module):
