@@ -474,6 +474,20 @@ def shipped_or_compute(
     )
 
 
+def read_or_compute(
+    config: ExperimentConfig,
+    compute: Callable[[ExperimentConfig], ResultT],
+    result_type: type[ResultT],
+    what: str = "runs",
+) -> ResultT:
+    """:func:`shipped_or_compute`'s result; for a ``reader`` config it first prints where the
+    result came from, after ``what`` (``"runs: the book preset's result shipped …"``)."""
+    result, provenance = shipped_or_compute(config, compute, result_type)
+    if config.preset == READER:
+        print(f"{what}:", provenance)
+    return result
+
+
 # ------------------------------------------------------------------ the full rerun cell
 
 

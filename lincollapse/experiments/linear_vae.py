@@ -23,8 +23,8 @@ from lincollapse.experiments.linear_vae_results import (
     GramRun,
     LikelihoodCurve,
 )
-from lincollapse.presets import READER, ExperimentConfig
-from lincollapse.reader import shipped_or_compute
+from lincollapse.presets import ExperimentConfig
+from lincollapse.reader import read_or_compute
 
 # --------------------------------------------------------------------------------------------
 # Linear VAE: likelihood against latent size
@@ -39,8 +39,23 @@ def _ascend(n: int, seed: int, q: int, options: tuple[tuple[str, Any], ...]):
     return linear_vae_training.ascend_elbo(images, q, **dict(options))
 
 
+@dataclasses.dataclass(frozen=True)
 class _AscentOptions:
-    """Mixin of the two configurations trained with :func:`linear_vae_training.ascend_elbo`."""
+    """The fields of the two configurations trained with
+    :func:`linear_vae_training.ascend_elbo`: the data (``n`` images, ``seed``), the training
+    options, and the preset of the shipped joint-training runs to attach (``baselines``)."""
+
+    n: int = 1000
+    seed: int = 0
+    encoder: str = "optimal"
+    optimiser: str = "lbfgs"
+    steps: int = 3000
+    lr: float = 1e-3
+    tolerance: float | None = 3e-4
+    record_every: int = 25
+    block: int = 30
+    train_seed: int = 0
+    baselines: str | None = "book"
 
     def ascent_options(self) -> tuple[tuple[str, Any], ...]:
         return (
@@ -98,19 +113,8 @@ class LikelihoodVsLatentSizeConfig(ExperimentConfig, _AscentOptions):
         "paper": "≈ 30 min of CPU time (projected from the shipped Adam runs)",
         "reader": "< 1 s (the book's runs, shipped in results/reader/)",
     }
-    n: int = 1000
-    seed: int = 0
     latent_sizes: tuple[int, ...] = (0, 50, 100, 150, 200, 250, 300)
-    encoder: str = "optimal"
-    optimiser: str = "lbfgs"
-    steps: int = 3000
-    lr: float = 1e-3
-    tolerance: float | None = 3e-4
-    record_every: int = 25
-    block: int = 30
     reference_q: int = 50
-    train_seed: int = 0
-    baselines: str | None = "book"
 
 
 def _method(encoder: str, optimiser: str) -> str:
@@ -173,9 +177,7 @@ def likelihood_vs_latent_size(
     config = config or LikelihoodVsLatentSizeConfig.for_preset()
     _, spectrum = mnist_with_spectrum(config.n, config.seed)
     fixed_sigma2 = ppca.sigma2_mle(spectrum, config.reference_q)
-    trained, provenance = shipped_or_compute(config, _train_latent_sizes, TrainedLatentSizes)
-    if config.preset == READER:
-        print("runs:", provenance)
+    trained = read_or_compute(config, _train_latent_sizes, TrainedLatentSizes)
     optimum, fixed, active = (
         np.asarray(c)
         for c in zip(
@@ -244,19 +246,8 @@ class GramMatricesConfig(ExperimentConfig, _AscentOptions):
         "reader": "< 1 s (the book's run, shipped in results/reader/)",
         "paper": "≈ 6 min of CPU time (projected)",
     }
-    n: int = 1000
-    seed: int = 0
     q: int = 200
-    block: int = 30
-    encoder: str = "optimal"
-    optimiser: str = "lbfgs"
-    steps: int = 3000
-    lr: float = 1e-3
-    tolerance: float | None = 3e-4
-    record_every: int = 25
-    train_seed: int = 0
     rotation_seed: int = 1
-    baselines: str | None = "book"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,9 +275,7 @@ def gram_matrices(config: GramMatricesConfig | None = None) -> GramResult:
     """WᵀW of linear VAEs trained from a random start beside pPCA maximisers (any rotation)."""
     config = config or GramMatricesConfig.for_preset()
     _, spectrum = mnist_with_spectrum(config.n, config.seed)
-    trained, provenance = shipped_or_compute(config, _train_gram_run, TrainedGramRun)
-    if config.preset == READER:
-        print("run:", provenance)
+    trained = read_or_compute(config, _train_gram_run, TrainedGramRun, "run")
     method = _method(config.encoder, config.optimiser)
     matched, cos2 = linear_baselines.column_alignment(trained.W, spectrum)
     runs = {
