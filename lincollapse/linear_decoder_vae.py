@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lincollapse import gaussian, validation
+from lincollapse.linear_vae import LinearDecoderParameters
 
 __all__ = [
     "ENCODER_KINDS",
@@ -111,7 +112,7 @@ def _gaussian(generator: torch.Generator, *shape: int, scale: float) -> torch.Te
 # --------------------------------------------------------------------------------------------
 
 
-class LinearDecoder(nn.Module):
+class LinearDecoder(LinearDecoderParameters, nn.Module):
     """p(x | z) = N(W z + μ, σ² I_d): pPCA's decoder (chapter *The linear VAE*).
 
     Parameters
@@ -145,19 +146,6 @@ class LinearDecoder(nn.Module):
             torch.tensor(math.log(sigma2), dtype=DTYPE), requires_grad=learn_sigma2
         )
         self.register_buffer("centre", _centre_buffer(centre, W.shape[0]))
-
-    @property
-    def d(self) -> int:
-        return self.W.shape[0]
-
-    @property
-    def q(self) -> int:
-        return self.W.shape[1]
-
-    @property
-    def sigma2(self) -> torch.Tensor:
-        """σ², shape ()."""
-        return torch.exp(self.log_sigma2)
 
 
 class LinearEncoder(nn.Module):
