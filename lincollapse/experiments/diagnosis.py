@@ -18,9 +18,9 @@ closed forms enter only as references: the best value of the objective, the line
 best encoder for a trained decoder.
 
 The ``reader`` preset (a chapter opened in Jupyter) computes everything as the ``book`` preset
-does, but reads the trained linear VAEs from ``results/reader/`` instead of training them
-(:mod:`lincollapse.experiments.diagnosis_runs`, which trains and ships them; each with its
-behaviour probe, replayed on load); ``python -m lincollapse.reader ship diagnosis`` writes them.
+does, but reads the trained linear VAEs from ``results/reader/`` instead of training them,
+each with its behaviour probe, replayed on load (:mod:`lincollapse.experiments.diagnosis_runs`
+trains them, and ships them with ``python -m lincollapse.reader ship diagnosis``).
 """
 
 from __future__ import annotations

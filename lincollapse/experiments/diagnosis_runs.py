@@ -6,7 +6,7 @@ The training and held-out images (:func:`split_images`), the noise each loss con
 and its gap to the best value of its objective). The ``reader`` preset reads them from
 ``results/reader/`` (:func:`run_for`, :func:`reader_store`; each entry keyed by
 :func:`run_key` and holding its behaviour probe); :func:`ship_runs` writes them
-(``python -m lincollapse reader ship diagnosis``). The steps themselves are in
+(``python -m lincollapse.reader ship diagnosis``). The steps themselves are in
 :mod:`lincollapse.experiments.diagnosis`.
 """
 
