@@ -1,7 +1,8 @@
 """Experiments of the chapter *The linear VAE*: likelihood against latent size, the Gram matrices
 of trained decoders, and the ELBO gap along a rotation of the maximiser.
 
-One function per figure, each returning a dataclass of data (plotting lives in
+One function per figure, each returning a dataclass of data (those classes, with their tables
+and glued numbers, live in :mod:`lincollapse.experiments.linear_vae_results`; plotting in
 :mod:`lincollapse.plotting.linear`). Every configuration is a frozen dataclass whose defaults are
 the ``book`` preset; ``fast`` shrinks data and training to seconds for CI; ``paper`` uses the
 paper's optimiser (Adam, lr 1e-3, full batch).
