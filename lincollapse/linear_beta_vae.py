@@ -395,8 +395,7 @@ def train_linear_beta_vae(
     LinearBetaFit
     """
     start = time.perf_counter()
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    validation.check_choice(encoder, ENCODERS, "encoder")
     beta, sigma2 = check_beta(beta), check_sigma2(sigma2)
     spectrum = data if isinstance(data, DataSpectrum) else ppca.data_spectrum(data)
     q = validation.check_q(q, spectrum.eigenvalues)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lincollapse import gaussian, validation
+from lincollapse.linear_vae import LinearDecoderParameters
 
 __all__ = [
     "ENCODER_KINDS",
@@ -111,7 +112,7 @@ def _gaussian(generator: torch.Generator, *shape: int, scale: float) -> torch.Te
 # --------------------------------------------------------------------------------------------
 
 
-class LinearDecoder(nn.Module):
+class LinearDecoder(LinearDecoderParameters, nn.Module):
     """p(x | z) = N(W z + μ, σ² I_d): pPCA's decoder (chapter *The linear VAE*).
 
     Parameters
@@ -145,19 +146,6 @@ class LinearDecoder(nn.Module):
             torch.tensor(math.log(sigma2), dtype=DTYPE), requires_grad=learn_sigma2
         )
         self.register_buffer("centre", _centre_buffer(centre, W.shape[0]))
-
-    @property
-    def d(self) -> int:
-        return self.W.shape[0]
-
-    @property
-    def q(self) -> int:
-        return self.W.shape[1]
-
-    @property
-    def sigma2(self) -> torch.Tensor:
-        """σ², shape ()."""
-        return torch.exp(self.log_sigma2)
 
 
 class LinearEncoder(nn.Module):
@@ -346,8 +334,7 @@ def make_encoder(
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """An encoder of ``kind`` in :data:`ENCODER_KINDS` (``hidden`` ignored by ``"linear"``)."""
-    if kind not in ENCODER_KINDS:
-        raise ValueError(f"unknown encoder kind {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
+    validation.check_choice(kind, ENCODER_KINDS, "encoder kind")
     options = dict(centre=centre, init_scale=init_scale, generator=generator)
     if kind == "linear":
         return LinearEncoder(d, q, **options)
@@ -480,8 +467,7 @@ def _elbo_from(x, means, variances, decoder, estimator, generator) -> torch.Tens
 
 def check_estimator(estimator: str) -> None:
     """Raise unless ``estimator`` is one of :data:`ESTIMATORS` (the error names them)."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    validation.check_choice(estimator, ESTIMATORS, "estimator")
 
 
 class LinearDecoderVAE(nn.Module):

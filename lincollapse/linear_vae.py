@@ -30,6 +30,7 @@ from lincollapse.ppca import DataSpectrum
 
 __all__ = [
     "ELBOTerms",
+    "LinearDecoderParameters",
     "LinearVAE",
     "analytic_elbo_terms",
     "elbo_gap",
@@ -232,7 +233,29 @@ def optimal_encoder_elbo(data: np.ndarray | DataSpectrum, W: np.ndarray, sigma2:
 # --------------------------------------------------------------------------------------------
 
 
-class LinearVAE(nn.Module):
+class LinearDecoderParameters:
+    """``d``, ``q`` and σ² of a module whose decoder is p(x | z) = N(W z + μ, σ² I): it holds
+    ``W`` (d, q) and ``log_sigma2``. Shared by :class:`LinearVAE` and
+    :class:`lincollapse.linear_decoder_vae.LinearDecoder`."""
+
+    W: torch.Tensor
+    log_sigma2: torch.Tensor
+
+    @property
+    def d(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def q(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def sigma2(self) -> torch.Tensor:
+        """Decoder noise variance σ², shape ()."""
+        return torch.exp(self.log_sigma2)
+
+
+class LinearVAE(LinearDecoderParameters, nn.Module):
     """Linear VAE with a shared diagonal encoder covariance.
 
     Chapter *The linear VAE*, equations (lvae-encoder)–(lvae-elbo).
@@ -297,22 +320,9 @@ class LinearVAE(nn.Module):
         self.register_buffer("mean", mean.to(device))
 
     @property
-    def d(self) -> int:
-        return self.W.shape[0]
-
-    @property
-    def q(self) -> int:
-        return self.W.shape[1]
-
-    @property
     def D(self) -> torch.Tensor:
         """Encoder variances, shape (q,)."""
         return torch.exp(self.log_D)
-
-    @property
-    def sigma2(self) -> torch.Tensor:
-        """Decoder noise variance, shape ()."""
-        return torch.exp(self.log_sigma2)
 
     def elbo_terms(
         self, covariance: torch.Tensor | np.ndarray

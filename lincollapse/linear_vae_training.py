@@ -21,7 +21,6 @@ from torch import nn
 
 from lincollapse import gaussian, ppca, validation
 from lincollapse.data import numerical_rank
-from lincollapse.gaussian import LOG_2PI
 from lincollapse.linear_vae import (
     LinearVAE,
     leading_gram,
@@ -29,6 +28,7 @@ from lincollapse.linear_vae import (
     rotate_model,
 )
 from lincollapse.ppca import DataSpectrum
+from lincollapse.profiled_elbo import ProfiledELBO
 from lincollapse.training import History, Recorder, concatenate_histories, maximise
 
 __all__ = [
@@ -179,11 +179,9 @@ def train_linear_vae(
         σ² learned and q at or above the numerical rank of S (the optimum is +∞).
     """
     start = time.perf_counter()
-    if optimiser not in OPTIMISERS:
-        raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}")
+    validation.check_choice(optimiser, OPTIMISERS, "optimiser")
     encoder = encoder or ("optimal" if optimiser == "lbfgs" else "learned")
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    validation.check_choice(encoder, ENCODERS, "encoder")
     spectrum = data if isinstance(data, DataSpectrum) else ppca.data_spectrum(data)
     d = spectrum.d
     q = validation.check_q(q, spectrum.eigenvalues)
@@ -410,7 +408,8 @@ def ascend_elbo(
         The encoder is profiled out: for the current decoder it is the closed-form optimum
         (lvae-optimal-encoder), V* = M⁻¹Wᵀ, D* = σ² diag(M)⁻¹ with M = WᵀW + σ²I, which needs
         a Cholesky factor of M only; the optimiser maximises the resulting ELBO*(W, σ²)
-        (lvae-elbo-gap), with its hand-written gradient (:class:`_ProfiledELBO`, P = S, G = I).
+        (lvae-elbo-gap), with its hand-written gradient
+        (:class:`~lincollapse.profiled_elbo.ProfiledELBO`, P = S, G = I).
         Each evaluation costs O(k² q), k the number of non-constant pixels.
     ``encoder="learned"`` (the paper's)
         All of W, V, log D and log σ² are trained jointly on the ELBO (lvae-elbo), by autograd.
@@ -460,10 +459,8 @@ def ascend_elbo(
         σ² learned and q at or above the rank of S (:func:`covariance_rank`).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    if optimiser not in OPTIMISERS:
-        raise ValueError(f"unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}")
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    validation.check_choice(optimiser, OPTIMISERS, "optimiser")
+    validation.check_choice(encoder, ENCODERS, "encoder")
     if isinstance(data, DataSpectrum):
         raise TypeError(
             "ascend_elbo takes the data (n, d), not a DataSpectrum: it never uses the "
@@ -505,9 +502,7 @@ def ascend_elbo(
     if encoder == "optimal":
 
         def objective() -> torch.Tensor:  # (lvae-elbo-gap): ELBO with the optimal encoder
-            return _ProfiledELBO.apply(
-                model_k.W, model_k.log_sigma2, None, covariance_k, trace_S, d
-            )
+            return ProfiledELBO.apply(model_k.W, model_k.log_sigma2, None, covariance_k, trace_S, d)
 
         parameters = _trainable([model_k.W, model_k.log_sigma2])
     else:
@@ -614,7 +609,7 @@ def _train_optimal_encoder(
     trace_S = active.sum()
 
     def profiled_elbo() -> torch.Tensor:
-        return _ProfiledELBO.apply(W_hat, log_sigma2, metric, projected, trace_S, d)
+        return ProfiledELBO.apply(W_hat, log_sigma2, metric, projected, trace_S, d)
 
     histories = []
     parameters = _trainable([W_hat, log_sigma2])
@@ -650,60 +645,6 @@ def _train_optimal_encoder(
         model.W[support] = row_scale * W_hat
     model.set_optimal_encoder()
     return histories
-
-
-class _ProfiledELBO(torch.autograd.Function):
-    """ELBO*(W, σ²) for W = A Ŵ (A a fixed linear map), and its gradient by hand.
-
-    ``apply(W_hat, log_sigma2, metric, projected, trace_S, d)`` with G = AᵀA (``metric``) and
-    P = AᵀSA (``projected``), each a (k,) diagonal, a (k, k) matrix, or ``None`` for G = I.
-    With M = WᵀW + σ²I = ŴᵀGŴ + σ²I and B = WᵀSW = ŴᵀPŴ, equation (lvae-elbo-gap) with log p
-    from (ppca-loglik) via the determinant lemma and Woodbury; log det M cancels:
-
-        ELBO* = −½ [d log 2π + (d − q) log σ² + (tr S − tr M⁻¹B)/σ² + Σ_i log M_ii],
-        ∂ELBO*/∂W = SW M⁻¹/σ² − W (M⁻¹BM⁻¹/σ² + diag(M)⁻¹),       so ∂ELBO*/∂Ŵ = Aᵀ ∂ELBO*/∂W
-                  = PŴ M⁻¹/σ² − GŴ (M⁻¹BM⁻¹/σ² + diag(M)⁻¹),
-        ∂ELBO*/∂log σ² = −½ [(d − q) − (tr S − tr M⁻¹B)/σ² + tr(M⁻²B) + σ² Σ_i 1/M_ii].
-
-    Two uses: the rotation fast path (eigenbasis, A = diag(row scale): G and P diagonal, each
-    evaluation O(k q²)) and :func:`ascend_elbo` (pixel basis, A = I, P = S: O(k² q)). Only a
-    Cholesky factor of M is computed. Checked against :func:`optimal_encoder_elbo` and finite
-    differences in the tests.
-    """
-
-    @staticmethod
-    def forward(ctx, W_hat, log_sigma2, metric, projected, trace_S, d):  # noqa: D102
-        q = W_hat.shape[1]
-        metric_W = W_hat if metric is None else _apply(metric, W_hat)  # GŴ
-        projected_W = _apply(projected, W_hat)  # PŴ
-        sigma2 = torch.exp(log_sigma2)
-        gram = W_hat.T @ torch.cat([metric_W, projected_W], 1)  # [WᵀW, WᵀSW]
-        M = gaussian.m_matrix(W_hat, sigma2, gram[:, :q])
-        M_inv = torch.cholesky_inverse(torch.linalg.cholesky(M))
-        M_inv_B = M_inv @ gram[:, q:]
-        residual = trace_S - M_inv_B.diagonal().sum()
-        diag_M = M.diagonal()
-        value = -0.5 * (
-            d * LOG_2PI + (d - q) * log_sigma2 + residual / sigma2 + torch.log(diag_M).sum()
-        )
-        K = (M_inv_B @ M_inv) / sigma2 + torch.diag(1.0 / diag_M)
-        grad_W_hat = torch.cat([projected_W, metric_W], 1) @ torch.cat([M_inv / sigma2, -K], 0)
-        trace_M2_B = (M_inv * M_inv_B.T).sum()
-        grad_log_sigma2 = -0.5 * (
-            (d - q) - residual / sigma2 + trace_M2_B + sigma2 * (1.0 / diag_M).sum()
-        )
-        ctx.save_for_backward(grad_W_hat, grad_log_sigma2)
-        return value
-
-    @staticmethod
-    def backward(ctx, grad_output):  # noqa: D102
-        grad_W_hat, grad_log_sigma2 = ctx.saved_tensors
-        return grad_output * grad_W_hat, grad_output * grad_log_sigma2, None, None, None, None
-
-
-def _apply(operator: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """``operator @ W`` for a (k, k) matrix, ``operator[:, None] * W`` for a (k,) diagonal."""
-    return operator[:, None] * W if operator.ndim == 1 else operator @ W
 
 
 def _run(objective, parameters: list[nn.Parameter], *, steps: int, **options) -> History:

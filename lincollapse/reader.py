@@ -14,7 +14,7 @@ shortened run. (The KL-annealing runs are cut from the shipped long runs instead
 entry holds a *behaviour probe* (arrays ``probe_<name>``, covered by the checksums): a few
 steps of the computation that made it, replayed in float64 on a small slice
 (:meth:`ShippedKind.probe`, :func:`deep_probe`, and for the diagnosis chapter's models
-:func:`lincollapse.experiments.diagnosis.reader_store`;
+:func:`lincollapse.experiments.diagnosis_runs.reader_store`;
 :data:`~lincollapse.references.PROBE_STEPS` optimiser steps). On load the probe is replayed
 with the code as it is now and compared with the stored one
 (:func:`lincollapse.references.probe_difference`, relative tolerance
@@ -408,11 +408,12 @@ def expected_entries(name: str, directory: Path | None = None) -> list[tuple[dic
             for sigma2, learned in config.runs()
         ]
     if name == "diagnosis":
-        from lincollapse.experiments import diagnosis
+        from lincollapse.experiments import diagnosis_runs
+        from lincollapse.experiments.diagnosis import DiagnosisConfig
 
-        config = diagnosis.DiagnosisConfig.for_preset("book")
-        store = diagnosis.reader_store(directory)
-        return [(key, store) for key in diagnosis.reader_runs(config)]
+        config = DiagnosisConfig.for_preset("book")
+        store = diagnosis_runs.reader_store(directory)
+        return [(key, store) for key in diagnosis_runs.reader_runs(config)]
     if name not in KINDS:
         raise ValueError(f"unknown shipped result {name!r}; valid: {', '.join(SHIPPED)}")
     return [(KINDS[name].book().as_dict(), KINDS[name].store(directory))]
@@ -471,6 +472,20 @@ def shipped_or_compute(
         f"{info.get('created', meta['created'])[:10]} in {info.get('seconds', float('nan')):.0f} "
         "s; its behaviour probe replayed now), not recomputed"
     )
+
+
+def read_or_compute(
+    config: ExperimentConfig,
+    compute: Callable[[ExperimentConfig], ResultT],
+    result_type: type[ResultT],
+    what: str = "runs",
+) -> ResultT:
+    """:func:`shipped_or_compute`'s result; for a ``reader`` config it first prints where the
+    result came from, after ``what`` (``"runs: the book preset's result shipped …"``)."""
+    result, provenance = shipped_or_compute(config, compute, result_type)
+    if config.preset == READER:
+        print(f"{what}:", provenance)
+    return result
 
 
 # ------------------------------------------------------------------ the full rerun cell
@@ -540,9 +555,11 @@ def ship(names: Sequence[str] | None = None) -> None:
         _, sources = load_or_train(config, config.runs(), cache=store)
         print("deep grid runs:", "; ".join(dict.fromkeys(sources)))
     if "diagnosis" in names:
-        from lincollapse.experiments import diagnosis
+        from lincollapse.experiments.diagnosis import DiagnosisConfig
+        from lincollapse.experiments.diagnosis_runs import ship_runs
 
-        print("diagnosis:", ", ".join(str(p) for p in diagnosis.ship_runs()))
+        paths = ship_runs(DiagnosisConfig.for_preset("book"))
+        print("diagnosis:", ", ".join(str(p) for p in paths))
     for name in names:
         if name in ("deep", "diagnosis"):
             continue

@@ -13,6 +13,7 @@ does not make cached or shipped results stale.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 __all__ = [
     "RankDeficientError",
     "check_beta",
+    "check_choice",
     "check_covariance",
     "check_data",
     "check_dimensions",
@@ -50,6 +52,12 @@ def check_steps(steps: Any, name: str = "steps") -> None:
             f"{name} must be a non-negative integer number of optimiser steps, got {steps!r}; "
             f"pass e.g. {name}=1000"
         )
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> None:
+    """``value`` must be one of ``choices`` (the error names them all)."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 def check_positive(value: Any, name: str) -> None:

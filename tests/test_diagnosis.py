@@ -16,7 +16,7 @@ import torch
 
 from lincollapse import collapse
 from lincollapse.data import load_mnist
-from lincollapse.experiments import diagnosis
+from lincollapse.experiments import diagnosis, diagnosis_runs
 
 CONFIG = diagnosis.DiagnosisConfig.for_preset("fast")
 
@@ -57,7 +57,7 @@ def noise() -> diagnosis.NoiseCheck:
 
 @pytest.fixture(scope="module")
 def train_images() -> np.ndarray:
-    return diagnosis._split(CONFIG.n, CONFIG.n_heldout, CONFIG.seed)[0]
+    return diagnosis_runs.split_images(CONFIG.n, CONFIG.n_heldout, CONFIG.seed)[0]
 
 
 def test_noise_of_each_loss_and_the_linear_count(noise, train_images):
@@ -103,7 +103,7 @@ def test_encoder_check_blames_the_lagging_encoder_only(train_images):
     assert check.best_elbo - check.elbo[0] < 1e-3 < 0.1 < check.best_elbo - check.elbo[1]
     # the best encoder's ELBO is log p − ½(Σ log M_ii − log det M) (lvae-elbo-gap), with log p
     # from torch's LowRankMultivariateNormal and the gap written out here
-    trained = diagnosis._model(CONFIG, check.sigma2)
+    trained = diagnosis_runs.run_for(CONFIG, check.sigma2)
     W = trained.model.numpy_parameters()["W"]
     x = torch.as_tensor(train_images)
     marginal = torch.distributions.LowRankMultivariateNormal(
@@ -160,28 +160,30 @@ def test_reader_runs_are_every_model_the_steps_train_and_round_trip_bitwise(monk
     """`reader_runs` names exactly the models the four steps train (so the reader preset trains
     none of them when they are shipped); a model written and read back computes the same."""
     trained = {}
-    original = diagnosis._train.__wrapped__
+    original = diagnosis_runs.train_run.__wrapped__
 
     def recording(*args, **kwargs):
         run = original(*args, **kwargs)
-        trained[tuple(sorted(diagnosis.run_key(*args, **kwargs).items(), key=str))] = run
+        trained[tuple(sorted(diagnosis_runs.run_key(*args, **kwargs).items(), key=str))] = run
         return run
 
-    monkeypatch.setattr(diagnosis, "_train", recording)
+    monkeypatch.setattr(diagnosis_runs, "train_run", recording)
     for step in (diagnosis.noise_check, diagnosis.encoder_check, diagnosis.optimiser_check):
         step(CONFIG)
     diagnosis.data_size_check(CONFIG)
-    expected = {tuple(sorted(k.items(), key=str)) for k in diagnosis.reader_runs(CONFIG)}
+    expected = {tuple(sorted(k.items(), key=str)) for k in diagnosis_runs.reader_runs(CONFIG)}
     assert set(trained) == expected and len(expected) == 5
 
     key, run = next(iter(trained.items()))
-    store = diagnosis.reader_store(tmp_path)
-    store.save(dict(key), diagnosis.run_arrays(run))
+    store = diagnosis_runs.reader_store(tmp_path)
+    store.save(dict(key), diagnosis_runs.run_arrays(run))
     arrays, _ = store.load(dict(key))
-    back = diagnosis.run_from_arrays(arrays, dict(key))
+    back = diagnosis_runs.run_from_arrays(arrays, dict(key))
     assert (back.gap, back.steps) == (run.gap, run.steps)
     x = load_mnist(50, seed=3).images
-    for a, b in zip(diagnosis._encode(back.model, x), diagnosis._encode(run.model, x), strict=True):
+    for a, b in zip(
+        diagnosis_runs.encode(back.model, x), diagnosis_runs.encode(run.model, x), strict=True
+    ):
         assert a.tobytes() == b.tobytes()
     for name, value in run.model.numpy_parameters().items():
         np.testing.assert_array_equal(back.model.numpy_parameters()[name], value)

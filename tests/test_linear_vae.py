@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lincollapse import linear_vae, linear_vae_training, ppca
+from lincollapse.profiled_elbo import ProfiledELBO
 
 Normal = torch.distributions.Normal
 Independent = torch.distributions.Independent
@@ -229,9 +230,7 @@ def test_hand_written_profiled_elbo_gradient_matches_finite_differences(q, basis
     spectrum = ppca.spectrum_from_covariance(covariance, n=1)
     W_hat = torch.tensor(rng.normal(size=(d, q)), requires_grad=True)
     log_sigma2 = torch.tensor(np.log(0.6), requires_grad=True)
-    value = linear_vae_training._ProfiledELBO.apply(
-        W_hat, log_sigma2, metric, projected, float(eigenvalues.sum()), d
-    )
+    value = ProfiledELBO.apply(W_hat, log_sigma2, metric, projected, float(eigenvalues.sum()), d)
     value.backward()
 
     def closed_form(W_hat_np: np.ndarray, log_s: float) -> float:

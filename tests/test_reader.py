@@ -140,14 +140,11 @@ def test_a_code_move_keeps_every_shipped_result_current(monkeypatch):
     behaviour leaves every entry current: nothing in results/reader/ is keyed on source text."""
     import lincollapse.results_cache as results_cache
     from lincollapse import deep_runs, deep_vae, linear_vae_training
-    from lincollapse.experiments import beta, linear_vae
-    from lincollapse.experiments import linear_decoder_encoders as lde
-    from lincollapse.experiments import stochastic_elbo as se
+    from lincollapse.experiments import beta, gap_curves, linear_vae
 
     monkeypatch.setattr(results_cache, "source_fingerprint", lambda *a, **k: "moved-code")
     monkeypatch.setattr(deep_runs, "computing_fingerprint", lambda: "moved-code")
-    monkeypatch.setattr(se, "train_vae", _moved(se.train_vae))
-    monkeypatch.setattr(lde, "train_vae", _moved(lde.train_vae))
+    monkeypatch.setattr(gap_curves, "train_vae", _moved(gap_curves.train_vae))
     monkeypatch.setattr(linear_vae_training, "ascend_elbo", _moved(linear_vae_training.ascend_elbo))
     monkeypatch.setattr(deep_vae, "kl_from_logvar", _moved(deep_vae.kl_from_logvar))
     monkeypatch.setattr(beta, "train_linear_beta_vae", _moved(beta.train_linear_beta_vae))
@@ -161,7 +158,7 @@ def test_a_code_move_keeps_every_shipped_result_current(monkeypatch):
 @pytest.mark.parametrize(
     "name, module, attribute, argument, what",
     [
-        ("stochastic", "lincollapse.experiments.stochastic_elbo", "train_vae", "lr", "lr"),
+        ("stochastic", "lincollapse.experiments.gap_curves", "train_vae", "lr", "lr"),
         ("gram", "lincollapse.linear_vae_training", "ascend_elbo", "init_scale", "init"),
         ("linear-beta", "lincollapse.experiments.beta", "train_linear_beta_vae", "sigma2", "σ²"),
         ("deep", "lincollapse.deep_vae", "kl_from_logvar", None, "KL term"),

@@ -29,8 +29,8 @@ from lincollapse.linear_beta_vae import (
     train_linear_beta_vae,
 )
 from lincollapse.ppca import data_spectrum
-from lincollapse.presets import READER, ExperimentConfig
-from lincollapse.reader import shipped_or_compute
+from lincollapse.presets import ExperimentConfig
+from lincollapse.reader import read_or_compute
 from lincollapse.reporting import Report
 
 CHAPTER = "beta_annealing"
@@ -267,10 +267,7 @@ def loss_conventions(
 def linear_beta_collapse(config: MnistLinearBetaConfig | None = None) -> MnistLinearBetaResult:
     """Linear β-VAE on MNIST: collapsed latents against β, trained vs #{λ_j ≤ βσ²}."""
     config = config or MnistLinearBetaConfig.for_preset()
-    result, provenance = shipped_or_compute(config, _linear_beta_collapse, MnistLinearBetaResult)
-    if config.preset == READER:
-        print("runs:", provenance)
-    return result
+    return read_or_compute(config, _linear_beta_collapse, MnistLinearBetaResult)
 
 
 def _linear_beta_collapse(config: MnistLinearBetaConfig) -> MnistLinearBetaResult:

@@ -14,8 +14,8 @@ import numpy as np
 
 from lincollapse import linear_beta_vae, ppca
 from lincollapse.experiments import figure
-from lincollapse.presets import READER, ExperimentConfig
-from lincollapse.reader import shipped_or_compute
+from lincollapse.presets import ExperimentConfig
+from lincollapse.reader import read_or_compute
 
 _SPECTRUM = (8.0, 5.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.1)
 
@@ -133,10 +133,7 @@ def linear_beta_optimum(
 ) -> SyntheticLinearBetaResult:
     """Trained linear β-VAE decoders against the closed form √(max(0, λ_j − βσ²)), per β."""
     config = config or SyntheticLinearBetaConfig.for_preset()
-    result, provenance = shipped_or_compute(config, _linear_beta_optimum, SyntheticLinearBetaResult)
-    if config.preset == READER:
-        print("runs:", provenance)
-    return result
+    return read_or_compute(config, _linear_beta_optimum, SyntheticLinearBetaResult)
 
 
 def _linear_beta_optimum(config: SyntheticLinearBetaConfig) -> SyntheticLinearBetaResult:

@@ -18,26 +18,29 @@ closed forms enter only as references: the best value of the objective, the line
 best encoder for a trained decoder.
 
 The ``reader`` preset (a chapter opened in Jupyter) computes everything as the ``book`` preset
-does, but reads the trained linear VAEs (:func:`reader_runs`) from ``results/reader/`` instead
-of training them (:mod:`lincollapse.reader`; each with its behaviour probe, replayed on load);
-``python -m lincollapse.reader ship diagnosis`` writes them.
+does, but reads the trained linear VAEs from ``results/reader/`` instead of training them,
+each with its behaviour probe, replayed on load (:mod:`lincollapse.experiments.diagnosis_runs`
+trains them, and ships them with ``python -m lincollapse.reader ship diagnosis``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from lincollapse import collapse, linear_vae, linear_vae_training, ppca
-from lincollapse.beta_elbo import loss_effective_sigma2
+from lincollapse import collapse, linear_vae, ppca
 from lincollapse.data import covariance_eigenvalues, load_mnist, numerical_rank
 from lincollapse.deep_vae import optimal_sigma2
-from lincollapse.presets import READER, ExperimentConfig, chapter_cost
-from lincollapse.reader import SHIP_COMMAND, ShippedResults
+from lincollapse.experiments.diagnosis_runs import (
+    effective_noise,
+    encode,
+    reader_runs,
+    run_for,
+    split_images,
+)
+from lincollapse.presets import ExperimentConfig, chapter_cost
 from lincollapse.reporting import Report
 
 __all__ = [
@@ -98,169 +101,6 @@ class DiagnosisConfig(ExperimentConfig):
     data_latent: int = 200
 
 
-# --------------------------------------------------------------------------------------------
-# Shared pieces
-# --------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _split(n: int, n_heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray, ppca.DataSpectrum]:
-    """Training images (n, 784), held-out images (n_heldout, 784), the training spectrum."""
-    images = load_mnist(n + n_heldout, seed=seed).images
-    order = np.random.default_rng(seed).permutation(n + n_heldout)
-    train, heldout = images[np.sort(order[:n])], images[np.sort(order[n:])]
-    return train, heldout, ppca.data_spectrum(train)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Run:
-    """A trained linear VAE and its distance to the best value of its objective."""
-
-    model: linear_vae.LinearVAE
-    gap: float  # best value − ELBO, nats per image (≥ 0 up to round-off)
-    steps: int
-
-
-@functools.lru_cache(maxsize=16)
-def _train(
-    n: int,
-    n_heldout: int,
-    seed: int,
-    latent: int,
-    sigma2: float | None,
-    steps: int,
-    train_seed: int,
-    tolerance: float | None,
-) -> _Run:
-    """A linear VAE with a learned encoder on the training split; ``sigma2=None`` learns σ²."""
-    x, _, spectrum = _split(n, n_heldout, seed)
-    trained = linear_vae_training.ascend_elbo(
-        x,
-        latent,
-        encoder="learned",
-        optimiser="lbfgs",
-        steps=steps,
-        seed=train_seed,
-        tolerance=tolerance,
-        learn_sigma2=sigma2 is None,
-        sigma2_init=1.0 if sigma2 is None else sigma2,
-    )
-    if sigma2 is None:  # reference values: ℓ*(q), or the fixed-σ² maximum
-        best = ppca.max_log_likelihood(spectrum, latent)
-    else:
-        W = ppca.fixed_sigma2_maximiser(spectrum, latent, sigma2)
-        best = ppca.average_log_likelihood(spectrum, W, sigma2)
-    return _Run(model=trained.model, gap=best - trained.elbo, steps=trained.steps)
-
-
-def _model(config: DiagnosisConfig, sigma2: float | None, **changes) -> _Run:
-    settings = dict(steps=config.steps, train_seed=0, tolerance=config.tolerance) | changes
-    arguments = (config.n, config.n_heldout, config.seed, config.latent, sigma2)
-    if config.preset == READER:
-        shipped = _shipped(*arguments, **settings)
-        if shipped is not None:
-            return shipped
-    return _train(*arguments, **settings)
-
-
-# --------------------------------------------------------------------------------------------
-# The trained models shipped for the reader preset
-# --------------------------------------------------------------------------------------------
-
-
-def run_key(
-    n: int,
-    n_heldout: int,
-    seed: int,
-    latent: int,
-    sigma2: float | None,
-    steps: int,
-    train_seed: int,
-    tolerance: float | None,
-) -> dict[str, Any]:
-    """Everything that determines one trained model (:func:`_train`): its shipped entry's key."""
-    return {
-        "experiment": "diagnosis_run",
-        "n": n,
-        "n_heldout": n_heldout,
-        "seed": seed,
-        "latent": latent,
-        "sigma2": sigma2,
-        "steps": steps,
-        "train_seed": train_seed,
-        "tolerance": tolerance,
-    }
-
-
-def reader_runs(config: DiagnosisConfig) -> list[dict[str, Any]]:
-    """The :func:`run_key` of every model the chapter's steps train with ``config``."""
-    fixed = [_noise_of(config, m, k) for m, k in config.conventions]
-    base = dict(steps=config.steps, train_seed=0, tolerance=config.tolerance)
-    runs = [(sigma2, base) for sigma2 in [*fixed, None]]
-    runs += [(fixed[1], base | {"train_seed": s}) for s in config.seeds]
-    runs.append((fixed[1], base | {"steps": config.early_steps, "tolerance": None}))
-    keys = [
-        run_key(config.n, config.n_heldout, config.seed, config.latent, sigma2, **settings)
-        for sigma2, settings in runs
-    ]
-    return [key for i, key in enumerate(keys) if key not in keys[:i]]
-
-
-def run_arrays(run: _Run) -> dict[str, np.ndarray]:
-    """A trained model as arrays: its parameters and buffer, the gap and the steps."""
-    state = {name: value.detach().cpu().numpy() for name, value in run.model.state_dict().items()}
-    return {**state, "gap": np.float64(run.gap), "steps": np.int64(run.steps)}
-
-
-def run_from_arrays(arrays: dict[str, np.ndarray], key: dict[str, Any]) -> _Run:
-    """Inverse of :func:`run_arrays` for the model of ``key``."""
-    d, q = arrays["W"].shape
-    model = linear_vae.LinearVAE(d, q, mean=arrays["mean"], learn_sigma2=key["sigma2"] is None)
-    model.load_state_dict({name: torch.as_tensor(arrays[name]) for name in model.state_dict()})
-    return _Run(model=model, gap=float(arrays["gap"]), steps=int(arrays["steps"]))
-
-
-def _probe(key: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Behaviour probe of the model of ``key``: its first steps, replayed (float64 already)."""
-    from lincollapse.references import PROBE_STEPS
-
-    settings = {k: v for k, v in key.items() if k != "experiment"}
-    return run_arrays(_train(**(settings | {"steps": PROBE_STEPS})))
-
-
-def reader_store(directory=None) -> ShippedResults:
-    """The chapter's trained models in ``results/reader/``, each with its behaviour probe."""
-    return ShippedResults("diagnosis", _probe, directory)
-
-
-@functools.lru_cache(maxsize=16)
-def _shipped(*arguments, **settings) -> _Run | None:
-    """The shipped model of :func:`_train`'s ``arguments``, or ``None`` (missing or stale)."""
-    key = run_key(*arguments, **settings)
-    loaded = reader_store().load(key)
-    if loaded is None:
-        print(f"not shipped or stale, trained now: {key} ({SHIP_COMMAND} diagnosis)")
-        return None
-    return run_from_arrays(loaded[0], key)
-
-
-def ship_runs() -> list:
-    """Train the ``book`` preset's models (:func:`reader_runs`) and write them to
-    ``results/reader/`` (≈ 1 min of one CPU core)."""
-    import time
-
-    store = reader_store()
-    store.check_writable()
-    paths = []
-    for key in reader_runs(DiagnosisConfig.for_preset("book")):
-        settings = {k: v for k, v in key.items() if k != "experiment"}
-        start = time.perf_counter()
-        run = _train(**settings)
-        info = {"seconds": round(time.perf_counter() - start, 1), "command": SHIP_COMMAND}
-        paths.append(store.save(key, run_arrays(run), info))
-    return paths
-
-
 def full_rerun(*, run: bool = False) -> dict[str, Any]:
     """Retrain the models that the ``reader`` preset read from ``results/reader/``, with the
     ``book`` preset, and redo every step; print the expected time first. With ``run=False``
@@ -276,24 +116,6 @@ def full_rerun(*, run: bool = False) -> dict[str, Any]:
         return {}
     steps = (noise_check, encoder_check, optimiser_check, data_size_check)
     return {step.__name__: step(config) for step in steps}
-
-
-def _encode(model: linear_vae.LinearVAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with torch.no_grad():
-        means, variances = model.encode(x)
-    return means.numpy(), variances.numpy()
-
-
-def _noise_of(config: DiagnosisConfig, mse: str, kl: str) -> float:
-    """σ²_eff of ``mse_loss(reduction=mse) + KL (kl)`` for the images' d."""
-    d = _split(config.n, config.n_heldout, config.seed)[0].shape[1]
-    return loss_effective_sigma2(
-        d,
-        mse_reduction=mse,
-        kl_reduction=kl,
-        batch_size=config.batch_size,
-        latent=config.latent,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,18 +195,18 @@ class NoiseCheck(Report):
 def noise_check(config: DiagnosisConfig | None = None) -> NoiseCheck:
     """Step "σ²/β": each loss convention's σ², the linear count, and trained linear VAEs."""
     config = config or DiagnosisConfig.for_preset()
-    x, _, spectrum = _split(config.n, config.n_heldout, config.seed)
+    x, _, spectrum = split_images(config.n, config.n_heldout, config.seed)
     epsilons = np.asarray(config.epsilons, dtype=np.float64)
     generator = np.random.default_rng(config.seed)
     labels, noises, measured, mse = [], [], [], []
     settings = [
-        (f"mse_loss(reduction={m!r}) + {KL_REDUCTION_TEXT[k]}", _noise_of(config, m, k))
+        (f"mse_loss(reduction={m!r}) + {KL_REDUCTION_TEXT[k]}", effective_noise(config, m, k))
         for m, k in config.conventions
     ] + [("σ² learned with the model", None)]
     for label, sigma2 in settings:
-        trained = _model(config, sigma2)
+        trained = run_for(config, sigma2)
         model = trained.model
-        means, variances = _encode(model, x)
+        means, variances = encode(model, x)
         z = means + np.sqrt(variances) * generator.normal(size=means.shape)
         params = model.numpy_parameters()
         reconstruction = z @ params["W"].T + params["mean"]
@@ -496,9 +318,9 @@ def encoder_check(
     latents its decoder already uses (a lagging inference network).
     """
     config = config or DiagnosisConfig.for_preset()
-    x, _, spectrum = _split(config.n, config.n_heldout, config.seed)
-    sigma2 = _noise_of(config, *config.conventions[1])
-    params = _model(config, sigma2).model.numpy_parameters()
+    x, _, spectrum = split_images(config.n, config.n_heldout, config.seed)
+    sigma2 = effective_noise(config, *config.conventions[1])
+    params = run_for(config, sigma2).model.numpy_parameters()
     W, V, D = params["W"], params["V"], params["D"]
     epsilon = float(config.epsilons[0])
 
@@ -615,16 +437,16 @@ class OptimiserCheck(Report):
 def optimiser_check(config: DiagnosisConfig | None = None) -> OptimiserCheck:
     """Step "optimiser": converged runs from several seeds and one run stopped early."""
     config = config or DiagnosisConfig.for_preset()
-    x, _, spectrum = _split(config.n, config.n_heldout, config.seed)
-    sigma2 = _noise_of(config, *config.conventions[1])
+    x, _, spectrum = split_images(config.n, config.n_heldout, config.seed)
+    sigma2 = effective_noise(config, *config.conventions[1])
     epsilons = np.asarray(config.epsilons, dtype=np.float64)
-    runs = {f"seed {s}": _model(config, sigma2, train_seed=s) for s in config.seeds}
-    runs[f"seed {config.seeds[0]}, stopped after {config.early_steps} steps"] = _model(
+    runs = {f"seed {s}": run_for(config, sigma2, train_seed=s) for s in config.seeds}
+    runs[f"seed {config.seeds[0]}, stopped after {config.early_steps} steps"] = run_for(
         config, sigma2, steps=config.early_steps, tolerance=None
     )
     measured = []
     for trained in runs.values():
-        means, variances = _encode(trained.model, x)
+        means, variances = encode(trained.model, x)
         measured.append(
             collapse.encoder_collapsed_fraction(means, variances, epsilons, config.delta)
         )
@@ -723,11 +545,11 @@ def data_size_check(config: DiagnosisConfig | None = None) -> DataSizeCheck:
                 )
             )
         )
-    x, heldout, _ = _split(config.n, config.n_heldout, config.seed)
-    model = _model(config, _noise_of(config, *config.conventions[1])).model
+    x, heldout, _ = split_images(config.n, config.n_heldout, config.seed)
+    model = run_for(config, effective_noise(config, *config.conventions[1])).model
     epsilon = float(config.epsilons[0])
     measured = [
-        float(collapse.encoder_collapsed_fraction(*_encode(model, images), epsilon, config.delta))
+        float(collapse.encoder_collapsed_fraction(*encode(model, images), epsilon, config.delta))
         for images in (x, heldout)
     ]
     return DataSizeCheck(

@@ -1,5 +1,5 @@
-"""What the two chapters that train a linear decoder share: their images and arithmetic, and
-the table of ELBO-gap curves against the optimum ℓ*(q).
+"""What the two chapters that train a linear decoder share: their images and arithmetic, the
+training of one curve, and the table of ELBO-gap curves against the optimum ℓ*(q).
 
 Chapters ``stochastic_elbo`` (:mod:`lincollapse.experiments.stochastic_elbo`) and
 ``linear_decoder_encoders`` (:mod:`lincollapse.experiments.linear_decoder_encoders`).
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lincollapse.data import load_mnist
-from lincollapse.linear_decoder_vae_training import first_step_within
+from lincollapse.data import covariance_eigenvalues, load_mnist
+from lincollapse.linear_decoder_vae_training import EncoderTraining, first_step_within, train_vae
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 
@@ -28,6 +28,34 @@ def torch_dtype(name: str) -> torch.dtype:
 def training_images(n: int, seed: int) -> torch.Tensor:
     """``n`` MNIST images (subset ``seed``) as a float64 tensor."""
     return torch.as_tensor(load_mnist(n, seed=seed).images, dtype=torch.float64)
+
+
+def training_data(config) -> tuple[torch.Tensor, np.ndarray]:
+    """The images of a chapter's ``config`` (``n`` images of subset ``data_seed``, float64) and
+    the eigenvalues of their covariance."""
+    x = training_images(config.n, config.data_seed)
+    return x, covariance_eigenvalues(x)
+
+
+def train_curve(
+    config, x: torch.Tensor, eigenvalues: np.ndarray, seed: int, **options
+) -> EncoderTraining:
+    """:func:`~lincollapse.linear_decoder_vae_training.train_vae` on ``x`` with the ``q``,
+    ``steps``, ``lr``, ``sigma2_init``, ``record_every`` and ``dtype`` of ``config`` (either
+    chapter's), from initialisation ``seed``; ``options`` are the chapter's own arguments
+    (``kind``, ``estimator``, checkpoints)."""
+    return train_vae(
+        x,
+        config.q,
+        steps=config.steps,
+        lr=config.lr,
+        seed=seed,
+        sigma2_init=config.sigma2_init,
+        record_every=config.record_every,
+        dtype=torch_dtype(config.dtype),
+        eigenvalues=eigenvalues,
+        **options,
+    )
 
 
 def format_step(step: int | None) -> str:

@@ -21,18 +21,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from lincollapse.data import covariance_eigenvalues
 from lincollapse.experiments import figure
 from lincollapse.experiments.gap_curves import (
     GapCurves,
     curves_table,
-    torch_dtype,
-    training_images,
+    train_curve,
+    training_data,
 )
 from lincollapse.linear_decoder_vae import ENCODER_KINDS
-from lincollapse.linear_decoder_vae_training import train_vae
-from lincollapse.presets import READER, ExperimentConfig
-from lincollapse.reader import shipped_or_compute
+from lincollapse.presets import ExperimentConfig
+from lincollapse.reader import read_or_compute
 
 ENCODER_LABELS = {
     "linear": "(a) linear, shared D",
@@ -178,35 +176,18 @@ class EncoderComparisonResult(GapCurves):
 def encoder_comparison(config: EncoderComparisonConfig | None = None) -> EncoderComparisonResult:
     """A linear decoder trained with linear, deep-linear and ReLU-MLP encoders."""
     config = config or EncoderComparisonConfig.for_preset()
-    result, provenance = shipped_or_compute(config, _encoder_comparison, EncoderComparisonResult)
-    if config.preset == READER:
-        print("runs:", provenance)
-    return result
+    return read_or_compute(config, _encoder_comparison, EncoderComparisonResult)
 
 
 def _encoder_comparison(config: EncoderComparisonConfig) -> EncoderComparisonResult:
-    x = training_images(config.n, config.data_seed)
-    eigenvalues = covariance_eigenvalues(x)
-    dtype = torch_dtype(config.dtype)
+    x, eigenvalues = training_data(config)
     curves: dict[str, list[np.ndarray]] = {}
     grams, decoders, sigma2, seconds = {}, {}, {}, {}
     steps = optimum = None
     for kind in config.kinds:
         curves[kind], sigma2[kind], seconds[kind] = [], [], 0.0
         for index, seed in enumerate(config.seeds):
-            run = train_vae(
-                x,
-                config.q,
-                kind=kind,
-                steps=config.steps,
-                lr=config.lr,
-                seed=seed,
-                hidden=config.hidden(kind),
-                sigma2_init=config.sigma2_init,
-                record_every=config.record_every,
-                dtype=dtype,
-                eigenvalues=eigenvalues,
-            )
+            run = train_curve(config, x, eigenvalues, seed, kind=kind, hidden=config.hidden(kind))
             curves[kind].append(run.elbo)
             sigma2[kind].append(run.model.decoder.sigma2.item())
             seconds[kind] += run.seconds

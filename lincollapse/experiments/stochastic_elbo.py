@@ -24,18 +24,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lincollapse.data import covariance_eigenvalues
 from lincollapse.experiments import figure
 from lincollapse.experiments.gap_curves import (
     GapCurves,
     curves_table,
-    torch_dtype,
-    training_images,
+    train_curve,
+    training_data,
 )
 from lincollapse.linear_decoder_vae import LinearDecoderVAE
-from lincollapse.linear_decoder_vae_training import train_vae
-from lincollapse.presets import READER, ExperimentConfig
-from lincollapse.reader import shipped_or_compute
+from lincollapse.presets import ExperimentConfig
+from lincollapse.reader import read_or_compute
 from lincollapse.reporting import Report
 
 ESTIMATOR_LABELS = {"analytic": "analytic reconstruction", "sample": "single-sample estimate"}
@@ -237,16 +235,11 @@ def _describe_steps(steps: list[int | None]) -> str:
 def stochastic_vs_analytic(config: StochasticELBOConfig | None = None) -> StochasticELBOResult:
     """Linear VAE trained with the analytic and the single-sample ELBO; gradient variance."""
     config = config or StochasticELBOConfig.for_preset()
-    result, provenance = shipped_or_compute(config, _stochastic_vs_analytic, StochasticELBOResult)
-    if config.preset == READER:
-        print("runs:", provenance)
-    return result
+    return read_or_compute(config, _stochastic_vs_analytic, StochasticELBOResult)
 
 
 def _stochastic_vs_analytic(config: StochasticELBOConfig) -> StochasticELBOResult:
-    x = training_images(config.n, config.data_seed)
-    eigenvalues = covariance_eigenvalues(x)
-    dtype = torch_dtype(config.dtype)
+    x, eigenvalues = training_data(config)
     checkpoints = sorted(set(int(c) for c in config.gradient_checkpoints))
     for step in checkpoints:
         if step % config.record_every and step != config.steps or step > config.steps:
@@ -265,20 +258,15 @@ def _stochastic_vs_analytic(config: StochasticELBOConfig) -> StochasticELBOResul
     for index, seed in enumerate(config.seeds):
         for estimator in ("analytic", "sample"):
             first = index == 0 and estimator == "analytic"
-            run = train_vae(
+            run = train_curve(
+                config,
                 x,
-                config.q,
+                eigenvalues,
+                seed,
                 kind="linear",
                 estimator=estimator,
-                steps=config.steps,
-                lr=config.lr,
-                seed=seed,
-                sigma2_init=config.sigma2_init,
-                record_every=config.record_every,
-                dtype=dtype,
                 checkpoints=checkpoints if first else (),
                 on_checkpoint=keep if first else None,
-                eigenvalues=eigenvalues,
             )
             curves[estimator].append(run.elbo)
             seconds[estimator] += run.seconds

@@ -13,7 +13,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from lincollapse.experiments.linear_vae import ElboGapResult, GramResult, LikelihoodCurve
+from lincollapse.experiments.linear_vae_results import ElboGapResult, GramResult, LikelihoodCurve
 from lincollapse.experiments.posterior_collapse import CollapseMetricResult
 from lincollapse.experiments.ppca import (
     CollapsedColumnsResult,
