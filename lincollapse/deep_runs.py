@@ -35,7 +35,6 @@ from lincollapse.references import PROBE_STEPS, Probe, load_shipped, shipped_pro
 from lincollapse.results_cache import (
     ReferenceResultError,
     ResultsCache,
-    record_event,
     source_fingerprint,
 )
 
@@ -223,8 +222,6 @@ def load_or_train(
         group = missing[start : start + size]
         keys = [run_key(config, *runs[i], schedule, data_id) for i in group]
         partial = cache.partial_path({"runs": keys})
-        if partial.is_file():  # an interrupted training of these runs: it resumes
-            record_event("resumed", partial)
         trained = train_batched(
             x,
             config.arch,

@@ -257,8 +257,12 @@ class ResultsCache:
     def partial_path(self, config: Mapping[str, Any]) -> Path:
         """Where a training whose result will be the entry for ``config`` saves its state
         part-way (``partial/``), so that an interrupted training resumes instead of restarting
-        (:func:`lincollapse.training_state.maximise_in_chunks`)."""
-        return self.directory / "partial" / f"{config_key(config)}.pt"
+        (:func:`lincollapse.training_state.maximise_in_chunks`). A state already there (left
+        by an interrupt) is counted as the event ``resumed``."""
+        path = self.directory / "partial" / f"{config_key(config)}.pt"
+        if path.is_file():
+            record_event("resumed", path)
+        return path
 
     def load(self, config: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict] | None:
         """The validated ``(arrays, meta)`` cached for ``config``, or ``None`` (missing/invalid)."""

@@ -42,7 +42,6 @@ from lincollapse.references import (
 from lincollapse.results_cache import (
     ReferenceResultError,
     ResultsCache,
-    record_event,
     source_fingerprint,
 )
 
@@ -207,8 +206,6 @@ def annealing_runs(
         )
     cache.check_writable()  # before training: runs that cannot be cached are not started
     partial = cache.partial_path(key)
-    if partial.is_file():  # an interrupted training of these runs: it resumes
-        record_event("resumed", partial)
     runs = train_annealed(
         images,
         config.arch,
