@@ -140,8 +140,14 @@ def test_an_interrupt_in_the_parallel_pass_stops_its_kernels_and_keeps_what_fini
     )
     log = tmp_path / "build.log"
     with log.open("w") as out:
+        # As a terminal starts it: with Ctrl-C's default handling, even when this test runs in a
+        # background job (where SIGINT is ignored and a child would inherit that).
+        start = (
+            "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+            " sys.argv[0] = 'build_book'; runpy.run_module('tools.build_book', run_name='__main__')"
+        )
         process = subprocess.Popen(
-            [sys.executable, "-m", "tools.build_book", str(tmp_path), "--mathjax", "cdn"],
+            [sys.executable, "-c", start, str(tmp_path), "--mathjax", "cdn"],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
