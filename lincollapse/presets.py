@@ -28,6 +28,8 @@ import dataclasses
 import os
 from typing import Any, ClassVar, TypeVar
 
+from lincollapse.threads import available_cores
+
 ENV_VAR = "LINCOLLAPSE_PRESET"
 PRESETS = ("fast", "reader", "book", "paper")
 #: What an unset ``$LINCOLLAPSE_PRESET`` means: a reader who opened a chapter in Jupyter.
@@ -71,14 +73,6 @@ PRESET_NOTES = {
     "book": "the book's CPU-sized runs, checked against longer runs in the text",
     "paper": "the paper's settings",
 }
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. one under ``taskset -c 0``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _seconds(value: float) -> str:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import datetime
 import hashlib
 import importlib
@@ -42,6 +43,7 @@ import inspect
 import io
 import json
 import os
+import threading
 import time
 import warnings
 import zipfile
@@ -90,6 +92,21 @@ def record_event(event: str, path: Path) -> None:
             stream.write(line + "\n")
     except OSError:  # a log that cannot be written must not stop a computation
         pass
+
+
+_computing_only = threading.local()
+
+
+@contextlib.contextmanager
+def computing_only():
+    """Within this block every :class:`ResultsCache` misses and saves nothing: what runs in it
+    is computed (a behaviour probe must replay the code, not read what it saved)."""
+    depth = getattr(_computing_only, "depth", 0)
+    _computing_only.depth = depth + 1
+    try:
+        yield
+    finally:
+        _computing_only.depth = depth
 
 
 def _read_problem(error: BaseException) -> str:
@@ -250,6 +267,11 @@ class ResultsCache:
         self.fingerprint = fingerprint if fingerprint is not None else source_fingerprint()
         self.enabled = enabled
 
+    @property
+    def active(self) -> bool:
+        """Whether lookups and saves happen (``enabled``, and not inside :func:`computing_only`)."""
+        return self.enabled and not getattr(_computing_only, "depth", 0)
+
     def path(self, config: Mapping[str, Any]) -> Path:
         """File of the entry for ``config``."""
         return self.directory / f"{config_key(config)}.npz"
@@ -266,7 +288,7 @@ class ResultsCache:
 
     def load(self, config: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict] | None:
         """The validated ``(arrays, meta)`` cached for ``config``, or ``None`` (missing/invalid)."""
-        if not self.enabled:
+        if not self.active:
             return None
         path = self.path(config)
         if not path.is_file():
@@ -295,7 +317,7 @@ class ResultsCache:
 
         Creates the folder if it is missing. A disabled cache is always fine.
         """
-        if not self.enabled:
+        if not self.active:
             return
         problem = writable_problem(self.directory)
         if problem is not None:
@@ -337,7 +359,7 @@ class ResultsCache:
         Raises :class:`CacheWriteError` if the write fails, after saving the entry (a valid
         cache file) in :func:`lincollapse.storage.rescue_directory`; the message names it.
         """
-        if not self.enabled:
+        if not self.active:
             return None
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
         for name, array in arrays.items():

@@ -421,3 +421,21 @@ def test_fingerprint_ignores_input_checks(tmp_path, monkeypatch):
         importlib.invalidate_caches()
         prints.append(source_fingerprint(["fp_checked"]))
     assert prints[0] == prints[1] != prints[2]
+
+
+def test_inside_computing_only_the_cache_neither_reads_nor_saves(tmp_path):
+    """A behaviour probe replays the code: a saved entry must not answer it."""
+    from lincollapse.results_cache import computing_only
+
+    cache = ResultsCache(tmp_path, fingerprint="f")
+    cache.save({"a": 1}, {"x": np.arange(3.0)})
+    calls = []
+    with computing_only():
+        arrays, _, hit = cache.get_or_compute(
+            {"a": 1}, lambda: calls.append(1) or {"x": np.zeros(3)}
+        )
+        assert cache.load({"a": 1}) is None
+        cache.get_or_compute({"a": 2}, lambda: {"x": np.ones(2)})
+    assert not hit and calls == [1] and np.array_equal(arrays["x"], np.zeros(3))
+    assert not cache.path({"a": 2}).exists()
+    assert np.array_equal(cache.load({"a": 1})[0]["x"], np.arange(3.0))  # after it: read again

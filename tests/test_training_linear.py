@@ -226,3 +226,69 @@ def test_encoder_ranking_is_computed_from_the_final_gaps():
     assert "every seed: linear; not for every seed: deep linear, MLP." in sentence
     swapped = dataclasses.replace(result, elbo={**elbo, "mlp": elbo["linear"] - 1.0})
     assert swapped.ranking(0.1).index("deep linear") < swapped.ranking(0.1).index("MLP (1.015)")
+
+
+# --- each run is kept as soon as it ends (issue 16: an interrupted chapter resumes) ------------
+
+
+def _arrays_equal(a, b) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def test_runs_read_from_the_cache_equal_the_trained_ones(tmp_path, monkeypatch):
+    """Both experiments again, from the runs the first computation saved: equal bit for bit,
+    including the gradient statistics computed from the parameters saved at checkpoints."""
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path))
+    small = dict(TINY, seeds=(0, 1), steps=20)
+    config = se.StochasticELBOConfig.for_preset(
+        "fast", gradient_checkpoints=(0, 10, 20), gradient_samples=20, **small
+    )
+    first, again = se.stochastic_vs_analytic(config), se.stochastic_vs_analytic(config)
+    assert len(list(tmp_path.glob("*.npz"))) == 4  # 2 seeds x 2 estimators
+    for name in ("analytic", "sample"):
+        assert np.array_equal(first.elbo[name], again.elbo[name])
+    assert first.seconds == again.seconds
+    assert _arrays_equal(vars(first.gradient), vars(again.gradient))
+
+    enc = lde.EncoderComparisonConfig.for_preset(
+        "fast", deep_linear_hidden=(8,), mlp_hidden=(8, 8), **small
+    )
+    first, again = lde.encoder_comparison(enc), lde.encoder_comparison(enc)
+    for kind in enc.kinds:
+        assert np.array_equal(first.elbo[kind], again.elbo[kind])
+        assert np.array_equal(first.grams[kind], again.grams[kind])
+        assert np.array_equal(first.decoders[kind], again.decoders[kind])
+        assert np.array_equal(first.sigma2[kind], again.sigma2[kind])
+
+
+def test_an_interrupted_comparison_trains_only_the_runs_it_had_not_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path))
+    config = lde.EncoderComparisonConfig.for_preset(
+        "fast", deep_linear_hidden=(8,), mlp_hidden=(8, 8), **dict(TINY, steps=20)
+    )
+    runs = len(config.kinds) * len(config.seeds)
+    real = linear_decoder_vae_training.train_vae
+    from lincollapse.experiments import gap_curves
+
+    calls = []
+
+    def interrupted_after_four(*args, **kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(kwargs["seed"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gap_curves, "train_vae", interrupted_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        lde.encoder_comparison(config)
+    assert len(list(tmp_path.glob("*.npz"))) == 4
+
+    calls.clear()
+    monkeypatch.setattr(gap_curves, "train_vae", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = lde.encoder_comparison(config)
+    assert len(calls) == runs - 4
+    monkeypatch.setattr(gap_curves, "train_vae", real)
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path / "fresh"))
+    uninterrupted = lde.encoder_comparison(config)
+    for kind in config.kinds:
+        assert np.array_equal(resumed.elbo[kind], uninterrupted.elbo[kind])

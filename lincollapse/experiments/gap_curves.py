@@ -7,13 +7,16 @@ Chapters ``stochastic_elbo`` (:mod:`lincollapse.experiments.stochastic_elbo`) an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from lincollapse.data import covariance_eigenvalues, load_mnist
+from lincollapse.linear_decoder_vae import make_vae
 from lincollapse.linear_decoder_vae_training import EncoderTraining, first_step_within, train_vae
+from lincollapse.results_cache import ResultsCache, source_fingerprint
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 
@@ -37,24 +40,130 @@ def training_data(config) -> tuple[torch.Tensor, np.ndarray]:
     return x, covariance_eigenvalues(x)
 
 
+#: The modules whose code computes one run of :func:`train_curve`: a change to any of them makes
+#: the runs in the results cache stale.
+RUN_MODULES = (
+    "lincollapse.gaussian",
+    "lincollapse.linear_decoder_vae",
+    "lincollapse.linear_decoder_vae_training",
+    "lincollapse.linear_vae",
+    "lincollapse.ppca",
+    "lincollapse.training",
+)
+_MODEL, _SNAPSHOT = "model:", "checkpoint:"
+
+
+def run_cache() -> ResultsCache:
+    """The results cache of :func:`train_curve`'s runs, fingerprinted by :data:`RUN_MODULES`."""
+    return ResultsCache(fingerprint=source_fingerprint(RUN_MODULES))
+
+
+def data_digest(x: torch.Tensor) -> str:
+    """Content hash of the training images (the cache key's stand-in for the data)."""
+    array = np.ascontiguousarray(x.detach().cpu().numpy())
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:24]
+
+
 def train_curve(
-    config, x: torch.Tensor, eigenvalues: np.ndarray, seed: int, **options
+    config,
+    x: torch.Tensor,
+    eigenvalues: np.ndarray,
+    seed: int,
+    *,
+    on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None,
+    cache: ResultsCache | None = None,
+    **options,
 ) -> EncoderTraining:
     """:func:`~lincollapse.linear_decoder_vae_training.train_vae` on ``x`` with the ``q``,
     ``steps``, ``lr``, ``sigma2_init``, ``record_every`` and ``dtype`` of ``config`` (either
     chapter's), from initialisation ``seed``; ``options`` are the chapter's own arguments
-    (``kind``, ``estimator``, checkpoints)."""
-    return train_vae(
-        x,
-        config.q,
-        steps=config.steps,
-        lr=config.lr,
-        seed=seed,
-        sigma2_init=config.sigma2_init,
-        record_every=config.record_every,
-        dtype=torch_dtype(config.dtype),
-        eigenvalues=eigenvalues,
-        **options,
+    (``kind``, ``hidden``, ``estimator``, ``checkpoints``).
+
+    Each run is kept in the results cache (``cache``, default :func:`run_cache`) as soon as it
+    ends, with its trained parameters and the parameters at its ``checkpoints``: a chapter
+    interrupted part-way trains only the runs it had not finished when it is run again. A run
+    read from the cache calls ``on_checkpoint(step, model)`` with the saved parameters, as the
+    training did.
+    """
+    fields = ("q", "steps", "lr", "sigma2_init", "record_every", "dtype")
+    key = {
+        "experiment": "linear_decoder_run",
+        "data": data_digest(x),
+        "seed": int(seed),
+        **{name: getattr(config, name) for name in fields},
+        **{
+            name: list(value) if isinstance(value, (tuple, list)) else value
+            for name, value in sorted(options.items())
+        },
+    }
+    cache = cache or run_cache()
+    snapshots: dict[str, np.ndarray] = {}
+
+    def keep(step: int, model: torch.nn.Module) -> None:
+        for name, value in model.state_dict().items():
+            snapshots[f"{_SNAPSHOT}{step}:{name}"] = value.detach().numpy().copy()
+        if on_checkpoint is not None:
+            on_checkpoint(step, model)
+
+    trained: list[EncoderTraining] = []
+
+    def compute() -> dict[str, np.ndarray]:
+        run = train_vae(
+            x,
+            config.q,
+            steps=config.steps,
+            lr=config.lr,
+            seed=seed,
+            sigma2_init=config.sigma2_init,
+            record_every=config.record_every,
+            dtype=torch_dtype(config.dtype),
+            eigenvalues=eigenvalues,
+            on_checkpoint=keep,
+            **options,
+        )
+        trained.append(run)
+        model = {f"{_MODEL}{k}": v.detach().numpy() for k, v in run.model.state_dict().items()}
+        return {
+            "steps": run.steps,
+            "elbo": run.elbo,
+            "objective": run.objective,
+            "optimum": np.float64(run.optimum),
+            "seconds": np.float64(run.seconds),
+            **model,
+            **snapshots,
+        }
+
+    arrays, _, hit = cache.get_or_compute(key, compute)
+    if not hit:
+        return trained[0]
+    kind = options.get("kind", "linear")
+    model = make_vae(kind, x, config.q, seed=seed, hidden=options.get("hidden"))
+
+    def restore(prefix: str) -> torch.nn.Module:
+        state = {
+            name[len(prefix) :]: torch.as_tensor(value)
+            for name, value in arrays.items()
+            if name.startswith(prefix)
+        }
+        model.load_state_dict(state)
+        return model
+
+    if on_checkpoint is not None:
+        steps = sorted({int(name.split(":")[1]) for name in arrays if name.startswith(_SNAPSHOT)})
+        with torch.no_grad():
+            for step in steps:
+                on_checkpoint(step, restore(f"{_SNAPSHOT}{step}:"))
+    return EncoderTraining(
+        model=restore(_MODEL),
+        steps=arrays["steps"],
+        elbo=arrays["elbo"],
+        objective=arrays["objective"],
+        optimum=float(arrays["optimum"]),
+        kind=kind,
+        estimator=options.get("estimator", "analytic"),
+        seconds=float(arrays["seconds"]),
     )
 
 
