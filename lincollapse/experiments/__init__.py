@@ -64,9 +64,11 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
         # estimated: 16 s measured in the build (reading that grid) + the grid's 563 s
         "deep_vae": 579,
         "beta_annealing": 340,
-        "linear_decoder_encoders": 186,
+        # the two below: run alone by `jupyter nbconvert --execute`, 2 cores, empty results
+        # cache, commit fe5cd89 (their exercises now read the chapter's runs, kept per run)
+        "linear_decoder_encoders": 158,
         "linear_vae": 173,  # 7 trainings to the closed form by L-BFGS, no eigendecomposition
-        "stochastic_elbo": 135,
+        "stochastic_elbo": 123,
         "beyond_the_paper": 27,
         "posterior_collapse": 22,
         "ppca": 21,
@@ -100,21 +102,21 @@ CHAPTER_SECONDS: dict[str, dict[str, float]] = {
 #: kernels at once on the 2 cores, one torch thread each), per preset, from an empty results cache.
 #: A chapter that shares work (:data:`SHARED_SECONDS`) has it here only if it runs first.
 PARALLEL_CHAPTER_SECONDS: dict[str, dict[str, float]] = {
-    # `make book` from a fresh clone on a quiet 2-core Intel Xeon, 2026-12-01, commit 72a4f52
-    # (the whole build 17 min 42 s: the pass 1040 s, then Sphinx reading the cache).
+    # `make book` from a fresh clone on a quiet 2-core Intel Xeon, 2026-12-01, commit fe5cd89
+    # (the whole build 13 min 52 s: the pass 816 s, then Sphinx reading the cache).
     "book": {
-        "checks": 720,  # trains the deep chapter's grid
-        "deep_vae": 15,  # reads that grid, on the same kernel after it
-        "beta_annealing": 376,
-        "linear_decoder_encoders": 338,
-        "linear_vae": 250,
-        "stochastic_elbo": 250,
-        "diagnosis": 28,
-        "posterior_collapse": 27,
-        "ppca": 26,
-        "beyond_the_paper": 25,
-        "mnist_data": 9,
-        "notation": 2,
+        "checks": 686,  # trains the deep chapter's grid
+        "deep_vae": 12,  # reads that grid, on the same kernel after it
+        "beta_annealing": 357,
+        "linear_decoder_encoders": 175,
+        "linear_vae": 203,
+        "stochastic_elbo": 112,
+        "diagnosis": 20,
+        "posterior_collapse": 22,
+        "ppca": 20,
+        "beyond_the_paper": 17,
+        "mnist_data": 6,
+        "notation": 1,
     },
 }
 

@@ -74,7 +74,7 @@ class EncoderComparisonConfig(ExperimentConfig):
     }
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
-        "book": "≈ 3 min for the whole chapter (186 s measured 2026-12-01, 2 cores)",
+        "book": "≈ 2.6 min for the whole chapter (158 s measured 2026-12-01, 2 cores)",
         "reader": "< 1 s (the book's runs, shipped)",
         "paper": "hours (CPU)",
     }

@@ -90,7 +90,7 @@ class StochasticELBOConfig(ExperimentConfig):
     }
     COSTS: ClassVar[dict[str, str]] = {
         "fast": "≈ 5 s",
-        "book": "≈ 2.3 min for the whole chapter (135 s measured 2026-12-01, 2 cores)",
+        "book": "≈ 2 min for the whole chapter (123 s measured 2026-12-01, 2 cores)",
         "reader": "< 1 s (the book's runs, shipped)",
         "paper": "hours (CPU)",
     }
