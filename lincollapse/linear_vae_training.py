@@ -367,6 +367,42 @@ class AscentTraining:
     cpu_seconds: float
     block: int
 
+    _SCALARS = (
+        "elbo",
+        "q",
+        "encoder",
+        "optimiser",
+        "steps",
+        "evaluations",
+        "seconds",
+        "cpu_seconds",
+        "block",
+    )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The run as named arrays (the results cache's form; :meth:`from_arrays` inverts it)."""
+        model = {f"model:{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        trace = {
+            f"trace:{field.name}": np.asarray(getattr(self.trace, field.name))
+            for field in dataclasses.fields(self.trace)
+        }
+        scalars = {name: np.asarray(getattr(self, name)) for name in self._SCALARS}
+        learn = np.asarray(self.model.log_sigma2.requires_grad)
+        return model | trace | scalars | {"learn_sigma2": learn}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> AscentTraining:
+        """The run that :meth:`arrays` wrote (the model in float64 on the CPU)."""
+        state = {k[6:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("model:")}
+        d, q = state["W"].shape
+        model = LinearVAE(d, q, learn_sigma2=bool(arrays["learn_sigma2"]))
+        model.load_state_dict(state)
+        trace = TrainingTrace(
+            **{f.name: arrays[f"trace:{f.name}"] for f in dataclasses.fields(TrainingTrace)}
+        )
+        scalars = {name: arrays[name].item() for name in cls._SCALARS}
+        return cls(model=model, trace=trace, **scalars)
+
     def gram(self, block: int | None = None) -> np.ndarray:
         """:func:`leading_gram` of the trained W (default: the ``block`` of the trace)."""
         return leading_gram(self.model.W, self.block if block is None else block)

@@ -34,6 +34,7 @@ import torch
 from lincollapse.results_cache import (
     MANIFEST_CHECKSUM,
     ReferenceResultError,
+    computing_only,
     load_reference,
     manifest_checksum,
     save_reference,
@@ -179,7 +180,9 @@ def verify_behaviour(stem: str | os.PathLike, probe: Probe, command: str = "") -
     fix = f"regenerate it ({command})" if command else "regenerate it"
     if not stored:
         raise ReferenceResultError(f"reference {stem.name} has no behaviour probe; {fix}")
-    now = {k: np.asarray(v, dtype=np.float64) for k, v in probe().items()}
+    with computing_only():  # replayed, never read from a cache
+        replayed = probe()
+    now = {k: np.asarray(v, dtype=np.float64) for k, v in replayed.items()}
     if set(now) != set(stored):
         raise ReferenceResultError(
             f"reference {stem.name}: the probe records {sorted(now)}, "

@@ -235,11 +235,18 @@ def config_key(config: Mapping[str, Any], version: str | None = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _checksum(array: np.ndarray) -> str:
+def array_checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (an entry's checksums; a data identity)."""
     array = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def data_digest(x: Any) -> str:
+    """Content hash of training data (an array or a tensor): a cache key's stand-in for them."""
+    array = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return array_checksum(array)[:24]
 
 
 class ResultsCache:
@@ -344,7 +351,7 @@ class ResultsCache:
         if set(checksums) != set(arrays):
             return "its arrays do not match its manifest"
         for name, array in arrays.items():
-            if _checksum(array) != checksums[name]:
+            if array_checksum(array) != checksums[name]:
                 return f"checksum mismatch in array {name!r}"
         return None
 
@@ -392,7 +399,7 @@ class ResultsCache:
             "version": package_version(),
             "torch": torch.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "checksums": {name: _checksum(array) for name, array in arrays.items()},
+            "checksums": {name: array_checksum(array) for name, array in arrays.items()},
             "info": _canonical(dict(info or {})),
         }
 
@@ -570,7 +577,7 @@ def load_reference(
     if set(checksums) != set(arrays):
         raise ReferenceResultError(f"reference {stem.name}: arrays do not match the manifest")
     for name, array in arrays.items():
-        if _checksum(array) != checksums[name]:
+        if array_checksum(array) != checksums[name]:
             raise ReferenceResultError(
                 f"reference {stem.name}: checksum mismatch in array {name!r}"
             )

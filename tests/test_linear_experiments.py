@@ -102,7 +102,7 @@ def test_gram_matrices_vae_is_diagonal_rotated_ppca_is_not():
     _close(plotting.plot_gram_matrices(result))
 
 
-def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions):
+def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions, tmp_path):
     """Both figures' trainings run with every eigendecomposition and SVD made to raise.
 
     The evaluation around them (ℓ*(q), the pPCA maximisers, the alignment of columns) may
@@ -118,6 +118,7 @@ def test_the_figures_training_never_decomposes(monkeypatch, no_decompositions):
         return trained
 
     monkeypatch.setattr(linear_vae_training, "ascend_elbo", guarded)
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path))  # every run trained here
     lv._ascend.cache_clear()
     try:
         curve = lv.likelihood_vs_latent_size(lv.LikelihoodVsLatentSizeConfig.for_preset("fast"))
@@ -315,3 +316,55 @@ def test_bench_linear_prints_both_trainers():
     assert any(line.startswith("ascend_elbo: total") for line in lines)
     assert "thread(s)" in lines[1]
     assert total > 0
+
+
+def test_latent_size_runs_are_kept_as_they_end_and_read_back_equal(monkeypatch, tmp_path):
+    """An interrupted likelihood figure trains only the latent sizes it had not finished, and a
+    run read from the results cache is the trained one (model, trace and timings)."""
+    monkeypatch.setenv("LINCOLLAPSE_CACHE_DIR", str(tmp_path))
+    config = lv.LikelihoodVsLatentSizeConfig.for_preset("fast")
+    sizes = list(config.latent_sizes)
+    original, calls = linear_vae_training.ascend_elbo, []
+
+    def interrupted_after_two(data, q, **options):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(q)
+        return original(data, q, **options)
+
+    monkeypatch.setattr(linear_vae_training, "ascend_elbo", interrupted_after_two)
+    lv._ascend.cache_clear()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lv.likelihood_vs_latent_size(config)
+        assert len(list(tmp_path.glob("*.npz"))) == 2
+        calls.clear()
+        monkeypatch.setattr(
+            linear_vae_training,
+            "ascend_elbo",
+            lambda d, q, **o: calls.append(q) or original(d, q, **o),
+        )
+        lv._ascend.cache_clear()
+        resumed = lv.likelihood_vs_latent_size(config)
+        assert sorted(calls) == sorted(sizes[2:])
+        lv._ascend.cache_clear()
+        read = lv._ascend(config.n, config.seed, sizes[0], config.ascent_options())
+        trained = original(
+            mnist_with_spectrum(config.n, config.seed)[0], sizes[0], **dict(config.ascent_options())
+        )
+    finally:
+        lv._ascend.cache_clear()
+    assert np.array_equal(resumed.elbo[:2], np.asarray([read.elbo, resumed.elbo[1]]))
+    for name, value in trained.model.state_dict().items():
+        assert np.array_equal(read.model.state_dict()[name].numpy(), value.numpy()), name
+    for field in dataclasses.fields(trained.trace):
+        if "seconds" not in field.name:
+            assert np.array_equal(
+                getattr(read.trace, field.name), getattr(trained.trace, field.name)
+            )
+    assert (read.elbo, read.steps, read.evaluations) == (
+        trained.elbo,
+        trained.steps,
+        trained.evaluations,
+    )
+    assert np.array_equal(read.gram(), trained.gram())

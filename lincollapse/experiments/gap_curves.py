@@ -7,7 +7,6 @@ Chapters ``stochastic_elbo`` (:mod:`lincollapse.experiments.stochastic_elbo`) an
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from lincollapse.data import covariance_eigenvalues, load_mnist
 from lincollapse.linear_decoder_vae import make_vae
 from lincollapse.linear_decoder_vae_training import EncoderTraining, first_step_within, train_vae
-from lincollapse.results_cache import ResultsCache, source_fingerprint
+from lincollapse.results_cache import ResultsCache, data_digest, source_fingerprint
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 
@@ -56,14 +55,6 @@ _MODEL, _SNAPSHOT = "model:", "checkpoint:"
 def run_cache() -> ResultsCache:
     """The results cache of :func:`train_curve`'s runs, fingerprinted by :data:`RUN_MODULES`."""
     return ResultsCache(fingerprint=source_fingerprint(RUN_MODULES))
-
-
-def data_digest(x: torch.Tensor) -> str:
-    """Content hash of the training images (the cache key's stand-in for the data)."""
-    array = np.ascontiguousarray(x.detach().cpu().numpy())
-    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()[:24]
 
 
 def train_curve(
