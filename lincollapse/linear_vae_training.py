@@ -30,6 +30,7 @@ from lincollapse.linear_vae import (
 from lincollapse.ppca import DataSpectrum
 from lincollapse.profiled_elbo import ProfiledELBO
 from lincollapse.training import History, Recorder, concatenate_histories, maximise
+from lincollapse.training_state import load_module_arrays, module_arrays
 
 __all__ = [
     "ENCODERS",
@@ -381,7 +382,7 @@ class AscentTraining:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The run as named arrays (the results cache's form; :meth:`from_arrays` inverts it)."""
-        model = {f"model:{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        model = module_arrays(self.model, "model:")
         trace = {
             f"trace:{field.name}": np.asarray(getattr(self.trace, field.name))
             for field in dataclasses.fields(self.trace)
@@ -393,10 +394,9 @@ class AscentTraining:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> AscentTraining:
         """The run that :meth:`arrays` wrote (the model in float64 on the CPU)."""
-        state = {k[6:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("model:")}
-        d, q = state["W"].shape
+        d, q = arrays["model:W"].shape
         model = LinearVAE(d, q, learn_sigma2=bool(arrays["learn_sigma2"]))
-        model.load_state_dict(state)
+        load_module_arrays(model, arrays, "model:")
         trace = TrainingTrace(
             **{f.name: arrays[f"trace:{f.name}"] for f in dataclasses.fields(TrainingTrace)}
         )

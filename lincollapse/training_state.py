@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,23 @@ def set_noise_states(model: nn.Module, states: Sequence[torch.Tensor]) -> None:
         raise ValueError(f"{len(states)} noise states for a model with {len(streams)} streams")
     for generator, state in zip(streams, states, strict=True):
         generator.set_state(state)
+
+
+def module_arrays(module: nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
+    """``module``'s parameters and buffers as numpy arrays (copies), each named ``prefix`` and its
+    name in the state dict: the results cache's form of a trained model."""
+    state = module.state_dict().items()
+    return {f"{prefix}{name}": value.detach().cpu().numpy().copy() for name, value in state}
+
+
+def load_module_arrays(
+    module: nn.Module, arrays: Mapping[str, np.ndarray], prefix: str = ""
+) -> nn.Module:
+    """Load into ``module`` the arrays :func:`module_arrays` named with ``prefix`` (any other
+    array is ignored); returns ``module``."""
+    names = module.state_dict()
+    module.load_state_dict({name: torch.as_tensor(arrays[prefix + name]) for name in names})
+    return module
 
 
 def save_state(path: Path, payload: dict[str, Any]) -> None:

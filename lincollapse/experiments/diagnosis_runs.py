@@ -24,6 +24,7 @@ from lincollapse.beta_elbo import loss_effective_sigma2
 from lincollapse.data import load_mnist
 from lincollapse.presets import READER
 from lincollapse.reader import SHIP_COMMAND, ShippedResults
+from lincollapse.training_state import load_module_arrays, module_arrays
 
 if TYPE_CHECKING:
     from lincollapse.experiments.diagnosis import DiagnosisConfig
@@ -154,16 +155,18 @@ def reader_runs(config: DiagnosisConfig) -> list[dict[str, Any]]:
 
 def run_arrays(run: TrainedRun) -> dict[str, np.ndarray]:
     """A trained model as arrays: its parameters and buffer, the gap and the steps."""
-    state = {name: value.detach().cpu().numpy() for name, value in run.model.state_dict().items()}
-    return {**state, "gap": np.float64(run.gap), "steps": np.int64(run.steps)}
+    return {**module_arrays(run.model), "gap": np.float64(run.gap), "steps": np.int64(run.steps)}
 
 
 def run_from_arrays(arrays: dict[str, np.ndarray], key: dict[str, Any]) -> TrainedRun:
     """Inverse of :func:`run_arrays` for the model of ``key``."""
     d, q = arrays["W"].shape
     model = linear_vae.LinearVAE(d, q, mean=arrays["mean"], learn_sigma2=key["sigma2"] is None)
-    model.load_state_dict({name: torch.as_tensor(arrays[name]) for name in model.state_dict()})
-    return TrainedRun(model=model, gap=float(arrays["gap"]), steps=int(arrays["steps"]))
+    return TrainedRun(
+        model=load_module_arrays(model, arrays),
+        gap=float(arrays["gap"]),
+        steps=int(arrays["steps"]),
+    )
 
 
 def _probe(key: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from lincollapse.data import covariance_eigenvalues, load_mnist
 from lincollapse.linear_decoder_vae import make_vae
 from lincollapse.linear_decoder_vae_training import EncoderTraining, first_step_within, train_vae
 from lincollapse.results_cache import ResultsCache, data_digest, source_fingerprint
+from lincollapse.training_state import load_module_arrays, module_arrays
 
 TOLERANCES = (1.0, 0.1)  # nats per image: "within 1 nat" and "within 0.1 nat" of ℓ*(q)
 
@@ -93,8 +94,7 @@ def train_curve(
     snapshots: dict[str, np.ndarray] = {}
 
     def keep(step: int, model: torch.nn.Module) -> None:
-        for name, value in model.state_dict().items():
-            snapshots[f"{_SNAPSHOT}{step}:{name}"] = value.detach().numpy().copy()
+        snapshots.update(module_arrays(model, f"{_SNAPSHOT}{step}:"))
         if on_checkpoint is not None:
             on_checkpoint(step, model)
 
@@ -115,14 +115,13 @@ def train_curve(
             **options,
         )
         trained.append(run)
-        model = {f"{_MODEL}{k}": v.detach().numpy() for k, v in run.model.state_dict().items()}
         return {
             "steps": run.steps,
             "elbo": run.elbo,
             "objective": run.objective,
             "optimum": np.float64(run.optimum),
             "seconds": np.float64(run.seconds),
-            **model,
+            **module_arrays(run.model, _MODEL),
             **snapshots,
         }
 
@@ -131,23 +130,13 @@ def train_curve(
         return trained[0]
     kind = options.get("kind", "linear")
     model = make_vae(kind, x, config.q, seed=seed, hidden=options.get("hidden"))
-
-    def restore(prefix: str) -> torch.nn.Module:
-        state = {
-            name[len(prefix) :]: torch.as_tensor(value)
-            for name, value in arrays.items()
-            if name.startswith(prefix)
-        }
-        model.load_state_dict(state)
-        return model
-
     if on_checkpoint is not None:
         steps = sorted({int(name.split(":")[1]) for name in arrays if name.startswith(_SNAPSHOT)})
         with torch.no_grad():
             for step in steps:
-                on_checkpoint(step, restore(f"{_SNAPSHOT}{step}:"))
+                on_checkpoint(step, load_module_arrays(model, arrays, f"{_SNAPSHOT}{step}:"))
     return EncoderTraining(
-        model=restore(_MODEL),
+        model=load_module_arrays(model, arrays, _MODEL),
         steps=arrays["steps"],
         elbo=arrays["elbo"],
         objective=arrays["objective"],
