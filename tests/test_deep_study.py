@@ -48,6 +48,27 @@ def test_linear_count_on_each_pixel_scale():
     assert study.linear_count(1.0, "logit") == 0.0 < study.linear_count(10.0, "logit")
 
 
+def test_linear_optimum_thresholds_against_the_eigendecomposition():
+    """The linear VAE's optimum measured by the (ε, δ) metric, against a closed form written from
+    the eigenvectors: μ_j(x) = u_jᵀ(x − x̄) √(λ_j − σ²)/λ_j, s_j² = σ²/λ_j, and the metric's
+    order statistic of the per-image KL, which is increasing in (u_jᵀ(x − x̄))²."""
+    train = np.asarray(study.study_data("unit", 1000)[0], dtype=np.float64)
+    centred = train - train.mean(0)
+    eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / train.shape[0])
+    eigenvalues, vectors = eigenvalues[::-1][:200], vectors[:, ::-1][:, :200]
+    k = int(np.ceil((1 - study.DELTA) * train.shape[0]))  # ⌈(1 − δ) n⌉-th smallest
+    for sigma2 in (0.1, 0.03):
+        y2 = np.sort((centred @ vectors) ** 2, axis=0)[k - 1]
+        s2 = np.minimum(sigma2 / eigenvalues, 1.0)
+        expected = 0.5 * ((1 - s2) / eigenvalues * y2 + s2 - 1 - np.log(s2))
+        got = study.linear_optimum_thresholds(sigma2)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)
+        # at ε → 0 it is the linear count; a larger ε can only add latents
+        fraction = figures.collapsed_fraction_from_thresholds(got, [1e-12, 1.0])
+        assert fraction[0] == pytest.approx(study.linear_count(sigma2))
+        assert fraction[1] >= fraction[0]
+
+
 def test_plateau_rule():
     steps = np.arange(0, 10_001, 100)
     rising = np.clip(steps / 10_000, 0, 0.8)[:, None]
@@ -158,6 +179,15 @@ def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch
     # the fake logit runs share σ² with the baseline but not σ²/λ₁ (λ₁ is 130 times larger)
     assert findings["matched_scale"].startswith("No run of logit pixels")
     assert "Not run yet" in table.table()
+    # the threshold check compares with the linear optimum at every ε (the fakes are ε-flat)
+    linear = figures.collapsed_fraction_from_thresholds(
+        study.linear_optimum_thresholds(0.1), study.EPSILONS
+    )
+    np.testing.assert_allclose(rows["baseline", 0.1]["linear_by_epsilon"], linear)
+    low = 0.91 - linear.max()
+    assert f"{low:+.3f} to {0.91 - linear.min():+.3f} at σ² = 0.1" in findings["threshold"]
+    assert findings["threshold"].endswith("does not explain the excess at σ² = 0.1.")  # not at 1
+    assert table.threshold_table().count("\n") == 3  # header, rule, two σ²
 
 
 def test_sigma2_study_places_runs_on_the_grid(monkeypatch):

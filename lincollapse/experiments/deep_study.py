@@ -42,11 +42,14 @@ import torch
 from lincollapse.collapse import (
     collapse_thresholds,
     collapsed_fraction_from_thresholds,
+    gaussian_kl_per_dimension,
     linear_collapse_prediction,
 )
 from lincollapse.data import covariance_eigenvalues, load_mnist, logit_pixels
 from lincollapse.deep_vae import Architecture, GaussianVAE
 from lincollapse.gaussian import kl_to_prior
+from lincollapse.linear_vae import optimal_encoder
+from lincollapse.ppca import data_spectrum, fixed_sigma2_maximiser
 from lincollapse.references import PROBE_STEPS
 from lincollapse.results_cache import ResultsCache, default_cache_dir
 from lincollapse.training import maximise
@@ -207,6 +210,36 @@ def linear_count(
         sigma2 = spec_or_sigma2
     eigenvalues = linear_count_eigenvalues(pixels, n_train)
     return float(linear_collapse_prediction(eigenvalues, sigma2, ARCH.latent))
+
+
+@functools.lru_cache(maxsize=8)
+def _training_spectrum(pixels: str, n_train: int):
+    return data_spectrum(np.asarray(study_data(pixels, n_train)[0], dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=128)
+def linear_optimum_thresholds(
+    sigma2: float, pixels: str = "unit", n_train: int = BOOK_N
+) -> np.ndarray:
+    """Per latent, the (ε, δ) threshold of the *linear* VAE's global optimum on the run's images.
+
+    The model the linear count describes, measured by the metric the deep runs are measured by:
+    the fixed-σ² maximiser W* (:func:`lincollapse.ppca.fixed_sigma2_maximiser`), its optimal
+    encoder (:func:`lincollapse.linear_vae.optimal_encoder`), the per-image KL of every latent on
+    the training images and the δ = :data:`DELTA` order statistic
+    (:func:`lincollapse.collapse.collapse_thresholds`). Its collapsed fraction at ε → 0 is the
+    linear count; at larger ε it also counts the latents whose eigenvalue is just above σ².
+
+    Returns
+    -------
+    ndarray of shape (q,), float64
+    """
+    spectrum = _training_spectrum(pixels, n_train)
+    W = fixed_sigma2_maximiser(spectrum, ARCH.latent, sigma2)
+    V, D = optimal_encoder(W, sigma2)
+    train = np.asarray(study_data(pixels, n_train)[0], dtype=np.float64)
+    kl = gaussian_kl_per_dimension((train - spectrum.mean) @ V.T, D)
+    return collapse_thresholds(kl, DELTA)
 
 
 # ----------------------------------------------------------------------------- the rule
