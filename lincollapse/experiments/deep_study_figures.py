@@ -21,6 +21,7 @@ from lincollapse.experiments.deep_study import (
     EPSILONS,
     GRID,
     GROUPS,
+    MAX_STEPS,
     RECORD_EVERY,
     finished,
     linear_count,
@@ -183,6 +184,15 @@ class SigmaStudy:
                 else "With σ² fixed, the converged collapsed fraction does not fall monotonically "
                 f"with σ²: it rises at {rises.sum()} step(s) of the grid we ran."
             )
+            moving = self.sigma2[have & ~self.fixed_converged]
+            if moving.size:
+                out["direction"] += (
+                    f" The run{'s' if moving.size > 1 else ''} at σ² = "
+                    + ", ".join(f"{v:g}" for v in moving)
+                    + f" reached the {MAX_STEPS:,}-step cap still moving: "
+                    + ("their values are" if moving.size > 1 else "its value is")
+                    + " the last recorded, not a plateau."
+                )
             gap = self.fixed[have] - self.linear[have]
             worst = int(np.argmax(np.abs(gap)))
             out["distance"] = (
