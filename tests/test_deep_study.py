@@ -206,9 +206,13 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
     groups["baseline"] = _fake_group("baseline", fixed, [0.5, 0.95, 0.9, 0.85])
     assert "does not fall monotonically" in figures.sigma2_study().findings()["direction"]
     groups["baseline"] = _fake_group("baseline", fixed, [0.97, 0.95, 0.9, 0.85], converged=False)
-    assert figures.sigma2_study().findings()["direction"].endswith(
-        "The runs at σ² = 1, 0.1, 0.01, 0.001 reached the 20,000-step cap still moving: "
-        "their values are the last recorded, not a plateau."
+    assert (
+        figures.sigma2_study()
+        .findings()["direction"]
+        .endswith(
+            "The runs at σ² = 1, 0.1, 0.01, 0.001 reached the 20,000-step cap still moving: "
+            "their values are the last recorded, not a plateau."
+        )
     )
     # the chapter's "they took … to … minutes": every loaded run's training time
     groups["baseline"].arrays["seconds"] = np.array([600.0, 1800.0, 4800.0, 900.0])
