@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import numpy as np
@@ -106,6 +107,59 @@ def test_chunked_resumable_training_equals_one_run(tmp_path, monkeypatch):
     assert once["thresholds_test"].shape == (4, 200)
 
 
+def test_a_continuation_resumes_its_capped_run(tmp_path, monkeypatch):
+    """The "extended" group continues a run from its final state: the continued run's records
+    equal those of one uninterrupted run of the longer length, and the capped run is kept.
+    Step counts are scaled down by 1000 (20,000 → 20, 50,000 → 50)."""
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path)
+    monkeypatch.setattr(study, "CHUNK", 10)
+    monkeypatch.setattr(study, "run_probe", lambda spec: {})
+    original = study.train_run
+    small = {"record_every": 10, "dtype": torch.float64, "stop_at_plateau": False}
+
+    def scaled(spec, *, max_steps, **kw):
+        return original(spec, max_steps=max_steps // 1000, **(kw | small))
+
+    monkeypatch.setattr(study, "train_run", scaled)
+    base = study.RunSpec(0.001)
+    extended = dataclasses.replace(base, max_steps=study.EXTENDED_MAX_STEPS)
+    assert extended.base == base and extended.label.endswith("to 50,000 steps")
+    assert config_key(base.key()) != config_key(extended.key())
+    monkeypatch.setattr(study, "GROUPS", {"baseline": [base], "extended": [extended]})
+    lines = []
+    study.train_queue(["extended"], log=lines.append)
+    assert "waits for its 20,000-step run" in lines[0] and study.finished(extended) is None
+    study.train_queue(["baseline", "extended"], log=lines.append)
+    once, _ = original(base, max_steps=50, **small)
+    continued, _ = study.finished(extended)
+    capped, _ = study.finished(base)
+    for name in once:
+        np.testing.assert_array_equal(continued[name], once[name], err_msg=name)
+    np.testing.assert_array_equal(capped["elbo"], once["elbo"][:3])  # steps 0, 10, 20
+    assert study.load_model(base) is not None and study.load_model(extended) is not None
+    with pytest.raises(ValueError, match="max_steps"):
+        study.RunSpec(0.1, max_steps=30_000)
+
+
+def test_extensions_replace_runs_and_lengthen_the_records():
+    runs = [{"sigma2": 0.01}, {"sigma2": 0.001}]
+    group = _fake_group("baseline", runs, [0.9, 0.3], converged=False)
+    longer = _fake_group("extended", [{"sigma2": 0.001}], [0.6], k=101)
+    merged = shipping.with_extensions(group, longer)
+    a = merged.arrays
+    assert a["steps"].size == 101 and a["fraction"].shape == (2, 101, len(study.EPSILONS))
+    assert a["steps_done"].tolist() == [6000, 10_000]
+    assert a["fraction"][1, 100, 0] == 0.6 and np.isnan(a["fraction"][0, 61:]).all()
+    assert a["fraction"][0, 60, 0] == 0.9  # the run without a continuation is unchanged
+    assert merged.final_fraction(0.01).tolist() == [0.9, 0.6]
+    assert (
+        "continued to 50,000 steps" in merged.provenance and "σ²=0.001 seed 0" in merged.provenance
+    )
+    assert shipping.with_extensions(group, None) is group
+    other = _fake_group("extended", [{"sigma2": 0.001, "seed": 1}], [0.6], k=101)
+    assert shipping.with_extensions(group, other) is group  # another seed: nothing to replace
+
+
 def test_initialisation_is_pytorch_linear_default():
     """Ours draws weights and biases from U(±1/√fan_in), nn.Linear's default distribution."""
     from lincollapse.deep_vae import _initial_weights  # noqa: PLC2701 - the function under test
@@ -124,10 +178,9 @@ def test_initialisation_is_pytorch_linear_default():
         assert float(theirs.detach().var()) == pytest.approx(bound**2 / 3, rel=0.1)
 
 
-def _fake_group(name, settings, fractions, converged=True):
-    """A StudyGroup with constant collapsed fraction per run (ε-independent), 61 records."""
+def _fake_group(name, settings, fractions, converged=True, k=61):
+    """A StudyGroup with constant collapsed fraction per run (ε-independent), k records."""
     runs = len(settings)
-    k = 61
     fraction = np.repeat(np.asarray(fractions, float)[:, None, None], k, axis=1)
     fraction = np.repeat(fraction, len(study.EPSILONS), axis=2)
     arrays = {
@@ -210,8 +263,9 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
         figures.sigma2_study()
         .findings()["direction"]
         .endswith(
-            "The runs at σ² = 1, 0.1, 0.01, 0.001 reached the 20,000-step cap still moving: "
-            "their values are the last recorded, not a plateau."
+            "The runs at σ² = 1 (6,000 steps), 0.1 (6,000 steps), 0.01 (6,000 steps), 0.001 "
+            "(6,000 steps) reached the step cap still moving: their values are the last "
+            "recorded, not a plateau."
         )
     )
     # the chapter's "they took … to … minutes": every loaded run's training time
@@ -260,7 +314,7 @@ def test_shipped_study_groups_are_current(group):
     assert arrays["sigma2"].tolist() == [spec.sigma2 for spec in specs]
     done = arrays["steps_done"]
     assert ((done >= study.MIN_STEPS) | ~arrays["converged"]).all()
-    assert (done <= study.MAX_STEPS).all()
+    assert (done <= (study.EXTENDED_MAX_STEPS if group == "extended" else study.MAX_STEPS)).all()
 
 
 def test_plateau_rule_is_not_fooled_by_float_noise():

@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,10 @@ DELTA = 0.01
 RECORD_EVERY = 100
 CHUNK = 1000
 MAX_STEPS = 20_000
+# Runs at σ² ≤ EXTEND_BELOW that reach MAX_STEPS still moving are continued, from their last
+# state (weights, Adam moments, noise streams), up to EXTENDED_MAX_STEPS: the "extended" group.
+EXTENDED_MAX_STEPS = 50_000
+EXTEND_BELOW = 0.003
 # Plateau rule: converged at step t when, over the window [t − WINDOW, t], the collapsed
 # fraction at each ε in PLATEAU_EPSILONS moved (max − min) by at most PLATEAU_TOLERANCE
 # (2 of the 200 latents), checked at every chunk end from MIN_STEPS on.
@@ -104,6 +109,7 @@ class RunSpec:
     pixels: str = "unit"
     n_train: int = BOOK_N
     seed: int = 0
+    max_steps: int = MAX_STEPS
 
     def __post_init__(self) -> None:
         if not self.sigma2 > 0:
@@ -112,6 +118,19 @@ class RunSpec:
             raise ValueError(f"pixels must be one of {PIXELS}, got {self.pixels!r}")
         if self.n_train < BOOK_N:
             raise ValueError(f"n_train must be at least {BOOK_N}, got {self.n_train}")
+        if self.max_steps not in (MAX_STEPS, EXTENDED_MAX_STEPS):
+            raise ValueError(
+                f"max_steps must be {MAX_STEPS} or {EXTENDED_MAX_STEPS}, got {self.max_steps}"
+            )
+
+    @property
+    def base(self) -> RunSpec:
+        """The run this one continues: the same settings capped at :data:`MAX_STEPS`."""
+        return dataclasses.replace(self, max_steps=MAX_STEPS)
+
+    @property
+    def extended(self) -> bool:
+        return self.max_steps != MAX_STEPS
 
     @property
     def label(self) -> str:
@@ -120,7 +139,8 @@ class RunSpec:
             parts.append(f"{self.pixels} pixels")
         if self.n_train != BOOK_N:
             parts.append(f"n={self.n_train}")
-        return " ".join(parts) + f" seed {self.seed}"
+        suffix = f" to {self.max_steps:,} steps" if self.extended else ""
+        return " ".join(parts) + f" seed {self.seed}" + suffix
 
     def key(self) -> dict[str, Any]:
         """Everything that determines the run (its store key)."""
@@ -134,7 +154,7 @@ class RunSpec:
             "lr": LR,
             "delta": DELTA,
             "record_every": RECORD_EVERY,
-            "max_steps": MAX_STEPS,
+            "max_steps": self.max_steps,
             "plateau": [WINDOW, MIN_STEPS, PLATEAU_TOLERANCE, list(PLATEAU_EPSILONS)],
             "n_test": N_TEST,
         }
@@ -156,6 +176,18 @@ GROUPS: dict[str, list[RunSpec]] = {
     "grid_learned": _specs(OTHER_GRID, learned=True),
     "data_size": _specs(ABLATION_SIGMA2, TWO_SEEDS, n_train=4000),
 }
+# Every [0, 1]-pixel run at σ² ≤ EXTEND_BELOW, continued: the 1000-image runs first, then the
+# data-size ones (4× the cost per step). A continuation whose 20,000-step run met the plateau
+# rule trains no step (it starts from a converged state) and equals that run.
+GROUPS["extended"] = sorted(
+    (
+        dataclasses.replace(spec, max_steps=EXTENDED_MAX_STEPS)
+        for name in ("baseline", "learned", "grid_fixed", "grid_learned", "data_size")
+        for spec in GROUPS[name]
+        if spec.sigma2 <= EXTEND_BELOW
+    ),
+    key=lambda spec: (spec.n_train, spec.seed),
+)
 
 
 # --------------------------------------------------------------------------------- data
@@ -432,6 +464,22 @@ def _try_lock(spec: RunSpec) -> Path | None:
     return lock
 
 
+def _start_from_base(spec: RunSpec) -> bool:
+    """Give a continuation its base run's final state as its checkpoint (a copy; the base keeps
+    its own). False when the base run is not finished here."""
+    checkpoint = _checkpoint_path(spec)
+    if checkpoint.is_file():
+        return True
+    base_model = _model_path(spec.base)
+    if finished(spec.base) is None or not base_model.is_file():
+        return False
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    partial = checkpoint.with_suffix(".partial")
+    shutil.copyfile(base_model, partial)
+    os.replace(partial, checkpoint)
+    return True
+
+
 def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
     """The stored result of a finished run, or ``None``."""
     return store().load(spec.key())
@@ -450,6 +498,8 @@ PRIORITY = (
     ("data_size", 0),
     ("grid_fixed", 0),
     ("grid_learned", 0),
+    ("extended", 0),
+    ("extended", 1),
     ("data_size", 1),
 )
 
@@ -457,7 +507,9 @@ PRIORITY = (
 def queue(groups: Sequence[str]) -> list[tuple[str, RunSpec]]:
     """The runs of ``groups`` in :data:`PRIORITY` order (a group's seeds in turn)."""
     order = [(g, seed) for g, seed in PRIORITY if g in groups]
-    return [(g, spec) for g, seed in order for spec in GROUPS[g] if spec.seed == seed]
+    runs = [(g, spec) for g, seed in order for spec in GROUPS[g] if spec.seed == seed]
+    # continuations of the cheap (1000-image) runs before those of the data-size runs
+    return sorted(runs, key=lambda run: run[0] == "extended" and run[1].n_train != BOOK_N)
 
 
 def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) -> None:
@@ -472,9 +524,14 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
         try:
             if finished(spec) is not None:
                 continue
+            if spec.extended and not _start_from_base(spec):
+                log(f"{group}: {spec.label}: waits for its {MAX_STEPS:,}-step run")
+                continue
             probe = run_probe(spec)
             start = time.perf_counter()
-            arrays, info = train_run(spec, checkpoint=_checkpoint_path(spec), progress=progress)
+            arrays, info = train_run(
+                spec, max_steps=spec.max_steps, checkpoint=_checkpoint_path(spec), progress=progress
+            )
             info |= {"wall_seconds_this_process": time.perf_counter() - start}
             info |= {"threads": torch.get_num_threads(), "group": group}
             arrays |= {f"probe_{k}": v for k, v in probe.items()}

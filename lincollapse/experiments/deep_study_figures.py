@@ -21,7 +21,6 @@ from lincollapse.experiments.deep_study import (
     EPSILONS,
     GRID,
     GROUPS,
-    MAX_STEPS,
     RECORD_EVERY,
     finished,
     linear_count,
@@ -37,6 +36,7 @@ from lincollapse.experiments.deep_study_shipping import (
     load_group,
     traversal_arrays,
     traversal_path,
+    with_extensions,
 )
 from lincollapse.references import load_shipped, shipped_provenance
 from lincollapse.results_cache import ReferenceResultError
@@ -184,13 +184,16 @@ class SigmaStudy:
                 else "With σ² fixed, the converged collapsed fraction does not fall monotonically "
                 f"with σ²: it rises at {rises.sum()} step(s) of the grid we ran."
             )
-            moving = self.sigma2[have & ~self.fixed_converged]
-            if moving.size:
+            moving = have & ~self.fixed_converged
+            if moving.any():
                 out["direction"] += (
-                    f" The run{'s' if moving.size > 1 else ''} at σ² = "
-                    + ", ".join(f"{v:g}" for v in moving)
-                    + f" reached the {MAX_STEPS:,}-step cap still moving: "
-                    + ("their values are" if moving.size > 1 else "its value is")
+                    f" The run{'s' if moving.sum() > 1 else ''} at σ² = "
+                    + ", ".join(
+                        f"{v:g} ({n:,.0f} steps)"
+                        for v, n in zip(self.sigma2[moving], self.fixed_steps[moving], strict=True)
+                    )
+                    + " reached the step cap still moving: "
+                    + ("their values are" if moving.sum() > 1 else "its value is")
                     + " the last recorded, not a plateau."
                 )
             gap = self.fixed[have] - self.linear[have]
@@ -245,12 +248,14 @@ class SigmaStudy:
 
 
 def _group_or_reason(name: str) -> tuple[StudyGroup | None, str]:
+    """A group (its runs continued where a continuation is available) or why it is missing."""
     group = load_group(name)
     if group is None:
         return None, f"not available: none of its {len(GROUPS[name])} runs is finished"
-    if group.missing:
-        return group, f"{group.provenance}; not run yet: {', '.join(group.missing)}"
-    return group, group.provenance
+    missing = f"; not run yet: {', '.join(group.missing)}" if group.missing else ""
+    if name != "extended" and any(spec.base in GROUPS[name] for spec in GROUPS["extended"]):
+        group = with_extensions(group, load_group("extended"))
+    return group, group.provenance + missing
 
 
 @figure(

@@ -21,6 +21,7 @@ from lincollapse.collapse import collapsed_fraction_from_thresholds
 from lincollapse.deep_vae import GaussianVAE
 from lincollapse.experiments.deep_study import (
     EPSILONS,
+    EXTENDED_MAX_STEPS,
     GROUPS,
     PLATEAU_EPSILONS,
     RECORD_EVERY,
@@ -236,6 +237,66 @@ def load_group(group: str) -> StudyGroup | None:
 
 def _missing(group: str, present: Sequence[RunSpec]) -> tuple[str, ...]:
     return tuple(spec.label for spec in GROUPS[group] if spec not in present)
+
+
+_SETTINGS = ("sigma2", "learned", "pixels", "n_train", "seed")
+# arrays with a record (or snapshot) axis after the run axis, padded with NaN past a run's end
+_RECORD_AXIS = (
+    "fraction",
+    "fraction_test",
+    "elbo",
+    "elbo_test",
+    "sigma2_path",
+    "snapshot_thresholds",
+    "snapshot_thresholds_test",
+    "snapshot_steps",
+)
+
+
+def _settings(arrays: dict[str, np.ndarray], run: int) -> tuple:
+    return tuple(arrays[name][run].item() for name in _SETTINGS)
+
+
+def with_extensions(group: StudyGroup, extended: StudyGroup | None) -> StudyGroup:
+    """``group`` with each run replaced by its continuation (group ``extended``, up to
+    :data:`~lincollapse.experiments.deep_study.EXTENDED_MAX_STEPS`) where one is available.
+
+    A continuation starts from its run's final state, so its records begin with the run's own:
+    the replacement only lengthens a run. The provenance names the runs replaced.
+    """
+    if extended is None:
+        return group
+    longer = {_settings(extended.arrays, r): r for r in range(extended.arrays["sigma2"].size)}
+    a = group.arrays
+    swap = {
+        r: longer[key]
+        for r in range(a["sigma2"].size)
+        if (key := _settings(a, r)) in longer
+        and extended.arrays["steps_done"][longer[key]] >= a["steps_done"][r]
+    }
+    if not swap:
+        return group
+    e = extended.arrays
+    out = {}
+    for name, values in a.items():
+        if name == "steps":
+            out[name] = values if values.size >= e["steps"].size else e["steps"]
+            continue
+        rows = [e[name][swap[r]] if r in swap else values[r] for r in range(values.shape[0])]
+        if name in _RECORD_AXIS:
+            out[name] = _pad(rows)  # NaN past each run's end, to the longest row
+        else:
+            out[name] = np.stack(rows)
+    # every record array now spans the longer of the two groups, as ``steps`` does
+    labels = ", ".join(
+        f"σ²={a['sigma2'][r]:g}{' learned' if a['learned'][r] else ''} seed {a['seed'][r]}"
+        for r in sorted(swap)
+    )
+    provenance = (
+        f"{group.provenance}; continued to {EXTENDED_MAX_STEPS:,} steps ({extended.provenance}): "
+        + labels
+    )
+    return dataclasses.replace(group, arrays=out, provenance=provenance)
 
 
 # ----------------------------------------------------------------------------- traversal
