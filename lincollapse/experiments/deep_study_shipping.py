@@ -87,6 +87,19 @@ def group_probe(group: str, specs: Sequence[RunSpec] | None = None) -> Probe:
 
 CHECKPOINT_EVERY = 20  # records between the threshold snapshots kept in a shipped group
 
+_SETTINGS = ("sigma2", "learned", "pixels", "n_train", "seed")
+# arrays with a record (or snapshot) axis after the run axis, padded with NaN past a run's end
+_RECORD_AXIS = (
+    "fraction",
+    "fraction_test",
+    "elbo",
+    "elbo_test",
+    "sigma2_path",
+    "snapshot_thresholds",
+    "snapshot_thresholds_test",
+    "snapshot_steps",
+)
+
 
 def _pad(rows: list[np.ndarray]) -> np.ndarray:
     longest = max(r.shape[0] for r in rows)
@@ -106,19 +119,7 @@ def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dic
     ``kl_mean_final`` (R, q), and the run's settings and outcome (``sigma2``, ``learned``,
     ``pixels``, ``n_train``, ``seed``, ``steps_done``, ``converged``, ``movement``, ``seconds``).
     """
-    fields: dict[str, list] = {
-        k: []
-        for k in (
-            "fraction",
-            "fraction_test",
-            "elbo",
-            "elbo_test",
-            "sigma2_path",
-            "snapshot_thresholds",
-            "snapshot_thresholds_test",
-            "snapshot_steps",
-        )
-    }
+    fields: dict[str, list] = {k: [] for k in _RECORD_AXIS}
     for _, arrays, _ in runs:
         k = arrays["steps"].size
         snaps = sorted(set(range(0, k, CHECKPOINT_EVERY)) | {k - 1})
@@ -237,20 +238,6 @@ def load_group(group: str) -> StudyGroup | None:
 
 def _missing(group: str, present: Sequence[RunSpec]) -> tuple[str, ...]:
     return tuple(spec.label for spec in GROUPS[group] if spec not in present)
-
-
-_SETTINGS = ("sigma2", "learned", "pixels", "n_train", "seed")
-# arrays with a record (or snapshot) axis after the run axis, padded with NaN past a run's end
-_RECORD_AXIS = (
-    "fraction",
-    "fraction_test",
-    "elbo",
-    "elbo_test",
-    "sigma2_path",
-    "snapshot_thresholds",
-    "snapshot_thresholds_test",
-    "snapshot_steps",
-)
 
 
 def _settings(arrays: dict[str, np.ndarray], run: int) -> tuple:
