@@ -268,6 +268,11 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
             "recorded, not a plateau."
         )
     )
+    total = sum(len(v) for k, v in study.GROUPS.items() if k != "extended")
+    assert figures.study_progress() == (
+        f"4 of the {total} runs of that study are trained so far (the tables below name the "
+        "ones still missing); 4 of them reached their step cap still moving, and are marked so."
+    )
     # the chapter's "they took … to … minutes": every loaded run's training time
     groups["baseline"].arrays["seconds"] = np.array([600.0, 1800.0, 4800.0, 900.0])
     learned = [{"sigma2": 1.0, "learned": True}]

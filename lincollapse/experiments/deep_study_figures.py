@@ -258,6 +258,28 @@ def _group_or_reason(name: str) -> tuple[StudyGroup | None, str]:
     return group, group.provenance + missing
 
 
+def study_progress() -> str:
+    """One sentence on how much of the study is trained: runs available (shipped or finished
+    here) of all its runs, and how many of them reached their step cap still moving."""
+    names = [name for name in GROUPS if name != "extended"]
+    total = sum(len(GROUPS[name]) for name in names)
+    done = moving = 0
+    for name in names:
+        group, _ = _group_or_reason(name)
+        if group is not None:
+            done += int(group.arrays["sigma2"].size)
+            moving += int((~group.arrays["converged"]).sum())
+    text = (
+        f"All {total} runs of that study are trained"
+        if done == total
+        else f"{done} of the {total} runs of that study are trained so far (the tables below "
+        "name the ones still missing)"
+    )
+    if moving:
+        text += f"; {moving} of them reached their step cap still moving, and are marked so"
+    return text + "."
+
+
 @figure(
     "deep-sigma2-converged",
     chapter="deep_vae",
