@@ -160,6 +160,30 @@ def test_extensions_replace_runs_and_lengthen_the_records():
     assert shipping.with_extensions(group, other) is group  # another seed: nothing to replace
 
 
+def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch):
+    from matplotlib.figure import Figure
+
+    from lincollapse.plotting.deep import plot_study_trajectories
+
+    fixed = [{"sigma2": s} for s in (1.0, 0.1)]
+    learned = [{"sigma2": 0.001, "learned": True}]
+    groups = {
+        "baseline": _fake_group("baseline", fixed, [0.97, 0.95]),
+        "learned": _fake_group("learned", learned, [0.5], converged=False, k=201),
+    }
+    monkeypatch.setattr(figures, "load_group", lambda name: groups.get(name))
+    runs = figures.study_trajectories()
+    assert runs.fraction.shape == (3, 201, 2) and runs.steps[-1] == 20_000
+    assert runs.sigma2.tolist() == [1.0, 0.1, 0.001] and runs.learned.tolist() == [0, 0, 1]
+    assert np.isnan(runs.fraction[0, 61:]).all() and runs.fraction[2, 200, 0] == 0.5
+    assert runs.sentence() == (
+        "2 of the 3 grid runs available met the plateau rule, after 6,000 steps; "
+        "still moving at their cap: σ² = 0.001 learned (20,000 steps)."
+    )
+    fig = plot_study_trajectories(runs)
+    assert isinstance(fig, Figure) and len(fig.axes[1].lines) == 2  # the line and its end
+
+
 def test_initialisation_is_pytorch_linear_default():
     """Ours draws weights and biases from U(±1/√fan_in), nn.Linear's default distribution."""
     from lincollapse.deep_vae import _initial_weights  # noqa: PLC2701 - the function under test

@@ -633,6 +633,101 @@ def ablations() -> AblationTable:
     return AblationTable(rows, provenance)
 
 
+# ----------------------------------------------------------------------------- trajectories
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyTrajectories:
+    """The σ² grid's seed-0 runs over training, and where the plateau rule stopped each.
+
+    Attributes
+    ----------
+    steps : ndarray (k,)
+        Adam steps of the records (every 100).
+    fraction : ndarray (R, k, 2)
+        Collapsed fraction on the training images at ε = 0.01 and 0.1; NaN past a run's end.
+    sigma2, learned, converged, steps_done : ndarray (R,)
+        Each run's σ² (its initial value when learned), whether σ² was learned, whether the
+        plateau rule held when it stopped, and the steps it took.
+    provenance : dict of str to str
+    """
+
+    steps: np.ndarray
+    fraction: np.ndarray
+    sigma2: np.ndarray
+    learned: np.ndarray
+    converged: np.ndarray
+    steps_done: np.ndarray
+    provenance: dict[str, str]
+
+    def sentence(self) -> str:
+        """How many runs met the plateau rule, after how many steps, and which did not."""
+        if not self.sigma2.size:
+            return "None of the grid's runs is available yet."
+        ok = self.converged
+        parts = [
+            f"{int(ok.sum())} of the {self.sigma2.size} grid runs available met the plateau rule"
+        ]
+        if ok.any():
+            low, high = int(self.steps_done[ok].min()), int(self.steps_done[ok].max())
+            parts[0] += (
+                f", after {low:,} steps" if low == high else f", after {low:,} to {high:,} steps"
+            )
+        if (~ok).any():
+            parts.append(
+                "still moving at their cap: "
+                + ", ".join(
+                    f"σ² = {s:g} {'learned' if learned else 'fixed'} ({int(n):,} steps)"
+                    for s, learned, n in zip(
+                        self.sigma2[~ok], self.learned[~ok], self.steps_done[~ok], strict=True
+                    )
+                )
+            )
+        return "; ".join(parts) + "."
+
+
+@figure(
+    "deep-study-trajectories",
+    chapter="checks",
+    plot="lincollapse.plotting.deep:plot_study_trajectories",
+    costs={"fast": STUDY_COST, "book": STUDY_COST, "paper": STUDY_COST},
+)
+def study_trajectories() -> StudyTrajectories:
+    """The σ² study's grid runs over training: collapsed fraction against step, plateau rule."""
+    groups, provenance = {}, {}
+    for name in ("baseline", "grid_fixed", "learned", "grid_learned"):
+        group, provenance[name] = _group_or_reason(name)
+        if group is not None:
+            groups[name] = group
+    columns = [EPSILONS.index(e) for e in (0.01, 0.1)]
+    runs = []
+    for is_learned in (False, True):
+        for s in GRID:
+            hits = _find(
+                groups, sigma2=s, learned=is_learned, pixels="unit", n_train=BOOK_N, seed=0
+            )
+            if hits:
+                runs.append(hits[0])
+    longest = max((g.arrays["steps"].size for g, _ in runs), default=0)
+    fraction = np.full((len(runs), longest, 2), np.nan)
+    for i, (group, r) in enumerate(runs):
+        values = group.arrays["fraction"][r][:, columns]
+        fraction[i, : values.shape[0]] = values
+
+    def field(name: str) -> np.ndarray:
+        return np.array([g.arrays[name][r] for g, r in runs])
+
+    return StudyTrajectories(
+        steps=np.arange(longest) * RECORD_EVERY,
+        fraction=fraction,
+        sigma2=field("sigma2").astype(float),
+        learned=field("learned").astype(bool),
+        converged=field("converged").astype(bool),
+        steps_done=field("steps_done").astype(int),
+        provenance=provenance,
+    )
+
+
 # ----------------------------------------------------------------------------- traversal
 
 

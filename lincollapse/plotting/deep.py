@@ -259,6 +259,46 @@ def plot_sigma2_study(result) -> Figure:
     return fig
 
 
+def plot_study_trajectories(result) -> Figure:
+    """The σ² grid's runs over training: collapsed fraction at ε = 0.01 against the step, one
+    line per σ² (fixed left, learned right), a filled end marker where the plateau rule held and
+    a hollow one where the run reached its cap still moving.
+
+    ``result`` is a :class:`lincollapse.experiments.deep_study_figures.StudyTrajectories`.
+    """
+    import matplotlib as mpl
+
+    with house_style():
+        fig, axes = new_figure(1, 2, figsize=(10.0, 3.9), sharey=True)
+        colours = mpl.colormaps["viridis"]
+        logs = np.log10(result.sigma2) if result.sigma2.size else np.zeros(1)
+        low, high = float(logs.min()), float(logs.max())
+        for ax, learned in ((axes[0], False), (axes[1], True)):
+            for i in np.flatnonzero(result.learned == learned):
+                shade = colours(0.0 if high == low else (logs[i] - low) / (high - low))
+                y = result.fraction[i, :, 0]
+                last = int(np.flatnonzero(np.isfinite(y))[-1])
+                ax.plot(result.steps, y, color=shade, lw=1.1, label=f"σ² = {result.sigma2[i]:g}")
+                ax.plot(
+                    result.steps[last],
+                    y[last],
+                    "o",
+                    color=shade,
+                    mfc=shade if result.converged[i] else "none",
+                    ms=6,
+                )
+            ax.set_xlabel("Adam step")
+            ax.set_title(
+                ("σ² learned (legend: its initial value)" if learned else "σ² fixed")
+                + "; hollow: still moving at the cap"
+            )
+            if ax.lines:
+                ax.legend(fontsize=6.5, ncol=2, loc="center right")
+        axes[0].set_ylabel("collapsed fraction (ε = 0.01)")
+        axes[0].set_ylim(-0.03, 1.03)
+    return fig
+
+
 def plot_ablations(result) -> Figure:
     """Excess of the collapsed fraction over the linear count, per setting and σ² (seed range).
 
