@@ -151,7 +151,7 @@ def test_extensions_replace_runs_and_lengthen_the_records():
     assert a["steps_done"].tolist() == [6000, 10_000]
     assert a["fraction"][1, 100, 0] == 0.6 and np.isnan(a["fraction"][0, 61:]).all()
     assert a["fraction"][0, 60, 0] == 0.9  # the run without a continuation is unchanged
-    assert merged.final_fraction(0.01).tolist() == [0.9, 0.6]
+    np.testing.assert_allclose(merged.final_fraction(0.01), [0.9, 0.6])
     assert (
         "continued to 50,000 steps" in merged.provenance and "σ²=0.001 seed 0" in merged.provenance
     )
@@ -182,6 +182,17 @@ def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch
     )
     fig = plot_study_trajectories(runs)
     assert isinstance(fig, Figure) and len(fig.axes[1].lines) == 2  # the line and its end
+
+
+def test_final_fraction_is_the_mean_of_the_last_thousand_steps():
+    group = _fake_group("baseline", [{"sigma2": 0.001}, {"sigma2": 0.01}], [0.0, 0.5])
+    jitter = np.where(np.arange(61) % 2 == 0, 0.30, 0.40)  # record-to-record jitter
+    group.arrays["fraction"][0, :, :] = jitter[:, None]
+    group.arrays["fraction"][0, :50, :] = 0.0  # before the last 1000 steps: not counted
+    # records 50..60 (steps 5000..6000): six at 0.30, five at 0.40
+    expected = (6 * 0.30 + 5 * 0.40) / 11
+    assert shipping.FINAL_WINDOW == 1000
+    np.testing.assert_allclose(group.final_fraction(0.01), [expected, 0.5])
 
 
 def test_initialisation_is_pytorch_linear_default():
@@ -288,8 +299,8 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
         .findings()["direction"]
         .endswith(
             "The runs at σ² = 1 (6,000 steps), 0.1 (6,000 steps), 0.01 (6,000 steps), 0.001 "
-            "(6,000 steps) reached the step cap still moving: their values are the last "
-            "recorded, not a plateau."
+            "(6,000 steps) reached the step cap still moving: their values are means over their "
+            "last 1,000 steps, not plateaus."
         )
     )
     total = sum(len(v) for k, v in study.GROUPS.items() if k != "extended")

@@ -63,9 +63,10 @@ RECORD_EVERY = 100
 CHUNK = 1000
 MAX_STEPS = 20_000
 # Runs at σ² ≤ EXTEND_BELOW that reach MAX_STEPS still moving are continued, from their last
-# state (weights, Adam moments, noise streams), up to EXTENDED_MAX_STEPS: the "extended" group.
+# state (weights, Adam moments, noise streams), to EXTENDED_MAX_STEPS: the "extended" group.
 EXTENDED_MAX_STEPS = 50_000
 EXTEND_BELOW = 0.003
+CONTINUATION = "from the capped run's final state, to max_steps unless that run met the rule"
 # Plateau rule: converged at step t when, over the window [t − WINDOW, t], the collapsed
 # fraction at each ε in PLATEAU_EPSILONS moved (max − min) by at most PLATEAU_TOLERANCE
 # (2 of the 200 latents), checked at every chunk end from MIN_STEPS on.
@@ -157,7 +158,7 @@ class RunSpec:
             "max_steps": self.max_steps,
             "plateau": [WINDOW, MIN_STEPS, PLATEAU_TOLERANCE, list(PLATEAU_EPSILONS)],
             "n_test": N_TEST,
-        }
+        } | ({"continuation": CONTINUATION} if self.extended else {})
 
 
 def _specs(sigma2s: Sequence[float], seeds: Sequence[int] = (0,), **fields) -> list[RunSpec]:
@@ -464,6 +465,13 @@ def _try_lock(spec: RunSpec) -> Path | None:
     return lock
 
 
+def _base_converged(spec: RunSpec) -> bool:
+    """Whether the run a continuation starts from met the plateau rule (on its records)."""
+    arrays, _ = finished(spec.base)
+    fraction = collapsed_fraction_from_thresholds(arrays["thresholds"], PLATEAU_EPSILONS)
+    return plateau(arrays["steps"], fraction)[0]
+
+
 def _start_from_base(spec: RunSpec) -> bool:
     """Give a continuation its base run's final state as its checkpoint (a copy; the base keeps
     its own). False when the base run is not finished here."""
@@ -529,8 +537,15 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
                 continue
             probe = run_probe(spec)
             start = time.perf_counter()
+            # a continuation runs to its cap: its records show where the run goes, and the rule
+            # is applied to them afterwards (at small σ² the jitter of the fraction at ε = 0.01
+            # between records can exceed the rule's tolerance on its own)
             arrays, info = train_run(
-                spec, max_steps=spec.max_steps, checkpoint=_checkpoint_path(spec), progress=progress
+                spec,
+                max_steps=spec.max_steps,
+                stop_at_plateau=not spec.extended or _base_converged(spec),
+                checkpoint=_checkpoint_path(spec),
+                progress=progress,
             )
             info |= {"wall_seconds_this_process": time.perf_counter() - start}
             info |= {"threads": torch.get_num_threads(), "group": group}

@@ -193,8 +193,11 @@ class SigmaStudy:
                         for v, n in zip(self.sigma2[moving], self.fixed_steps[moving], strict=True)
                     )
                     + " reached the step cap still moving: "
-                    + ("their values are" if moving.sum() > 1 else "its value is")
-                    + " the last recorded, not a plateau."
+                    + (
+                        "their values are means over their last 1,000 steps, not plateaus."
+                        if moving.sum() > 1
+                        else "its value is the mean over its last 1,000 steps, not a plateau."
+                    )
                 )
             gap = self.fixed[have] - self.linear[have]
             worst = int(np.argmax(np.abs(gap)))

@@ -86,6 +86,7 @@ def group_probe(group: str, specs: Sequence[RunSpec] | None = None) -> Probe:
 
 
 CHECKPOINT_EVERY = 20  # records between the threshold snapshots kept in a shipped group
+FINAL_WINDOW = 1000  # steps: a run's final collapsed fraction is its mean over its last ones
 
 _SETTINGS = ("sigma2", "learned", "pixels", "n_train", "seed")
 # arrays with a record (or snapshot) axis after the run axis, padded with NaN past a run's end
@@ -206,11 +207,14 @@ class StudyGroup:
     missing: tuple[str, ...] = ()
 
     def final_fraction(self, epsilon: float = 0.01, test: bool = False) -> np.ndarray:
-        """Collapsed fraction at ``epsilon`` at each run's last record, (R,)."""
+        """Collapsed fraction at ``epsilon`` at each run's end, (R,): the mean of its records over
+        its last :data:`FINAL_WINDOW` steps, so that the record-to-record jitter of a strict ε
+        at small σ² does not decide the number."""
         e = EPSILONS.index(epsilon)
-        name = "fraction_test" if test else "fraction"
+        values = self.arrays["fraction_test" if test else "fraction"][..., e]
         last = self.arrays["steps_done"] // RECORD_EVERY
-        return self.arrays[name][np.arange(last.size), last, e]
+        first = np.maximum(0, last - FINAL_WINDOW // RECORD_EVERY)
+        return np.array([values[r, first[r] : last[r] + 1].mean() for r in range(last.size)])
 
 
 def load_group(group: str) -> StudyGroup | None:
