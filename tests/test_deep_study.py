@@ -155,9 +155,11 @@ def test_extensions_replace_runs_and_lengthen_the_records():
     assert (
         "continued to 50,000 steps" in merged.provenance and "σ²=0.001 seed 0" in merged.provenance
     )
-    assert shipping.with_extensions(group, None) is group
+    unplanned = _fake_group("baseline", [{"sigma2": 0.01}], [0.9])
+    assert shipping.with_extensions(unplanned, None) is unplanned  # nothing to continue
     other = _fake_group("extended", [{"sigma2": 0.001, "seed": 1}], [0.6], k=101)
-    assert shipping.with_extensions(group, other) is group  # another seed: nothing to replace
+    waiting = shipping.with_extensions(group, other)  # another seed: nothing to replace
+    assert waiting.arrays["steps"].size == 61 and "awaiting" in waiting.provenance
 
 
 def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch):
@@ -178,7 +180,8 @@ def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch
     assert np.isnan(runs.fraction[0, 61:]).all() and runs.fraction[2, 200, 0] == 0.5
     assert runs.sentence() == (
         "2 of the 3 grid runs available met the plateau rule, after 6,000 steps; "
-        "still moving at their cap: σ² = 0.001 learned (20,000 steps)."
+        "not converged (still moving at their cap, or awaiting their continuation): σ² = 0.001 "
+        "learned (20,000 steps)."
     )
     fig = plot_study_trajectories(runs)
     assert isinstance(fig, Figure) and len(fig.axes[1].lines) == 2  # the line and its end
@@ -193,6 +196,32 @@ def test_final_fraction_is_the_mean_of_the_last_thousand_steps():
     expected = (6 * 0.30 + 5 * 0.40) / 11
     assert shipping.FINAL_WINDOW == 1000
     np.testing.assert_allclose(group.final_fraction(0.01), [expected, 0.5])
+
+
+def test_continued_runs_are_those_with_small_noise_against_the_largest_eigenvalue():
+    for pixels, largest in study.CONTINUE_AT_OR_BELOW.items():
+        lambda_1 = study.linear_count_eigenvalues(pixels, study.BOOK_N)[0]
+        used = {spec.sigma2 for g in study.GROUPS.values() for spec in g if spec.pixels == pixels}
+        below = [s for s in used if s / lambda_1 <= study.CONTINUE_BELOW]
+        assert max(below) == largest
+    continued = {
+        (s.sigma2, s.pixels, s.learned, s.n_train, s.seed) for s in study.GROUPS["extended"]
+    }
+    for name, specs in study.GROUPS.items():
+        for spec in specs if name != "extended" else ():
+            lambda_1 = study.linear_count_eigenvalues(spec.pixels, spec.n_train)[0]
+            small = spec.sigma2 / lambda_1 <= study.CONTINUE_BELOW
+            key = (spec.sigma2, spec.pixels, spec.learned, spec.n_train, spec.seed)
+            assert (key in continued) == small, spec.label
+
+
+def test_a_run_awaiting_its_continuation_is_not_converged():
+    runs = [{"sigma2": 0.01}, {"sigma2": 0.001}]
+    group = _fake_group("baseline", runs, [0.9, 0.0], converged=True)
+    marked = shipping.with_extensions(group, None)
+    assert marked.arrays["converged"].tolist() == [True, False]
+    assert group.arrays["converged"].tolist() == [True, True]  # the group itself is untouched
+    assert marked.provenance.endswith("awaiting their continuation: σ²=0.001 seed 0")
 
 
 def test_initialisation_is_pytorch_linear_default():
@@ -299,14 +328,15 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
         .findings()["direction"]
         .endswith(
             "The runs at σ² = 1 (6,000 steps), 0.1 (6,000 steps), 0.01 (6,000 steps), 0.001 "
-            "(6,000 steps) reached the step cap still moving: their values are means over their "
-            "last 1,000 steps, not plateaus."
+            "(6,000 steps) are not converged (still moving at the cap, or awaiting a "
+            "continuation): their values are means over their last 1,000 steps, not plateaus."
         )
     )
     total = sum(len(v) for k, v in study.GROUPS.items() if k != "extended")
     assert figures.study_progress() == (
         f"4 of the {total} runs of that study are trained so far (the tables below name the "
-        "ones still missing); 4 of them reached their step cap still moving, and are marked so."
+        "ones still missing); 4 of them are not converged (still moving at their cap, or awaiting "
+        "their continuation), and are marked so."
     )
     # the chapter's "they took … to … minutes": every loaded run's training time
     groups["baseline"].arrays["seconds"] = np.array([600.0, 1800.0, 4800.0, 900.0])

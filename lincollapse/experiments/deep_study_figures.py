@@ -101,7 +101,8 @@ class SigmaStudy:
         Converged collapsed fraction at ε = :data:`STUDY_EPSILON` of the seed-0 runs
         (NaN where the run is not available yet).
     fixed_converged, learned_converged : ndarray (11,) of bool
-        Whether the plateau rule held (False: stopped at :data:`MAX_STEPS`, still moving).
+        Whether the plateau rule held (False: still moving at its cap, or awaiting its
+        continuation).
     fixed_steps, learned_steps : ndarray (11,)
         Steps each run took.
     learned_final_sigma2 : ndarray (11,)
@@ -145,7 +146,7 @@ class SigmaStudy:
         def cell(value, converged=True):
             if not np.isfinite(value):
                 return "not run yet"
-            return f"{value:.3f}" + ("" if converged else " (still moving)")
+            return f"{value:.3f}" + ("" if converged else " (not converged)")
 
         rows = [
             "| σ² | linear count | ours, fixed | reproduction, fixed | ours, learned "
@@ -192,7 +193,8 @@ class SigmaStudy:
                         f"{v:g} ({n:,.0f} steps)"
                         for v, n in zip(self.sigma2[moving], self.fixed_steps[moving], strict=True)
                     )
-                    + " reached the step cap still moving: "
+                    + (" are" if moving.sum() > 1 else " is")
+                    + " not converged (still moving at the cap, or awaiting a continuation): "
                     + (
                         "their values are means over their last 1,000 steps, not plateaus."
                         if moving.sum() > 1
@@ -263,7 +265,7 @@ def _group_or_reason(name: str) -> tuple[StudyGroup | None, str]:
 
 def study_progress() -> str:
     """One sentence on how much of the study is trained: runs available (shipped or finished
-    here) of all its runs, and how many of them reached their step cap still moving."""
+    here) of all its runs, and how many of them are not converged yet."""
     names = [name for name in GROUPS if name != "extended"]
     total = sum(len(GROUPS[name]) for name in names)
     done = moving = 0
@@ -279,7 +281,10 @@ def study_progress() -> str:
         "name the ones still missing)"
     )
     if moving:
-        text += f"; {moving} of them reached their step cap still moving, and are marked so"
+        text += (
+            f"; {moving} of them are not converged (still moving at their cap, or awaiting their "
+            "continuation), and are marked so"
+        )
     return text + "."
 
 
@@ -439,11 +444,25 @@ class AblationTable:
             for b, o in pairs
         ]
         close = sum(abs(b["excess"] - o["excess"]) <= AGREEMENT for b, o in pairs)
+        used = [row for pair in pairs for row in pair]
         return (
             "Measured against σ²/λ₁ (the noise relative to the data's largest eigenvalue), the "
             f"excess over the count of the baseline and of {ABLATIONS[setting]} agree within "
             f"{AGREEMENT:g} at {close} of {len(pairs)} matched σ²/λ₁ (baseline against "
-            f"{setting}): " + "; ".join(parts) + "."
+            f"{setting}): " + "; ".join(parts) + "." + self._provisional(used)
+        )
+
+    @staticmethod
+    def _provisional(rows: list[dict[str, Any]]) -> str:
+        """A warning when any of ``rows`` is not converged (still moving, or awaiting its
+        continuation), else the empty string."""
+        moving = [r for r in rows if not r["converged"]]
+        if not moving:
+            return ""
+        where = ", ".join(f"{ABLATIONS[r['setting']]} at σ² = {r['sigma2']:g}" for r in moving)
+        return (
+            f" This is provisional: {len(moving)} of the rows (marked *: {where}) are still "
+            "moving or awaiting their continuation."
         )
 
     def decides(self) -> str:
@@ -476,7 +495,7 @@ class AblationTable:
             )
         if not sentences:
             return "The ablations run so far share no regime of the linear count with the baseline."
-        return " ".join(sentences)
+        return " ".join(sentences) + self._provisional(self.rows)
 
     def threshold_table(self, setting: str = "baseline") -> str:
         """Markdown table: per σ² of ``setting``, the deep runs' collapsed fraction and the linear
@@ -678,7 +697,7 @@ class StudyTrajectories:
             )
         if (~ok).any():
             parts.append(
-                "still moving at their cap: "
+                "not converged (still moving at their cap, or awaiting their continuation): "
                 + ", ".join(
                     f"σ² = {s:g} {'learned' if learned else 'fixed'} ({int(n):,} steps)"
                     for s, learned, n in zip(

@@ -248,45 +248,55 @@ def _settings(arrays: dict[str, np.ndarray], run: int) -> tuple:
     return tuple(arrays[name][run].item() for name in _SETTINGS)
 
 
+def _label(arrays: dict[str, np.ndarray], run: int) -> str:
+    learned = " learned" if arrays["learned"][run] else ""
+    return f"σ²={arrays['sigma2'][run]:g}{learned} seed {arrays['seed'][run]}"
+
+
 def with_extensions(group: StudyGroup, extended: StudyGroup | None) -> StudyGroup:
-    """``group`` with each run replaced by its continuation (group ``extended``, up to
+    """``group`` with each run replaced by its continuation (group ``extended``, to
     :data:`~lincollapse.experiments.deep_study.EXTENDED_MAX_STEPS`) where one is available.
 
     A continuation starts from its run's final state, so its records begin with the run's own:
-    the replacement only lengthens a run. The provenance names the runs replaced.
+    the replacement only lengthens a run. A run that is to be continued but whose continuation
+    is not available yet is marked not converged (the rule cannot be trusted on it: it may sit
+    at zero collapse before collapse starts). The provenance names the runs of both kinds.
     """
-    if extended is None:
-        return group
-    longer = {_settings(extended.arrays, r): r for r in range(extended.arrays["sigma2"].size)}
     a = group.arrays
-    swap = {
-        r: longer[key]
-        for r in range(a["sigma2"].size)
-        if (key := _settings(a, r)) in longer
-        and extended.arrays["steps_done"][longer[key]] >= a["steps_done"][r]
+    e = extended.arrays if extended is not None else None
+    longer = {} if e is None else {_settings(e, r): r for r in range(e["sigma2"].size)}
+    planned = {
+        (spec.sigma2, spec.learned, spec.pixels, spec.n_train, spec.seed)
+        for spec in GROUPS["extended"]
     }
-    if not swap:
+    swap, pending = {}, []
+    for r in range(a["sigma2"].size):
+        key = _settings(a, r)
+        if key in longer and e["steps_done"][longer[key]] >= a["steps_done"][r]:
+            swap[r] = longer[key]
+        elif key in planned:
+            pending.append(r)
+    if not swap and not pending:
         return group
-    e = extended.arrays
-    out = {}
-    for name, values in a.items():
-        if name == "steps":
-            out[name] = values if values.size >= e["steps"].size else e["steps"]
-            continue
-        rows = [e[name][swap[r]] if r in swap else values[r] for r in range(values.shape[0])]
-        if name in _RECORD_AXIS:
-            out[name] = _pad(rows)  # NaN past each run's end, to the longest row
-        else:
-            out[name] = np.stack(rows)
-    # every record array now spans the longer of the two groups, as ``steps`` does
-    labels = ", ".join(
-        f"σ²={a['sigma2'][r]:g}{' learned' if a['learned'][r] else ''} seed {a['seed'][r]}"
-        for r in sorted(swap)
-    )
-    provenance = (
-        f"{group.provenance}; continued to {EXTENDED_MAX_STEPS:,} steps ({extended.provenance}): "
-        + labels
-    )
+    out = dict(a)
+    if swap:
+        for name, values in a.items():
+            if name == "steps":
+                out[name] = values if values.size >= e["steps"].size else e["steps"]
+                continue
+            rows = [e[name][swap[r]] if r in swap else values[r] for r in range(values.shape[0])]
+            # record arrays: NaN past each run's end, to the longest row (as long as ``steps``)
+            out[name] = _pad(rows) if name in _RECORD_AXIS else np.stack(rows)
+    provenance = group.provenance
+    if swap:
+        provenance += (
+            f"; continued to {EXTENDED_MAX_STEPS:,} steps ({extended.provenance}): "
+            + ", ".join(_label(a, r) for r in sorted(swap))
+        )
+    if pending:
+        out["converged"] = out["converged"].copy()
+        out["converged"][pending] = False
+        provenance += "; awaiting their continuation: " + ", ".join(_label(a, r) for r in pending)
     return dataclasses.replace(group, arrays=out, provenance=provenance)
 
 

@@ -237,7 +237,7 @@ def plot_sigma2_study(result) -> Figure:
                 x[have & ok], values[have & ok], marker, color=color, ls="none", label=label
             )
             if (have & ~ok).any():
-                moving = label.split(" (")[0] + " (still moving at the cap)"
+                moving = label.split(" (")[0] + " (not converged)"
                 ax.semilogx(
                     x[have & ~ok],
                     values[have & ~ok],
@@ -262,7 +262,8 @@ def plot_sigma2_study(result) -> Figure:
 def plot_study_trajectories(result) -> Figure:
     """The σ² grid's runs over training: collapsed fraction at ε = 0.01 against the step, one
     line per σ² (fixed left, learned right), a filled end marker where the plateau rule held and
-    a hollow one where the run reached its cap still moving.
+    a hollow one where it is not converged (still moving at its cap, or awaiting its
+    continuation).
 
     ``result`` is a :class:`lincollapse.experiments.deep_study_figures.StudyTrajectories`.
     """
@@ -290,7 +291,7 @@ def plot_study_trajectories(result) -> Figure:
             ax.set_xlabel("Adam step")
             ax.set_title(
                 ("σ² learned (legend: its initial value)" if learned else "σ² fixed")
-                + "; hollow: still moving at the cap"
+                + "; hollow: not converged"
             )
             if ax.lines:
                 ax.legend(fontsize=6.5, ncol=2, loc="center right")
