@@ -543,6 +543,7 @@ class AblationTable:
             + f" (widest range at σ² = {widest:g}), "
             + verdict
             + "."
+            + self._provisional(rows)
         )
 
     def excess(self, setting: str) -> dict[float, float]:
