@@ -288,6 +288,16 @@ def study_progress() -> str:
     return text + "."
 
 
+def _grid_groups() -> tuple[dict[str, StudyGroup], dict[str, str]]:
+    """The groups holding the grid's runs (fixed and learned), and where each came from."""
+    groups, provenance = {}, {}
+    for name in ("baseline", "grid_fixed", "learned", "grid_learned"):
+        group, provenance[name] = _group_or_reason(name)
+        if group is not None:
+            groups[name] = group
+    return groups, provenance
+
+
 @figure(
     "deep-sigma2-converged",
     chapter="deep_vae",
@@ -297,11 +307,7 @@ def study_progress() -> str:
 )
 def sigma2_study() -> SigmaStudy:
     """Converged deep VAEs over the paper's σ² grid, fixed and learned, against the linear count."""
-    groups, provenance = {}, {}
-    for name in ("baseline", "grid_fixed", "learned", "grid_learned"):
-        group, provenance[name] = _group_or_reason(name)
-        if group is not None:
-            groups[name] = group
+    groups, provenance = _grid_groups()
     n = len(GRID)
     fixed, learned, final_sigma2 = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     fixed_ok, learned_ok = np.zeros(n, bool), np.zeros(n, bool)
@@ -717,11 +723,7 @@ class StudyTrajectories:
 )
 def study_trajectories() -> StudyTrajectories:
     """The σ² study's grid runs over training: collapsed fraction against step, plateau rule."""
-    groups, provenance = {}, {}
-    for name in ("baseline", "grid_fixed", "learned", "grid_learned"):
-        group, provenance[name] = _group_or_reason(name)
-        if group is not None:
-            groups[name] = group
+    groups, provenance = _grid_groups()
     columns = [EPSILONS.index(e) for e in (0.01, 0.1)]
     runs = []
     for is_learned in (False, True):
