@@ -127,8 +127,6 @@ def test_a_continuation_resumes_its_capped_run(tmp_path, monkeypatch):
     assert config_key(base.key()) != config_key(extended.key())
     monkeypatch.setattr(study, "GROUPS", {"baseline": [base], "extended": [extended]})
     lines = []
-    study.train_queue(["extended"], log=lines.append)
-    assert "waits for its 20,000-step run" in lines[0] and study.finished(extended) is None
     study.train_queue(["baseline", "extended"], log=lines.append)
     once, _ = original(base, max_steps=50, **small)
     continued, _ = study.finished(extended)
@@ -137,6 +135,13 @@ def test_a_continuation_resumes_its_capped_run(tmp_path, monkeypatch):
         np.testing.assert_array_equal(continued[name], once[name], err_msg=name)
     np.testing.assert_array_equal(capped["elbo"], once["elbo"][:3])  # steps 0, 10, 20
     assert study.load_model(base) is not None and study.load_model(extended) is not None
+    # without the capped run's final state (a new machine) the continuation replays from step 0
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "new")
+    study.train_queue(["extended"], log=lines.append)
+    assert "from step 0" in lines[-2] and study.finished(base) is None
+    replayed, _ = study.finished(extended)
+    for name in once:
+        np.testing.assert_array_equal(replayed[name], once[name], err_msg=name)
     with pytest.raises(ValueError, match="max_steps"):
         study.RunSpec(0.1, max_steps=30_000)
 
@@ -154,6 +159,12 @@ def test_extensions_replace_runs_and_lengthen_the_records():
     np.testing.assert_allclose(merged.final_fraction(0.01), [0.9, 0.6])
     assert (
         "continued to 50,000 steps" in merged.provenance and "σ²=0.001 seed 0" in merged.provenance
+    )
+    # the continuation's first 6,000 steps are not the run's records: the provenance says how far
+    assert "differ from the run's records by up to 0 nats in the ELBO and 0.3" in merged.provenance
+    same = _fake_group("extended", [{"sigma2": 0.001}], [0.3], k=101)
+    assert "6,000 steps reproduce the run's records bitwise" in (
+        shipping.with_extensions(group, same).provenance
     )
     unplanned = _fake_group("baseline", [{"sigma2": 0.01}], [0.9])
     assert shipping.with_extensions(unplanned, None) is unplanned  # nothing to continue

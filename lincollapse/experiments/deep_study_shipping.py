@@ -291,13 +291,28 @@ def with_extensions(group: StudyGroup, extended: StudyGroup | None) -> StudyGrou
     if swap:
         provenance += (
             f"; continued to {EXTENDED_MAX_STEPS:,} steps ({extended.provenance}): "
-            + ", ".join(_label(a, r) for r in sorted(swap))
+            + ", ".join(_replay_note(a, r, e, swap[r]) for r in sorted(swap))
         )
     if pending:
         out["converged"] = out["converged"].copy()
         out["converged"][pending] = False
         provenance += "; awaiting their continuation: " + ", ".join(_label(a, r) for r in pending)
     return dataclasses.replace(group, arrays=out, provenance=provenance)
+
+
+def _replay_note(a: dict[str, np.ndarray], r: int, e: dict[str, np.ndarray], s: int) -> str:
+    """Run ``r``'s label and whether its continuation ``s`` (which may have been replayed from
+    step 0 where the run's final state was not at hand) reproduces the run's own records."""
+    n = int(a["steps_done"][r]) // RECORD_EVERY + 1
+    steps = f"{int(a['steps_done'][r]):,}"
+    if all(np.array_equal(a[k][r, :n], e[k][s, :n], equal_nan=True) for k in ("elbo", "fraction")):
+        return f"{_label(a, r)} (its first {steps} steps reproduce the run's records bitwise)"
+    elbo = np.nanmax(np.abs(a["elbo"][r, :n] - e["elbo"][s, :n]))
+    fraction = np.nanmax(np.abs(a["fraction"][r, :n] - e["fraction"][s, :n]))
+    return (
+        f"{_label(a, r)} (its first {steps} steps differ from the run's records by up to "
+        f"{elbo:.3g} nats in the ELBO and {fraction:.3g} in the collapsed fraction)"
+    )
 
 
 # ----------------------------------------------------------------------------- traversal
