@@ -318,6 +318,34 @@ def test_ablation_table_measures_the_change_against_the_linear_count(monkeypatch
     assert table.threshold_table().count("\n") == 3  # header, rule, two σ²
 
 
+def test_memorisation_sentence_sets_the_elbo_gap_beside_the_data_size(monkeypatch):
+    base = [{"sigma2": s, "seed": seed} for seed in (0, 1) for s in (1.0, 0.1)]
+    sized = [{"sigma2": s, "seed": seed, "n_train": 4000} for seed in (0, 1) for s in (1.0, 0.1)]
+    bigger = _fake_group("data_size", sized, [0.95, 0.91, 0.97, 0.91])
+    bigger.arrays["elbo_test"][:] = 895.0  # train − held-out gap 5 nats instead of 20
+    groups = {
+        "baseline": _fake_group("baseline", base, [0.95, 0.90, 0.97, 0.92]),
+        "data_size": bigger,
+    }
+    groups["baseline"].arrays["fraction_test"][1] -= 0.01  # held-out lower at σ² = 0.1, seed 0
+    monkeypatch.setattr(figures, "load_group", lambda name: groups.get(name))
+    monkeypatch.setattr(figures, "finished", lambda spec: None)
+    memo = figures.ablations().findings()["memorisation"]
+    assert "by at most 0.005 (σ² = 0.1, lower on held-out images)" in memo
+    assert "that gap goes 20 → 5 at σ² = 1, 20 → 5 at σ² = 0.1 nats per image" in memo
+    # same fractions, so the excess moves only by the two data sets' linear counts
+    moved = max(
+        abs(study.linear_count(s) - study.linear_count(s, n_train=4000)) for s in (1.0, 0.1)
+    )
+    assert moved <= figures.AGREEMENT
+    assert memo.endswith(
+        f"changes by at most {moved:.3f}: the excess does not follow how much the decoder "
+        "memorises."
+    )
+    groups["data_size"].arrays["converged"][:] = False
+    assert "This is provisional: 2 of the rows" in figures.ablations().findings()["memorisation"]
+
+
 def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
     fixed = [{"sigma2": s} for s in (1.0, 0.1, 0.01, 0.001)]
     groups = {"baseline": _fake_group("baseline", fixed, [0.97, 0.95, 0.9, 0.85])}

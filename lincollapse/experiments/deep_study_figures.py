@@ -466,8 +466,9 @@ class AblationTable:
         if not moving:
             return ""
         where = ", ".join(f"{ABLATIONS[r['setting']]} at σ² = {r['sigma2']:g}" for r in moving)
+        verb = "is" if len(moving) == 1 else "are"
         return (
-            f" This is provisional: {len(moving)} of the rows (marked *: {where}) are still "
+            f" This is provisional: {len(moving)} of the rows (marked *: {where}) {verb} still "
             "moving or awaiting their continuation."
         )
 
@@ -589,13 +590,38 @@ class AblationTable:
         rows = [r for r in self.rows if r["setting"] == "baseline"]
         if rows:
             memo = max(rows, key=lambda r: abs(r["fraction_test"] - r["fraction"]))
+            held_out = memo["fraction_test"] - memo["fraction"]
             out["memorisation"] = (
                 "On held-out images the collapsed fraction differs from the training images' by at "
-                f"most {memo['fraction_test'] - memo['fraction']:+.3f} (σ² = {memo['sigma2']:g}), "
-                f"while the ELBO is up to {max(r['elbo_gap'] for r in rows):.1f} nats per image "
-                "higher on the training images."
+                f"most {abs(held_out):.3f} (σ² = {memo['sigma2']:g}, "
+                f"{'lower' if held_out < 0 else 'higher'} on held-out images), while the ELBO is "
+                f"up to {max(r['elbo_gap'] for r in rows):.1f} nats per image higher on the "
+                "training images." + self._memorisation_against_size(rows)
             )
         return out
+
+    def _memorisation_against_size(self, rows: list[dict[str, Any]]) -> str:
+        """How the train − held-out ELBO gap and the excess over the count move together when
+        the training set grows (the data-size rows against the baseline ones)."""
+        base = {r["sigma2"]: r for r in rows}
+        sized = {r["sigma2"]: r for r in self.rows if r["setting"] == "data_size"}
+        shared = sorted(set(base) & set(sized), reverse=True)
+        if not shared:
+            return ""
+        gaps = ", ".join(
+            f"{base[s]['elbo_gap']:.0f} → {sized[s]['elbo_gap']:.0f} at σ² = {s:g}" for s in shared
+        )
+        moved = max(abs(sized[s]["excess"] - base[s]["excess"]) for s in shared)
+        verdict = (
+            "the excess does not follow how much the decoder memorises"
+            if moved <= AGREEMENT
+            else "the excess moves with the data size too"
+        )
+        return (
+            f" With {ABLATIONS['data_size']} that gap goes {gaps} nats per image, while the "
+            f"excess over the count changes by at most {moved:.3f}: {verdict}."
+            + self._provisional([sized[s] for s in shared] + [base[s] for s in shared])
+        )
 
 
 @figure(
