@@ -196,6 +196,23 @@ def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch
     )
     fig = plot_study_trajectories(runs)
     assert isinstance(fig, Figure) and len(fig.axes[1].lines) == 2  # the line and its end
+    # at its cap, the ε = 0.1 count has stopped while the ε = 0.01 one jitters, or drifts
+    at_001 = groups["learned"].arrays["fraction"][0, :, study.EPSILONS.index(0.01)]
+    at_001[:] = np.where(np.arange(201) % 2 == 0, 0.40, 0.55)
+    assert (
+        figures.study_trajectories()
+        .sentence()
+        .endswith(
+            "At its cap, σ² = 0.001 learned has stopped at ε = 0.1 (0.500, moved 0.000 over its last "
+            "4,000 steps) but not at ε = 0.01, where its fraction jumps by up to 0.150 from one "
+            "record to the next (latents whose KL sits near 0.01 nats cross the threshold back and "
+            "forth)."
+        )
+    )
+    at_001[:] = 0.4 + 0.0005 * np.arange(201)  # 0.02 over the last 40 records
+    assert "where it still drifts (0.020 over the same steps)." in (
+        figures.study_trajectories().sentence()
+    )
 
 
 def test_final_fraction_is_the_mean_of_the_last_thousand_steps():

@@ -21,12 +21,18 @@ from lincollapse.experiments.deep_study import (
     EPSILONS,
     GRID,
     GROUPS,
+    MAX_STEPS,
+    PLATEAU_TOLERANCE,
     RECORD_EVERY,
     finished,
     linear_count,
     linear_count_eigenvalues,
     linear_optimum_thresholds,
     load_model,
+    plateau,
+)
+from lincollapse.experiments.deep_study import (
+    WINDOW as PLATEAU_WINDOW,
 )
 from lincollapse.experiments.deep_study_shipping import (
     TRAVERSAL_IMAGE,
@@ -738,7 +744,32 @@ class StudyTrajectories:
                     )
                 )
             )
-        return "; ".join(parts) + "."
+        return "; ".join(parts) + "." + self._by_epsilon()
+
+    def _by_epsilon(self) -> str:
+        """For each run that ran to its cap without converging: whether the rule holds at each
+        of its two ε on its own, and how far the fraction jumps from one record to the next."""
+        out = []
+        for i in np.flatnonzero(~self.converged & (self.steps_done >= MAX_STEPS)):
+            n = int(self.steps_done[i]) // RECORD_EVERY + 1
+            steps, values = self.steps[:n], self.fraction[i, :n]
+            rule = [plateau(steps, values[:, c]) for c in (0, 1)]
+            if rule[0][0] or not rule[1][0]:
+                continue  # the ε = 0.1 count still moves too: nothing more to say
+            tail = values[steps >= steps[-1] - PLATEAU_WINDOW, 0]
+            jump = float(np.abs(np.diff(tail)).max())
+            how = (
+                f"where its fraction jumps by up to {jump:.3f} from one record to the next "
+                "(latents whose KL sits near 0.01 nats cross the threshold back and forth)"
+                if jump > PLATEAU_TOLERANCE
+                else f"where it still drifts ({rule[0][1]:.3f} over the same steps)"
+            )
+            out.append(
+                f"σ² = {self.sigma2[i]:g} {'learned' if self.learned[i] else 'fixed'} has stopped "
+                f"at ε = 0.1 ({values[-1, 1]:.3f}, moved {rule[1][1]:.3f} over its last "
+                f"{PLATEAU_WINDOW:,} steps) but not at ε = 0.01, {how}"
+            )
+        return " At its cap, " + "; ".join(out) + "." if out else ""
 
 
 @figure(
