@@ -215,6 +215,25 @@ def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch
     )
 
 
+def test_continuation_findings_say_when_collapse_began_past_the_capped_run(monkeypatch):
+    capped = _fake_group("baseline", [{"sigma2": 0.001}], [0.0])  # 6,000 steps, nothing collapsed
+    longer = _fake_group("extended", [{"sigma2": 0.001}], [0.0], k=501)
+    path = np.zeros(501)
+    path[0], path[150:] = 0.9, 0.5  # at initialisation every KL is below ε; onset at 15,000
+    longer.arrays["fraction"][0] = path[:, None]
+    groups = {"baseline": capped, "extended": longer}
+    monkeypatch.setattr(figures, "load_group", lambda name: groups.get(name))
+    assert figures.continuation_findings().endswith(
+        "σ²=0.001 fixed seed 0: its 6,000-step run reported 0.000; collapse began at step "
+        "15,000, and at 50,000 steps it is 0.500."
+    )
+    path[1:] = 0.0
+    longer.arrays["fraction"][0] = path[:, None]
+    assert "no collapse began by step 50,000" in figures.continuation_findings()
+    groups.pop("extended")
+    assert figures.continuation_findings() == "No continuation is available yet."
+
+
 def test_final_fraction_is_the_mean_of_the_last_thousand_steps():
     group = _fake_group("baseline", [{"sigma2": 0.001}, {"sigma2": 0.01}], [0.0, 0.5])
     jitter = np.where(np.arange(61) % 2 == 0, 0.30, 0.40)  # record-to-record jitter

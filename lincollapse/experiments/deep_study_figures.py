@@ -772,6 +772,56 @@ class StudyTrajectories:
         return " At its cap, " + "; ".join(out) + "." if out else ""
 
 
+ONSET = 0.05  # collapsed fraction at ε = 0.01 from which collapse counts as begun (10 latents)
+
+
+def continuation_findings() -> str:
+    """What each shipped continuation (group ``extended``) found past its capped run: what the
+    capped run reported, the step at which collapse began (the fraction at ε = 0.01 reached
+    :data:`ONSET` after its first fall below it), and where the continuation ends."""
+    extended = load_group("extended")
+    if extended is None:
+        return "No continuation is available yet."
+    e = EPSILONS.index(0.01)
+    parts = []
+    for spec in GROUPS["extended"]:
+        fields = dict(
+            sigma2=spec.sigma2,
+            learned=spec.learned,
+            pixels=spec.pixels,
+            n_train=spec.n_train,
+            seed=spec.seed,
+        )
+        hits = _find({"extended": extended}, **fields)
+        name = next(g for g, specs in GROUPS.items() if g != "extended" and spec.base in specs)
+        base = load_group(name)
+        capped = _find({name: base}, **fields) if base is not None else []
+        if not hits or not capped:
+            continue
+        r, b = hits[0][1], capped[0][1]
+        a = extended.arrays
+        n = int(a["steps_done"][r]) // RECORD_EVERY + 1
+        f = a["fraction"][r, :n, e]
+        low = np.flatnonzero(f < ONSET)
+        rise = [i for i in range(low[0], n) if f[i] >= ONSET] if low.size else []
+        began = (
+            f"collapse began at step {rise[0] * RECORD_EVERY:,}"
+            if rise
+            else f"no collapse began by step {(n - 1) * RECORD_EVERY:,}"
+        )
+        parts.append(
+            f"{spec.base.label}: its {int(base.arrays['steps_done'][b]):,}-step run reported "
+            f"{base.final_fraction()[b]:.3f}; {began}, and at "
+            f"{int(a['steps_done'][r]):,} steps it is {extended.final_fraction()[r]:.3f}"
+        )
+    if not parts:
+        return "No continuation is available yet."
+    return (
+        f"What the continuations found (collapsed fraction at ε = 0.01; collapse counted as "
+        f"begun when it reaches {ONSET:g} after its first fall below it): " + "; ".join(parts) + "."
+    )
+
+
 @figure(
     "deep-study-trajectories",
     chapter="checks",
