@@ -472,10 +472,10 @@ class AblationTable:
         if not moving:
             return ""
         where = ", ".join(f"{ABLATIONS[r['setting']]} at σ² = {r['sigma2']:g}" for r in moving)
-        verb = "is" if len(moving) == 1 else "are"
+        verb, whose = ("is", "its") if len(moving) == 1 else ("are", "their")
         return (
             f" This is provisional: {len(moving)} of the rows (marked *: {where}) {verb} still "
-            "moving or awaiting their continuation."
+            f"moving or awaiting {whose} continuation."
         )
 
     def decides(self) -> str:
