@@ -199,15 +199,12 @@ def test_study_trajectories_follow_each_run_and_name_the_capped_ones(monkeypatch
     # at its cap, the ε = 0.1 count has stopped while the ε = 0.01 one jitters, or drifts
     at_001 = groups["learned"].arrays["fraction"][0, :, study.EPSILONS.index(0.01)]
     at_001[:] = np.where(np.arange(201) % 2 == 0, 0.40, 0.55)
-    assert (
-        figures.study_trajectories()
-        .sentence()
-        .endswith(
-            "At its cap, σ² = 0.001 learned has stopped at ε = 0.1 (0.500, moved 0.000 over its last "
-            "4,000 steps) but not at ε = 0.01, where its fraction jumps by up to 0.150 from one "
-            "record to the next (latents whose KL sits near 0.01 nats cross the threshold back and "
-            "forth)."
-        )
+    jitter = figures.study_trajectories().sentence()
+    assert jitter.endswith(
+        "At its cap, σ² = 0.001 learned has stopped at ε = 0.1 (0.500, moved 0.000 over its "
+        "last 4,000 steps) but not at ε = 0.01, where its fraction jumps by up to 0.150 from one "
+        "record to the next (latents whose KL sits near 0.01 nats cross the threshold back and "
+        "forth)."
     )
     at_001[:] = 0.4 + 0.0005 * np.arange(201)  # 0.02 over the last 40 records
     assert "where it still drifts (0.020 over the same steps)." in (
