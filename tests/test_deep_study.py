@@ -13,7 +13,7 @@ from lincollapse.data import load_mnist, logit_pixels
 from lincollapse.experiments import deep_study as study
 from lincollapse.experiments import deep_study_figures as figures
 from lincollapse.experiments import deep_study_shipping as shipping
-from lincollapse.results_cache import config_key
+from lincollapse.results_cache import ReferenceResultError, config_key
 
 
 def test_logit_pixels_against_the_formula():
@@ -457,6 +457,10 @@ def test_shipped_study_groups_are_current(group):
     done = arrays["steps_done"]
     assert ((done >= study.MIN_STEPS) | ~arrays["converged"]).all()
     assert (done <= (study.EXTENDED_MAX_STEPS if group == "extended" else study.MAX_STEPS)).all()
+    rows = [shipping._shipped_row(arrays, r) for r in range(done.size)]  # noqa: SLF001
+    for name, values in shipping._stack_rows(rows).items():  # noqa: SLF001 - kept when reshipped
+        np.testing.assert_array_equal(values, arrays[name], err_msg=name)
+        assert values.dtype == arrays[name].dtype, name
 
 
 def test_plateau_rule_is_not_fooled_by_float_noise():
@@ -492,3 +496,65 @@ def test_status_applies_the_plateau_rule_to_the_records_not_the_stored_flag(monk
     deep_study.status(log=lines.append)
     assert "converged=True (moved 0.010)" in lines[0]
     assert "converged=False (moved 0.250)" in lines[1]
+
+
+def _fake_run(spec, k=12, seed=0):
+    """A finished run as the local store holds it, with its probe."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "steps": np.arange(k) * study.RECORD_EVERY,
+        "thresholds": rng.exponential(0.05, (k, 200)),
+        "thresholds_test": rng.exponential(0.05, (k, 200)),
+        "elbo": rng.normal(900.0, 1.0, k),
+        "elbo_test": rng.normal(880.0, 1.0, k),
+        "sigma2": np.full(k, spec.sigma2),
+        "kl_mean": rng.exponential(0.05, (k, 200)),
+        "probe_x": np.array([spec.sigma2]),
+    }
+    return arrays, {"info": {"seconds": 60.0 * (seed + 1), "threads": 1}}
+
+
+def test_shipping_keeps_the_runs_shipped_from_other_machines(tmp_path, monkeypatch):
+    """A new machine finishes one run of a group: shipping adds it and keeps the runs shipped
+    before, bitwise; a run whose probe the code no longer reproduces is not kept."""
+    specs = [study.RunSpec(1.0), study.RunSpec(0.1), study.RunSpec(0.01)]
+    monkeypatch.setattr(shipping, "GROUPS", {"baseline": specs})
+    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / f"study_{group}")
+    monkeypatch.setattr(shipping, "run_probe", lambda spec: {"x": np.array([spec.sigma2])})
+    local = {specs[0]: _fake_run(specs[0], k=12, seed=0), specs[2]: _fake_run(specs[2], 30, 2)}
+    monkeypatch.setattr(shipping, "finished", lambda spec: local.get(spec))
+    shipping.ship_group("baseline", "first machine")
+    first = shipping.load_group("baseline")
+    assert first.missing == (specs[1].label,) and first.arrays["steps"].size == 30
+
+    local = {specs[1]: _fake_run(specs[1], k=20, seed=1)}  # a new machine: one run, another
+    stem = shipping.ship_group("baseline", "second machine")
+    both = shipping.load_group("baseline")
+    assert both.missing == () and both.arrays["sigma2"].tolist() == [1.0, 0.1, 0.01]
+    assert both.provenance.startswith("finished runs in the local results cache: σ²=0.1")
+    assert both.arrays["steps_done"].tolist() == [1100, 1900, 2900]
+    assert both.arrays["seconds"].tolist() == [60.0, 120.0, 180.0]
+    for name, values in first.arrays.items():  # the kept runs are the shipped ones, bitwise
+        if name != "steps":
+            np.testing.assert_array_equal(both.arrays[name][[0, 2]], values, err_msg=name)
+    np.testing.assert_array_equal(  # the new run is what the local store holds
+        both.arrays["elbo"][1, :20], local[specs[1]][0]["elbo"]
+    )
+    assert np.isnan(both.arrays["elbo"][1, 20:]).all()
+
+    local = {}
+    shipped = shipping.load_group("baseline")  # nothing local: the shipped group as it is
+    assert "second machine" in shipped.provenance and shipped.missing == ()
+    assert json_info(stem)["seconds"] == 360.0
+    monkeypatch.setattr(shipping, "run_probe", lambda spec: {"x": np.array([spec.sigma2 * 2])})
+    with pytest.raises(ReferenceResultError, match="stale.*retrain the runs σ²=1 fixed seed 0"):
+        shipping.ship_group("baseline", "changed code")  # the shipped runs are stale
+    local = {specs[1]: _fake_run(specs[1], k=20, seed=1)}
+    with pytest.raises(ReferenceResultError, match="behaves differently"):
+        shipping.ship_group("baseline", "changed code")  # and so is the local one
+
+
+def json_info(stem):
+    import json
+
+    return json.loads(stem.with_suffix(".json").read_text())["info"]

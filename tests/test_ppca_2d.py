@@ -174,6 +174,7 @@ def test_registered_plot_and_both_explorer_front_ends(example, monkeypatch):
 
 def test_widget_follows_the_slider(example):
     pytest.importorskip("ipywidgets")
+    open_before = set(plt.get_fignums())  # another test on this worker may have left one open
     view = explorer.explore_ppca_2d(example, interactive=True, display=False)
     assert isinstance(view, explorer.PPCA2DExplorer)
     assert view.state.sigma2 == pytest.approx(example.sigma2_mle)
@@ -181,7 +182,9 @@ def test_widget_follows_the_slider(example):
     assert view.state.collapsed and view.state.sigma2 == pytest.approx(6.0, rel=1e-9)
     view.sigma2_slider.value = 0.5
     assert not view.state.collapsed
-    assert not plt.get_fignums()  # redraws leave no figure open for the inline backend
+    assert (
+        set(plt.get_fignums()) <= open_before
+    )  # redraws leave no figure open for the inline backend
 
 
 def test_glue_values_are_the_hand_computation(example):

@@ -41,6 +41,7 @@ from lincollapse.references import (
     reference_info,
     save_shipped,
     shipped_provenance,
+    verify_behaviour,
 )
 from lincollapse.results_cache import ReferenceResultError, config_key
 
@@ -120,40 +121,60 @@ def group_arrays(runs: list[tuple[RunSpec, dict[str, np.ndarray], dict]]) -> dic
     ``kl_mean_final`` (R, q), and the run's settings and outcome (``sigma2``, ``learned``,
     ``pixels``, ``n_train``, ``seed``, ``steps_done``, ``converged``, ``movement``, ``seconds``).
     """
-    fields: dict[str, list] = {k: [] for k in _RECORD_AXIS}
-    for _, arrays, _ in runs:
-        k = arrays["steps"].size
-        snaps = sorted(set(range(0, k, CHECKPOINT_EVERY)) | {k - 1})
-        fields["fraction"].append(
-            collapsed_fraction_from_thresholds(arrays["thresholds"], EPSILONS)
-        )
-        fields["fraction_test"].append(
-            collapsed_fraction_from_thresholds(arrays["thresholds_test"], EPSILONS)
-        )
-        fields["elbo"].append(arrays["elbo"])
-        fields["elbo_test"].append(arrays["elbo_test"])
-        fields["sigma2_path"].append(arrays["sigma2"])
-        fields["snapshot_thresholds"].append(arrays["thresholds"][snaps])
-        fields["snapshot_thresholds_test"].append(arrays["thresholds_test"][snaps])
-        fields["snapshot_steps"].append(arrays["steps"][snaps].astype(np.float64))
-    longest = max(arrays["steps"].size for _, arrays, _ in runs)
-    out = {name: _pad(rows) for name, rows in fields.items()}
-    out["steps"] = np.arange(longest, dtype=np.int64) * RECORD_EVERY
-    out["kl_mean_final"] = np.stack([arrays["kl_mean"][-1] for _, arrays, _ in runs])
-    out["sigma2"] = np.array([spec.sigma2 for spec, _, _ in runs])
-    out["learned"] = np.array([spec.learned for spec, _, _ in runs])
-    out["pixels"] = np.array([spec.pixels for spec, _, _ in runs])
-    out["n_train"] = np.array([spec.n_train for spec, _, _ in runs])
-    out["seed"] = np.array([spec.seed for spec, _, _ in runs])
-    out["steps_done"] = np.array([arrays["steps"][-1] for _, arrays, _ in runs])
-    out["seconds"] = np.array([info["seconds"] for _, _, info in runs])
-    # the plateau rule evaluated on the records at each run's end
-    rule = [
-        plateau(a["steps"], collapsed_fraction_from_thresholds(a["thresholds"], PLATEAU_EPSILONS))
-        for _, a, _ in runs
-    ]
-    out["converged"] = np.array([converged for converged, _ in rule])
-    out["movement"] = np.array([movement for _, movement in rule])
+    return _stack_rows([_run_row(spec, arrays, info) for spec, arrays, info in runs])
+
+
+def _run_row(spec: RunSpec, arrays: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
+    """One finished run's row of :func:`group_arrays`, unpadded."""
+    k = arrays["steps"].size
+    snaps = sorted(set(range(0, k, CHECKPOINT_EVERY)) | {k - 1})
+    # the plateau rule evaluated on the records at the run's end
+    converged, movement = plateau(
+        arrays["steps"], collapsed_fraction_from_thresholds(arrays["thresholds"], PLATEAU_EPSILONS)
+    )
+    return {
+        "fraction": collapsed_fraction_from_thresholds(arrays["thresholds"], EPSILONS),
+        "fraction_test": collapsed_fraction_from_thresholds(arrays["thresholds_test"], EPSILONS),
+        "elbo": arrays["elbo"],
+        "elbo_test": arrays["elbo_test"],
+        "sigma2_path": arrays["sigma2"],
+        "snapshot_thresholds": arrays["thresholds"][snaps],
+        "snapshot_thresholds_test": arrays["thresholds_test"][snaps],
+        "snapshot_steps": arrays["steps"][snaps].astype(np.float64),
+        "kl_mean_final": arrays["kl_mean"][-1],
+        "sigma2": np.array(spec.sigma2),
+        "learned": np.array(spec.learned),
+        "pixels": np.array(spec.pixels),
+        "n_train": np.array(spec.n_train),
+        "seed": np.array(spec.seed),
+        "steps_done": arrays["steps"][-1],
+        "seconds": np.array(info["seconds"], dtype=np.float64),
+        "converged": np.array(converged),
+        "movement": np.array(movement, dtype=np.float64),
+    }
+
+
+def _shipped_row(arrays: dict[str, np.ndarray], r: int) -> dict[str, np.ndarray]:
+    """Run ``r`` of a shipped group as the row :func:`_run_row` made, its NaN padding removed."""
+    records = int(arrays["steps_done"][r]) // RECORD_EVERY + 1
+    snapshots = int(np.count_nonzero(~np.isnan(arrays["snapshot_steps"][r])))
+    row = {}
+    for name, values in arrays.items():
+        if name == "steps":
+            continue
+        value = values[r]
+        if name in _RECORD_AXIS:
+            value = value[: snapshots if name.startswith("snapshot") else records]
+        row[name] = value
+    return row
+
+
+def _stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {name: _pad([row[name] for row in rows]) for name in _RECORD_AXIS}
+    out["steps"] = np.arange(out["fraction"].shape[1], dtype=np.int64) * RECORD_EVERY
+    for name in rows[0]:
+        if name not in _RECORD_AXIS:
+            out[name] = np.stack([row[name] for row in rows])
     return out
 
 
@@ -170,31 +191,71 @@ def _check_behaviour(spec: RunSpec, arrays: dict[str, np.ndarray]) -> None:
 def ship_group(group: str, command: str) -> Path:
     """Write ``results/deep_study_<group>`` from the finished runs of ``group``.
 
-    Ships the runs that are finished (a group may be shipped before all of its runs are; the
-    chapter names the missing ones), and only when the code now reproduces each run's own probe
-    (recorded when it started training), so nothing trained by other code is shipped.
+    Ships the runs that are finished here, and keeps each run already shipped that is not
+    finished here (a new machine has none of the earlier ones), so a group grows run by run
+    across machines. A run finished here is shipped only when the code now reproduces its own
+    probe (recorded when it started training), and the runs kept only when the code now
+    reproduces the shipped probe, so nothing trained by other code is shipped.
     """
-    runs = []
-    for spec in GROUPS[group]:
-        found = finished(spec)
-        if found is None:
-            continue
-        arrays, meta = found
-        _check_behaviour(spec, arrays)
-        runs.append((spec, arrays, meta.get("info", {})))
-    if not runs:
+    rows, sources = _merged_rows(group, check=True)
+    if not rows:
         raise ReferenceResultError(f"{group}: no run is finished; train them first")
-    specs = [spec for spec, _, _ in runs]
-    seconds = float(sum(info["seconds"] for _, _, info in runs))
+    specs = list(rows)
+    arrays = _stack_rows(list(rows.values()))
     info = reference_info(
         command,
         "cpu",
-        seconds,
-        threads_per_run=sorted({i.get("threads") for _, _, i in runs}),
+        float(arrays["seconds"].sum()),
+        threads_per_run=sorted(sources["threads"]),
     )
     stem = reference_path(group)
-    save_shipped(stem, group_key(group, specs), group_arrays(runs), group_probe(group, specs), info)
+    save_shipped(stem, group_key(group, specs), arrays, group_probe(group, specs), info)
     return stem
+
+
+def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.ndarray]], dict]:
+    """The group's rows in its order: a run finished here from the local store, else the shipped
+    one; and where they came from (``local``, ``shipped`` specs, per-run ``threads``, the
+    shipped ``provenance``). ``check``: raise unless the code reproduces every run's probe."""
+    stem = reference_path(group)
+    shipped: dict[RunSpec, dict[str, np.ndarray]] = {}
+    sources: dict[str, Any] = {"local": [], "shipped": [], "threads": set(), "provenance": None}
+    try:
+        arrays, meta = load_shipped(stem, None)
+        specs = _shipped_specs(group, meta)
+    except ReferenceResultError:
+        if check and stem.with_suffix(".npz").is_file():
+            raise
+    else:
+        shipped = {spec: _shipped_row(arrays, r) for r, spec in enumerate(specs)}
+        sources["provenance"] = shipped_provenance(stem, meta)
+        shipped_threads = set(meta.get("info", {}).get("threads_per_run", []))
+    rows: dict[RunSpec, dict[str, np.ndarray]] = {}
+    for spec in GROUPS[group]:
+        found = finished(spec)
+        if found is not None:
+            if check:
+                _check_behaviour(spec, found[0])
+            info = found[1].get("info", {})
+            rows[spec] = _run_row(spec, found[0], info)
+            sources["local"].append(spec)
+            sources["threads"].add(info.get("threads"))
+        elif spec in shipped:
+            rows[spec] = shipped[spec]
+            sources["shipped"].append(spec)
+    if check and sources["shipped"]:
+        verify_behaviour(
+            stem,
+            group_probe(group, specs),
+            f"python -m lincollapse study train "
+            f"--group {group}: retrain the runs {_labels(sources['shipped'])}",
+        )
+        sources["threads"] |= shipped_threads
+    return rows, sources
+
+
+def _labels(specs: Sequence[RunSpec]) -> str:
+    return ", ".join(spec.label for spec in specs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,26 +279,18 @@ class StudyGroup:
 
 
 def load_group(group: str) -> StudyGroup | None:
-    """The group's runs: the shipped ones, or, when more of them are finished in the local
-    store, those; ``None`` when none is available. ``missing`` names the runs not included."""
-    stem = reference_path(group)
-    shipped = None
-    try:
-        arrays, meta = load_shipped(stem, None)
-        specs = _shipped_specs(group, meta)
-        shipped = StudyGroup(group, arrays, shipped_provenance(stem, meta), _missing(group, specs))
-    except ReferenceResultError:
-        specs = []
-    runs = [(spec, *found) for spec in GROUPS[group] if (found := finished(spec)) is not None]
-    if len(runs) > len(specs):
-        local = [(spec, arrays, meta.get("info", {})) for spec, arrays, meta in runs]
-        return StudyGroup(
-            group,
-            group_arrays(local),
-            "finished runs in the local results cache",
-            _missing(group, [spec for spec, _, _ in local]),
-        )
-    return shipped
+    """The group's runs: each finished in the local store, else shipped; ``None`` when none is
+    available. ``missing`` names the runs not included."""
+    rows, sources = _merged_rows(group, check=False)
+    if not rows:
+        return None
+    if not sources["local"]:
+        provenance = sources["provenance"]
+    else:
+        provenance = "finished runs in the local results cache: " + _labels(sources["local"])
+        if sources["shipped"]:
+            provenance += f"; the others {sources['provenance']}"
+    return StudyGroup(group, _stack_rows(list(rows.values())), provenance, _missing(group, rows))
 
 
 def _missing(group: str, present: Sequence[RunSpec]) -> tuple[str, ...]:
