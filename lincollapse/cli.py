@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "study",
         help="train, inspect and ship the deep chapter's converged σ² study",
         description="Train, inspect and ship the deep chapter's converged σ² study "
-        "(lincollapse.experiments.deep_study). train: every unfinished run of the groups, "
-        "resumably (several processes may train at once); status: finished / in progress / "
-        "waiting, per run; ship: write results/deep_study_<group>; ship-traversal: write "
-        "results/deep_traversal.",
+        "(lincollapse.experiments.deep_study). train: every run of the groups that is neither "
+        "finished here nor shipped in results/ (a shipped group whose behaviour probe no longer "
+        "replays is retrained), resumably (several processes may train at once); status: "
+        "finished / in progress / shipped / waiting, per run; ship: write "
+        "results/deep_study_<group> (the runs finished here, plus those shipped before that are "
+        "not); ship-traversal: write results/deep_traversal.",
     )
     study.add_argument("action", choices=("train", "status", "ship", "ship-traversal"))
     study.add_argument(

@@ -112,6 +112,7 @@ def test_a_continuation_resumes_its_capped_run(tmp_path, monkeypatch):
     equal those of one uninterrupted run of the longer length, and the capped run is kept.
     Step counts are scaled down by 1000 (20,000 → 20, 50,000 → 50)."""
     monkeypatch.setattr(study, "store_dir", lambda: tmp_path)
+    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / group)  # unshipped
     monkeypatch.setattr(study, "CHUNK", 10)
     monkeypatch.setattr(study, "run_probe", lambda spec: {})
     original = study.train_run
@@ -558,3 +559,28 @@ def json_info(stem):
     import json
 
     return json.loads(stem.with_suffix(".json").read_text())["info"]
+
+
+def test_training_skips_the_shipped_runs_unless_they_are_stale(tmp_path, monkeypatch):
+    """``study train`` on a new machine trains what is neither finished here nor shipped; a
+    shipped group whose probe no longer replays is trained again; ``status`` names the shipped."""
+    specs = [study.RunSpec(1.0), study.RunSpec(0.1), study.RunSpec(0.01)]
+    monkeypatch.setattr(shipping, "GROUPS", {"baseline": specs})
+    monkeypatch.setattr(study, "GROUPS", {"baseline": specs})
+    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / f"study_{group}")
+    monkeypatch.setattr(shipping, "run_probe", lambda spec: {"x": np.array([spec.sigma2])})
+    local = {specs[0]: _fake_run(specs[0]), specs[2]: _fake_run(specs[2], seed=2)}
+    monkeypatch.setattr(shipping, "finished", lambda spec: local.get(spec))
+    shipping.ship_group("baseline", "another machine")
+    monkeypatch.setattr(study, "finished", lambda spec: None)  # this machine: nothing finished
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "store")
+    reached, lines = [], []
+    monkeypatch.setattr(study, "_try_lock", lambda spec: reached.append(spec))  # None: skipped
+    study.train_queue(["baseline"], log=lines.append)
+    assert reached == [specs[1]] and "2 run(s) shipped and current" in lines[0]
+    study.status(log=lines.append)
+    assert "shipped: 1100 steps" in lines[-3] and "waiting" in lines[-2]
+    monkeypatch.setattr(shipping, "run_probe", lambda spec: {"x": np.array([spec.sigma2 * 2])})
+    reached.clear()
+    study.train_queue(["baseline"], log=lines.append)
+    assert reached == specs and "stale" in lines[-1]

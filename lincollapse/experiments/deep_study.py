@@ -519,9 +519,21 @@ def queue(groups: Sequence[str]) -> list[tuple[str, RunSpec]]:
 
 def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) -> None:
     """Train every unfinished run of ``groups`` in :func:`queue` order; safe to run in several
-    processes at once (a lock file per run)."""
+    processes at once (a lock file per run). A run shipped in ``results/`` whose group the code
+    now replays (its behaviour probe) is not trained again; a stale group's runs are."""
+    from lincollapse.experiments.deep_study_shipping import shipped_runs
+
+    shipped = {}
+    for group in dict.fromkeys(groups):
+        shipped[group] = shipped_runs(group, check=True)
+        if shipped[group]:
+            log(f"{group}: {len(shipped[group])} run(s) shipped and current: not trained again")
+        elif shipped_runs(group):
+            log(
+                f"{group}: the shipped runs are stale (the code now behaves differently): retrained"
+            )
     for group, spec in queue(groups):
-        if finished(spec) is not None:
+        if finished(spec) is not None or spec in shipped[group]:
             continue
         lock = _try_lock(spec)
         if lock is None:
@@ -568,8 +580,12 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
 
 
 def status(log=print) -> None:
-    """Print, per run, finished / in progress (with its checkpoint step) / waiting."""
+    """Print, per run, finished here / in progress (with its checkpoint step) / shipped in
+    ``results/`` (from another machine) / waiting."""
+    from lincollapse.experiments.deep_study_shipping import shipped_runs
+
     for group, specs in GROUPS.items():
+        shipped = shipped_runs(group)
         for spec in specs:
             found = finished(spec)
             if found is not None:
@@ -588,6 +604,12 @@ def status(log=print) -> None:
             elif _checkpoint_path(spec).is_file():
                 saved = torch.load(_checkpoint_path(spec), weights_only=False)
                 state = f"in progress: {saved['step']} steps ({saved['seconds']:.0f} s)"
+            elif spec in shipped:
+                run = shipped[spec]
+                state = (
+                    f"shipped: {run['steps']} steps, converged={run['converged']}, "
+                    f"{run['seconds']:.0f} s"
+                )
             else:
                 state = "waiting"
             log(f"{group:<13} {spec.label:<40} {state}")

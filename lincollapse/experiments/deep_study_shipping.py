@@ -254,6 +254,28 @@ def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.nd
     return rows, sources
 
 
+def shipped_runs(group: str, check: bool = False) -> dict[RunSpec, dict[str, Any]]:
+    """The runs of the shipped group, each with its ``steps``, ``converged`` and ``seconds``;
+    empty when the group is not shipped, is invalid, or (``check``) is stale: its probe no
+    longer replays with the code now."""
+    stem = reference_path(group)
+    try:
+        arrays, meta = load_shipped(stem, None)
+        specs = _shipped_specs(group, meta)
+        if check:
+            verify_behaviour(stem, group_probe(group, specs))
+    except ReferenceResultError:
+        return {}
+    return {
+        spec: {
+            "steps": int(arrays["steps_done"][r]),
+            "converged": bool(arrays["converged"][r]),
+            "seconds": float(arrays["seconds"][r]),
+        }
+        for r, spec in enumerate(specs)
+    }
+
+
 def _labels(specs: Sequence[RunSpec]) -> str:
     return ", ".join(spec.label for spec in specs)
 
