@@ -465,9 +465,11 @@ def test_study_train_keeps_its_options(monkeypatch, torch_threads):
 
 def test_the_study_module_still_runs_as_a_program(tmp_path):
     """``python -m lincollapse.experiments.deep_study status``, as the README shows, on an empty
-    store: every run of every group is waiting (and the module, run as a script and imported by
-    name, registers its figures once)."""
+    store: every run of every group is shipped in results/ or waiting (and the module, run as a
+    script and imported by name, registers its figures once)."""
     from lincollapse.experiments.deep_study import GROUPS
+    from lincollapse.experiments.deep_study_shipping import reference_path
+    from lincollapse.references import load_shipped
 
     env = os.environ | {"LINCOLLAPSE_CACHE_DIR": str(tmp_path)}
     result = subprocess.run(
@@ -480,7 +482,13 @@ def test_the_study_module_still_runs_as_a_program(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == sum(len(specs) for specs in GROUPS.values())
-    assert all(line.endswith("waiting") for line in lines)
+    shipped = [line for line in lines if " shipped: " in line]
+    assert all(line.endswith(" waiting") for line in lines if line not in shipped)
+    stems = [reference_path(group) for group in GROUPS]
+    count = sum(
+        load_shipped(s, None)[0]["sigma2"].size for s in stems if s.with_suffix(".npz").is_file()
+    )
+    assert len(shipped) == count
 
 
 def test_reader_ship_runs_through_the_command_line(monkeypatch, capsys):
