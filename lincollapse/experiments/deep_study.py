@@ -542,9 +542,10 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
             if finished(spec) is not None:
                 continue
             if spec.extended and not _start_from_base(spec):
-                # training is deterministic, so a replay from step 0 passes through the capped
-                # run's final state; the shipped group checks its records against the run's own
-                # (:func:`~lincollapse.experiments.deep_study_shipping.with_extensions`)
+                # training is deterministic on one kind of CPU, so there a replay from step 0
+                # passes through the capped run's final state (on another kind, float32 round-off
+                # makes it a second draw); the shipped group checks its records against the run's
+                # own (:func:`~lincollapse.experiments.deep_study_shipping.with_extensions`)
                 log(f"{group}: {spec.label}: its capped run's final state is not here; from step 0")
             probe = run_probe(spec)
             start = time.perf_counter()
