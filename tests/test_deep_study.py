@@ -524,12 +524,21 @@ def test_shipping_keeps_the_runs_shipped_from_other_machines(tmp_path, monkeypat
     monkeypatch.setattr(shipping, "run_probe", lambda spec: {"x": np.array([spec.sigma2])})
     local = {specs[0]: _fake_run(specs[0], k=12, seed=0), specs[2]: _fake_run(specs[2], 30, 2)}
     monkeypatch.setattr(shipping, "finished", lambda spec: local.get(spec))
+    monkeypatch.setattr(shipping, "machine_description", lambda: "CPU one")
     shipping.ship_group("baseline", "first machine")
     first = shipping.load_group("baseline")
     assert first.missing == (specs[1].label,) and first.arrays["steps"].size == 30
 
     local = {specs[1]: _fake_run(specs[1], k=20, seed=1)}  # a new machine: one run, another
+    monkeypatch.setattr(shipping, "machine_description", lambda: "CPU two")
     stem = shipping.ship_group("baseline", "second machine")
+    info = json_info(stem)  # where each run was trained, not only where the group was shipped
+    assert info["machine"] == "CPU one (2 runs), CPU two (1 run)"
+    assert [info["runs"][spec.label]["machine"] for spec in specs] == [
+        "CPU one",
+        "CPU two",
+        "CPU one",
+    ]
     both = shipping.load_group("baseline")
     assert both.missing == () and both.arrays["sigma2"].tolist() == [1.0, 0.1, 0.01]
     assert both.provenance.startswith("finished runs in the local results cache: σ²=0.1")

@@ -10,6 +10,7 @@ The runs themselves (their specs, training and store) are in
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from lincollapse.references import (
     RESULTS_DIR,
     Probe,
     load_shipped,
+    machine_description,
     reference_info,
     save_shipped,
     shipped_provenance,
@@ -207,7 +209,9 @@ def ship_group(group: str, command: str) -> Path:
         "cpu",
         float(arrays["seconds"].sum()),
         threads_per_run=sorted(sources["threads"]),
+        runs=sources["runs"],
     )
+    info["machine"] = machines_summary(sources["runs"])
     stem = reference_path(group)
     save_shipped(stem, group_key(group, specs), arrays, group_probe(group, specs), info)
     return stem
@@ -219,7 +223,14 @@ def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.nd
     shipped ``provenance``). ``check``: raise unless the code reproduces every run's probe."""
     stem = reference_path(group)
     shipped: dict[RunSpec, dict[str, np.ndarray]] = {}
-    sources: dict[str, Any] = {"local": [], "shipped": [], "threads": set(), "provenance": None}
+    sources: dict[str, Any] = {
+        "local": [],
+        "shipped": [],
+        "threads": set(),
+        "provenance": None,
+        "runs": {},
+    }
+    shipped_runs_info: dict[str, dict[str, str]] = {}
     try:
         arrays, meta = load_shipped(stem, None)
         specs = _shipped_specs(group, meta)
@@ -230,6 +241,14 @@ def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.nd
         shipped = {spec: _shipped_row(arrays, r) for r, spec in enumerate(specs)}
         sources["provenance"] = shipped_provenance(stem, meta)
         shipped_threads = set(meta.get("info", {}).get("threads_per_run", []))
+        # where and when each shipped run was trained: recorded per run since 2026-12-02; a
+        # group shipped before then was trained on the one machine that shipped it
+        whole = {
+            "machine": meta.get("info", {}).get("machine", "?"),
+            "date": meta.get("created", "?")[:10],
+        }
+        recorded = meta.get("info", {}).get("runs", {})
+        shipped_runs_info = {spec.label: recorded.get(spec.label, whole) for spec in specs}
     rows: dict[RunSpec, dict[str, np.ndarray]] = {}
     for spec in GROUPS[group]:
         found = finished(spec)
@@ -240,9 +259,11 @@ def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.nd
             rows[spec] = _run_row(spec, found[0], info)
             sources["local"].append(spec)
             sources["threads"].add(info.get("threads"))
+            sources["runs"][spec.label] = {"machine": machine_description(), "date": _today()}
         elif spec in shipped:
             rows[spec] = shipped[spec]
             sources["shipped"].append(spec)
+            sources["runs"][spec.label] = shipped_runs_info[spec.label]
     if check and sources["shipped"]:
         verify_behaviour(
             stem,
@@ -274,6 +295,20 @@ def shipped_runs(group: str, check: bool = False) -> dict[RunSpec, dict[str, Any
         }
         for r, spec in enumerate(specs)
     }
+
+
+def machines_summary(runs: dict[str, dict[str, str]]) -> str:
+    """The machine(s) a group's runs were trained on: one name, or each with its run count."""
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        counts[run["machine"]] = counts.get(run["machine"], 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in counts.items())
+
+
+def _today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
 
 
 def _labels(specs: Sequence[RunSpec]) -> str:
