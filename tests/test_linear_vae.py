@@ -297,7 +297,8 @@ def test_ascend_elbo_joint_training_reaches_the_same_optimum():
     best = ppca.fit(x, 3).log_likelihood
     joint = linear_vae_training.ascend_elbo(x, 3, encoder="learned", steps=3000, seed=1)
     assert joint.encoder == "learned"
-    assert 0.0 <= best - joint.elbo < 1e-5
+    # a lower bound on the maximum, above it only by round-off (3.6e-15 seen on an AMD EPYC)
+    assert -1e-12 <= best - joint.elbo < 1e-5
     assert joint.gram_ratio < 1e-2
     adam = linear_vae_training.ascend_elbo(
         x, 3, encoder="learned", optimiser="adam", steps=300, lr=1e-2
@@ -317,7 +318,7 @@ def test_ascend_elbo_with_fixed_sigma2_collapses_the_predicted_columns():
     assert float(trained.model.sigma2.detach()) == sigma2
     best_W = ppca.fixed_sigma2_maximiser(spectrum, 6, sigma2)
     best = ppca.average_log_likelihood(spectrum, best_W, sigma2)
-    assert 0.0 <= best - trained.elbo < 1e-5
+    assert -1e-12 <= best - trained.elbo < 1e-5  # at most round-off above the maximum
     norms = np.sort(trained.model.decoder_column_norms())
     assert np.all(norms[:2] < 1e-2) and np.all(norms[2:] > 0.1)  # two of six collapse
 
