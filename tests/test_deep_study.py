@@ -593,3 +593,27 @@ def test_training_skips_the_shipped_runs_unless_they_are_stale(tmp_path, monkeyp
     reached.clear()
     study.train_queue(["baseline"], log=lines.append)
     assert reached == specs and "stale" in lines[-1]
+
+
+def test_learned_sentence_splits_the_starts_by_where_they_end():
+    grid = np.array([30.0, 1.0, 0.1, 0.01, 0.001, 1e-4])
+    finals = np.array([0.02, 0.012, 0.007, 0.004, 0.0033, 0.0038])
+    nan = np.full(grid.size, np.nan)
+    result = figures.SigmaStudy(
+        sigma2=grid, fixed=nan, learned=np.full(grid.size, 0.9),
+        fixed_converged=np.zeros(grid.size, bool), learned_converged=np.ones(grid.size, bool),
+        fixed_steps=nan, learned_steps=nan, learned_final_sigma2=finals, linear=nan,
+        linear_learned=nan, reproduction_fixed=nan, reproduction_learned=nan,
+        sigma2_line=grid, linear_line=nan, provenance={}, run_seconds=np.zeros(0),
+    )  # fmt: skip
+    band, above = result.learned_band()
+    # 0.0033 … 0.004 lie within a factor 2; adding 0.007 would make it 2.12
+    assert band.tolist() == [False, False, False, True, True, True]
+    assert above.tolist() == [True, True, True, False, False, False]
+    sentence = result.findings()["learned"]
+    assert "Started at or below 0.01 (3 starts spanning a factor 100)" in sentence
+    assert "narrow band, 0.0033 to 0.004;" in sentence
+    assert "started higher (0.1 to 30), it ends higher, 0.007 to 0.02, the higher" in sentence
+    # every start ending within a factor 2: no dependence on the start
+    flat = dataclasses.replace(result, learned_final_sigma2=np.linspace(0.004, 0.006, grid.size))
+    assert flat.findings()["learned"].endswith("does not depend on where it starts.")

@@ -67,6 +67,8 @@ REPRODUCTION_FIXED = {
 }
 REPRODUCTION_LEARNED = {1.0: 0.82, 0.01: 0.40, 0.001: 0.0, 0.0001: 0.0}
 STUDY_EPSILON = 0.01
+# learned σ² runs whose final values lie within this factor of each other end "in a band"
+BAND_FACTOR = 2.0
 AGREEMENT = 0.05  # two collapsed fractions this close are called equal (10 of 200 latents)
 STUDY_COST = (
     "≈ 3 s (reads shipped runs, measures the linear optimum; "
@@ -226,24 +228,66 @@ class SigmaStudy:
                 )
         done = np.isfinite(self.learned)
         if done.any():
-            pairs = ", ".join(
-                f"from {s:g} to {f:.3g}"
-                for s, f in zip(self.sigma2[done], self.learned_final_sigma2[done], strict=True)
-            )
-            spread = np.nanmax(self.learned_final_sigma2) / np.nanmin(self.learned_final_sigma2)
-            out["learned"] = (
-                f"Learned σ² moved {pairs}; the final values span a factor {spread:.3g}, so "
-                + (
-                    "where it ends depends on where it starts."
-                    if spread > 2
-                    else "it ends near the same value whatever its start."
-                )
-            )
+            out["learned"] = self._learned_sentence(done)
         else:
             out["learned"] = (
                 "Not available yet: the converged learned-σ² runs have not been shipped."
             )
         return out
+
+    def learned_band(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where learned σ² ends, split by its start: the *band* is the longest run of the
+        smallest starts whose final values lie within a factor :data:`BAND_FACTOR` of each other;
+        the rest are the starts above it. Returns (band, above) as masks over :attr:`sigma2`."""
+        done = np.isfinite(self.learned_final_sigma2)
+        band = np.zeros(self.sigma2.size, bool)
+        for i in np.argsort(self.sigma2):
+            if not done[i]:
+                continue
+            finals = self.learned_final_sigma2[band | (np.arange(band.size) == i)]
+            if finals.max() / finals.min() > BAND_FACTOR:
+                break
+            band[i] = True
+        return band, done & ~band
+
+    def _learned_sentence(self, done: np.ndarray) -> str:
+        """Where learned σ² ends against where it starts, computed from the runs."""
+        finals = self.learned_final_sigma2
+        spread = np.nanmax(finals[done]) / np.nanmin(finals[done])
+        band, above = self.learned_band()
+        text = (
+            f"Learned σ² ends between {np.nanmin(finals[done]):.3g} and "
+            f"{np.nanmax(finals[done]):.3g} (a factor {spread:.3g}) from starts between "
+            f"{self.sigma2[done].min():g} and {self.sigma2[done].max():g}."
+        )
+        if band.sum() >= 2:
+            text += (
+                f" Started at or below {self.sigma2[band].max():g} ({band.sum()} starts spanning a "
+                f"factor {self.sigma2[band].max() / self.sigma2[band].min():.3g}), it ends in a "
+                f"narrow band, {finals[band].min():.3g} to {finals[band].max():.3g}"
+            )
+            if above.any():
+                order = np.argsort(self.sigma2[above])
+                rising = bool(np.all(np.diff(finals[above][order]) > 0))
+                text += (
+                    f"; started higher ({self.sigma2[above].min():g} to "
+                    f"{self.sigma2[above].max():g}), it ends higher, {finals[above].min():.3g} to "
+                    f"{finals[above].max():.3g}"
+                    + (", the higher the start the higher the end" if rising else "")
+                )
+            text += (
+                ". So where it ends depends on where it starts only for the large starts: from "
+                "small ones it ends at about the same value."
+                if above.any()
+                else ". So where it ends does not depend on where it starts."
+            )
+        else:
+            text += (
+                " Where it ends depends on where it starts."
+                if spread > BAND_FACTOR
+                else " It ends near the same value whatever its start."
+            )
+        return text
 
     def glue_values(self, prefix: str = "study") -> dict[str, Any]:
         """Every number and sentence the chapter glues, by name."""
