@@ -530,10 +530,14 @@ def test_shipping_keeps_the_runs_shipped_from_other_machines(tmp_path, monkeypat
     assert first.missing == (specs[1].label,) and first.arrays["steps"].size == 30
 
     local = {specs[1]: _fake_run(specs[1], k=20, seed=1)}  # a new machine: one run, another
-    monkeypatch.setattr(shipping, "machine_description", lambda: "CPU two")
+    # the run records the machine it trained on, and its store entry the time it finished
+    local[specs[1]][1]["info"]["machine"] = "CPU two"
+    local[specs[1]][1]["created"] = "2026-11-29T23:59:58+00:00"
+    monkeypatch.setattr(shipping, "machine_description", lambda: "CPU that ships")
     stem = shipping.ship_group("baseline", "second machine")
     info = json_info(stem)  # where each run was trained, not only where the group was shipped
     assert info["machine"] == "CPU one (2 runs), CPU two (1 run)"
+    assert info["runs"][specs[1].label]["date"] == "2026-11-29"
     assert [info["runs"][spec.label]["machine"] for spec in specs] == [
         "CPU one",
         "CPU two",

@@ -51,7 +51,7 @@ from lincollapse.deep_vae import Architecture, GaussianVAE
 from lincollapse.gaussian import kl_to_prior
 from lincollapse.linear_vae import optimal_encoder
 from lincollapse.ppca import data_spectrum, fixed_sigma2_maximiser
-from lincollapse.references import PROBE_STEPS
+from lincollapse.references import PROBE_STEPS, machine_description
 from lincollapse.results_cache import ResultsCache, default_cache_dir
 from lincollapse.training import maximise
 from lincollapse.training_state import save_state
@@ -562,6 +562,7 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
             )
             info |= {"wall_seconds_this_process": time.perf_counter() - start}
             info |= {"threads": torch.get_num_threads(), "group": group}
+            info |= {"machine": machine_description()}
             arrays |= {f"probe_{k}": v for k, v in probe.items()}
             store().save(spec.key(), arrays, info)
             # keep the trained model (latent traversals are drawn from it)

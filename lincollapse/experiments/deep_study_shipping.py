@@ -63,6 +63,13 @@ def group_key(group: str, specs: Sequence[RunSpec] | None = None) -> dict[str, A
     }
 
 
+def _load_shipped_group(group: str) -> tuple[dict[str, np.ndarray], dict, list[RunSpec]]:
+    """A shipped group's arrays, meta and runs (in its order); raises
+    :class:`ReferenceResultError` when it is missing, corrupt or of another configuration."""
+    arrays, meta = load_shipped(reference_path(group), None)
+    return arrays, meta, _shipped_specs(group, meta)
+
+
 def _shipped_specs(group: str, meta: dict) -> list[RunSpec]:
     """The runs a shipped group holds, in its order; raises if any is not one of the group's."""
     known = {config_key(spec.key()): spec for spec in GROUPS[group]}
@@ -232,8 +239,7 @@ def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.nd
     }
     shipped_runs_info: dict[str, dict[str, str]] = {}
     try:
-        arrays, meta = load_shipped(stem, None)
-        specs = _shipped_specs(group, meta)
+        arrays, meta, specs = _load_shipped_group(group)
     except ReferenceResultError:
         if check and stem.with_suffix(".npz").is_file():
             raise
@@ -259,7 +265,12 @@ def _merged_rows(group: str, check: bool) -> tuple[dict[RunSpec, dict[str, np.nd
             rows[spec] = _run_row(spec, found[0], info)
             sources["local"].append(spec)
             sources["threads"].add(info.get("threads"))
-            sources["runs"][spec.label] = {"machine": machine_description(), "date": _today()}
+            # where and when it finished training (its store entry's date; a run stored
+            # before the machine was recorded per run was trained on this machine)
+            sources["runs"][spec.label] = {
+                "machine": info.get("machine", machine_description()),
+                "date": found[1].get("created", _today())[:10],
+            }
         elif spec in shipped:
             rows[spec] = shipped[spec]
             sources["shipped"].append(spec)
@@ -281,8 +292,7 @@ def shipped_runs(group: str, check: bool = False) -> dict[RunSpec, dict[str, Any
     longer replays with the code now."""
     stem = reference_path(group)
     try:
-        arrays, meta = load_shipped(stem, None)
-        specs = _shipped_specs(group, meta)
+        arrays, meta, specs = _load_shipped_group(group)
         if check:
             verify_behaviour(stem, group_probe(group, specs))
     except ReferenceResultError:
