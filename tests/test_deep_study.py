@@ -621,3 +621,34 @@ def test_learned_sentence_splits_the_starts_by_where_they_end():
     # every start ending within a factor 2: no dependence on the start
     flat = dataclasses.replace(result, learned_final_sigma2=np.linspace(0.004, 0.006, grid.size))
     assert flat.findings()["learned"].endswith("does not depend on where it starts.")
+
+
+def test_unconverged_runs_say_at_which_threshold_they_still_move(monkeypatch):
+    """Two runs at their cap: one jitters only at ε = 0.01 around a rising mean, one still moves
+    at ε = 0.1; a third awaits its continuation and is not judged."""
+    settings = [{"sigma2": 1.0}, {"sigma2": 0.1}, {"sigma2": 0.001}]
+    group = _fake_group("baseline", settings, [0.5, 0.5, 0.5], converged=False, k=201)
+    fraction = group.arrays["fraction"]  # (runs, records, ε), constant 0.5
+    jitter = np.where(np.arange(201) % 2, 0.1, -0.1)  # ±20 latents from one record to the next
+    fraction[0, :, 0] += jitter + np.linspace(0.0, 0.04, 201)  # and a rise of 0.04 in all
+    fraction[1, -10:, 2] += 0.05  # 10 latents more at ε = 0.1 near the end
+    group.arrays["steps_done"][:] = 20_000
+    monkeypatch.setattr(figures, "load_group", lambda name: group if name == "baseline" else None)
+    monkeypatch.setattr(figures, "finished", lambda spec: None)
+    result = figures.unconverged_runs()
+    rows = {row["label"]: row for row in result.rows}
+    first = rows["σ²=1 fixed seed 0"]
+    assert not first["awaiting"] and first["moved"][0] == pytest.approx(0.2 + 0.04 * 0.2, abs=1e-3)
+    np.testing.assert_array_equal(first["moved"][1:], 0.0)
+    # the last 1,000 steps' mean against the first 1,000 of the window (steps 16,000–20,000)
+    assert first["drift"] == pytest.approx(0.04 * 3000 / 20_000, abs=2e-3)
+    assert rows["σ²=0.1 fixed seed 0"]["moved"][2] == pytest.approx(0.05)
+    assert rows["σ²=0.001 fixed seed 0"]["awaiting"]  # to be continued: not judged
+    sentence = result.sentence()
+    assert sentence.startswith("3 of the runs did not meet the rule (1 of them awaiting")
+    assert "Of the 2 that ran to their cap, 1 moved by more than 0.01 only at ε = 0.01" in sentence
+    assert "(σ²=1 fixed seed 0: drift +0.006)" in sentence
+    table = result.table()
+    assert (
+        "| σ²=0.001 fixed seed 0 | 20,000 | — |" in table and "awaiting its continuation" in table
+    )

@@ -24,6 +24,7 @@ from lincollapse.experiments.deep_study import (
     MAX_STEPS,
     PLATEAU_TOLERANCE,
     RECORD_EVERY,
+    RunSpec,
     finished,
     linear_count,
     linear_count_eigenvalues,
@@ -35,6 +36,7 @@ from lincollapse.experiments.deep_study import (
     WINDOW as PLATEAU_WINDOW,
 )
 from lincollapse.experiments.deep_study_shipping import (
+    FINAL_WINDOW,
     TRAVERSAL_IMAGE,
     TRAVERSAL_RUN,
     TRAVERSAL_VALUES,
@@ -863,6 +865,105 @@ def continuation_findings() -> str:
     return (
         f"What the continuations found (collapsed fraction at ε = 0.01; collapse counted as "
         f"begun when it reaches {ONSET:g} after its first fall below it): " + "; ".join(parts) + "."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Unconverged:
+    """Where each run that did not meet the plateau rule still moves.
+
+    ``rows``: one dict per such run: ``label``, ``steps``, ``awaiting`` (True: it is to be
+    continued and its continuation is not available yet, so the rule is not applied to it),
+    ``moved`` (per ε of :data:`EPSILONS`, max − min of its collapsed fraction over its last
+    ``PLATEAU_WINDOW`` steps) and ``drift`` (its last :data:`FINAL_WINDOW`-step mean at
+    ε = 0.01 minus its first in that window). A run that moves only at the strictest ε with
+    little drift has latents whose KL sits near that ε and crosses it back and forth; a drift
+    says it is still collapsing (or reviving) latents.
+    """
+
+    rows: list[dict[str, Any]]
+
+    def table(self) -> str:
+        """Markdown table of :attr:`rows`."""
+        head = " | ".join(f"moved at ε = {eps:g}" for eps in EPSILONS)
+        lines = [
+            f"| run | steps | {head} | drift of the {FINAL_WINDOW:,}-step mean at ε = 0.01 |",
+            "|---|---|" + "---|" * len(EPSILONS) + "---|",
+        ]
+        for row in self.rows:
+            if row["awaiting"]:
+                cells = " | ".join("—" for _ in EPSILONS) + " | awaiting its continuation"
+            else:
+                cells = " | ".join(f"{m:.3f}" for m in row["moved"]) + f" | {row['drift']:+.3f}"
+            lines.append(f"| {row['label']} | {row['steps']:,} | {cells} |")
+        return "\n".join(lines)
+
+    def sentence(self) -> str:
+        """How many of the runs move only at the strictest ε, computed from :attr:`rows`."""
+        judged = [row for row in self.rows if not row["awaiting"]]
+        waiting = len(self.rows) - len(judged)
+        if not self.rows:
+            return "Every run available met the plateau rule."
+        strict_only = [
+            row
+            for row in judged
+            if row["moved"][0] > PLATEAU_TOLERANCE and max(row["moved"][1:]) <= PLATEAU_TOLERANCE
+        ]
+        text = (
+            f"{len(self.rows)} of the runs did not meet the rule"
+            + (f" ({waiting} of them awaiting their continuation)" if waiting else "")
+            + f". Of the {len(judged)} that ran to their cap, {len(strict_only)} moved by more "
+            f"than {PLATEAU_TOLERANCE:g} only at ε = {EPSILONS[0]:g}, the strictest threshold, and "
+            "by at most that at every larger ε"
+        )
+        if strict_only:
+            text += (
+                " ("
+                + ", ".join(f"{row['label']}: drift {row['drift']:+.3f}" for row in strict_only)
+                + ")"
+            )
+        return text + "; the others still move at a larger ε as well."
+
+
+def unconverged_runs() -> Unconverged:
+    """The runs of the study (continued where a continuation is available) that did not meet the
+    plateau rule, with where they still move (:class:`Unconverged`)."""
+    rows = []
+    e = EPSILONS.index(0.01)
+    block = FINAL_WINDOW // RECORD_EVERY
+    for name in GROUPS:
+        if name == "extended":
+            continue
+        group, _ = _group_or_reason(name)
+        if group is None:
+            continue
+        a = group.arrays
+        for r in np.flatnonzero(~a["converged"]):
+            spec = _spec(a, r)
+            n = int(a["steps_done"][r]) // RECORD_EVERY + 1
+            tail = a["fraction"][r, max(0, n - 1 - PLATEAU_WINDOW // RECORD_EVERY) : n]
+            continued = any(ext.base == spec for ext in GROUPS["extended"])
+            rows.append(
+                {
+                    "label": spec.label,
+                    "steps": int(a["steps_done"][r]),
+                    "awaiting": continued and int(a["steps_done"][r]) <= MAX_STEPS,
+                    # fractions are multiples of 1/q: round away the float noise (as the rule)
+                    "moved": np.round(tail.max(axis=0) - tail.min(axis=0), 9),
+                    "drift": float(tail[-block:, e].mean() - tail[:block, e].mean()),
+                }
+            )
+    return Unconverged(rows)
+
+
+def _spec(arrays: dict[str, np.ndarray], r: int) -> RunSpec:
+    """The capped :class:`RunSpec` of run ``r`` of a group's arrays."""
+    return RunSpec(
+        float(arrays["sigma2"][r]),
+        learned=bool(arrays["learned"][r]),
+        pixels=str(arrays["pixels"][r]),
+        n_train=int(arrays["n_train"][r]),
+        seed=int(arrays["seed"][r]),
     )
 
 
