@@ -652,3 +652,29 @@ def test_unconverged_runs_say_at_which_threshold_they_still_move(monkeypatch):
     assert (
         "| σ²=0.001 fixed seed 0 | 20,000 | — |" in table and "awaiting its continuation" in table
     )
+
+
+def test_learned_runs_are_compared_with_fixed_ones_where_they_start_and_end():
+    grid = np.array([1.0, 0.1, 0.01, 0.001])
+    fixed = np.array([0.9, 0.8, 0.6, 0.2])
+    learned = np.array([0.85, 0.75, 0.5, 0.3])
+    finals = np.array([0.1, 0.01, np.sqrt(0.001 * 0.01), 0.01])  # two fell, one rose
+    nan = np.full(grid.size, np.nan)
+    result = figures.SigmaStudy(
+        sigma2=grid, fixed=fixed, learned=learned,
+        fixed_converged=np.ones(grid.size, bool), learned_converged=np.ones(grid.size, bool),
+        fixed_steps=nan, learned_steps=nan, learned_final_sigma2=finals, linear=nan,
+        linear_learned=nan, reproduction_fixed=nan, reproduction_learned=nan,
+        sigma2_line=grid, linear_line=nan, provenance={}, run_seconds=np.zeros(0),
+    )  # fmt: skip
+    # halfway in log σ² between 0.01 and 0.001: halfway between 0.6 and 0.2
+    np.testing.assert_allclose(result.fixed_at(finals), [0.8, 0.6, 0.4, 0.6])
+    assert np.isnan(result.fixed_at(np.array([10.0, 1e-5]))).all()
+    sentence = result.findings()["learned_vs_fixed"]
+    # at the start: −0.05, −0.05, −0.1, +0.1; at the end: +0.05, +0.15, +0.1, −0.3
+    assert "collapses -0.100 to +0.100 more at the σ² where it starts" in sentence
+    assert "-0.300 to +0.150 more at the σ² where it ends" in sentence
+    assert sentence.endswith(
+        "the 3 runs whose σ² fell collapse +0.050 to +0.150 more, the 1 whose σ² rose -0.300 to "
+        "-0.300: the sign follows the way σ² travelled."
+    )

@@ -181,6 +181,7 @@ class SigmaStudy:
         """
         missing = "Not available yet: the converged fixed-σ² runs have not been shipped."
         out = {"direction": missing, "distance": "", "reproduction": "", "learned": ""}
+        out["learned_vs_fixed"] = ""
         have = np.isfinite(self.fixed)
         if have.sum() >= 2:
             order = np.argsort(self.sigma2[have])[::-1]
@@ -229,6 +230,7 @@ class SigmaStudy:
                     f"difference {diff[worst]:+.3f} at σ² = {self.sigma2[rep][worst]:g})."
                 )
         done = np.isfinite(self.learned)
+        out["learned_vs_fixed"] = self._learned_against_fixed()
         if done.any():
             out["learned"] = self._learned_sentence(done)
         else:
@@ -289,6 +291,47 @@ class SigmaStudy:
                 if spread > BAND_FACTOR
                 else " It ends near the same value whatever its start."
             )
+        return text
+
+    def fixed_at(self, sigma2: np.ndarray) -> np.ndarray:
+        """The fixed-σ² runs' collapsed fraction at ``sigma2``, interpolated linearly in log σ²
+        between the grid values run (NaN outside them)."""
+        have = np.isfinite(self.fixed)
+        order = np.argsort(self.sigma2[have])
+        x, y = np.log(self.sigma2[have][order]), self.fixed[have][order]
+        at = np.log(np.asarray(sigma2, float))
+        if x.size < 2:
+            return np.full(at.shape, np.nan)
+        return np.where((at >= x[0]) & (at <= x[-1]), np.interp(at, x, y), np.nan)
+
+    def _learned_against_fixed(self) -> str:
+        """A learned run against a fixed one at the σ² where it starts and where it ends."""
+        at_end = self.learned - self.fixed_at(self.learned_final_sigma2)
+        at_start = self.learned - self.fixed
+        both = np.isfinite(at_end) & np.isfinite(at_start)
+        if both.sum() < 2:
+            return ""
+        fell = both & (self.learned_final_sigma2 < self.sigma2)
+        rose = both & (self.learned_final_sigma2 > self.sigma2)
+
+        def span(values: np.ndarray) -> str:
+            return f"{values.min():+.3f} to {values.max():+.3f}"
+
+        text = (
+            f"Against a fixed-σ² run, a learned one ({both.sum()} starts) collapses "
+            f"{span(at_start[both])} more at the σ² where it starts, and {span(at_end[both])} more "
+            "at the σ² where it ends (the fixed runs interpolated in log σ² between the grid's "
+            "values)."
+        )
+        if fell.any() and rose.any():
+            text += (
+                f" At its end, the {fell.sum()} runs whose σ² fell collapse {span(at_end[fell])} "
+                f"more, the {rose.sum()} whose σ² rose {span(at_end[rose])}"
+            )
+            if (at_end[fell] > 0).all() and (at_end[rose] < 0).all():
+                text += ": the sign follows the way σ² travelled."
+            else:
+                text += "."
         return text
 
     def glue_values(self, prefix: str = "study") -> dict[str, Any]:
