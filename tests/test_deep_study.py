@@ -147,6 +147,52 @@ def test_a_continuation_resumes_its_capped_run(tmp_path, monkeypatch):
         study.RunSpec(0.1, max_steps=30_000)
 
 
+def test_a_continuation_replayed_from_step_0_records_its_capped_run(tmp_path, monkeypatch):
+    """Where neither the capped run nor its state is here, the continuation replays it from
+    step 0 and stores the capped run at the chunk end where it would have stopped: the same
+    records, wall-time bookkeeping and final weights as the capped run trained alone. Steps are
+    scaled (cap 20, continuation 50, chunks of 10) and the rule made to hold at step 10."""
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "continued")
+    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / group)  # unshipped
+    for name, value in (("CHUNK", 10), ("MAX_STEPS", 20), ("EXTENDED_MAX_STEPS", 50)):
+        monkeypatch.setattr(study, name, value)
+    for name, value in (("MIN_STEPS", 10), ("WINDOW", 10), ("PLATEAU_TOLERANCE", 1.0)):
+        monkeypatch.setattr(study, name, value)
+    monkeypatch.setattr(study, "run_probe", lambda spec: {"x": np.array([spec.sigma2])})
+    original = study.train_run
+
+    def small(spec, **kw):
+        return original(spec, **(kw | {"record_every": 10, "dtype": torch.float64}))
+
+    monkeypatch.setattr(study, "train_run", small)
+    base = study.RunSpec(0.001, max_steps=20)
+    extended = dataclasses.replace(base, max_steps=50)
+    monkeypatch.setattr(study, "GROUPS", {"baseline": [base], "extended": [extended]})
+    lines = []
+    study.train_queue(["extended"], log=lines.append)
+    assert any("recorded within σ²=0.001 fixed seed 0 to 50 steps" in line for line in lines)
+    captured, meta = study.finished(base)
+    assert meta["info"]["steps"] == 10 and meta["info"]["converged"]
+    assert captured["probe_x"].tolist() == [0.001]
+    assert study.finished(extended)[1]["info"]["steps"] == 50
+    recorded = torch.load(study._model_path(base), weights_only=False)["model"]
+
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "alone")
+    study.train_queue(["baseline"], log=lines.append)
+    alone, alone_meta = study.finished(base)
+    assert alone_meta["info"]["steps"] == 10
+    assert captured.keys() == alone.keys()
+    for name in alone:
+        np.testing.assert_array_equal(captured[name], alone[name], err_msg=name)
+    trained = torch.load(study._model_path(base), weights_only=False)["model"]
+    assert trained.keys() == recorded.keys()
+    for name, weights in trained.items():
+        assert weights.dtype == torch.float64
+        torch.testing.assert_close(recorded[name], weights, rtol=0, atol=0, msg=name)
+    # the capped run's stop read from records: the rule first holds at the first chunk end
+    assert study.capped_stop(alone["steps"], alone["thresholds"]) == 10
+
+
 def test_extensions_replace_runs_and_lengthen_the_records():
     runs = [{"sigma2": 0.01}, {"sigma2": 0.001}]
     group = _fake_group("baseline", runs, [0.9, 0.3], converged=False)

@@ -33,7 +33,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -346,13 +346,17 @@ def train_run(
     checkpoint: Path | None = None,
     progress: bool | None = None,
     record_every: int = RECORD_EVERY,
+    on_chunk: Callable[..., None] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Train one run in chunks of :data:`CHUNK` steps until :func:`plateau` holds (or max_steps).
 
     With ``checkpoint`` (a file path) the run resumes from it when it exists and saves it after
-    every chunk (atomically). Returns the recorded arrays (training: ``elbo``, ``sigma2``,
-    ``thresholds``, ``kl_mean``; held-out: ``elbo_test``, ``thresholds_test``; per record) and
-    ``info`` (steps done, converged, movement, seconds). The training ELBO is recorded by
+    every chunk (atomically). ``on_chunk(records, info, save)``, when given, is called at every
+    chunk end (before the checkpoint is written) with the records so far, the ``info`` a run
+    ending there would return, and ``save(path)``, which writes the state there as a checkpoint.
+    Returns the recorded arrays (training: ``elbo``, ``sigma2``, ``thresholds``, ``kl_mean``;
+    held-out: ``elbo_test``, ``thresholds_test``; per record) and ``info`` (steps done,
+    converged, movement, seconds). The training ELBO is recorded by
     :func:`lincollapse.training.maximise` (evaluation noise), the rest by the recorder.
     """
     train_np, test_np, _ = study_data(spec.pixels, spec.n_train)
@@ -387,6 +391,20 @@ def train_run(
         recorder.rows["elbo"].extend(np.asarray(history.values, dtype=np.float64).tolist())
         done, seconds = end, seconds + history.seconds
         converged, movement = plateau(np.asarray(recorder.rows["steps"]), recorder.fraction())
+        if on_chunk is not None:
+            info = {"steps": done, "converged": converged, "movement": movement, "seconds": seconds}
+            on_chunk(
+                recorder.arrays(),
+                info,
+                functools.partial(
+                    _save_checkpoint,
+                    model=model,
+                    state=state,
+                    step=done,
+                    seconds=seconds,
+                    recorder=recorder,
+                ),
+            )
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, state, done, seconds, recorder)
     info = {"steps": done, "converged": converged, "movement": movement, "seconds": seconds}
@@ -485,6 +503,50 @@ def _start_from_base(spec: RunSpec) -> bool:
     return True
 
 
+def capped_stop(steps: np.ndarray, thresholds: np.ndarray) -> int | None:
+    """The step at which the capped run (:data:`MAX_STEPS`, stopping at the plateau rule) ends,
+    read from a run's records ``steps`` (k,) and ``thresholds`` (k, q): the first chunk end from
+    which :func:`plateau` holds on the records up to it, else :data:`MAX_STEPS`; ``None`` when
+    the records end before either."""
+    fraction = collapsed_fraction_from_thresholds(thresholds, PLATEAU_EPSILONS)
+    for end in range(CHUNK, min(int(steps[-1]), MAX_STEPS) + 1, CHUNK):
+        if plateau(steps[steps <= end], fraction[steps <= end])[0]:
+            return end
+    return MAX_STEPS if steps[-1] >= MAX_STEPS else None
+
+
+def _base_recorder(spec: RunSpec, group: str, probe: dict[str, np.ndarray], log=print):
+    """An ``on_chunk`` for a continuation replayed from step 0 whose capped run is neither
+    finished here nor shipped: at the chunk end where the capped run would have stopped, store
+    that run (its records, wall time and final state) as if trained alone. Training is
+    deterministic, so it is the capped run itself, and its own training would cost the steps
+    again."""
+
+    def on_chunk(records: dict[str, np.ndarray], info: dict, save: Callable) -> None:
+        base = spec.base
+        if finished(base) is not None:
+            return
+        if capped_stop(records["steps"], records["thresholds"]) != info["steps"]:
+            return
+        model = _model_path(base)
+        model.parent.mkdir(parents=True, exist_ok=True)
+        save(model)
+        info = info | {"threads": torch.get_num_threads(), "group": group}
+        info |= {"machine": machine_description(), "recorded_within": spec.label}
+        store().save(base.key(), records | {f"probe_{k}": v for k, v in probe.items()}, info)
+        log(
+            f"[{time.strftime('%H:%M:%S')}] {group}: {base.label}: {info['steps']} steps, "
+            f"converged={info['converged']}: recorded within {spec.label}"
+        )
+
+    return on_chunk
+
+
+def base_group(spec: RunSpec) -> str | None:
+    """The group whose run a continuation ``spec`` continues (``None``: no group holds it)."""
+    return next((g for g, specs in GROUPS.items() if g != "extended" and spec.base in specs), None)
+
+
 def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
     """The stored result of a finished run, or ``None``."""
     return store().load(spec.key())
@@ -548,6 +610,11 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
                 # own (:func:`~lincollapse.experiments.deep_study_shipping.with_extensions`)
                 log(f"{group}: {spec.label}: its capped run's final state is not here; from step 0")
             probe = run_probe(spec)
+            on_chunk = None
+            if spec.extended and finished(spec.base) is None:
+                home = base_group(spec)
+                if home is not None and spec.base not in shipped_runs(home, check=True):
+                    on_chunk = _base_recorder(spec, home, probe, log)
             start = time.perf_counter()
             # a continuation always runs to its cap, and the rule is applied to its records
             # afterwards: at small σ² a run can sit at zero collapse for thousands of steps
@@ -559,6 +626,7 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
                 stop_at_plateau=not spec.extended,
                 checkpoint=_checkpoint_path(spec),
                 progress=progress,
+                on_chunk=on_chunk,
             )
             info |= {"wall_seconds_this_process": time.perf_counter() - start}
             info |= {"threads": torch.get_num_threads(), "group": group}
