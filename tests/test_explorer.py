@@ -92,6 +92,7 @@ def test_static_when_the_book_build_runs(monkeypatch):
 
 def test_widget_path_builds_and_follows_the_sliders():
     pytest.importorskip("ipywidgets")
+    open_before = set(plt.get_fignums())  # another test on this worker may have left one open
     view = explorer.explore_sigma2(EIGENVALUES, q=4, interactive=True, display=False)
     assert isinstance(view, explorer.SigmaExplorer)
     assert view.q_slider.max == EIGENVALUES.size - 1
@@ -100,7 +101,8 @@ def test_widget_path_builds_and_follows_the_sliders():
     assert view.state.collapsed.tolist() == [3]  # λ_3 = 2 > 1.6 ≥ λ_4 = 1.5; q = 4
     view.q_slider.value = 6
     assert view.state.collapsed.tolist() == [3, 4, 5]
-    assert not plt.get_fignums()  # redraws leave no figure open for the inline backend
+    # redraws leave no figure open for the inline backend
+    assert set(plt.get_fignums()) <= open_before
 
 
 def test_bad_inputs_raise_clear_errors():
