@@ -24,7 +24,6 @@ from lincollapse.experiments.deep_study import (
     MAX_STEPS,
     PLATEAU_TOLERANCE,
     RECORD_EVERY,
-    RunSpec,
     finished,
     linear_count,
     linear_count_eigenvalues,
@@ -42,6 +41,7 @@ from lincollapse.experiments.deep_study_shipping import (
     TRAVERSAL_VALUES,
     StudyGroup,
     load_group,
+    run_spec,
     traversal_arrays,
     traversal_path,
     with_extensions,
@@ -84,13 +84,7 @@ def _find(groups: dict[str, StudyGroup], **fields) -> list[tuple[StudyGroup, int
     for group in groups.values():
         a = group.arrays
         for r in range(a["sigma2"].size):
-            values = {
-                "sigma2": float(a["sigma2"][r]),
-                "learned": bool(a["learned"][r]),
-                "pixels": str(a["pixels"][r]),
-                "n_train": int(a["n_train"][r]),
-                "seed": int(a["seed"][r]),
-            }
+            values = dataclasses.asdict(run_spec(a, r))
             if all(
                 np.isclose(values[k], v) if k == "sigma2" else values[k] == v
                 for k, v in fields.items()
@@ -181,7 +175,6 @@ class SigmaStudy:
         """
         missing = "Not available yet: the converged fixed-σ² runs have not been shipped."
         out = {"direction": missing, "distance": "", "reproduction": "", "learned": ""}
-        out["learned_vs_fixed"] = ""
         have = np.isfinite(self.fixed)
         if have.sum() >= 2:
             order = np.argsort(self.sigma2[have])[::-1]
@@ -982,7 +975,7 @@ def unconverged_runs() -> Unconverged:
             continue
         a = group.arrays
         for r in np.flatnonzero(~a["converged"]):
-            spec = _spec(a, r)
+            spec = run_spec(a, r)
             n = int(a["steps_done"][r]) // RECORD_EVERY + 1
             tail = a["fraction"][r, max(0, n - 1 - PLATEAU_WINDOW // RECORD_EVERY) : n]
             continued = any(ext.base == spec for ext in GROUPS["extended"])
@@ -997,17 +990,6 @@ def unconverged_runs() -> Unconverged:
                 }
             )
     return Unconverged(rows)
-
-
-def _spec(arrays: dict[str, np.ndarray], r: int) -> RunSpec:
-    """The capped :class:`RunSpec` of run ``r`` of a group's arrays."""
-    return RunSpec(
-        float(arrays["sigma2"][r]),
-        learned=bool(arrays["learned"][r]),
-        pixels=str(arrays["pixels"][r]),
-        n_train=int(arrays["n_train"][r]),
-        seed=int(arrays["seed"][r]),
-    )
 
 
 @figure(

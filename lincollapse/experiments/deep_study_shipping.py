@@ -368,6 +368,17 @@ def _settings(arrays: dict[str, np.ndarray], run: int) -> tuple:
     return tuple(arrays[name][run].item() for name in _SETTINGS)
 
 
+def run_spec(arrays: dict[str, np.ndarray], run: int) -> RunSpec:
+    """The capped :class:`RunSpec` of run ``run`` of a group's arrays (its settings)."""
+    return RunSpec(
+        float(arrays["sigma2"][run]),
+        learned=bool(arrays["learned"][run]),
+        pixels=str(arrays["pixels"][run]),
+        n_train=int(arrays["n_train"][run]),
+        seed=int(arrays["seed"][run]),
+    )
+
+
 def _label(arrays: dict[str, np.ndarray], run: int) -> str:
     learned = " learned" if arrays["learned"][run] else ""
     return f"σ²={arrays['sigma2'][run]:g}{learned} seed {arrays['seed'][run]}"
