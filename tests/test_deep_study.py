@@ -193,6 +193,66 @@ def test_a_continuation_replayed_from_step_0_records_its_capped_run(tmp_path, mo
     assert study.capped_stop(alone["steps"], alone["thresholds"]) == 10
 
 
+def test_a_further_continuation_starts_where_the_continuation_ended(tmp_path, monkeypatch):
+    """Three stages (cap 20, continuation 50, further 100; chunks of 10; the rule made to hold at
+    step 10). Replayed from step 0 on an empty store, the further continuation stores both
+    earlier stages on the way; trained stage by stage, each starts from the previous one's final
+    state, and the three runs equal the replay's bitwise."""
+    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / group)  # unshipped
+    steps = (("CHUNK", 10), ("MAX_STEPS", 20), ("EXTENDED_MAX_STEPS", 50))
+    for name, value in steps + (("FURTHER_MAX_STEPS", 100),):
+        monkeypatch.setattr(study, name, value)
+    for name, value in (("MIN_STEPS", 10), ("WINDOW", 10), ("PLATEAU_TOLERANCE", 1.0)):
+        monkeypatch.setattr(study, name, value)
+    monkeypatch.setattr(study, "run_probe", lambda spec: {"x": np.array([spec.sigma2])})
+    original = study.train_run
+
+    def small(spec, **kw):
+        return original(spec, **(kw | {"record_every": 10, "dtype": torch.float64}))
+
+    monkeypatch.setattr(study, "train_run", small)
+    base = study.RunSpec(0.001, max_steps=20)
+    extended = dataclasses.replace(base, max_steps=50)
+    further = dataclasses.replace(base, max_steps=100)
+    assert further.earlier == [base, extended] and further.previous == extended
+    assert extended.previous == base and further.label.endswith("to 100 steps")
+    assert config_key(further.key()) != config_key(extended.key())
+    with pytest.raises(ValueError, match="not a continuation"):
+        _ = base.previous
+    groups = {"baseline": [base], "extended": [extended], "further": [further]}
+    monkeypatch.setattr(study, "GROUPS", groups)
+
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "replay")
+    lines = []
+    study.train_queue(["further"], log=lines.append)
+    assert any("from step 0" in line for line in lines)
+    replay = {spec: study.finished(spec) for spec in (base, extended, further)}
+    assert [replay[s][1]["info"]["steps"] for s in (base, extended, further)] == [10, 50, 100]
+    assert replay[extended][1]["info"]["recorded_within"] == further.label
+    assert replay[extended][0]["steps"][-1] == 50
+
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "staged")
+    lines = []
+    study.train_queue(["baseline", "extended", "further"], log=lines.append)
+    assert not any("from step 0" in line for line in lines)
+    for spec in (base, extended, further):
+        staged, _ = study.finished(spec)
+        assert staged.keys() == replay[spec][0].keys()
+        for name in staged:
+            np.testing.assert_array_equal(staged[name], replay[spec][0][name], err_msg=name)
+
+
+def test_the_further_group_is_the_continuations_that_did_not_converge():
+    """The runs continued to 100,000 steps are exactly the shipped continuations that did not
+    meet the plateau rule at 50,000 (a continuation shipped later must be sorted here too)."""
+    shipped = shipping.shipped_runs("extended")
+    further = {spec.previous for spec in study.GROUPS["further"]}
+    assert shipped, "the continuations are shipped"
+    for spec, run in shipped.items():
+        assert (spec in further) == (not run["converged"]), spec.label
+    assert all(spec.max_steps == study.FURTHER_MAX_STEPS for spec in study.GROUPS["further"])
+
+
 def test_extensions_replace_runs_and_lengthen_the_records():
     runs = [{"sigma2": 0.01}, {"sigma2": 0.001}]
     group = _fake_group("baseline", runs, [0.9, 0.3], converged=False)
@@ -205,7 +265,7 @@ def test_extensions_replace_runs_and_lengthen_the_records():
     assert a["fraction"][0, 60, 0] == 0.9  # the run without a continuation is unchanged
     np.testing.assert_allclose(merged.final_fraction(0.01), [0.9, 0.6])
     assert (
-        "continued to 50,000 steps" in merged.provenance and "σ²=0.001 seed 0" in merged.provenance
+        "continued to 10,000 steps" in merged.provenance and "σ²=0.001 seed 0" in merged.provenance
     )
     # the continuation's first 6,000 steps are not the run's records: the provenance says how far
     assert "differ from the run's records by up to 0 nats in the ELBO and 0.3" in merged.provenance
@@ -271,6 +331,19 @@ def test_continuation_findings_say_when_collapse_began_past_the_capped_run(monke
         "σ²=0.001 fixed seed 0: its 6,000-step run reported 0.000; collapse began at step "
         "15,000, and at 50,000 steps it is 0.500."
     )
+    # continued further: the onset is read from the longest run, each stage's end is named
+    further = _fake_group("further", [{"sigma2": 0.001}], [0.7], k=1001)
+    further.arrays["fraction"][0, :501] = path[:, None]
+    groups["further"] = further
+    assert figures.continuation_findings().endswith(
+        "collapse began at step 15,000, and at 50,000 steps it is 0.500 and at 100,000 steps "
+        "it is 0.700."
+    )
+    # and it lengthens the run it continues, marked converged or not by its own records
+    merged = shipping.with_extensions(shipping.with_extensions(capped, longer), further, "further")
+    assert merged.arrays["steps_done"].tolist() == [100_000]
+    assert "continued to 100,000 steps" in merged.provenance
+    groups.pop("further")
     path[1:] = 0.0
     longer.arrays["fraction"][0] = path[:, None]
     assert "no collapse began by step 50,000" in figures.continuation_findings()
@@ -299,7 +372,7 @@ def test_continued_runs_are_those_with_small_noise_against_the_largest_eigenvalu
         (s.sigma2, s.pixels, s.learned, s.n_train, s.seed) for s in study.GROUPS["extended"]
     }
     for name, specs in study.GROUPS.items():
-        for spec in specs if name != "extended" else ():
+        for spec in specs if name not in study.CONTINUATIONS else ():
             lambda_1 = study.linear_count_eigenvalues(spec.pixels, spec.n_train)[0]
             small = spec.sigma2 / lambda_1 <= study.CONTINUE_BELOW
             key = (spec.sigma2, spec.pixels, spec.learned, spec.n_train, spec.seed)
@@ -451,7 +524,7 @@ def test_sigma2_study_places_runs_on_the_grid(monkeypatch):
             "continuation): their values are means over their last 1,000 steps, not plateaus."
         )
     )
-    total = sum(len(v) for k, v in study.GROUPS.items() if k != "extended")
+    total = sum(len(v) for k, v in study.GROUPS.items() if k not in study.CONTINUATIONS)
     assert figures.study_progress() == (
         f"4 of the {total} runs of that study are trained so far (the tables below name the "
         "ones still missing); 4 of them are not converged (still moving at their cap, or awaiting "
@@ -503,7 +576,8 @@ def test_shipped_study_groups_are_current(group):
     assert arrays["sigma2"].tolist() == [spec.sigma2 for spec in specs]
     done = arrays["steps_done"]
     assert ((done >= study.MIN_STEPS) | ~arrays["converged"]).all()
-    assert (done <= (study.EXTENDED_MAX_STEPS if group == "extended" else study.MAX_STEPS)).all()
+    cap = {"extended": study.EXTENDED_MAX_STEPS, "further": study.FURTHER_MAX_STEPS}
+    assert (done <= cap.get(group, study.MAX_STEPS)).all()
     rows = [shipping._shipped_row(arrays, r) for r in range(done.size)]  # noqa: SLF001
     for name, values in shipping._stack_rows(rows).items():  # noqa: SLF001 - kept when reshipped
         np.testing.assert_array_equal(values, arrays[name], err_msg=name)

@@ -67,6 +67,10 @@ MAX_STEPS = 20_000
 # streams) to EXTENDED_MAX_STEPS, whether or not it met the rule: the "extended" group. There a
 # run can sit at zero collapse for thousands of steps before collapse starts.
 EXTENDED_MAX_STEPS = 50_000
+# Added once the continuations to EXTENDED_MAX_STEPS were in: each of them that did not meet the
+# rule there (the rule applied to its last WINDOW steps, unchanged) is continued again from its
+# final state to FURTHER_MAX_STEPS, the "further" group, and reported there whatever it shows.
+FURTHER_MAX_STEPS = 100_000
 CONTINUE_BELOW = 1e-3
 # The largest σ² of the study with σ²/λ₁ ≤ CONTINUE_BELOW, per pixel scale (λ₁ = 5.28 for [0, 1]
 # pixels, 716 for logit pixels; a test recomputes it from the data)
@@ -89,6 +93,11 @@ ABLATION_SIGMA2 = (1.0, 0.1, 0.01, 0.001)
 # pixel-scale ablation adds σ² where it is not (count 0.625 at 10, 0.135 at 3).
 LOGIT_SIGMA2 = (10.0, 3.0, 1.0, 0.1, 0.01)
 STORE_VERSION = "deep-study-1"
+
+
+def stages() -> tuple[int, int, int]:
+    """The step caps a run may have: capped, continued, continued further."""
+    return (MAX_STEPS, EXTENDED_MAX_STEPS, FURTHER_MAX_STEPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +133,29 @@ class RunSpec:
             raise ValueError(f"pixels must be one of {PIXELS}, got {self.pixels!r}")
         if self.n_train < BOOK_N:
             raise ValueError(f"n_train must be at least {BOOK_N}, got {self.n_train}")
-        if self.max_steps not in (MAX_STEPS, EXTENDED_MAX_STEPS):
-            raise ValueError(
-                f"max_steps must be {MAX_STEPS} or {EXTENDED_MAX_STEPS}, got {self.max_steps}"
-            )
+        if self.max_steps not in stages():
+            raise ValueError(f"max_steps must be one of {stages()}, got {self.max_steps}")
 
     @property
     def base(self) -> RunSpec:
         """The run this one continues: the same settings capped at :data:`MAX_STEPS`."""
         return dataclasses.replace(self, max_steps=MAX_STEPS)
+
+    @property
+    def previous(self) -> RunSpec:
+        """The run whose final state this continuation starts from: the stage before it in
+        :func:`stages` (the capped run for a continuation to :data:`EXTENDED_MAX_STEPS`)."""
+        if not self.extended:
+            raise ValueError(f"{self.label} is not a continuation")
+        return self.earlier[-1]
+
+    @property
+    def earlier(self) -> list[RunSpec]:
+        """Every stage this run passes through, the capped run first (empty for a capped run)."""
+        steps = stages()
+        return [
+            dataclasses.replace(self, max_steps=m) for m in steps[: steps.index(self.max_steps)]
+        ]
 
     @property
     def extended(self) -> bool:
@@ -150,20 +173,29 @@ class RunSpec:
 
     def key(self) -> dict[str, Any]:
         """Everything that determines the run (its store key)."""
-        return {
-            "experiment": STORE_VERSION,
-            **dataclasses.asdict(self),
-            "sigma2": float(self.sigma2),
-            "data": study_data(self.pixels, self.n_train)[2],
-            "widths": [list(ARCH.encoder_hidden), list(ARCH.decoder_hidden)],
-            "latent": ARCH.latent,
-            "lr": LR,
-            "delta": DELTA,
-            "record_every": RECORD_EVERY,
-            "max_steps": self.max_steps,
-            "plateau": [WINDOW, MIN_STEPS, PLATEAU_TOLERANCE, list(PLATEAU_EPSILONS)],
-            "n_test": N_TEST,
-        } | ({"continuation": CONTINUATION} if self.extended else {})
+        return (
+            {
+                "experiment": STORE_VERSION,
+                **dataclasses.asdict(self),
+                "sigma2": float(self.sigma2),
+                "data": study_data(self.pixels, self.n_train)[2],
+                "widths": [list(ARCH.encoder_hidden), list(ARCH.decoder_hidden)],
+                "latent": ARCH.latent,
+                "lr": LR,
+                "delta": DELTA,
+                "record_every": RECORD_EVERY,
+                "max_steps": self.max_steps,
+                "plateau": [WINDOW, MIN_STEPS, PLATEAU_TOLERANCE, list(PLATEAU_EPSILONS)],
+                "n_test": N_TEST,
+            }
+            | ({"continuation": CONTINUATION} if self.extended else {})
+            | (
+                # the keys of the continuations to EXTENDED_MAX_STEPS stay as they were shipped
+                {"continues": self.previous.max_steps}
+                if self.max_steps > EXTENDED_MAX_STEPS
+                else {}
+            )
+        )
 
 
 def _specs(sigma2s: Sequence[float], seeds: Sequence[int] = (0,), **fields) -> list[RunSpec]:
@@ -193,6 +225,17 @@ GROUPS["extended"] = sorted(
     ),
     key=lambda spec: (spec.n_train, spec.seed),
 )
+# The continuations that did not meet the plateau rule at EXTENDED_MAX_STEPS (σ², pixel scale;
+# fixed σ², 1000 images, both seeds), continued to FURTHER_MAX_STEPS; a test checks this list
+# against the shipped continuations.
+FURTHER = ((0.001, "unit"), (0.1, "logit"), (0.01, "logit"))
+GROUPS["further"] = [
+    dataclasses.replace(spec, max_steps=FURTHER_MAX_STEPS)
+    for spec in GROUPS["extended"]
+    if (spec.sigma2, spec.pixels) in FURTHER and not spec.learned and spec.n_train == BOOK_N
+]
+# the groups of continuations (each run continues a run of another group)
+CONTINUATIONS = ("extended", "further")
 
 
 # --------------------------------------------------------------------------------- data
@@ -488,13 +531,16 @@ def _try_lock(spec: RunSpec) -> Path | None:
 
 
 def _start_from_base(spec: RunSpec) -> bool:
-    """Give a continuation its base run's final state as its checkpoint (a copy; the base keeps
-    its own). False when the base run is not finished here."""
+    """Give a continuation the final state of the latest earlier stage finished here as its
+    checkpoint (a copy; that run keeps its own). False when none is finished here."""
     checkpoint = _checkpoint_path(spec)
     if checkpoint.is_file():
         return True
-    base_model = _model_path(spec.base)
-    if finished(spec.base) is None or not base_model.is_file():
+    for earlier in reversed(spec.earlier):
+        base_model = _model_path(earlier)
+        if finished(earlier) is not None and base_model.is_file():
+            break
+    else:
         return False
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     partial = checkpoint.with_suffix(".partial")
@@ -515,36 +561,49 @@ def capped_stop(steps: np.ndarray, thresholds: np.ndarray) -> int | None:
     return MAX_STEPS if steps[-1] >= MAX_STEPS else None
 
 
-def _base_recorder(spec: RunSpec, group: str, probe: dict[str, np.ndarray], log=print):
-    """An ``on_chunk`` for a continuation replayed from step 0 whose capped run is neither
-    finished here nor shipped: at the chunk end where the capped run would have stopped, store
-    that run (its records, wall time and final state) as if trained alone. Training is
-    deterministic, so it is the capped run itself, and its own training would cost the steps
-    again."""
+def stage_stop(spec: RunSpec, steps: np.ndarray, thresholds: np.ndarray) -> int | None:
+    """The step at which the run ``spec`` ends, read from the records of a longer run with its
+    settings: :func:`capped_stop` for a capped run, its :attr:`~RunSpec.max_steps` for a
+    continuation (which always runs to its cap); ``None`` when the records end before."""
+    if not spec.extended:
+        return capped_stop(steps, thresholds)
+    return spec.max_steps if steps[-1] >= spec.max_steps else None
+
+
+def _base_recorder(
+    spec: RunSpec, missing: dict[RunSpec, str], probe: dict[str, np.ndarray], log=print
+):
+    """An ``on_chunk`` for a continuation replayed from step 0 that passes through earlier
+    stages (``missing``: each with the group it belongs to) neither finished here nor shipped:
+    at the chunk end where such a run would have stopped (:func:`stage_stop`), store it (its
+    records, wall time and final state) as if trained alone. Training is deterministic on one
+    kind of CPU, so it is that run itself, and its own training would cost the steps again."""
 
     def on_chunk(records: dict[str, np.ndarray], info: dict, save: Callable) -> None:
-        base = spec.base
-        if finished(base) is not None:
-            return
-        if capped_stop(records["steps"], records["thresholds"]) != info["steps"]:
-            return
-        model = _model_path(base)
-        model.parent.mkdir(parents=True, exist_ok=True)
-        save(model)
-        info = info | {"threads": torch.get_num_threads(), "group": group}
-        info |= {"machine": machine_description(), "recorded_within": spec.label}
-        store().save(base.key(), records | {f"probe_{k}": v for k, v in probe.items()}, info)
-        log(
-            f"[{time.strftime('%H:%M:%S')}] {group}: {base.label}: {info['steps']} steps, "
-            f"converged={info['converged']}: recorded within {spec.label}"
-        )
+        for earlier, group in missing.items():
+            if finished(earlier) is not None:
+                continue
+            if stage_stop(earlier, records["steps"], records["thresholds"]) != info["steps"]:
+                continue
+            model = _model_path(earlier)
+            model.parent.mkdir(parents=True, exist_ok=True)
+            save(model)
+            stored = info | {"threads": torch.get_num_threads(), "group": group}
+            stored |= {"machine": machine_description(), "recorded_within": spec.label}
+            store().save(
+                earlier.key(), records | {f"probe_{k}": v for k, v in probe.items()}, stored
+            )
+            log(
+                f"[{time.strftime('%H:%M:%S')}] {group}: {earlier.label}: {info['steps']} steps, "
+                f"converged={info['converged']}: recorded within {spec.label}"
+            )
 
     return on_chunk
 
 
 def base_group(spec: RunSpec) -> str | None:
-    """The group whose run a continuation ``spec`` continues (``None``: no group holds it)."""
-    return next((g for g, specs in GROUPS.items() if g != "extended" and spec.base in specs), None)
+    """The group that holds the run ``spec`` (a continuation's earlier stage; ``None``: none)."""
+    return next((g for g, specs in GROUPS.items() if spec in specs), None)
 
 
 def finished(spec: RunSpec) -> tuple[dict[str, np.ndarray], dict] | None:
@@ -567,6 +626,8 @@ PRIORITY = (
     ("grid_learned", 0),
     ("extended", 0),
     ("extended", 1),
+    ("further", 0),
+    ("further", 1),
     ("data_size", 1),
 )
 
@@ -576,7 +637,7 @@ def queue(groups: Sequence[str]) -> list[tuple[str, RunSpec]]:
     order = [(g, seed) for g, seed in PRIORITY if g in groups]
     runs = [(g, spec) for g, seed in order for spec in GROUPS[g] if spec.seed == seed]
     # continuations of the cheap (1000-image) runs before those of the data-size runs
-    return sorted(runs, key=lambda run: run[0] == "extended" and run[1].n_train != BOOK_N)
+    return sorted(runs, key=lambda run: run[0] in CONTINUATIONS and run[1].n_train != BOOK_N)
 
 
 def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) -> None:
@@ -608,13 +669,18 @@ def train_queue(groups: Sequence[str], progress: bool | None = None, log=print) 
                 # passes through the capped run's final state (on another kind, float32 round-off
                 # makes it a second draw); the shipped group checks its records against the run's
                 # own (:func:`~lincollapse.experiments.deep_study_shipping.with_extensions`)
-                log(f"{group}: {spec.label}: its capped run's final state is not here; from step 0")
+                log(f"{group}: {spec.label}: no earlier stage's final state is here; from step 0")
             probe = run_probe(spec)
             on_chunk = None
-            if spec.extended and finished(spec.base) is None:
-                home = base_group(spec)
-                if home is not None and spec.base not in shipped_runs(home, check=True):
-                    on_chunk = _base_recorder(spec, home, probe, log)
+            if spec.extended:
+                missing = {}
+                for earlier in spec.earlier:
+                    home = base_group(earlier)
+                    if finished(earlier) is None and home is not None:
+                        if earlier not in shipped_runs(home, check=True):
+                            missing[earlier] = home
+                if missing:
+                    on_chunk = _base_recorder(spec, missing, probe, log)
             start = time.perf_counter()
             # a continuation always runs to its cap, and the rule is applied to its records
             # afterwards: at small σ² a run can sit at zero collapse for thousands of steps

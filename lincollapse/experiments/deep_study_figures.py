@@ -18,6 +18,7 @@ from lincollapse.collapse import collapsed_fraction_from_thresholds
 from lincollapse.experiments import figure
 from lincollapse.experiments.deep_study import (
     BOOK_N,
+    CONTINUATIONS,
     EPSILONS,
     GRID,
     GROUPS,
@@ -346,15 +347,18 @@ def _group_or_reason(name: str) -> tuple[StudyGroup | None, str]:
     if group is None:
         return None, f"not available: none of its {len(GROUPS[name])} runs is finished"
     missing = f"; not run yet: {', '.join(group.missing)}" if group.missing else ""
-    if name != "extended" and any(spec.base in GROUPS[name] for spec in GROUPS["extended"]):
-        group = with_extensions(group, load_group("extended"))
+    for continuations in CONTINUATIONS:
+        if name not in CONTINUATIONS and any(
+            spec.base in GROUPS[name] for spec in GROUPS[continuations]
+        ):
+            group = with_extensions(group, load_group(continuations), continuations)
     return group, group.provenance + missing
 
 
 def study_progress() -> str:
     """One sentence on how much of the study is trained: runs available (shipped or finished
     here) of all its runs, and how many of them are not converged yet."""
-    names = [name for name in GROUPS if name != "extended"]
+    names = [name for name in GROUPS if name not in CONTINUATIONS]
     total = sum(len(GROUPS[name]) for name in names)
     done = moving = 0
     for name in names:
@@ -858,11 +862,12 @@ ONSET = 0.05  # collapsed fraction at ε = 0.01 from which collapse counts as be
 
 
 def continuation_findings() -> str:
-    """What each shipped continuation (group ``extended``) found past its capped run: what the
-    capped run reported, the step at which collapse began (the fraction at ε = 0.01 reached
-    :data:`ONSET` after its first fall below it), and where the continuation ends."""
-    extended = load_group("extended")
-    if extended is None:
+    """What each shipped continuation (group ``extended``, and ``further`` past it) found past
+    its capped run: what the capped run reported, the step at which collapse began (the fraction
+    at ε = 0.01 reached :data:`ONSET` after its first fall below it), where the continuation
+    ends, and where its further continuation ends when one is shipped."""
+    stages = {name: load_group(name) for name in CONTINUATIONS}
+    if stages["extended"] is None:
         return "No continuation is available yet."
     e = EPSILONS.index(0.01)
     parts = []
@@ -874,14 +879,22 @@ def continuation_findings() -> str:
             n_train=spec.n_train,
             seed=spec.seed,
         )
-        hits = _find({"extended": extended}, **fields)
-        name = next(g for g, specs in GROUPS.items() if g != "extended" and spec.base in specs)
+        # the stages shipped for these settings, the shortest first
+        found = [
+            (group, hits[0][1])
+            for name, group in stages.items()
+            if group is not None
+            for hits in [_find({name: group}, **fields)]
+            if hits
+        ]
+        name = next(g for g, specs in GROUPS.items() if spec.base in specs)
         base = load_group(name)
         capped = _find({name: base}, **fields) if base is not None else []
-        if not hits or not capped:
+        if not found or not capped:
             continue
-        r, b = hits[0][1], capped[0][1]
-        a = extended.arrays
+        b = capped[0][1]
+        longest, r = found[-1]
+        a = longest.arrays
         n = int(a["steps_done"][r]) // RECORD_EVERY + 1
         f = a["fraction"][r, :n, e]
         low = np.flatnonzero(f < ONSET)
@@ -891,10 +904,13 @@ def continuation_findings() -> str:
             if rise
             else f"no collapse began by step {(n - 1) * RECORD_EVERY:,}"
         )
+        ends = " and at ".join(
+            f"{int(group.arrays['steps_done'][s]):,} steps it is {group.final_fraction()[s]:.3f}"
+            for group, s in found
+        )
         parts.append(
             f"{spec.base.label}: its {int(base.arrays['steps_done'][b]):,}-step run reported "
-            f"{base.final_fraction()[b]:.3f}; {began}, and at "
-            f"{int(a['steps_done'][r]):,} steps it is {extended.final_fraction()[r]:.3f}"
+            f"{base.final_fraction()[b]:.3f}; {began}, and at {ends}"
         )
     if not parts:
         return "No continuation is available yet."
@@ -968,7 +984,7 @@ def unconverged_runs() -> Unconverged:
     e = EPSILONS.index(0.01)
     block = FINAL_WINDOW // RECORD_EVERY
     for name in GROUPS:
-        if name == "extended":
+        if name in CONTINUATIONS:
             continue
         group, _ = _group_or_reason(name)
         if group is None:

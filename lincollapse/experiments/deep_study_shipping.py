@@ -22,7 +22,6 @@ from lincollapse.collapse import collapsed_fraction_from_thresholds
 from lincollapse.deep_vae import GaussianVAE
 from lincollapse.experiments.deep_study import (
     EPSILONS,
-    EXTENDED_MAX_STEPS,
     GROUPS,
     PLATEAU_EPSILONS,
     RECORD_EVERY,
@@ -384,9 +383,13 @@ def _label(arrays: dict[str, np.ndarray], run: int) -> str:
     return f"σ²={arrays['sigma2'][run]:g}{learned} seed {arrays['seed'][run]}"
 
 
-def with_extensions(group: StudyGroup, extended: StudyGroup | None) -> StudyGroup:
-    """``group`` with each run replaced by its continuation (group ``extended``, to
-    :data:`~lincollapse.experiments.deep_study.EXTENDED_MAX_STEPS`) where one is available.
+def with_extensions(
+    group: StudyGroup, extended: StudyGroup | None, continuations: str = "extended"
+) -> StudyGroup:
+    """``group`` with each run replaced by its continuation (a run of ``extended``, the shipped
+    group ``continuations``: ``"extended"``, to
+    :data:`~lincollapse.experiments.deep_study.EXTENDED_MAX_STEPS`, or ``"further"``) where one
+    is available and longer.
 
     A continuation starts from its run's final state, so its records begin with the run's own:
     the replacement only lengthens a run. A run that is to be continued but whose continuation
@@ -398,7 +401,7 @@ def with_extensions(group: StudyGroup, extended: StudyGroup | None) -> StudyGrou
     longer = {} if e is None else {_settings(e, r): r for r in range(e["sigma2"].size)}
     planned = {
         (spec.sigma2, spec.learned, spec.pixels, spec.n_train, spec.seed)
-        for spec in GROUPS["extended"]
+        for spec in GROUPS[continuations]
     }
     swap, pending = {}, []
     for r in range(a["sigma2"].size):
@@ -421,7 +424,8 @@ def with_extensions(group: StudyGroup, extended: StudyGroup | None) -> StudyGrou
     provenance = group.provenance
     if swap:
         provenance += (
-            f"; continued to {EXTENDED_MAX_STEPS:,} steps ({extended.provenance}): "
+            f"; continued to {max(int(e['steps_done'][s]) for s in swap.values()):,} steps "
+            f"({extended.provenance}): "
             + ", ".join(_replay_note(a, r, e, swap[r]) for r in sorted(swap))
         )
     if pending:
