@@ -147,14 +147,13 @@ def test_a_continuation_resumes_its_capped_run(tmp_path, monkeypatch):
         study.RunSpec(0.1, max_steps=30_000)
 
 
-def test_a_continuation_replayed_from_step_0_records_its_capped_run(tmp_path, monkeypatch):
-    """Where neither the capped run nor its state is here, the continuation replays it from
-    step 0 and stores the capped run at the chunk end where it would have stopped: the same
-    records, wall-time bookkeeping and final weights as the capped run trained alone. Steps are
-    scaled (cap 20, continuation 50, chunks of 10) and the rule made to hold at step 10."""
-    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "continued")
-    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / group)  # unshipped
-    for name, value in (("CHUNK", 10), ("MAX_STEPS", 20), ("EXTENDED_MAX_STEPS", 50)):
+def _scaled_stages(tmp_path, monkeypatch):
+    """The study scaled down for a test: nothing shipped, chunks of 10 steps, stages capped at
+    20, 50 and 100 steps, the plateau rule made to hold at step 10, records every 10 steps in
+    float64, a probe that only names σ²."""
+    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / group)
+    steps = (("CHUNK", 10), ("MAX_STEPS", 20), ("EXTENDED_MAX_STEPS", 50))
+    for name, value in steps + (("FURTHER_MAX_STEPS", 100),):
         monkeypatch.setattr(study, name, value)
     for name, value in (("MIN_STEPS", 10), ("WINDOW", 10), ("PLATEAU_TOLERANCE", 1.0)):
         monkeypatch.setattr(study, name, value)
@@ -165,6 +164,15 @@ def test_a_continuation_replayed_from_step_0_records_its_capped_run(tmp_path, mo
         return original(spec, **(kw | {"record_every": 10, "dtype": torch.float64}))
 
     monkeypatch.setattr(study, "train_run", small)
+
+
+def test_a_continuation_replayed_from_step_0_records_its_capped_run(tmp_path, monkeypatch):
+    """Where neither the capped run nor its state is here, the continuation replays it from
+    step 0 and stores the capped run at the chunk end where it would have stopped: the same
+    records, wall-time bookkeeping and final weights as the capped run trained alone. Steps are
+    scaled (cap 20, continuation 50, chunks of 10) and the rule made to hold at step 10."""
+    monkeypatch.setattr(study, "store_dir", lambda: tmp_path / "continued")
+    _scaled_stages(tmp_path, monkeypatch)
     base = study.RunSpec(0.001, max_steps=20)
     extended = dataclasses.replace(base, max_steps=50)
     monkeypatch.setattr(study, "GROUPS", {"baseline": [base], "extended": [extended]})
@@ -198,19 +206,7 @@ def test_a_further_continuation_starts_where_the_continuation_ended(tmp_path, mo
     step 10). Replayed from step 0 on an empty store, the further continuation stores both
     earlier stages on the way; trained stage by stage, each starts from the previous one's final
     state, and the three runs equal the replay's bitwise."""
-    monkeypatch.setattr(shipping, "reference_path", lambda group: tmp_path / group)  # unshipped
-    steps = (("CHUNK", 10), ("MAX_STEPS", 20), ("EXTENDED_MAX_STEPS", 50))
-    for name, value in steps + (("FURTHER_MAX_STEPS", 100),):
-        monkeypatch.setattr(study, name, value)
-    for name, value in (("MIN_STEPS", 10), ("WINDOW", 10), ("PLATEAU_TOLERANCE", 1.0)):
-        monkeypatch.setattr(study, name, value)
-    monkeypatch.setattr(study, "run_probe", lambda spec: {"x": np.array([spec.sigma2])})
-    original = study.train_run
-
-    def small(spec, **kw):
-        return original(spec, **(kw | {"record_every": 10, "dtype": torch.float64}))
-
-    monkeypatch.setattr(study, "train_run", small)
+    _scaled_stages(tmp_path, monkeypatch)
     base = study.RunSpec(0.001, max_steps=20)
     extended = dataclasses.replace(base, max_steps=50)
     further = dataclasses.replace(base, max_steps=100)
