@@ -270,16 +270,22 @@ def plot_study_trajectories(result) -> Figure:
     import matplotlib as mpl
 
     with house_style():
-        fig, axes = new_figure(1, 2, figsize=(10.0, 3.9), sharey=True)
+        fig, axes = new_figure(1, 2, figsize=(10.0, 4.3), sharey=True)
         colours = mpl.colormaps["viridis"]
         logs = np.log10(result.sigma2) if result.sigma2.size else np.zeros(1)
         low, high = float(logs.min()), float(logs.max())
+        # a log step axis (from the first record after initialisation): the large σ² settle
+        # within a few thousand steps, the small ones start collapsing only after ten thousand
+        shown = result.steps > 0
+        labels = {}
         for ax, learned in ((axes[0], False), (axes[1], True)):
             for i in np.flatnonzero(result.learned == learned):
                 shade = colours(0.0 if high == low else (logs[i] - low) / (high - low))
                 y = result.fraction[i, :, 0]
                 last = int(np.flatnonzero(np.isfinite(y))[-1])
-                ax.plot(result.steps, y, color=shade, lw=1.1, label=f"σ² = {result.sigma2[i]:g}")
+                label = f"σ² = {result.sigma2[i]:g}"
+                (line,) = ax.plot(result.steps[shown], y[shown], color=shade, lw=1.1, label=label)
+                labels.setdefault(label, line)
                 ax.plot(
                     result.steps[last],
                     y[last],
@@ -288,13 +294,17 @@ def plot_study_trajectories(result) -> Figure:
                     mfc=shade if result.converged[i] else "none",
                     ms=6,
                 )
-            ax.set_xlabel("Adam step")
+            ax.set_xlabel("Adam step (log scale)")
+            ax.set_xscale("log")
             ax.set_title(
                 ("σ² learned (legend: its initial value)" if learned else "σ² fixed")
                 + "; hollow: not converged"
             )
-            if ax.lines:
-                ax.legend(fontsize=6.5, ncol=2, loc="center right")
+        if labels:
+            # one legend for both panels (a colour is one σ² on either side), below them
+            fig.legend(
+                labels.values(), labels.keys(), loc="outside lower center", ncol=6, fontsize=7
+            )
         axes[0].set_ylabel("collapsed fraction (ε = 0.01)")
         axes[0].set_ylim(-0.03, 1.03)
     return fig
