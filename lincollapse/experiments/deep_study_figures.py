@@ -25,6 +25,7 @@ from lincollapse.experiments.deep_study import (
     MAX_STEPS,
     PLATEAU_TOLERANCE,
     RECORD_EVERY,
+    base_group,
     finished,
     linear_count,
     linear_count_eigenvalues,
@@ -347,10 +348,8 @@ def _group_or_reason(name: str) -> tuple[StudyGroup | None, str]:
     if group is None:
         return None, f"not available: none of its {len(GROUPS[name])} runs is finished"
     missing = f"; not run yet: {', '.join(group.missing)}" if group.missing else ""
-    for continuations in CONTINUATIONS:
-        if name not in CONTINUATIONS and any(
-            spec.base in GROUPS[name] for spec in GROUPS[continuations]
-        ):
+    for continuations in CONTINUATIONS if name not in CONTINUATIONS else ():
+        if any(base_group(spec.base) == name for spec in GROUPS[continuations]):
             group = with_extensions(group, load_group(continuations), continuations)
     return group, group.provenance + missing
 
@@ -866,8 +865,8 @@ def continuation_findings() -> str:
     its capped run: what the capped run reported, the step at which collapse began (the fraction
     at ε = 0.01 reached :data:`ONSET` after its first fall below it), where the continuation
     ends, and where its further continuation ends when one is shipped."""
-    stages = {name: load_group(name) for name in CONTINUATIONS}
-    if stages["extended"] is None:
+    shipped = {name: load_group(name) for name in CONTINUATIONS}
+    if shipped["extended"] is None:
         return "No continuation is available yet."
     e = EPSILONS.index(0.01)
     parts = []
@@ -882,12 +881,12 @@ def continuation_findings() -> str:
         # the stages shipped for these settings, the shortest first
         found = [
             (group, hits[0][1])
-            for name, group in stages.items()
+            for name, group in shipped.items()
             if group is not None
             for hits in [_find({name: group}, **fields)]
             if hits
         ]
-        name = next(g for g, specs in GROUPS.items() if spec.base in specs)
+        name = base_group(spec.base)
         base = load_group(name)
         capped = _find({name: base}, **fields) if base is not None else []
         if not found or not capped:
